@@ -1,0 +1,146 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * events.h: every constant and struct shared by the kernel programs and the agent.
+ *
+ * One definition: bpf/guard.bpf.c includes this file, and ebpfguard/kernel/abi.py reads the
+ * #define lines below (so keep them "#define NAME integer"). The structs are mirrored in
+ * ebpfguard/manifest/compile.py with struct.pack formats; tests/kernel/test_abi.py compares
+ * those sizes with the compiled program's own map key/value types. Field types are the kernel's
+ * u64/u32/u16/u8/s32 because bcc builds the Python event type from those names.
+ *
+ * Map byte layout (all integers little-endian, as on x86-64):
+ *
+ *   cgroup_slot   HASH      u64 cgroup id (inode of the v2 cgroup dir) -> u32 policy slot
+ *   ext_policy    ARRAY     u32 slot -> struct eg_ext_policy
+ *   path_rules    LPM_TRIE  struct eg_path_key -> u8 (unused, 1)
+ *                 data = u32 scope (slot << 8 | EG_ACC_*) then the path bytes.
+ *                 A tree "/usr/" is stored without its NUL, so it is a prefix of "/usr/bin/x";
+ *                 an exact file "/etc/hosts" is stored with its NUL, so only that path matches.
+ *                 prefixlen counts bits of scope + path: 32 + 8 * len(bytes).
+ *   net_rules     LPM_TRIE  struct eg_net_key -> struct eg_net_value
+ *                 data = u32 scope (slot << 8 | op << 4 | family 4|6) then 16 address bytes
+ *                 (IPv4 in the first 4). The value lists the port ranges of this CIDR *and of
+ *                 every shorter CIDR that contains it*, so the longest-prefix match is enough.
+ */
+#ifndef EBPFGUARD_EVENTS_H
+#define EBPFGUARD_EVENTS_H
+
+#define EG_MAX_SLOTS 64
+#define EG_MAX_CGROUPS 4096
+#define EG_PATH_MAX 252
+#define EG_SYSCALL_WORDS 8
+#define EG_NET_RANGES 16
+#define EG_RINGBUF_PAGES 256
+
+/* violation kinds (index into eg_ext_policy.response) */
+#define EG_KIND_FILE 1
+#define EG_KIND_EXEC 2
+#define EG_KIND_NETWORK 3
+#define EG_KIND_SYSCALL 4
+#define EG_KIND_PRIVILEGE 5
+#define EG_KIND_RESOURCE 6
+#define EG_KIND_LIFECYCLE 7
+#define EG_KIND_MAX 8
+
+/* path access classes */
+#define EG_ACC_READ 0
+#define EG_ACC_WRITE 1
+#define EG_ACC_EXEC 2
+
+/* network operations */
+#define EG_NET_CONNECT 0
+#define EG_NET_SEND 1
+#define EG_NET_BIND 2
+
+/* lifecycle operations (eg_event.op when kind == EG_KIND_LIFECYCLE) */
+#define EG_LIFE_EXEC 1
+#define EG_LIFE_EXIT 2
+
+/* responses, per kind */
+#define EG_RESP_ALERT 0
+#define EG_RESP_BLOCK 1
+#define EG_RESP_FREEZE 2
+#define EG_RESP_KILL 3
+
+/* eg_ext_policy.flags */
+#define EG_POL_ENFORCE 1
+
+/* verdicts the kernel reached */
+#define EG_V_NONE 0      /* lifecycle */
+#define EG_V_ALLOWED 1   /* audit mode: allowed and recorded */
+#define EG_V_DETECTED 2  /* enforce mode, this hook cannot deny (tracepoint), response not kill */
+#define EG_V_DENIED 3    /* the kernel returned EPERM */
+#define EG_V_KILLED 4    /* SIGKILL sent before the syscall returned */
+#define EG_V_PENDING 5   /* the kernel could not decide: user space resolves the path */
+
+/* eg_event.flags */
+#define EG_EV_RELATIVE 1    /* relative path: resolve against cwd or dirfd */
+#define EG_EV_DOTDOT 2      /* path has a ".." component */
+#define EG_EV_TRUNCATED 4   /* path longer than EG_PATH_MAX - 1 bytes */
+#define EG_EV_UNREADABLE 8  /* the user page was not resident; read it from /proc/PID/mem */
+#define EG_EV_EMPTY_PATH 16 /* execveat(fd, "", AT_EMPTY_PATH) and friends */
+
+/* counters (per-CPU array index) */
+#define EG_CTR_EVENTS 0
+#define EG_CTR_DROPS 1
+#define EG_CTR_KILLS 2
+#define EG_CTR_DENIALS 3
+#define EG_CTR_MAX 4
+
+struct eg_ext_policy {
+	u32 flags;
+	u32 slot;
+	u8 response[EG_KIND_MAX];
+	u64 sys_deny[EG_SYSCALL_WORDS];
+	u64 sys_priv[EG_SYSCALL_WORDS];
+};
+
+struct eg_path_key {
+	u32 prefixlen;
+	u32 scope;
+	u8 path[EG_PATH_MAX];
+};
+
+struct eg_net_key {
+	u32 prefixlen;
+	u32 scope;
+	u8 addr[16];
+};
+
+struct eg_port_range {
+	u16 lo;
+	u16 hi;
+	u8 proto; /* 0 any, 6 tcp, 17 udp */
+	u8 pad[3];
+};
+
+struct eg_net_value {
+	u32 count;
+	u32 pad;
+	struct eg_port_range r[EG_NET_RANGES];
+};
+
+struct eg_event {
+	u64 ts_ns;     /* bpf_ktime_get_ns() */
+	u64 cgroup_id;
+	u64 uptr;      /* user address of the path, for EG_EV_UNREADABLE */
+	u32 pid;       /* thread id */
+	u32 tgid;      /* process id */
+	u32 uid;
+	u32 slot;
+	u16 kind;
+	u16 verdict;
+	s32 syscall_nr;
+	u32 flags;
+	s32 dirfd;
+	u32 op;        /* EG_ACC_* for file/exec, EG_NET_* for network, EG_LIFE_* */
+	u16 family;
+	u16 port;
+	u8 proto;
+	u8 pad[3];
+	u8 addr[16];
+	char comm[16];
+	char path[EG_PATH_MAX];
+};
+
+#endif

@@ -1,0 +1,186 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* files.bpf.c: opens, path-changing calls and execs, matched against the extension's path tries. */
+
+#define EG_AT_FDCWD -100
+
+/* O_WRONLY/O_RDWR, O_CREAT or O_TRUNC need a write tree; anything else a read (or write) tree. */
+static __always_inline u32 open_access(u64 flags)
+{
+	if ((flags & 3) || (flags & (00100 | 01000)))
+		return EG_ACC_WRITE;
+	return EG_ACC_READ;
+}
+
+/*
+ * The kernel side decides absolute, ".."-free paths on its own. A relative path, a ".." component
+ * or a user page that was not resident cannot be decided here without reading kernel structs by
+ * offset, so the record goes to user space marked EG_V_PENDING, which resolves it through /proc.
+ * A path too long for the trie is a violation: refusing to guess is the safe side.
+ */
+static __always_inline int check_path(const char *upath, int dirfd, u32 access, u16 kind, s32 nr)
+{
+	struct eg_ext_policy *pol = current_policy();
+	if (!pol)
+		return 0;
+	u32 zero = 0;
+	struct eg_path_key *k = path_scratch.lookup(&zero);
+	if (!k)
+		return 0;
+
+	u32 flags = 0;
+	long n = bpf_probe_read_user_str(k->path, EG_PATH_MAX, upath);
+	if (n < 0) {
+		flags |= EG_EV_UNREADABLE;
+		k->path[0] = 0;
+	} else if (n <= 1) {
+		flags |= EG_EV_EMPTY_PATH;
+	} else {
+		if (n >= EG_PATH_MAX)
+			flags |= EG_EV_TRUNCATED;
+		if (k->path[0] != '/')
+			flags |= EG_EV_RELATIVE;
+		for (int i = 0; i < EG_PATH_MAX - 2; i++) {
+			if (i >= n - 2)
+				break;
+			if (k->path[i] == '.' && k->path[i + 1] == '.' &&
+			    (i == 0 || k->path[i - 1] == '/') &&
+			    (k->path[i + 2] == '/' || k->path[i + 2] == 0)) {
+				flags |= EG_EV_DOTDOT;
+				break;
+			}
+		}
+	}
+
+	if (!flags) {
+		k->prefixlen = 32 + EG_PATH_MAX * 8;
+		k->scope = (pol->slot << 8) | access;
+		if (path_rules.lookup(k))
+			return 0;
+	}
+
+	u32 pending = flags & (EG_EV_RELATIVE | EG_EV_DOTDOT | EG_EV_UNREADABLE);
+	/* fexecve of an fd (memfd, deleted file) is never on an exec allowlist of paths */
+	if ((flags & EG_EV_EMPTY_PATH) && kind != EG_KIND_EXEC)
+		pending = 1;
+	u16 verdict = pending ? EG_V_PENDING : tracepoint_verdict(pol, kind);
+
+	struct eg_event *e = new_event(pol, kind, nr);
+	if (!e)
+		return 0;
+	e->verdict = verdict;
+	e->flags = flags;
+	e->dirfd = dirfd;
+	e->op = access;
+	e->uptr = (u64)upath;
+	__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
+	events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+#define NR (args->__syscall_nr)
+
+TRACEPOINT_PROBE(syscalls, sys_enter_open)
+{
+	return check_path(args->filename, EG_AT_FDCWD, open_access(args->flags), EG_KIND_FILE, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_openat)
+{
+	return check_path(args->filename, args->dfd, open_access(args->flags), EG_KIND_FILE, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
+{
+	u64 fl = 0;
+	bpf_probe_read_user(&fl, sizeof(fl), args->how); /* open_how.flags is the first member */
+	return check_path(args->filename, args->dfd, open_access(fl), EG_KIND_FILE, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_creat)
+{
+	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_truncate)
+{
+	return check_path(args->path, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_unlink)
+{
+	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat)
+{
+	return check_path(args->pathname, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+
+/* rename and link touch both names: a hardlink is a way to read a file under another name */
+TRACEPOINT_PROBE(syscalls, sys_enter_rename)
+{
+	check_path(args->oldname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->newname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_renameat)
+{
+	check_path(args->oldname, args->olddfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_renameat2)
+{
+	check_path(args->oldname, args->olddfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_link)
+{
+	check_path(args->oldname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->newname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_linkat)
+{
+	check_path(args->oldname, args->olddfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+
+/* a symlink's target is only a string; the link it creates is the write */
+TRACEPOINT_PROBE(syscalls, sys_enter_symlink)
+{
+	return check_path(args->newname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_symlinkat)
+{
+	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_chmod)
+{
+	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat)
+{
+	return check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+
+#ifdef EG_HAVE_FCHMODAT2
+TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat2)
+{
+	return check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+}
+#endif
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve)
+{
+	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_EXEC, EG_KIND_EXEC, NR);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
+{
+	return check_path(args->filename, args->fd, EG_ACC_EXEC, EG_KIND_EXEC, NR);
+}

@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * lib.bpf.h: maps and helpers shared by every hook family. The loader (ebpfguard/kernel/loader.py)
+ * compiles this file first, then each *.bpf.c family, as one bcc program, so that all of them share
+ * one set of maps. Every hook starts with current_policy(): for a task outside every extension cgroup
+ * that is one hash miss, and the hook returns.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
+#include <linux/socket.h>
+#include "events.h"
+
+BPF_HASH(cgroup_slot, u64, u32, EG_MAX_CGROUPS);
+BPF_ARRAY(ext_policy, struct eg_ext_policy, EG_MAX_SLOTS);
+BPF_LPM_TRIE(path_rules, struct eg_path_key, u8, 65536);
+BPF_LPM_TRIE(net_rules, struct eg_net_key, struct eg_net_value, 4096);
+BPF_PERCPU_ARRAY(path_scratch, struct eg_path_key, 1);
+BPF_PERCPU_ARRAY(counters, u64, EG_CTR_MAX);
+BPF_RINGBUF_OUTPUT(events, EG_RINGBUF_PAGES);
+
+static __always_inline void count(u32 idx)
+{
+	u64 *c = counters.lookup(&idx);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline struct eg_ext_policy *current_policy(void)
+{
+	u64 cg = bpf_get_current_cgroup_id();
+	u32 *slot = cgroup_slot.lookup(&cg);
+	if (!slot)
+		return 0;
+	return ext_policy.lookup(slot);
+}
+
+static __always_inline int should_kill(struct eg_ext_policy *pol, u32 kind)
+{
+	if (!(pol->flags & EG_POL_ENFORCE) || kind >= EG_KIND_MAX)
+		return 0;
+	return pol->response[kind] == EG_RESP_KILL;
+}
+
+/* Reserve a record; a failed reservation is counted, never silent. */
+static __always_inline struct eg_event *new_event(struct eg_ext_policy *pol, u16 kind, s32 nr)
+{
+	struct eg_event *e = events.ringbuf_reserve(sizeof(struct eg_event));
+	if (!e) {
+		count(EG_CTR_DROPS);
+		return 0;
+	}
+	u64 id = bpf_get_current_pid_tgid();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->uptr = 0;
+	e->pid = (u32)id;
+	e->tgid = id >> 32;
+	e->uid = (u32)bpf_get_current_uid_gid();
+	e->slot = pol ? pol->slot : 0;
+	e->kind = kind;
+	e->verdict = EG_V_NONE;
+	e->syscall_nr = nr;
+	e->flags = 0;
+	e->dirfd = 0;
+	e->op = 0;
+	e->family = 0;
+	e->port = 0;
+	e->proto = 0;
+	__builtin_memset(e->pad, 0, sizeof(e->pad));
+	__builtin_memset(e->addr, 0, sizeof(e->addr));
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->path[0] = 0;
+	count(EG_CTR_EVENTS);
+	return e;
+}
+
+/* Decide the verdict of a violation a tracepoint saw, and kill in the kernel if the policy says so. */
+static __always_inline u16 tracepoint_verdict(struct eg_ext_policy *pol, u32 kind)
+{
+	if (!(pol->flags & EG_POL_ENFORCE))
+		return EG_V_ALLOWED;
+	if (should_kill(pol, kind)) {
+		bpf_send_signal(9);
+		count(EG_CTR_KILLS);
+		return EG_V_KILLED;
+	}
+	return EG_V_DETECTED;
+}

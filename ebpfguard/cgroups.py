@@ -1,0 +1,155 @@
+"""One cgroup per running extension instance, under the agent's own subtree.
+
+Pure v2 hosts: /sys/fs/cgroup/ebpfguard.slice/<instance>/, with the memory, cpu and pids controllers
+delegated to the slice. Hybrid hosts (v2 mounted at /sys/fs/cgroup/unified, controllers on v1): the v2
+group carries the identity the eBPF programs key on (its inode is bpf_get_current_cgroup_id()), plus
+cgroup.freeze and cgroup.kill; a v1 group per controller (memory, cpu, pids, freezer) is made beside it
+for the limits that later layers set. The root is injectable so unit tests can use a fixture tree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CgroupError
+
+SLICE = "ebpfguard.slice"
+V1_CONTROLLERS = ("memory", "cpu", "pids", "freezer")
+
+
+@dataclass
+class Cgroup:
+    name: str
+    v2: Path
+    v1: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def id(self) -> int:
+        """The v2 cgroup id the kernel programs see: the inode number of the v2 directory."""
+        return os.stat(self.v2).st_ino
+
+    def procs_files(self) -> list[str]:
+        return [str(self.v2 / "cgroup.procs")] + [str(p / "cgroup.procs") for p in self.v1.values()]
+
+    def join(self, pid: int = 0) -> None:
+        """Move ``pid`` (0: the calling process) into every hierarchy of this cgroup."""
+        for f in self.procs_files():
+            try:
+                with open(f, "w") as fh:
+                    fh.write(str(pid))
+            except OSError as err:
+                raise CgroupError(f"failed to move pid {pid or os.getpid()} into {f}: {err.strerror}") from err
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(x) for x in (self.v2 / "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def populated(self) -> bool:
+        try:
+            for line in (self.v2 / "cgroup.events").read_text().splitlines():
+                if line.startswith("populated "):
+                    return line.split()[1] == "1"
+        except FileNotFoundError:
+            return False
+        return bool(self.pids())
+
+    def kill(self) -> None:
+        """Kill every process inside: cgroup.kill where the kernel has it, else SIGKILL each pid."""
+        try:
+            (self.v2 / "cgroup.kill").write_text("1")
+            return
+        except OSError:
+            pass
+        for _ in range(50):
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.01)
+
+    def remove(self, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        for path in [self.v2, *self.v1.values()]:
+            while True:
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as err:
+                    # a just-exited process can keep the group busy for a moment
+                    if err.errno == errno.EBUSY and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                        continue
+                    raise CgroupError(f"failed to remove {path}: {err.strerror}") from err
+
+
+class CgroupManager:
+    def __init__(self, root: str | os.PathLike[str] = "/sys/fs/cgroup", slice_name: str = SLICE):
+        self.root = Path(root)
+        self.slice_name = slice_name
+        if (self.root / "cgroup.controllers").exists():
+            self.mode = "v2"
+            self.v2_root = self.root
+            self.v1_roots: dict[str, Path] = {}
+        elif (self.root / "unified" / "cgroup.procs").exists():
+            self.mode = "hybrid"
+            self.v2_root = self.root / "unified"
+            self.v1_roots = {c: self.root / c for c in V1_CONTROLLERS if (self.root / c / "cgroup.procs").exists()}
+        else:
+            raise CgroupError(f"no cgroup v2 hierarchy under {self.root}: ebpfguard keys extensions on v2 cgroup ids")
+
+    @property
+    def slice_v2(self) -> Path:
+        return self.v2_root / self.slice_name
+
+    def _ensure_slice(self) -> None:
+        try:
+            self.slice_v2.mkdir(exist_ok=True)
+            for root in self.v1_roots.values():
+                (root / self.slice_name).mkdir(exist_ok=True)
+        except OSError as err:
+            raise CgroupError(f"failed to create {self.slice_name}: {err.strerror}") from err
+        if self.mode == "v2":
+            # delegate the limit controllers to the instances (best effort: a controller may be absent)
+            for ctl in ("memory", "cpu", "pids"):
+                for f in (self.v2_root / "cgroup.subtree_control", self.slice_v2 / "cgroup.subtree_control"):
+                    try:
+                        f.write_text(f"+{ctl}")
+                    except OSError:
+                        pass
+
+    def create(self, extension: str) -> Cgroup:
+        self._ensure_slice()
+        name = f"{extension}-{secrets.token_hex(4)}"
+        cg = Cgroup(name, self.slice_v2 / name, {c: r / self.slice_name / name for c, r in self.v1_roots.items()})
+        try:
+            cg.v2.mkdir()
+            for p in cg.v1.values():
+                p.mkdir()
+        except OSError as err:
+            cg.remove()
+            raise CgroupError(f"failed to create cgroup {name}: {err.strerror}") from err
+        return cg
+
+    def existing(self) -> list[Cgroup]:
+        """Instance cgroups left under the slice (e.g. by an agent that was killed)."""
+        if not self.slice_v2.is_dir():
+            return []
+        out = []
+        for d in sorted(p for p in self.slice_v2.iterdir() if p.is_dir()):
+            out.append(Cgroup(d.name, d, {c: r / self.slice_name / d.name for c, r in self.v1_roots.items()
+                                          if (r / self.slice_name / d.name).is_dir()}))
+        return out

@@ -1,0 +1,257 @@
+"""The engine: one sensor, the policy slots in its maps, the running instances, and what happens to
+each event (resolve what the kernel left pending, decide, record, tell subscribers).
+
+The agent and a standalone ``ebpfguard run`` both drive an Engine; it is single-threaded: callers
+call poll() in their loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cgroups import Cgroup, CgroupManager
+from .errors import EbpfguardError
+from .events import Event, decode, now_ns, rfc3339_ns
+from .forensics import ForensicLog
+from .kernel.abi import c
+from .manifest.compile import CompiledPolicy, compile
+from .manifest.load import Manifest
+
+log = logging.getLogger("ebpfguard")
+AT_FDCWD = -100
+
+
+@dataclass
+class Slot:
+    index: int
+    manifest: Manifest
+    mode: str
+    compiled: CompiledPolicy
+    refs: int = 0
+
+
+@dataclass
+class Instance:
+    id: str
+    manifest: Manifest
+    mode: str
+    slot: int
+    cgroup: Cgroup
+    cgroup_id: int
+    started_ns: int = field(default_factory=now_ns)
+    leader_pid: int | None = None
+    argv: list[str] = field(default_factory=list)
+    violations: int = 0
+    launcher_done: bool = False
+    exit_status: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"instance": self.id, "extension": self.manifest.name, "version": self.manifest.version,
+                "mode": self.mode, "cgroup": str(self.cgroup.v2), "cgroup_id": self.cgroup_id,
+                "pid": self.leader_pid, "pids": self.cgroup.pids(), "state": "running",
+                "violations": self.violations, "started": rfc3339_ns(self.started_ns),
+                "policy_sha256": self.manifest.sha256, "argv": self.argv}
+
+
+class Engine:
+    def __init__(self, state_dir: str, *, sensor: Any = None, cgroups: CgroupManager | None = None):
+        if sensor is None:
+            from .kernel.loader import Sensor  # noqa: PLC0415 - keep bcc out of pure imports
+
+            sensor = Sensor()
+        self.sensor = sensor
+        self.cgroups = cgroups or CgroupManager()
+        self.log = ForensicLog(state_dir)
+        self.slots: dict[int, Slot] = {}
+        self.instances: dict[int, Instance] = {}
+        self.subscribers: list[Callable[[dict[str, Any]], None]] = []
+        self.record_errors = 0
+        self.sensor.open_events(self._on_raw)
+
+    # ---- policy slots ---------------------------------------------------------------------------
+    def _acquire_slot(self, m: Manifest, mode: str) -> Slot:
+        for s in self.slots.values():
+            if s.manifest.sha256 == m.sha256 and s.mode == mode:
+                s.refs += 1
+                return s
+        free = [i for i in range(c("MAX_SLOTS")) if i not in self.slots]
+        if not free:
+            raise EbpfguardError(f"all {c('MAX_SLOTS')} policy slots are in use")
+        cp = compile(m, free[0], mode)
+        self.sensor.write_policy(cp)
+        s = Slot(free[0], m, mode, cp, refs=1)
+        self.slots[s.index] = s
+        return s
+
+    def _release_slot(self, index: int) -> None:
+        s = self.slots.get(index)
+        if s is None:
+            return
+        s.refs -= 1
+        if s.refs <= 0:
+            self.sensor.clear_policy(s.compiled)
+            del self.slots[index]
+
+    # ---- instances ------------------------------------------------------------------------------
+    def prepare(self, m: Manifest, mode: str | None = None) -> Instance:
+        mode = mode or m.mode
+        slot = self._acquire_slot(m, mode)
+        try:
+            cg = self.cgroups.create(m.name)
+        except EbpfguardError:
+            self._release_slot(slot.index)
+            raise
+        try:
+            cgid = cg.id
+            self.sensor.attach_cgroup(cg.v2)
+            self.sensor.bind(cgid, slot.index)
+        except EbpfguardError:
+            self.sensor.detach_cgroup(cg.v2)
+            cg.remove()
+            self._release_slot(slot.index)
+            raise
+        inst = Instance(cg.name, m, mode, slot.index, cg, cgid)
+        self.instances[cgid] = inst
+        return inst
+
+    def started(self, inst: Instance, pid: int, argv: list[str]) -> None:
+        inst.leader_pid = pid
+        inst.argv = list(argv)
+        self._write(inst, None, {"kind": "lifecycle", "pid": pid, "tgid": pid, "comm": os.path.basename(argv[0])[:15],
+                                 "detail": {"event": "start", "argv": list(argv), "cgroup": str(inst.cgroup.v2)},
+                                 "verdict": None, "actions": []})
+
+    def leader_exited(self, inst: Instance, status: int) -> None:
+        inst.exit_status = status
+        inst.launcher_done = True
+
+    def release(self, inst: Instance, *, kill: bool = False) -> None:
+        """Forget an instance: stop its processes if asked, detach, remove its cgroup, record it."""
+        if kill and inst.cgroup.populated():
+            inst.cgroup.kill()
+            deadline = time.monotonic() + 5
+            while inst.cgroup.populated() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        self.sensor.consume()  # attribute the last events while the cgroup is still bound
+        self.sensor.unbind(inst.cgroup_id)
+        self.sensor.detach_cgroup(inst.cgroup.v2)
+        try:
+            inst.cgroup.remove()
+        except EbpfguardError as err:
+            log.error("%s", err)
+        self.instances.pop(inst.cgroup_id, None)
+        self._release_slot(inst.slot)
+        self._write(inst, None, {"kind": "lifecycle", "pid": inst.leader_pid, "tgid": inst.leader_pid,
+                                 "detail": {"event": "stop", "exit_status": inst.exit_status,
+                                            "violations": inst.violations, "killed_by_agent": kill},
+                                 "verdict": None, "actions": ["cgroup.kill"] if kill else []})
+
+    def reap(self) -> None:
+        """Release every instance whose launcher is done and whose cgroup has emptied."""
+        for inst in list(self.instances.values()):
+            if inst.launcher_done and not inst.cgroup.populated():
+                self.release(inst)
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        self.sensor.poll(timeout_ms)
+
+    def close(self) -> None:
+        for inst in list(self.instances.values()):
+            self.release(inst, kill=True)
+        self.sensor.close()
+
+    # ---- events ---------------------------------------------------------------------------------
+    def _on_raw(self, raw: Any) -> None:
+        try:
+            self.handle(decode(raw))
+        except Exception:  # an exception must not vanish inside the ring-buffer callback
+            self.record_errors += 1
+            log.exception("failed to handle a kernel event")
+
+    def handle(self, ev: Event) -> dict[str, Any] | None:
+        inst = self.instances.get(ev.cgroup_id)
+        slot = self.slots.get(ev.slot)
+        if inst is None and slot is None:
+            log.warning("event from unknown cgroup %d (pid %d): %s", ev.cgroup_id, ev.pid, ev.detail())
+            return None
+        actions: list[str] = []
+        if ev.verdict == "pending":
+            if slot is None or not self._resolve(ev, slot):
+                return None
+            actions.extend(ev.extra.pop("_actions", []))
+        if ev.verdict == "killed" and not actions:
+            actions.append("sigkill:kernel")
+        elif ev.verdict == "denied":
+            actions.append("eperm:kernel")
+        if ev.kind != "lifecycle" and inst is not None:
+            inst.violations += 1
+        rec = {"kind": ev.kind, "pid": ev.pid, "tgid": ev.tgid, "uid": ev.uid, "comm": ev.comm,
+               "detail": ev.detail(), "verdict": ev.verdict, "actions": actions, "time": rfc3339_ns(ev.ts_ns)}
+        return self._write(inst, slot, rec, cgroup_id=ev.cgroup_id)
+
+    def _resolve(self, ev: Event, slot: Slot) -> bool:
+        """Finish a decision the kernel left pending. True when it is a violation."""
+        raw_path = ev.path
+        try:
+            path = self._full_path(ev)
+        except OSError as err:
+            path = None
+            ev.extra["unresolved"] = f"{err.strerror}: the process is gone or the fd is closed"
+        if path is not None:
+            ev.path = path
+            if path != raw_path:
+                ev.extra["raw_path"] = raw_path
+            if slot.compiled.allows_path(path, ev.access):
+                return False
+        if slot.mode != "enforce" or slot.manifest.response.get(ev.kind) == "alert":
+            ev.verdict = "allowed"
+        elif slot.manifest.response.get(ev.kind) == "kill":
+            try:
+                os.kill(ev.tgid, signal.SIGKILL)
+                ev.verdict = "killed"
+                ev.extra["_actions"] = ["sigkill:agent"]
+            except ProcessLookupError:
+                ev.verdict = "detected"
+        else:
+            ev.verdict = "detected"
+        return True
+
+    def _full_path(self, ev: Event) -> str:
+        path = ev.path
+        if ev.flags & c("EV_UNREADABLE"):
+            with open(f"/proc/{ev.pid}/mem", "rb", buffering=0) as mem:
+                mem.seek(ev.uptr)
+                path = mem.read(4096).split(b"\0", 1)[0].decode(errors="surrogateescape")
+        if not path and ev.flags & c("EV_EMPTY_PATH"):
+            return os.readlink(f"/proc/{ev.tgid}/fd/{ev.dirfd}")
+        if not path.startswith("/"):
+            base = os.readlink(f"/proc/{ev.pid}/cwd" if ev.dirfd == AT_FDCWD else f"/proc/{ev.tgid}/fd/{ev.dirfd}")
+            path = os.path.join(base, path)
+        return "/" + os.path.normpath(path).lstrip("/")  # normpath keeps a leading "//"
+
+    def _write(self, inst: Instance | None, slot: Slot | None, rec: dict[str, Any],
+               cgroup_id: int | None = None) -> dict[str, Any] | None:
+        m = inst.manifest if inst else slot.manifest if slot else None
+        full = {"time": rfc3339_ns(now_ns()), "extension": m.name if m else None,
+                "instance": inst.id if inst else None,
+                "cgroup_id": inst.cgroup_id if inst else cgroup_id,
+                "mode": inst.mode if inst else slot.mode if slot else None,
+                "policy_sha256": m.sha256 if m else None, "prev_sha256": None, "signature": None, **rec}
+        try:
+            written = self.log.append(full)
+        except EbpfguardError as err:
+            self.record_errors += 1
+            log.error("%s", err)
+            return None
+        for sub in list(self.subscribers):
+            try:
+                sub(written)
+            except Exception:
+                self.subscribers.remove(sub)
+        return written

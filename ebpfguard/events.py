@@ -1,0 +1,110 @@
+"""Decoded kernel events and the forensic record they become.
+
+The kernel's struct eg_event (bpf/events.h) arrives as the ctypes type bcc builds from the compiled
+program; decode() copies it into an Event at once, because the ring-buffer memory is reused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .kernel.abi import c, kind_name, verdict_name
+from .manifest.syscall_table import SYSCALLS_X86_64
+
+SYSCALL_NAMES = {nr: name for name, nr in SYSCALLS_X86_64.items()}
+ACCESS_NAMES = {c("ACC_READ"): "read", c("ACC_WRITE"): "write", c("ACC_EXEC"): "exec"}
+NET_OP_NAMES = {c("NET_CONNECT"): "connect", c("NET_SEND"): "send", c("NET_BIND"): "bind"}
+LIFE_NAMES = {c("LIFE_EXEC"): "exec", c("LIFE_EXIT"): "exit"}
+PROTO_NAMES = {0: "any", 6: "tcp", 17: "udp"}
+FLAG_NAMES = {c("EV_RELATIVE"): "relative", c("EV_DOTDOT"): "dotdot", c("EV_TRUNCATED"): "truncated",
+              c("EV_UNREADABLE"): "unreadable", c("EV_EMPTY_PATH"): "empty-path"}
+
+# bpf_ktime_get_ns() is CLOCK_MONOTONIC; records carry wall-clock time.
+_MONO_TO_REAL = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def rfc3339_ns(epoch_ns: int) -> str:
+    sec, ns = divmod(epoch_ns, 1_000_000_000)
+    base = _dt.datetime.fromtimestamp(sec, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{ns:09d}Z"
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+@dataclass
+class Event:
+    ts_ns: int            # wall clock, ns since the epoch
+    cgroup_id: int
+    pid: int
+    tgid: int
+    uid: int
+    slot: int
+    kind: str
+    verdict: str | None
+    syscall_nr: int
+    flags: int
+    dirfd: int
+    op: int
+    family: int = 0
+    port: int = 0
+    proto: int = 0
+    addr: bytes = b""
+    comm: str = ""
+    path: str = ""
+    uptr: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def syscall(self) -> str | None:
+        return SYSCALL_NAMES.get(self.syscall_nr) if self.syscall_nr >= 0 else None
+
+    @property
+    def access(self) -> str:
+        return ACCESS_NAMES.get(self.op, str(self.op))
+
+    def flag_names(self) -> list[str]:
+        return [n for bit, n in FLAG_NAMES.items() if self.flags & bit]
+
+    def address(self) -> str:
+        if self.family == 4:
+            return str(ipaddress.IPv4Address(self.addr[:4]))
+        if self.family == 6:
+            return str(ipaddress.IPv6Address(self.addr[:16]))
+        return ""
+
+    def detail(self) -> dict[str, Any]:
+        if self.kind in ("file", "exec"):
+            d: dict[str, Any] = {"path": self.path, "access": self.access, "syscall": self.syscall}
+            if self.flag_names():
+                d["flags"] = self.flag_names()
+        elif self.kind == "network":
+            d = {"op": NET_OP_NAMES.get(self.op, str(self.op)), "address": self.address(), "port": self.port,
+                 "proto": PROTO_NAMES.get(self.proto, str(self.proto))}
+        elif self.kind in ("syscall", "privilege"):
+            d = {"syscall": self.syscall, "nr": self.syscall_nr}
+        elif self.kind == "lifecycle":
+            d = {"event": LIFE_NAMES.get(self.op, str(self.op))}
+            if self.path:
+                d["path"] = self.path
+        else:
+            d = {}
+        d.update(self.extra)
+        return d
+
+
+def decode(raw: Any) -> Event:
+    """Copy a kernel struct eg_event into an Event."""
+    return Event(
+        ts_ns=int(raw.ts_ns) + _MONO_TO_REAL, cgroup_id=int(raw.cgroup_id), pid=int(raw.pid),
+        tgid=int(raw.tgid), uid=int(raw.uid), slot=int(raw.slot), kind=kind_name(int(raw.kind)),
+        verdict=verdict_name(int(raw.verdict)), syscall_nr=int(raw.syscall_nr), flags=int(raw.flags),
+        dirfd=int(raw.dirfd), op=int(raw.op), family=int(raw.family), port=int(raw.port),
+        proto=int(raw.proto), addr=bytes(raw.addr), comm=bytes(raw.comm).split(b"\0", 1)[0].decode(errors="replace"),
+        path=bytes(raw.path).split(b"\0", 1)[0].decode(errors="surrogateescape"), uptr=int(raw.uptr),
+    )

@@ -1,0 +1,205 @@
+"""The sensor: compiles bpf/*.bpf.c with bcc, attaches the programs, owns their maps.
+
+This is the only module that imports bcc. bcc and OSError failures become KernelError here.
+The tracepoints (bcc's TRACEPOINT_PROBE) attach when the program is compiled; they cost one hash miss
+for any task outside an extension cgroup. The cgroup sock_addr programs attach per extension cgroup.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ..errors import KernelError
+from ..manifest.compile import CompiledPolicy
+from ..resources import bpf_dir
+from .abi import c
+
+SOURCES = ("lib.bpf.h", "files.bpf.c", "net.bpf.c", "syscalls.bpf.c", "lifecycle.bpf.c")
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+def ensure_tracefs() -> Path:
+    if not (TRACEFS / "events").is_dir():
+        rc = os.system(f"mount -t tracefs tracefs {TRACEFS} 2>/dev/null")
+        if rc != 0 or not (TRACEFS / "events").is_dir():
+            raise KernelError(f"tracefs is not mounted at {TRACEFS} and could not be mounted")
+    return TRACEFS
+
+
+def has_tracepoint(category: str, event: str) -> bool:
+    return (TRACEFS / "events" / category / event).is_dir()
+
+
+def program_source(directory: Path | None = None) -> str:
+    d = directory or bpf_dir()
+    return "\n".join(f"/* ---- {name} ---- */\n" + (d / name).read_text() for name in SOURCES)
+
+
+class Sensor:
+    """All of ebpfguard's kernel programs and maps, loaded and unloaded as one unit."""
+
+    def __init__(self, directory: Path | None = None):
+        try:
+            from bcc import BPF, BPFAttachType  # noqa: PLC0415 - the one place bcc is imported
+        except ImportError as err:
+            raise KernelError("cannot import bcc: install Debian's python3-bpfcc (make setup does)") from err
+        self._BPF = BPF
+        d = directory or bpf_dir()
+        ensure_tracefs()
+        cflags = [f"-I{d}", "-Wno-macro-redefined", "-Wno-unused-function"]
+        if has_tracepoint("syscalls", "sys_enter_fchmodat2"):
+            cflags.append("-DEG_HAVE_FCHMODAT2")
+        try:
+            self.bpf = BPF(text=program_source(d), cflags=cflags)
+        except Exception as err:  # bcc raises bare Exception for compile and load failures
+            raise KernelError(f"failed to compile or load the eBPF programs: {err}") from err
+        at = BPFAttachType
+        self._net_types = {
+            "eg_connect4": at.CGROUP_INET4_CONNECT, "eg_connect6": at.CGROUP_INET6_CONNECT,
+            "eg_sendmsg4": at.CGROUP_UDP4_SENDMSG, "eg_sendmsg6": at.CGROUP_UDP6_SENDMSG,
+            "eg_bind4": at.CGROUP_INET4_BIND, "eg_bind6": at.CGROUP_INET6_BIND,
+        }
+        try:
+            self._net_fns = {name: self.bpf.load_func(name, BPF.CGROUP_SOCK_ADDR, attach_type=t)
+                             for name, t in self._net_types.items()}
+        except Exception as err:
+            raise KernelError(f"failed to load the cgroup network programs: {err}") from err
+        self.gates: set[str] = set()
+        self.missing_gates: set[str] = set()
+        self._cgroup_fds: dict[str, int] = {}
+        self._ring_open = False
+
+    # ---- policies -------------------------------------------------------------------------------
+    def _put(self, table: str, key: bytes, value: bytes) -> None:
+        t = self.bpf[table]
+        t[t.Key.from_buffer_copy(key)] = t.Leaf.from_buffer_copy(value)
+
+    def _delete(self, table: str, key: bytes) -> None:
+        t = self.bpf[table]
+        try:
+            del t[t.Key.from_buffer_copy(key)]
+        except KeyError:
+            pass
+
+    def ensure_syscall_gates(self, names: Iterable[str]) -> None:
+        """Attach the syscall gate to sys_enter_<name> for each denied syscall not yet covered."""
+        for name in sorted(set(names) - self.gates - self.missing_gates):
+            if not has_tracepoint("syscalls", f"sys_enter_{name}"):
+                # not built into this kernel (the call returns ENOSYS), or has no tracepoint
+                self.missing_gates.add(name)
+                continue
+            try:
+                self.bpf.attach_tracepoint(tp=f"syscalls:sys_enter_{name}", fn_name=b"syscall_gate")
+            except Exception as err:
+                raise KernelError(f"failed to attach the syscall gate to sys_enter_{name}: {err}") from err
+            self.gates.add(name)
+
+    def write_policy(self, cp: CompiledPolicy) -> None:
+        self.ensure_syscall_gates(cp.syscalls)
+        for k, v in cp.path_items():
+            self._put("path_rules", k, v)
+        for k, v in cp.net_items():
+            self._put("net_rules", k, v)
+        t = self.bpf["ext_policy"]
+        t[ctypes.c_int(cp.slot)] = t.Leaf.from_buffer_copy(cp.ext_policy)
+
+    def clear_policy(self, cp: CompiledPolicy) -> None:
+        for k, _ in cp.path_items():
+            self._delete("path_rules", k)
+        for k, _ in cp.net_items():
+            self._delete("net_rules", k)
+
+    def bind(self, cgroup_id: int, slot: int) -> None:
+        t = self.bpf["cgroup_slot"]
+        t[t.Key(cgroup_id)] = t.Leaf(slot)
+
+    def unbind(self, cgroup_id: int) -> None:
+        t = self.bpf["cgroup_slot"]
+        try:
+            del t[t.Key(cgroup_id)]
+        except KeyError:
+            pass
+
+    # ---- cgroup network programs ----------------------------------------------------------------
+    def attach_cgroup(self, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as err:
+            raise KernelError(f"failed to open cgroup {path}: {err.strerror}") from err
+        try:
+            for name, fn in self._net_fns.items():
+                self.bpf.attach_func(fn, fd, self._net_types[name])
+        except Exception as err:
+            os.close(fd)
+            raise KernelError(f"failed to attach network programs to {path}: {err}") from err
+        self._cgroup_fds[str(path)] = fd
+
+    def detach_cgroup(self, path: Path) -> None:
+        fd = self._cgroup_fds.pop(str(path), None)
+        if fd is None:
+            return
+        for name, fn in self._net_fns.items():
+            try:
+                self.bpf.detach_func(fn, fd, self._net_types[name])
+            except Exception:  # the cgroup may be gone already, which detaches by itself
+                pass
+        os.close(fd)
+
+    # ---- events and counters --------------------------------------------------------------------
+    def open_events(self, callback: Callable[[Any], None]) -> None:
+        events = self.bpf["events"]
+
+        def _cb(_ctx: Any, data: Any, _size: int) -> int:
+            callback(events.event(data))
+            return 0
+
+        events.open_ring_buffer(_cb)
+        self._ring_open = True
+
+    def poll(self, timeout_ms: int) -> None:
+        if self._ring_open:
+            self.bpf.ring_buffer_poll(timeout_ms)
+
+    def consume(self) -> None:
+        if self._ring_open:
+            self.bpf.ring_buffer_consume()
+
+    def counters(self) -> dict[str, int]:
+        t = self.bpf["counters"]
+        names = {"events": c("CTR_EVENTS"), "drops": c("CTR_DROPS"), "kills": c("CTR_KILLS"),
+                 "denials": c("CTR_DENIALS")}
+        return {n: int(t.sum(t.Key(i)).value) for n, i in names.items()}
+
+    def map_sizes(self) -> dict[str, tuple[int, int]]:
+        """(key size, value size) of each map, as the compiled program defines them."""
+        out = {}
+        for name in ("cgroup_slot", "ext_policy", "path_rules", "net_rules", "counters"):
+            t = self.bpf[name]
+            out[name] = (ctypes.sizeof(t.Key), ctypes.sizeof(t.Leaf))
+        return out
+
+    # ---- tracepoints, for the benchmark's unloaded rounds ---------------------------------------
+    def tracepoints(self) -> list[tuple[str, str]]:
+        return [(tp.decode() if isinstance(tp, bytes) else tp, "") for tp in self.bpf.tracepoint_fds]
+
+    def detach_tracepoints(self) -> list[str]:
+        tps = [tp.decode() if isinstance(tp, bytes) else tp for tp in list(self.bpf.tracepoint_fds)]
+        for tp in tps:
+            self.bpf.detach_tracepoint(tp)
+        return tps
+
+    def attach_tracepoints(self, tps: list[str]) -> None:
+        for tp in tps:
+            category, event = tp.split(":")
+            name = event[len("sys_enter_"):] if event.startswith("sys_enter_") else None
+            fn = b"syscall_gate" if name in self.gates else f"tracepoint__{category}__{event}".encode()
+            self.bpf.attach_tracepoint(tp=tp, fn_name=fn)
+
+    def close(self) -> None:
+        for path in list(self._cgroup_fds):
+            self.detach_cgroup(Path(path))
+        self.bpf.cleanup()

@@ -1,0 +1,154 @@
+"""compile(): a pure function from a manifest to the exact bytes the kernel maps hold.
+
+The layouts are those of bpf/events.h (little-endian, x86-64); tests/kernel/test_abi.py checks the
+sizes below against the compiled program's own map types.
+
+    struct eg_ext_policy  "<II8s8Q8Q"  flags, slot, response[8] by kind, sys_deny[8], sys_priv[8]
+    struct eg_path_key    "<II252s"    prefixlen (bits of scope+path), scope = slot<<8 | access, path
+    struct eg_net_key     "<II16s"     prefixlen (32 + CIDR bits), scope = slot<<8 | op<<4 | 4|6, address
+    struct eg_net_value   "<II" + 16 * "<HHB3x"   count, then (lo, hi, proto) port ranges
+
+Path semantics: a tree "/usr/" is stored without its NUL (a byte prefix of "/usr/bin/x") plus the
+directory itself "/usr" with its NUL; an exact file is stored with its NUL. A write tree is also a read
+tree. Network semantics: "send" (unconnected UDP sendto/sendmsg) uses the connect rules; an IPv4
+rule is also stored as its IPv4-mapped IPv6 network; each CIDR's value carries the port ranges of every
+CIDR that contains it, so the kernel's one longest-prefix lookup is enough.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import ManifestError, Problem
+from ..kernel.abi import c, kind_value
+from .load import Manifest, NetRule
+from .syscall_table import SYSCALLS_X86_64
+
+EXT_POLICY = struct.Struct("<II8s8Q8Q")
+PATH_KEY = struct.Struct(f"<II{c('PATH_MAX')}s")
+NET_KEY = struct.Struct("<II16s")
+PORT_RANGE = struct.Struct("<HHB3x")
+NET_VALUE_HEAD = struct.Struct("<II")
+NET_VALUE_SIZE = NET_VALUE_HEAD.size + c("NET_RANGES") * PORT_RANGE.size
+
+ACCESS = {"read": c("ACC_READ"), "write": c("ACC_WRITE"), "exec": c("ACC_EXEC")}
+NET_OPS = {"connect": c("NET_CONNECT"), "send": c("NET_SEND"), "bind": c("NET_BIND")}
+RESPONSES = {"alert": c("RESP_ALERT"), "block": c("RESP_BLOCK"), "throttle": c("RESP_BLOCK"),
+             "freeze": c("RESP_FREEZE"), "kill": c("RESP_KILL")}
+PROTOS = {"any": 0, "tcp": 6, "udp": 17}
+V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+@dataclass(frozen=True)
+class PathEntry:
+    access: str
+    path: str
+    exact: bool
+
+    def key(self, slot: int) -> bytes:
+        data = self.path.encode() + (b"\0" if self.exact else b"")
+        return PATH_KEY.pack(32 + 8 * len(data), slot << 8 | ACCESS[self.access], data)
+
+    def matches(self, path: str) -> bool:
+        return path == self.path if self.exact else path.startswith(self.path)
+
+
+@dataclass(frozen=True)
+class NetEntry:
+    op: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    ranges: tuple[tuple[int, int, int], ...]  # (lo, hi, proto number)
+
+    def key(self, slot: int) -> bytes:
+        fam = self.network.version
+        scope = slot << 8 | NET_OPS[self.op] << 4 | fam
+        return NET_KEY.pack(32 + self.network.prefixlen, scope, self.network.network_address.packed)
+
+    def value(self) -> bytes:
+        out = NET_VALUE_HEAD.pack(len(self.ranges), 0)
+        out += b"".join(PORT_RANGE.pack(lo, hi, proto) for lo, hi, proto in self.ranges)
+        return out.ljust(NET_VALUE_SIZE, b"\0")
+
+
+@dataclass
+class CompiledPolicy:
+    slot: int
+    enforce: bool
+    ext_policy: bytes
+    paths: list[PathEntry]
+    nets: list[NetEntry]
+    syscalls: dict[str, str] = field(default_factory=dict)  # name -> kind
+
+    def path_items(self) -> list[tuple[bytes, bytes]]:
+        return [(e.key(self.slot), b"\1") for e in self.paths]
+
+    def net_items(self) -> list[tuple[bytes, bytes]]:
+        return [(e.key(self.slot), e.value()) for e in self.nets]
+
+    # The same decisions in user space, for the paths the kernel side leaves pending.
+    def allows_path(self, path: str, access: str) -> bool:
+        return any(e.access == access and e.matches(path) for e in self.paths)
+
+
+def _path_entries(m: Manifest) -> list[PathEntry]:
+    trees = {"read": m.read + m.write, "write": m.write, "exec": m.exec}
+    out: dict[tuple[str, str, bool], None] = {}
+    for access, paths in trees.items():
+        for p in paths:
+            if p.endswith("/"):
+                out[(access, p, False)] = None
+                if p != "/":
+                    out[(access, p.rstrip("/"), True)] = None
+            else:
+                out[(access, p, True)] = None
+    return [PathEntry(a, p, e) for a, p, e in out]
+
+
+def _net_entries(m: Manifest) -> list[NetEntry]:
+    out: list[NetEntry] = []
+    limit = c("NET_RANGES")
+    for op, rules in (("connect", m.connect), ("send", m.connect), ("bind", m.bind)):
+        expanded: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, NetRule]] = []
+        for r in rules:
+            expanded.append((r.network, r))
+            if r.network.version == 4:
+                mapped = ipaddress.IPv6Network(
+                    (int(V4_MAPPED.network_address) | int(r.network.network_address), 96 + r.network.prefixlen))
+                expanded.append((mapped, r))
+        nets = dict.fromkeys(n for n, _ in expanded)
+        for net in nets:
+            ranges = tuple(dict.fromkeys(
+                (r.port_lo, r.port_hi, PROTOS[r.proto]) for n, r in expanded
+                if n.version == net.version and net.subnet_of(n)))  # type: ignore[arg-type]
+            if len(ranges) > limit:
+                op_field = "bind" if op == "bind" else "connect"
+                raise ManifestError([Problem(m.source, m.line_of("spec", "network", op_field),
+                                             f"spec.network.{op_field}",
+                                             f"{net} is covered by {len(ranges)} port rules; the kernel "
+                                             f"holds at most {limit} per address")])
+            out.append(NetEntry(op, net, ranges))
+    return out
+
+
+def compile(m: Manifest, slot: int, mode: str | None = None) -> CompiledPolicy:  # noqa: A001
+    """Manifest -> kernel map contents for policy slot ``slot``. ``mode`` overrides spec.mode."""
+    if not 0 <= slot < c("MAX_SLOTS"):
+        raise ValueError(f"slot {slot} out of range")
+    enforce = (mode or m.mode) == "enforce"
+    response = bytearray(c("KIND_MAX"))
+    for kind, resp in m.response.items():
+        response[kind_value(kind)] = RESPONSES[resp]
+    words = c("SYSCALL_WORDS")
+    deny = [0] * words
+    priv = [0] * words
+    syscalls = m.all_denied_syscalls()
+    for name, kind in syscalls.items():
+        nr = SYSCALLS_X86_64[name]
+        deny[nr >> 6] |= 1 << (nr & 63)
+        if kind == "privilege":
+            priv[nr >> 6] |= 1 << (nr & 63)
+    flags = c("POL_ENFORCE") if enforce else 0
+    blob = EXT_POLICY.pack(flags, slot, bytes(response), *deny, *priv)
+    return CompiledPolicy(slot, enforce, blob, _path_entries(m), _net_entries(m), syscalls)
