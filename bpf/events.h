@@ -79,6 +79,7 @@
 #define EG_EV_TRUNCATED 4   /* path longer than EG_PATH_MAX - 1 bytes */
 #define EG_EV_UNREADABLE 8  /* the user page was not resident; read it from /proc/PID/mem */
 #define EG_EV_EMPTY_PATH 16 /* execveat(fd, "", AT_EMPTY_PATH) and friends */
+#define EG_EV_HELD 32       /* enforce mode: SIGSTOP sent; user space resumes (SIGCONT) or kills */
 
 /* counters (per-CPU array index) */
 #define EG_CTR_EVENTS 0

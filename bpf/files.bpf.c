@@ -15,6 +15,9 @@ static __always_inline u32 open_access(u64 flags)
  * The kernel side decides absolute, ".."-free paths on its own. A relative path, a ".." component
  * or a user page that was not resident cannot be decided here without reading kernel structs by
  * offset, so the record goes to user space marked EG_V_PENDING, which resolves it through /proc.
+ * In enforce mode the process is also stopped (SIGSTOP, delivered before the syscall returns to user
+ * space), so its cwd, fds and memory still hold the answer when user space looks; user space then
+ * resumes or kills it. Only a record that was reserved stops anyone: a dropped one cannot be answered.
  * A path too long for the trie is a violation: refusing to guess is the safe side.
  */
 static __always_inline int check_path(const char *upath, int dirfd, u32 access, u16 kind, s32 nr)
@@ -67,6 +70,10 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 	struct eg_event *e = new_event(pol, kind, nr);
 	if (!e)
 		return 0;
+	if (pending && (pol->flags & EG_POL_ENFORCE)) {
+		bpf_send_signal(19);
+		flags |= EG_EV_HELD;
+	}
 	e->verdict = verdict;
 	e->flags = flags;
 	e->dirfd = dirfd;

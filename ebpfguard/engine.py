@@ -182,7 +182,12 @@ class Engine:
             return None
         actions: list[str] = []
         if ev.verdict == "pending":
-            if slot is None or not self._resolve(ev, slot):
+            try:
+                violation = slot is not None and self._resolve(ev, slot)
+            finally:
+                if ev.flags & c("EV_HELD") and ev.verdict != "killed":
+                    self._resume(ev.tgid)
+            if not violation:
                 return None
             actions.extend(ev.extra.pop("_actions", []))
         if ev.verdict == "killed" and not actions:
@@ -221,6 +226,13 @@ class Engine:
         else:
             ev.verdict = "detected"
         return True
+
+    @staticmethod
+    def _resume(tgid: int) -> None:
+        try:
+            os.kill(tgid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
 
     def _full_path(self, ev: Event) -> str:
         path = ev.path

@@ -21,7 +21,8 @@ NET_OP_NAMES = {c("NET_CONNECT"): "connect", c("NET_SEND"): "send", c("NET_BIND"
 LIFE_NAMES = {c("LIFE_EXEC"): "exec", c("LIFE_EXIT"): "exit"}
 PROTO_NAMES = {0: "any", 6: "tcp", 17: "udp"}
 FLAG_NAMES = {c("EV_RELATIVE"): "relative", c("EV_DOTDOT"): "dotdot", c("EV_TRUNCATED"): "truncated",
-              c("EV_UNREADABLE"): "unreadable", c("EV_EMPTY_PATH"): "empty-path"}
+              c("EV_UNREADABLE"): "unreadable", c("EV_EMPTY_PATH"): "empty-path",
+              c("EV_HELD"): "held"}
 
 # bpf_ktime_get_ns() is CLOCK_MONOTONIC; records carry wall-clock time.
 _MONO_TO_REAL = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)

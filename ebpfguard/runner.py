@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-import time
+import sys
 from collections.abc import Sequence
 
 from .launcher import exit_status, resolve, spawn
@@ -43,10 +43,40 @@ def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str |
         eng.close()
 
 
-def wait_populated(cgroup_populated: callable, timeout: float) -> bool:  # type: ignore[valid-type]
-    deadline = time.monotonic() + timeout
-    while cgroup_populated():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | None = None,
+                  extension: str | None = None, mode: str | None = None) -> int:
+    """Ask the agent for an instance cgroup, launch into it, report the exit. The connection stays
+    open while the command runs: if this process dies, the agent sees the launcher is gone."""
+    from .control import Client  # noqa: PLC0415
+    from .errors import ControlError  # noqa: PLC0415
+    from .manifest.load import default_home  # noqa: PLC0415
+
+    argv = resolve(argv)
+    with Client(state_dir) as client:
+        if manifest is not None:
+            ans = client.request("prepare", manifest_text=manifest.raw.decode(), manifest_path=manifest.source,
+                                 home=default_home(manifest.user), mode=mode)
+        else:
+            ans = client.request("prepare", extension=extension, mode=mode)
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            proc = spawn(argv, ans["procs_files"])
+        finally:
+            signal.signal(signal.SIGINT, old)
+        client.request("started", instance=ans["instance"], pid=proc.pid, argv=list(argv))
+        prev = signal.signal(signal.SIGINT, lambda *_: None)
+        try:
+            while True:
+                try:
+                    proc.wait()
+                    break
+                except InterruptedError:
+                    continue
+        finally:
+            signal.signal(signal.SIGINT, prev)
+        status = exit_status(proc.returncode)
+        try:
+            client.request("exited", instance=ans["instance"], status=status)
+        except ControlError as err:  # the agent stopped meanwhile: the status is still the command's
+            print(f"ebpfguard: warning: could not report the exit to the agent: {err}", file=sys.stderr)
+        return status

@@ -1,0 +1,295 @@
+"""``ebpfguard agent``: loads the programs once, serves the control socket, watches the policy
+directory, releases instances whose cgroups have emptied, and on SIGTERM detaches everything.
+
+One thread: the loop polls the ring buffer (20 ms), then the sockets, then its timers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from .control import MAX_REQUEST, peer_uid, socket_path
+from .engine import Engine, Instance
+from .errors import EbpfguardError, ManifestError
+from .events import now_ns, rfc3339_ns
+from .manifest.load import Manifest, load, parse
+
+log = logging.getLogger("ebpfguard")
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class Conn:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = b""
+        self.instances: list[int] = []  # cgroup ids this connection prepared
+
+
+class PolicyDir:
+    """The manifests of a directory, reloaded when a file changes. A bad file is reported and the
+    last good version of that extension stays in force."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None):
+        self.dir = Path(directory) if directory else None
+        self.seen: dict[Path, tuple[int, int]] = {}
+        self.by_file: dict[Path, Manifest] = {}
+        self.errors: dict[str, str] = {}
+
+    def manifests(self) -> dict[str, Manifest]:
+        return {m.name: m for m in self.by_file.values()}
+
+    def scan(self) -> list[str]:
+        """Reload what changed; returns log lines."""
+        if self.dir is None or not self.dir.is_dir():
+            return []
+        out: list[str] = []
+        present = set()
+        for p in sorted(self.dir.iterdir()):
+            if p.suffix not in MANIFEST_SUFFIXES or p.name.endswith(".schema.json") or not p.is_file():
+                continue
+            present.add(p)
+            st = p.stat()
+            sig = (st.st_mtime_ns, st.st_size)
+            if self.seen.get(p) == sig:
+                continue
+            self.seen[p] = sig
+            try:
+                m = load(p)
+            except ManifestError as err:
+                self.errors[str(p)] = str(err)
+                out.append(f"policy {p.name} rejected, previous version kept: {err}")
+                continue
+            self.errors.pop(str(p), None)
+            old = self.by_file.get(p)
+            self.by_file[p] = m
+            if old is None:
+                out.append(f"policy {m.name} {m.version} loaded from {p.name} (sha256 {m.sha256[:12]})")
+            elif old.sha256 != m.sha256:
+                out.append(f"policy {m.name} reloaded: {old.sha256[:12]} -> {m.sha256[:12]}; running instances keep theirs")
+        for p in set(self.seen) - present:
+            self.seen.pop(p)
+            self.errors.pop(str(p), None)
+            if p in self.by_file:
+                out.append(f"policy {self.by_file.pop(p).name} removed ({p.name} is gone)")
+        return out
+
+
+class Agent:
+    def __init__(self, state_dir: str, policy_dir: str | None, engine: Engine | None = None):
+        self.state_dir = state_dir
+        self.policies = PolicyDir(policy_dir)
+        self._engine = engine
+        self.engine: Engine
+        self.sel = selectors.DefaultSelector()
+        self.conns: dict[int, Conn] = {}
+        self.stopping = False
+        self.started_ns = now_ns()
+        self.listener: socket.socket | None = None
+
+    # ---- life cycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.state_dir, 0o700)
+        path = socket_path(self.state_dir)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+            raise EbpfguardError(f"another agent is already serving {path}")
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass
+        finally:
+            probe.close()
+        self.engine = self._engine or Engine(self.state_dir)
+        for cg in self.engine.cgroups.existing():
+            if not cg.populated():
+                cg.remove()
+                log.info("removed stale empty cgroup %s", cg.name)
+            else:
+                log.warning("cgroup %s is still populated from an earlier agent; it is not adopted", cg.name)
+        path.unlink(missing_ok=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self.listener.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self.listener.listen(64)
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, None)
+        for line in self.policies.scan():
+            log.info("%s", line)
+        log.info("enforcing: %d policies, control socket %s, state %s", len(self.policies.by_file), path,
+                 self.state_dir)
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def serve_forever(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        last_scan = 0.0
+        while not self.stopping:
+            self.engine.poll(20)
+            for key, _ in self.sel.select(0):
+                if key.data is None:
+                    self._accept()
+                else:
+                    self._read(key.data)
+            now = time.monotonic()
+            if now - last_scan >= 1.0:
+                last_scan = now
+                for line in self.policies.scan():
+                    log.info("%s", line)
+                self.engine.reap()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        n = len(self.engine.instances)
+        if n:
+            log.info("stopping: killing %d running extension instance(s)", n)
+        self.engine.close()
+        for conn in list(self.conns.values()):
+            self._drop(conn)
+        if self.listener:
+            self.sel.unregister(self.listener)
+            self.listener.close()
+            socket_path(self.state_dir).unlink(missing_ok=True)
+        try:
+            self.engine.cgroups.slice_v2.rmdir()
+            for root in self.engine.cgroups.v1_roots.values():
+                (root / self.engine.cgroups.slice_name).rmdir()
+        except OSError:
+            pass
+        log.info("stopped: programs detached, cgroups removed")
+
+    # ---- connections ----------------------------------------------------------------------------
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        if peer_uid(sock) != 0:
+            sock.sendall(b'{"ok": false, "error": "the control socket serves root only"}\n')
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = Conn(sock)
+        self.conns[sock.fileno()] = conn
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _drop(self, conn: Conn) -> None:
+        for cgid in conn.instances:
+            inst = self.engine.instances.get(cgid)
+            if inst is not None:
+                inst.launcher_done = True
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        self.conns.pop(conn.sock.fileno(), None)
+        conn.sock.close()
+
+    def _read(self, conn: Conn) -> None:
+        try:
+            chunk = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._drop(conn)
+            return
+        conn.buf += chunk
+        while b"\n" in conn.buf:
+            line, conn.buf = conn.buf.split(b"\n", 1)
+            self._send(conn, self._answer(conn, line))
+        if len(conn.buf) > MAX_REQUEST:
+            self._send(conn, {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"})
+            self._drop(conn)
+
+    def _send(self, conn: Conn, answer: dict[str, Any]) -> None:
+        try:
+            conn.sock.setblocking(True)
+            conn.sock.sendall(json.dumps(answer).encode() + b"\n")
+            conn.sock.setblocking(False)
+        except OSError:
+            self._drop(conn)
+
+    def _answer(self, conn: Conn, line: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(line)
+        except ValueError as err:
+            return {"ok": False, "error": f"request is not JSON: {err}"}
+        if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+            return {"ok": False, "error": "a request is a JSON object with a string 'op'"}
+        handler = getattr(self, "_op_" + req["op"], None)
+        if handler is None:
+            return {"ok": False, "error": f"unknown op {req['op']!r} (ping, status, prepare, started, exited)"}
+        try:
+            return {"ok": True, **handler(conn, req)}
+        except (KeyError, TypeError, ValueError) as err:
+            return {"ok": False, "error": f"bad {req['op']} request: {err!r}"}
+        except EbpfguardError as err:
+            return {"ok": False, "error": str(err)}
+
+    # ---- operations -----------------------------------------------------------------------------
+    def _op_ping(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "started": rfc3339_ns(self.started_ns)}
+
+    def _op_status(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        sensor = self.engine.sensor
+        return {
+            "agent": {"pid": os.getpid(), "started": rfc3339_ns(self.started_ns), "state": "enforcing",
+                      "state_dir": self.state_dir, "cgroup_mode": self.engine.cgroups.mode,
+                      "counters": sensor.counters(), "records_written": self.engine.log.written,
+                      "records_failed": self.engine.log.failed + self.engine.record_errors,
+                      "syscall_gates": sorted(sensor.gates), "syscalls_not_in_kernel": sorted(sensor.missing_gates),
+                      "layers": ["cgroup-sock-addr (deny)", "tracepoints (detect, kill, hold)"]},
+            "policies": [{"name": m.name, "version": m.version, "mode": m.mode, "sha256": m.sha256,
+                          "file": m.source} for m in self.policies.manifests().values()],
+            "policy_errors": self.policies.errors,
+            "instances": [i.summary() for i in self.engine.instances.values()],
+        }
+
+    def _op_prepare(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        mode = req.get("mode")
+        if mode not in (None, "audit", "enforce"):
+            raise ValueError(f"mode {mode!r} is not audit or enforce")
+        if req.get("extension"):
+            m = self.policies.manifests().get(req["extension"])
+            if m is None:
+                raise EbpfguardError(f"no policy named {req['extension']!r} in {self.policies.dir}")
+        else:
+            text = req["manifest_text"]
+            if not isinstance(text, str):
+                raise TypeError("manifest_text must be a string")
+            m = parse(text.encode(), str(req.get("manifest_path", "<request>")), home=req.get("home"))
+        inst = self.engine.prepare(m, mode)
+        conn.instances.append(inst.cgroup_id)
+        return {"instance": inst.id, "procs_files": inst.cgroup.procs_files(), "cgroup": str(inst.cgroup.v2)}
+
+    def _instance(self, req: dict[str, Any]) -> Instance:
+        for inst in self.engine.instances.values():
+            if inst.id == req["instance"]:
+                return inst
+        raise EbpfguardError(f"no running instance {req['instance']!r}")
+
+    def _op_started(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        inst = self._instance(req)
+        self.engine.started(inst, int(req["pid"]), [str(a) for a in req["argv"]])
+        return {}
+
+    def _op_exited(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        inst = self._instance(req)
+        self.engine.leader_exited(inst, int(req["status"]))
+        return {}

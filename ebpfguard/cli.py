@@ -1,0 +1,311 @@
+"""The ebpfguard command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from .errors import EbpfguardError, ManifestError
+
+DEFAULT_STATE = "/var/lib/ebpfguard"
+STATE_OPT = click.option("--state-dir", default=lambda: os.environ.get("EBPFGUARD_STATE_DIR", DEFAULT_STATE),
+                         show_default=DEFAULT_STATE, type=click.Path(file_okay=False),
+                         help="Forensic log, control socket and keys (env EBPFGUARD_STATE_DIR).")
+
+
+def fail(msg: str, code: int = 1) -> None:
+    click.echo(f"ebpfguard: error: {msg}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="ebpfguard")
+def main() -> None:
+    """Contain untrusted extensions: one cgroup per extension, every file open, exec, socket and
+    dangerous syscall checked against its manifest inside the kernel.
+
+    \b
+    Examples:
+      ebpfguard policy validate policies/*.yaml
+      sudo ebpfguard run --manifest policies/md-preview.yaml -- python3 preview.py
+      sudo ebpfguard agent --policy-dir /etc/ebpfguard/policies
+      sudo ebpfguard trace --extension md-preview
+      sudo ebpfguard forensics show --json
+    """
+
+
+# ---- run ---------------------------------------------------------------------------------------
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--manifest", "-m", type=click.Path(dir_okay=False), help="The extension's manifest file.")
+@click.option("--extension", "-e", help="Use the policy of this name that the running agent loaded.")
+@click.option("--mode", type=click.Choice(["audit", "enforce"]), help="Override the manifest's spec.mode.")
+@click.option("--standalone", is_flag=True, help="Load the programs in this process even if an agent runs.")
+@STATE_OPT
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(manifest: str | None, extension: str | None, mode: str | None, standalone: bool, state_dir: str,
+        command: tuple[str, ...]) -> None:
+    """Run COMMAND as an extension instance in its own cgroup, under its manifest.
+
+    Without an agent it loads the eBPF programs itself; with one it goes through the agent's control
+    socket. Exits with COMMAND's status, or 128+N if COMMAND was killed by signal N.
+
+    \b
+    Examples:
+      ebpfguard run -m policies/md-preview.yaml -- python3 -m md_preview --port 8765
+      ebpfguard run -m plugin.yaml --mode audit -- ./plugin.sh
+      ebpfguard run -e md-preview -- python3 preview.py     # a policy the agent loaded
+    """
+    from .control import agent_running
+    from .manifest.load import load
+    from .runner import run_standalone, run_via_agent
+
+    if bool(manifest) == bool(extension):
+        fail("give exactly one of --manifest or --extension", 2)
+    m = None
+    if manifest:
+        try:
+            m = load(manifest)
+        except ManifestError as err:
+            fail(str(err), 2)
+    try:
+        if not standalone and agent_running(state_dir):
+            status = run_via_agent(state_dir, command, manifest=m, extension=extension, mode=mode)
+        elif m is None:
+            fail(f"--extension needs a running agent (none on {state_dir}/agent.sock)", 2)
+            return
+        else:
+            _require_root()
+            status = run_standalone(m, command, state_dir, mode)
+    except EbpfguardError as err:
+        fail(str(err), 127 if "command not found" in str(err) else 1)
+    sys.exit(status)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        fail("loading eBPF programs and creating cgroups needs root", 1)
+
+
+# ---- agent -------------------------------------------------------------------------------------
+@main.command()
+@STATE_OPT
+@click.option("--policy-dir", type=click.Path(file_okay=False), help="Load every manifest here; reload on change.")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--ebpf", is_flag=True, hidden=True, help="Print the eBPF C source and exit.")
+def agent(state_dir: str, policy_dir: str | None, log_level: str, ebpf: bool) -> None:
+    """Run the root service: load the programs once, serve the control socket, watch the policies.
+
+    Logs go to stdout (journald under systemd). SIGTERM stops it cleanly: running extensions are
+    stopped, programs detached and their cgroups removed.
+
+    \b
+    Examples:
+      ebpfguard agent --policy-dir policies
+      ebpfguard agent --state-dir /run/ebpfguard --policy-dir /etc/ebpfguard/policies
+    """
+    if ebpf:
+        from .kernel.loader import program_source
+
+        click.echo(program_source())
+        return
+    from .agent import Agent
+
+    logging.basicConfig(stream=sys.stdout, level=log_level.upper(),
+                        format="%(asctime)s ebpfguard[%(process)d] %(levelname)s %(message)s")
+    _require_root()
+    a = Agent(state_dir, policy_dir)
+    try:
+        a.start()
+    except EbpfguardError as err:
+        fail(str(err))
+    a.serve_forever()
+
+
+# ---- status ------------------------------------------------------------------------------------
+@main.command()
+@STATE_OPT
+@click.option("--json", "as_json", is_flag=True, help="Print the agent's answer as JSON.")
+def status(state_dir: str, as_json: bool) -> None:
+    """Show the agent and every running extension instance. Exits 1 when no agent is enforcing.
+
+    \b
+    Examples:
+      ebpfguard status
+      ebpfguard status --json | jq '.instances[].violations'
+    """
+    from .control import Client
+
+    try:
+        with Client(state_dir, timeout=5) as c:
+            ans = c.request("status")
+    except EbpfguardError as err:
+        fail(str(err))
+    if as_json:
+        click.echo(json.dumps(ans, indent=2))
+        return
+    a = ans["agent"]
+    ctr = a["counters"]
+    click.echo(f"agent pid {a['pid']} {a['state']} since {a['started']} (cgroups: {a['cgroup_mode']})")
+    click.echo(f"  kernel: {ctr['events']} events, {ctr['drops']} dropped, {ctr['denials']} denied, "
+               f"{ctr['kills']} killed; records written {a['records_written']}, failed {a['records_failed']}")
+    click.echo(f"  layers: {', '.join(a['layers'])}")
+    click.echo(f"policies ({len(ans['policies'])}):")
+    for p in ans["policies"]:
+        click.echo(f"  {p['name']:<24} {p['version']:<10} {p['mode']:<8} {p['sha256'][:12]}")
+    for f, e in ans.get("policy_errors", {}).items():
+        click.echo(f"  rejected {f}: {e.splitlines()[0]}")
+    click.echo(f"instances ({len(ans['instances'])}):")
+    for i in ans["instances"]:
+        click.echo(f"  {i['instance']:<30} pid {i['pid']!s:<7} {i['state']:<8} {i['mode']:<8} "
+                   f"violations {i['violations']:<5} {i['cgroup']}")
+
+
+# ---- trace -------------------------------------------------------------------------------------
+@main.command()
+@STATE_OPT
+@click.option("--extension", "-e", help="Only this extension.")
+@click.option("--pid", "-p", type=int, help="Only this process (pid or thread id).")
+@click.option("--kind", "-k", multiple=True,
+              type=click.Choice(["file", "exec", "network", "syscall", "privilege", "resource", "lifecycle"]),
+              help="Only these kinds (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of columns.")
+@click.option("--all", "from_start", is_flag=True, help="Start from the first record, not from now.")
+def trace(state_dir: str, extension: str | None, pid: int | None, kind: tuple[str, ...], as_json: bool,
+          from_start: bool) -> None:
+    """Follow violations and lifecycle events live, one line each (80 columns) or JSON lines.
+
+    \b
+    Examples:
+      ebpfguard trace
+      ebpfguard trace --extension md-preview --kind network --kind exec
+      ebpfguard trace --pid 4242 --json
+    """
+    from .trace import HEADER, follow, format_line, log_path, matcher
+
+    ok = matcher(extension, pid, kind)
+    try:
+        if not as_json:
+            click.echo(HEADER)
+        for rec in follow(log_path(state_dir), from_start):
+            if ok(rec):
+                click.echo(json.dumps(rec) if as_json else format_line(rec))
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        sys.stderr.close()
+
+
+# ---- policy ------------------------------------------------------------------------------------
+@main.group()
+def policy() -> None:
+    """Work with manifests."""
+
+
+@policy.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def validate(files: tuple[str, ...]) -> None:
+    """Validate manifests. Exits 0 when all are valid, 2 otherwise; every problem is printed as
+    FILE:LINE: FIELD: REASON.
+
+    \b
+    Examples:
+      ebpfguard policy validate policies/*.yaml
+    """
+    from .manifest.compile import compile as compile_manifest
+    from .manifest.load import load
+
+    bad = 0
+    for f in files:
+        try:
+            m = load(f)
+            compile_manifest(m, 0)
+        except ManifestError as err:
+            bad += 1
+            for p in err.problems:
+                click.echo(str(p), err=True)
+            continue
+        click.echo(f"{f}: ok ({m.name} {m.version}, {m.mode}, sha256 {m.sha256[:12]})")
+    if bad:
+        click.echo(f"{bad} of {len(files)} manifest(s) invalid", err=True)
+        sys.exit(2)
+
+
+# ---- forensics ---------------------------------------------------------------------------------
+@main.group()
+def forensics() -> None:
+    """Read the forensic log."""
+
+
+@forensics.command()
+@STATE_OPT
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
+@click.option("--extension", "-e", help="Only this extension.")
+@click.option("--kind", "-k", multiple=True, help="Only these kinds (repeatable).")
+def show(state_dir: str, as_json: bool, extension: str | None, kind: tuple[str, ...]) -> None:
+    """List forensic records. A line that is not a record is reported on stderr (exit 1).
+
+    \b
+    Examples:
+      ebpfguard forensics show
+      ebpfguard forensics show --json --kind network | jq .detail
+    """
+    from .forensics import BadLine, read
+    from .trace import HEADER, format_line, matcher
+
+    ok = matcher(extension, None, kind)
+    bad = 0
+    if not as_json:
+        click.echo(HEADER)
+    for rec in read(state_dir):
+        if isinstance(rec, BadLine):
+            bad += 1
+            click.echo(f"records.jsonl:{rec.lineno}: {rec.reason}", err=True)
+            continue
+        if ok(rec):
+            click.echo(json.dumps(rec) if as_json else format_line(rec))
+    if bad:
+        sys.exit(1)
+
+
+# ---- bench -------------------------------------------------------------------------------------
+@main.command()
+@click.option("--rounds", default=7, show_default=True, help="Interleaved rounds per workload.")
+@click.option("--scale", default=1.0, show_default=True, help="Multiply each workload's iterations.")
+@click.option("--quick", is_flag=True, help="A smoke run: 2 rounds, small workloads; numbers are not meaningful.")
+@click.option("--json", "as_json", is_flag=True)
+def bench(rounds: int, scale: float, quick: bool, as_json: bool) -> None:
+    """Measure the overhead of the loaded programs, in one run, on the same workloads.
+
+    Each round runs every workload three ways: no programs attached, programs attached and the
+    workload outside any extension, and inside an extension whose manifest allows it. Prints the
+    median ratio to the unloaded run and its spread (min-max) over the rounds.
+
+    \b
+    Examples:
+      ebpfguard bench
+      ebpfguard bench --rounds 15 --scale 2 --json
+    """
+    from .bench import run_bench
+
+    _require_root()
+    if quick:
+        rounds, scale = 2, 0.05
+    try:
+        result: dict[str, Any] = run_bench(rounds=rounds, scale=scale, echo=lambda s: click.echo(s, err=True))
+    except EbpfguardError as err:
+        fail(str(err))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    from .bench import format_table
+
+    click.echo(format_table(result))
+
+
+if __name__ == "__main__":
+    main()

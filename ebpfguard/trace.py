@@ -1,0 +1,94 @@
+"""The live view: follow the forensic log (agent and standalone runs write it as events arrive),
+one line per record within 80 columns, or JSON lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+WIDTH = 80
+
+
+def detail_text(rec: dict[str, Any]) -> str:
+    d = rec.get("detail") or {}
+    kind = rec.get("kind")
+    if kind in ("file", "exec"):
+        return f"{d.get('access', '')} {d.get('path', '')}"
+    if kind == "network":
+        addr = d.get("address", "")
+        addr = f"[{addr}]" if ":" in addr else addr
+        return f"{d.get('op', '')} {addr}:{d.get('port', '')}/{d.get('proto', '')}"
+    if kind in ("syscall", "privilege"):
+        return str(d.get("syscall") or d.get("nr"))
+    if kind == "lifecycle":
+        ev = d.get("event", "")
+        if ev == "start":
+            return "start " + " ".join(d.get("argv") or [])
+        if ev == "stop":
+            return f"stop status={d.get('exit_status')} violations={d.get('violations')}"
+        return f"{ev} {d.get('path', '')}".rstrip()
+    return json.dumps(d)
+
+
+def format_line(rec: dict[str, Any]) -> str:
+    t = str(rec.get("time", ""))
+    clock = t[11:23] if len(t) >= 23 else t
+    verdict = rec.get("verdict") or "-"
+    line = (f"{clock:<12} {str(rec.get('extension') or '?')[:14]:<14} {str(rec.get('pid') or '-'):>7} "
+            f"{str(rec.get('kind'))[:9]:<9} {verdict[:8]:<8} {detail_text(rec)}")
+    return line if len(line) <= WIDTH else line[: WIDTH - 1] + "…"
+
+
+HEADER = f"{'TIME':<12} {'EXTENSION':<14} {'PID':>7} {'KIND':<9} {'VERDICT':<8} DETAIL"
+
+
+def matcher(extension: str | None, pid: int | None, kinds: tuple[str, ...]) -> Callable[[dict[str, Any]], bool]:
+    def ok(rec: dict[str, Any]) -> bool:
+        if extension and rec.get("extension") != extension:
+            return False
+        if pid is not None and pid not in (rec.get("pid"), rec.get("tgid")):
+            return False
+        return not kinds or rec.get("kind") in kinds
+    return ok
+
+
+def follow(path: Path, from_start: bool, interval: float = 0.1) -> Iterator[dict[str, Any]]:
+    """Yield records appended to ``path``, forever. Survives the file appearing late or shrinking."""
+    pos = None
+    buf = b""
+    while True:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = -1
+        if size >= 0:
+            if pos is None:
+                pos = 0 if from_start else size
+            if size < pos:  # replaced or truncated: start over
+                pos, buf = 0, b""
+            if size > pos:
+                with open(path, "rb") as fh:
+                    fh.seek(pos)
+                    data = fh.read(size - pos)
+                pos += len(data)
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(rec, dict):
+                        yield rec
+                continue
+        elif pos is None:
+            pos = 0
+        time.sleep(interval)
+
+
+def log_path(state_dir: str | os.PathLike[str]) -> Path:
+    return Path(state_dir) / "forensics" / "records.jsonl"
