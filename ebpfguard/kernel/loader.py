@@ -20,6 +20,8 @@ from .abi import c
 
 SOURCES = ("lib.bpf.h", "files.bpf.c", "net.bpf.c", "syscalls.bpf.c", "lifecycle.bpf.c")
 TRACEFS = Path("/sys/kernel/tracing")
+# syscalls whose SYSCALL_DEFINE (and so tracepoint) name differs from the x86-64 table's name
+TRACEPOINT_NAMES = {"umount2": "umount"}
 
 
 def ensure_tracefs() -> Path:
@@ -88,14 +90,15 @@ class Sensor:
     def ensure_syscall_gates(self, names: Iterable[str]) -> None:
         """Attach the syscall gate to sys_enter_<name> for each denied syscall not yet covered."""
         for name in sorted(set(names) - self.gates - self.missing_gates):
-            if not has_tracepoint("syscalls", f"sys_enter_{name}"):
+            event = f"sys_enter_{TRACEPOINT_NAMES.get(name, name)}"
+            if not has_tracepoint("syscalls", event):
                 # not built into this kernel (the call returns ENOSYS), or has no tracepoint
                 self.missing_gates.add(name)
                 continue
             try:
-                self.bpf.attach_tracepoint(tp=f"syscalls:sys_enter_{name}", fn_name=b"syscall_gate")
+                self.bpf.attach_tracepoint(tp=f"syscalls:{event}".encode(), fn_name=b"syscall_gate")
             except Exception as err:
-                raise KernelError(f"failed to attach the syscall gate to sys_enter_{name}: {err}") from err
+                raise KernelError(f"failed to attach the syscall gate to {event}: {err}") from err
             self.gates.add(name)
 
     def write_policy(self, cp: CompiledPolicy) -> None:
@@ -195,8 +198,8 @@ class Sensor:
     def attach_tracepoints(self, tps: list[str]) -> None:
         for tp in tps:
             category, event = tp.split(":")
-            name = event[len("sys_enter_"):] if event.startswith("sys_enter_") else None
-            fn = b"syscall_gate" if name in self.gates else f"tracepoint__{category}__{event}".encode()
+            gated = {f"sys_enter_{TRACEPOINT_NAMES.get(n, n)}" for n in self.gates}
+            fn = b"syscall_gate" if event in gated else f"tracepoint__{category}__{event}".encode()
             self.bpf.attach_tracepoint(tp=tp, fn_name=fn)
 
     def close(self) -> None:

@@ -1,0 +1,180 @@
+"""Kernel tier: real eBPF programs, real cgroups, real child processes.
+
+These tests never skip in CI: when eBPF cannot be loaded the session fails with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ebpfguard.engine import Engine
+from ebpfguard.errors import KernelError
+from ebpfguard.launcher import exit_status, spawn
+from ebpfguard.manifest.load import parse
+
+HERE = Path(__file__).parent
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("the kernel tier needs root, and CI runs it as root: something is wrong")
+        pytest.skip("the kernel tier needs root")
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class World:
+    base: Path
+    allowed: Path
+    secret: Path
+    out: Path
+    copy: Path
+    helper: Path
+    helper_copy: Path
+    listeners: dict[str, socket.socket] = field(default_factory=dict)
+
+    def port(self, name: str) -> int:
+        return int(self.listeners[name].getsockname()[1])
+
+    def saw_connection(self, name: str, timeout: float = 0.3) -> bool:
+        """Did the loopback listener ``name`` receive anything? Drains what it saw."""
+        s = self.listeners[name]
+        s.settimeout(timeout)
+        try:
+            if s.type == socket.SOCK_DGRAM:
+                s.recv(64)
+            else:
+                conn, _ = s.accept()
+                conn.close()
+            return True
+        except (TimeoutError, BlockingIOError):
+            return False
+
+    def manifest(self, response: str = "block", mode: str = "enforce", bind_port: int = 0) -> str:
+        r = response
+        return f"""
+apiVersion: ebpfguard.io/v1
+kind: Extension
+metadata: {{name: egtest, version: "1"}}
+spec:
+  mode: {mode}
+  filesystem:
+    read: ["{self.allowed}/"]
+    write: ["{self.out}/"]
+    exec: ["{self.helper}"]
+  network:
+    connect:
+      - "127.0.0.1/32:{self.port('tcp4_ok')}/tcp"
+      - "::1/128:{self.port('tcp6_ok')}/tcp"
+      - "127.0.0.1/32:{self.port('udp_ok')}/udp"
+    bind: ["127.0.0.1/32:{bind_port or 1}/tcp"]
+  response: {{file: {r}, exec: {r}, network: {r}, syscall: {r}, privilege: {r}}}
+"""
+
+
+@dataclass
+class Result:
+    status: int
+    pid: int
+    records: list[dict[str, Any]]
+    marker: str | None
+    marker2: str | None
+
+    def violations(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["kind"] != "lifecycle"]
+
+    def rc_errno(self) -> tuple[int, int]:
+        assert self.marker is not None, f"no marker: status {self.status}, records {self.records}"
+        rc, err = self.marker.split()
+        return int(rc), int(err)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    _need_root()
+    base = tmp_path_factory.mktemp("eg")
+    w = World(base, base / "allowed", base / "secret", base / "out", base / "copy", base / "bin" / "egact",
+              base / "copy" / "egact")
+    for d in (w.allowed, w.secret, w.out, w.copy, w.helper.parent):
+        d.mkdir()
+    (w.allowed / "a.txt").write_text("public\n")
+    (w.secret / "s.txt").write_text("SECRET-BYTES\n")
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.fail("gcc is needed to build the kernel tier's helper (make setup installs it)")
+    subprocess.run([gcc, "-static", "-O1", "-o", str(w.helper), str(HERE / "egact.c")], check=True)
+    shutil.copy2(w.helper, w.helper_copy)
+    for name, family, kind in (("tcp4_ok", socket.AF_INET, socket.SOCK_STREAM),
+                               ("tcp4_bad", socket.AF_INET, socket.SOCK_STREAM),
+                               ("tcp6_ok", socket.AF_INET6, socket.SOCK_STREAM),
+                               ("tcp6_bad", socket.AF_INET6, socket.SOCK_STREAM),
+                               ("udp_ok", socket.AF_INET, socket.SOCK_DGRAM),
+                               ("udp_bad", socket.AF_INET, socket.SOCK_DGRAM)):
+        s = socket.socket(family, kind)
+        s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            s.listen(16)
+        w.listeners[name] = s
+    yield w
+    for s in w.listeners.values():
+        s.close()
+
+
+@pytest.fixture(scope="session")
+def engine(world: World) -> Iterator[Engine]:
+    try:
+        eng = Engine(str(world.base / "state"))
+    except KernelError as err:
+        pytest.fail(f"eBPF cannot be loaded here: {err}")
+    yield eng
+    eng.close()
+    leftover = [p.name for p in eng.cgroups.slice_v2.iterdir() if p.is_dir()] if eng.cgroups.slice_v2.exists() else []
+    assert not leftover, f"cgroups left behind: {leftover}"
+
+
+def run_ext(engine: Engine, world: World, manifest: str, args: list[str], mode: str | None = None,
+            timeout: float = 20.0) -> Result:
+    """Run the helper as an extension instance and collect the records it caused."""
+    m = parse(manifest.encode(), "egtest.yaml", home=str(world.base))
+    records: list[dict[str, Any]] = []
+    engine.subscribers.append(records.append)
+    marker = world.out / f"m-{uuid.uuid4().hex[:8]}"
+    marker2 = Path(str(marker) + ".2")
+    args = [a.replace("{marker2}", str(marker2)) for a in args]
+    inst = engine.prepare(m, mode)
+    try:
+        argv = [str(world.helper), str(marker), *args]
+        proc = spawn(argv, inst.cgroup.procs_files())
+        engine.started(inst, proc.pid, argv)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            engine.poll(20)
+            assert time.monotonic() < deadline, "the helper did not finish"
+        engine.leader_exited(inst, exit_status(proc.returncode))
+        while inst.cgroup.populated():
+            engine.poll(20)
+            assert time.monotonic() < deadline, "the cgroup did not empty"
+        engine.poll(0)
+    finally:
+        engine.release(inst, kill=True)
+        engine.subscribers.remove(records.append)
+    return Result(exit_status(proc.returncode), proc.pid, records,
+                  marker.read_text() if marker.exists() else None,
+                  marker2.read_text() if marker2.exists() else None)
