@@ -71,11 +71,12 @@ class ForensicLog:
                 self._last_seq = self._tail_seq(fd, size)
             rec = {k: record.get(k) for k in FIELDS}
             rec.update({k: v for k, v in record.items() if k not in rec})
-            rec["seq"] = self._last_seq + 1
+            seq = self._last_seq + 1
+            rec["seq"] = seq
             line = (json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
             os.write(fd, line)
             os.fsync(fd)
-            self._last_seq = rec["seq"]
+            self._last_seq = seq
             self._size = size + len(line)
             self.written += 1
             return rec

@@ -215,7 +215,8 @@ def _schema_problems(data: dict[str, Any], lines: dict[tuple[Any, ...], int], fi
     for err in sorted(_validator().iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
         path = tuple(err.absolute_path)
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            allowed = sorted(err.schema.get("properties", {}))
+            schema = err.schema if isinstance(err.schema, dict) else {}
+            allowed = sorted(schema.get("properties", {}))
             for key in sorted(set(err.instance) - set(allowed), key=str):
                 out.append(Problem(filename, _line(lines, (*path, key)), field_name((*path, key)),
                                    f"unknown key (expected one of: {', '.join(allowed)})"))
