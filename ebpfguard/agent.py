@@ -73,7 +73,8 @@ class PolicyDir:
             if old is None:
                 out.append(f"policy {m.name} {m.version} loaded from {p.name} (sha256 {m.sha256[:12]})")
             elif old.sha256 != m.sha256:
-                out.append(f"policy {m.name} reloaded: {old.sha256[:12]} -> {m.sha256[:12]}; running instances keep theirs")
+                out.append(f"policy {m.name} reloaded: {old.sha256[:12]} -> {m.sha256[:12]}; "
+                           "running instances keep theirs")
         for p in set(self.seen) - present:
             self.seen.pop(p)
             self.errors.pop(str(p), None)

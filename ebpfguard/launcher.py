@@ -31,7 +31,8 @@ def resolve(argv: Sequence[str]) -> list[str]:
     return [os.path.abspath(exe), *argv[1:]]
 
 
-def spawn(argv: Sequence[str], procs_files: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(argv: Sequence[str], procs_files: Sequence[str],
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """fork, join every cgroup in ``procs_files`` (the v2 one last), exec ``argv``."""
     fds = [os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in [*procs_files[1:], procs_files[0]]]
 

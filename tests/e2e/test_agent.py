@@ -1,0 +1,249 @@
+"""The agent and the CLI as a user runs them: real agent process, real control socket, real cgroups."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+EG = [sys.executable, "-m", "ebpfguard.cli"]
+SLICE = Path("/sys/fs/cgroup/unified/ebpfguard.slice")
+
+MANIFEST = """apiVersion: ebpfguard.io/v1
+kind: Extension
+metadata: {{name: {name}, version: "1"}}
+spec:
+  mode: enforce
+  filesystem:
+    read: [/usr/, /lib/, /lib64/, /etc/ld.so.cache]
+    write: [/dev/null]
+    exec: [/usr/bin/sh, /bin/sh, /usr/bin/cat, /bin/cat, /usr/bin/sleep, /bin/sleep, /usr/bin/dash, /bin/dash]
+  response: {{file: {file}}}
+"""
+
+
+def eg(*args: str, state: Path, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+    n = 2 if args[0] == "forensics" else 1  # --state-dir goes right after the (sub)command
+    return subprocess.run([*EG, *args[:n], "--state-dir", str(state), *args[n:]],
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+class Agent:
+    def __init__(self, tmp: Path):
+        if os.geteuid() != 0:
+            if os.environ.get("CI"):
+                pytest.fail("the e2e tier needs root, and CI runs it as root")
+            pytest.skip("the e2e tier needs root")
+        self.state = tmp / "state"
+        self.policies = tmp / "policies"
+        self.policies.mkdir()
+        (self.policies / "shell-tool.yaml").write_text(MANIFEST.format(name="shell-tool", file="block"))
+        self.log = open(tmp / "agent.log", "w+")
+        self.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(self.state), "--policy-dir", str(self.policies)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while eg("status", state=self.state).returncode != 0:
+            assert self.proc.poll() is None, self.output()
+            assert time.monotonic() < deadline, "the agent did not start enforcing"
+            time.sleep(0.2)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def status(self) -> dict[str, Any]:
+        r = eg("status", "--json", state=self.state)
+        assert r.returncode == 0, r.stderr
+        return dict(json.loads(r.stdout))
+
+    def records(self) -> list[dict[str, Any]]:
+        r = eg("forensics", "show", "--json", state=self.state)
+        assert r.returncode == 0, r.stderr
+        return [json.loads(line) for line in r.stdout.splitlines()]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    a = Agent(tmp_path)
+    yield a
+    a.stop()
+
+
+def test_status_lists_policies_and_instances(agent: Agent) -> None:
+    st = agent.status()
+    assert st["agent"]["state"] == "enforcing" and [p["name"] for p in st["policies"]] == ["shell-tool"]
+    runner = subprocess.Popen([*EG, "run", "--state-dir", str(agent.state), "-e", "shell-tool", "--", "sleep", "3"])
+    try:
+        deadline = time.monotonic() + 10
+        while not agent.status()["instances"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        inst = agent.status()["instances"][0]
+        assert inst["extension"] == "shell-tool" and inst["pid"] in inst["pids"]
+        assert Path(inst["cgroup"]).is_dir() and inst["mode"] == "enforce"
+        text = eg("status", state=agent.state).stdout
+        assert "shell-tool" in text and "instances (1)" in text
+    finally:
+        assert runner.wait(20) == 0
+    deadline = time.monotonic() + 5
+    while agent.status()["instances"]:
+        assert time.monotonic() < deadline, "the instance was not released"
+        time.sleep(0.1)
+
+
+def test_run_through_the_agent_records_and_returns_the_status(agent: Agent, tmp_path: Path) -> None:
+    m = tmp_path / "m.yaml"
+    m.write_text(MANIFEST.format(name="reader", file="block"))
+    r = eg("run", "-m", str(m), "--", "sh", "-c", "cat /etc/hostname >/dev/null; exit 7", state=agent.state)
+    assert r.returncode == 7, r.stderr
+    recs = [x for x in agent.records() if x["extension"] == "reader"]
+    files = [x for x in recs if x["kind"] == "file"]
+    assert [f["detail"]["path"] for f in files] == ["/etc/hostname"]
+    events = [x["detail"].get("event") for x in recs if x["kind"] == "lifecycle"]
+    assert {"start", "exec"} <= set(events) and events[-1] == "stop"  # exec may be seen before "started"
+    assert recs[-1]["detail"]["exit_status"] == 7
+
+
+def test_killed_command_exits_128_plus_9(agent: Agent, tmp_path: Path) -> None:
+    m = tmp_path / "k.yaml"
+    m.write_text(MANIFEST.format(name="killme", file="kill"))
+    r = eg("run", "-m", str(m), "--", "cat", "/etc/hostname", state=agent.state)
+    assert r.returncode == 137 and r.stdout == ""
+    killed = [x for x in agent.records() if x["extension"] == "killme" and x["kind"] == "file"]
+    assert killed[0]["verdict"] == "killed"
+
+
+def test_standalone_run_without_agent(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    m = tmp_path / "m.yaml"
+    m.write_text(MANIFEST.format(name="alone", file="block"))
+    state = tmp_path / "st"
+    r = eg("run", "-m", str(m), "--", "sh", "-c", "cat /etc/hostname >/dev/null; exit 3", state=state)
+    assert r.returncode == 3, r.stderr
+    recs = [json.loads(x) for x in eg("forensics", "show", "--json", state=state).stdout.splitlines()]
+    assert [x["detail"]["path"] for x in recs if x["kind"] == "file"] == ["/etc/hostname"]
+
+
+def test_bad_policy_file_does_not_stop_the_agent_and_good_changes_reload(agent: Agent) -> None:
+    (agent.policies / "broken.yaml").write_bytes(b"\x00\x01garbage")
+    (agent.policies / "half.yaml").write_text("apiVersion: ebpfguard.io/v1\nkind: Extension\nmetadata: {name: x}\n"
+                                              "spec: {network: {connect: ['10.0.0.0/33:80']}}\n")
+    deadline = time.monotonic() + 10
+    while len(agent.status()["policy_errors"]) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    errors = agent.status()["policy_errors"]
+    assert "contains NUL bytes" in errors[str(agent.policies / "broken.yaml")]
+    assert "is not CIDR:port[-port][/proto]" in errors[str(agent.policies / "half.yaml")]
+    assert agent.proc.poll() is None
+    time.sleep(0.05)
+    (agent.policies / "shell-tool.yaml").write_text(MANIFEST.format(name="shell-tool", file="kill") + "# v2\n")
+    deadline = time.monotonic() + 10
+    while "reloaded" not in agent.output():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def request(state: Path, payload: bytes) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(state / "agent.sock"))
+        s.sendall(payload)
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return dict(json.loads(buf))
+
+
+@pytest.mark.parametrize("payload,error", [
+    (b"garbage\n", "request is not JSON"),
+    (b"[1, 2]\n", "a request is a JSON object"),
+    (b'{"op": 5}\n', "a request is a JSON object"),
+    (b'{"op": "nope"}\n', "unknown op 'nope'"),
+    (b'{"op": "prepare"}\n', "bad prepare request"),
+    (b'{"op": "prepare", "manifest_text": "x: [\\n"}\n', "not valid YAML/JSON"),
+    (b'{"op": "prepare", "manifest_text": 7}\n', "manifest_text must be a string"),
+    (b'{"op": "prepare", "extension": "nosuch"}\n', "no policy named 'nosuch'"),
+    (b'{"op": "prepare", "extension": "shell-tool", "mode": "loose"}\n', "mode 'loose'"),
+    (b'{"op": "started", "instance": "x", "pid": 1, "argv": []}\n', "no running instance 'x'"),
+    (b'{"op": "exited", "instance": "x", "status": "seven"}\n', "no running instance"),
+])
+def test_bad_control_requests_get_precise_errors(agent: Agent, payload: bytes, error: str) -> None:
+    ans = request(agent.state, payload)
+    assert ans["ok"] is False and error in ans["error"], ans
+    assert request(agent.state, b'{"op": "ping"}\n')["ok"] is True
+
+
+def test_control_socket_is_root_only(agent: Agent) -> None:
+    sock = agent.state / "agent.sock"
+    assert sock.stat().st_mode & 0o777 == 0o600
+    probe = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n"
+             "s.sendall(b'{\"op\":\"status\"}\\n')\nprint(s.recv(4096).decode())")
+    denied = subprocess.run([sys.executable, "-c", probe, str(sock)], user=65534, capture_output=True, text=True)
+    assert denied.returncode != 0 and "PermissionError" in denied.stderr
+    # past the file mode (a world-writable link outside the private state dir), SO_PEERCRED still refuses
+    link = Path(f"/tmp/ebpfguard-peercred-{os.getpid()}.sock")
+    os.link(sock, link)
+    os.chmod(link, 0o666)
+    try:
+        refused = subprocess.run([sys.executable, "-c", probe, str(link)], user=65534, capture_output=True, text=True)
+    finally:
+        os.chmod(sock, 0o600)
+        link.unlink()
+    assert "serves root only" in refused.stdout
+
+
+def test_trace_follows_live_and_exits_cleanly_on_ctrl_c(agent: Agent, tmp_path: Path) -> None:
+    tr = subprocess.Popen([*EG, "trace", "--state-dir", str(agent.state), "--json", "--kind", "file"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        m = tmp_path / "t.yaml"
+        m.write_text(MANIFEST.format(name="traced", file="block"))
+        assert eg("run", "-m", str(m), "--", "cat", "/etc/hostname", state=agent.state).returncode == 0
+        time.sleep(0.5)
+    finally:
+        tr.send_signal(signal.SIGINT)
+        out, err = tr.communicate(timeout=10)
+    assert tr.returncode == 0 and "Traceback" not in err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [x["detail"]["path"] for x in lines] == ["/etc/hostname"] and lines[0]["extension"] == "traced"
+
+
+def test_sigterm_stops_cleanly_with_a_running_extension(agent: Agent) -> None:
+    runner = subprocess.Popen([*EG, "run", "--state-dir", str(agent.state), "-e", "shell-tool", "--", "sleep", "60"],
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not agent.status()["instances"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    cgroup = Path(agent.status()["instances"][0]["cgroup"])
+    assert agent.stop() == 0
+    assert runner.wait(20) == 137
+    assert not cgroup.exists()
+    assert not (SLICE.exists() and [p for p in SLICE.iterdir() if p.is_dir()])
+    assert not (agent.state / "agent.sock").exists()
+    assert "stopped: programs detached, cgroups removed" in open(agent.log.name).read()
+    stop = [x for x in agent.records() if x["kind"] == "lifecycle" and x["detail"].get("event") == "stop"]
+    assert stop[-1]["detail"]["killed_by_agent"] is True
