@@ -293,4 +293,5 @@ class Agent:
     def _op_exited(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         inst = self._instance(req)
         self.engine.leader_exited(inst, int(req["status"]))
+        self.engine.reap()
         return {}

@@ -113,6 +113,10 @@ def test_run_through_the_agent_records_and_returns_the_status(agent: Agent, tmp_
     m.write_text(MANIFEST.format(name="reader", file="block"))
     r = eg("run", "-m", str(m), "--", "sh", "-c", "cat /etc/hostname >/dev/null; exit 7", state=agent.state)
     assert r.returncode == 7, r.stderr
+    deadline = time.monotonic() + 5
+    while not [x for x in agent.records() if x["detail"].get("event") == "stop"]:
+        assert time.monotonic() < deadline, "no stop record"
+        time.sleep(0.1)
     recs = [x for x in agent.records() if x["extension"] == "reader"]
     files = [x for x in recs if x["kind"] == "file"]
     assert [f["detail"]["path"] for f in files] == ["/etc/hostname"]
