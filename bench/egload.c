@@ -1,0 +1,86 @@
+/*
+ * egload: the benchmark's workloads, in C so that the interpreter's cost does not dilute the
+ * kernel-side cost being measured. Prints the loop's elapsed nanoseconds (CLOCK_MONOTONIC).
+ *
+ *   egload open N PATH       N x open(PATH, O_RDONLY) + close
+ *   egload connect N         N x TCP connect + accept + close on a 127.0.0.1 listener of its own
+ *   egload forkexec N SELF   N x fork + execv(SELF, "noop") + wait
+ *   egload noop
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static long long now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2)
+		return 2;
+	if (!strcmp(argv[1], "noop"))
+		return 0;
+	if (argc < 3)
+		return 2;
+	long n = atol(argv[2]);
+	long long t0 = 0, t1 = 0;
+	if (!strcmp(argv[1], "open") && argc > 3) {
+		t0 = now();
+		for (long i = 0; i < n; i++) {
+			int fd = open(argv[3], O_RDONLY);
+			if (fd < 0)
+				return 3;
+			close(fd);
+		}
+		t1 = now();
+	} else if (!strcmp(argv[1], "connect")) {
+		int l = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in a = {.sin_family = AF_INET};
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		socklen_t len = sizeof(a);
+		if (bind(l, (struct sockaddr *)&a, sizeof(a)) || listen(l, 128) ||
+		    getsockname(l, (struct sockaddr *)&a, &len))
+			return 3;
+		t0 = now();
+		for (long i = 0; i < n; i++) {
+			int c = socket(AF_INET, SOCK_STREAM, 0);
+			if (connect(c, (struct sockaddr *)&a, sizeof(a)))
+				return 4;
+			int s = accept(l, 0, 0);
+			close(s);
+			close(c);
+		}
+		t1 = now();
+	} else if (!strcmp(argv[1], "forkexec") && argc > 3) {
+		t0 = now();
+		for (long i = 0; i < n; i++) {
+			pid_t p = fork();
+			if (p == 0) {
+				char *args[] = {argv[3], "noop", 0};
+				execv(argv[3], args);
+				_exit(5);
+			}
+			int st;
+			waitpid(p, &st, 0);
+			if (!WIFEXITED(st) || WEXITSTATUS(st))
+				return 5;
+		}
+		t1 = now();
+	} else {
+		return 2;
+	}
+	printf("%lld\n", t1 - t0);
+	return 0;
+}

@@ -1,0 +1,133 @@
+"""``ebpfguard bench``: the overhead of the loaded programs, measured in one run.
+
+Each round runs every workload three ways, back to back: programs detached (the baseline), programs
+attached with the workload outside any extension, and attached with the workload inside an extension
+whose manifest allows everything it does. A ratio is a round's time over that round's baseline; the
+table gives the median over the rounds and the spread (min-max), so machine noise shows as spread.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import EbpfguardError
+from .manifest.load import parse
+from .resources import data_root
+
+WORKLOADS = {"open/close": 300_000, "connect": 20_000, "fork+exec": 3_000}
+TARGETS = {"outside": 1.03, "inside": 1.10}
+
+MANIFEST = """apiVersion: ebpfguard.io/v1
+kind: Extension
+metadata: {{name: bench, version: "1"}}
+spec:
+  mode: enforce
+  filesystem: {{read: ["{dir}/"], exec: ["{bin}"]}}
+  network:
+    connect: ["127.0.0.1/32:1-65535/tcp"]
+    bind: ["127.0.0.1/32:0-65535/tcp"]
+"""
+
+
+def _build(tmp: Path) -> Path:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise EbpfguardError("the benchmark builds its workload with gcc; install gcc (make setup does)")
+    out = tmp / "egload"
+    subprocess.run([gcc, "-O2", "-static", "-o", str(out), str(data_root() / "bench" / "egload.c")], check=True)
+    return out
+
+
+def _args(workload: str, n: int, binary: Path, target: Path) -> list[str]:
+    if workload == "open/close":
+        return [str(binary), "open", str(n), str(target)]
+    if workload == "connect":
+        return [str(binary), "connect", str(n)]
+    return [str(binary), "forkexec", str(n), str(binary)]
+
+
+def _run(argv: list[str], procs_files: list[str] | None) -> int:
+    """Run one workload, in the given cgroup if any; its own loop time in ns."""
+    with tempfile.TemporaryFile() as out:
+        if procs_files:
+            fds = [os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in [*procs_files[1:], procs_files[0]]]
+
+            def join() -> None:
+                for fd in fds:
+                    os.write(fd, b"0")
+
+            try:
+                proc = subprocess.Popen(argv, stdout=out, preexec_fn=join)  # noqa: PLW1509
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        else:
+            proc = subprocess.Popen(argv, stdout=out)
+        if proc.wait() != 0:
+            raise EbpfguardError(f"workload {' '.join(argv[1:3])} failed with status {proc.returncode}")
+        out.seek(0)
+        return int(out.read())
+
+
+def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    from .engine import Engine  # noqa: PLC0415
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ebpfguard-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        binary = _build(tmp)
+        target = tmp / "file.txt"
+        target.write_text("x")
+        eng = Engine(str(tmp / "state"))
+        try:
+            inst = eng.prepare(parse(MANIFEST.format(dir=tmp, bin=binary).encode(), "bench.yaml"))
+            procs = inst.cgroup.procs_files()
+            times: dict[str, dict[str, list[int]]] = {w: {"base": [], "outside": [], "inside": []} for w in WORKLOADS}
+            violations_before = inst.violations
+            for r in range(rounds):
+                tps = eng.sensor.detach_tracepoints()
+                for w, n in WORKLOADS.items():
+                    times[w]["base"].append(_run(_args(w, max(1, int(n * scale)), binary, target), None))
+                eng.sensor.attach_tracepoints(tps)
+                for w, n in WORKLOADS.items():
+                    argv = _args(w, max(1, int(n * scale)), binary, target)
+                    times[w]["outside"].append(_run(argv, None))
+                    times[w]["inside"].append(_run(argv, procs))
+                eng.poll(0)
+                echo(f"round {r + 1}/{rounds} done ({time.monotonic() - started:.0f} s)")
+            eng.poll(0)
+            violations = inst.violations - violations_before
+        finally:
+            eng.close()
+    result: dict[str, Any] = {"rounds": rounds, "scale": scale, "workloads": {}, "targets": TARGETS,
+                              "violations_inside": violations}
+    for w, t in times.items():
+        n = max(1, int(WORKLOADS[w] * scale))
+        row: dict[str, Any] = {"iterations": n, "base_ns_per_op": statistics.median(t["base"]) / n}
+        for cond in ("outside", "inside"):
+            ratios = [x / b for x, b in zip(t[cond], t["base"], strict=True)]
+            row[cond] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+        result["workloads"][w] = row
+    return result
+
+
+def format_table(res: dict[str, Any]) -> str:
+    lines = [f"ebpfguard bench: {res['rounds']} interleaved rounds, ratio to programs-detached (median [min-max])",
+             f"{'workload':<12} {'iters':>8} {'base/op':>10} {'outside':>22} {'inside':>22}"]
+    for w, row in res["workloads"].items():
+        cells = []
+        for cond in ("outside", "inside"):
+            r = row[cond]
+            cells.append(f"{r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}]")
+        lines.append(f"{w:<12} {row['iterations']:>8} {row['base_ns_per_op'] / 1000:>8.2f}us {cells[0]:>22} {cells[1]:>22}")
+    lines.append(f"targets: outside <= {res['targets']['outside']}, inside <= {res['targets']['inside']}; "
+                 f"violations recorded inside: {res['violations_inside']} (expected 0)")
+    return "\n".join(lines)
