@@ -127,7 +127,8 @@ def format_table(res: dict[str, Any]) -> str:
         for cond in ("outside", "inside"):
             r = row[cond]
             cells.append(f"{r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}]")
-        lines.append(f"{w:<12} {row['iterations']:>8} {row['base_ns_per_op'] / 1000:>8.2f}us {cells[0]:>22} {cells[1]:>22}")
+        base_us = row["base_ns_per_op"] / 1000
+        lines.append(f"{w:<12} {row['iterations']:>8} {base_us:>8.2f}us {cells[0]:>22} {cells[1]:>22}")
     lines.append(f"targets: outside <= {res['targets']['outside']}, inside <= {res['targets']['inside']}; "
                  f"violations recorded inside: {res['violations_inside']} (expected 0)")
     return "\n".join(lines)

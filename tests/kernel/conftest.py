@@ -145,7 +145,7 @@ def engine(world: World) -> Iterator[Engine]:
         pytest.fail(f"eBPF cannot be loaded here: {err}")
     yield eng
     eng.close()
-    leftover = [p.name for p in eng.cgroups.slice_v2.iterdir() if p.is_dir()] if eng.cgroups.slice_v2.exists() else []
+    leftover = [p.name for p in eng.cgroups.slice_v2.iterdir() if p.is_dir() and p.name.startswith("egtest-")] if eng.cgroups.slice_v2.exists() else []
     assert not leftover, f"cgroups left behind: {leftover}"
 
 
