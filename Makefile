@@ -11,9 +11,9 @@ setup: deps headers venv
 
 # Debian packages: bcc and its Python binding, kernel headers, venv, gcc for the kernel-tier helper.
 deps:
-	@dpkg -s python3-bpfcc bpfcc-tools python3-venv gcc libc6-dev iproute2 >/dev/null 2>&1 || { \
+	@dpkg -s python3-bpfcc libbpfcc python3-venv gcc libc6-dev iproute2 >/dev/null 2>&1 || { \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-	    python3-bpfcc bpfcc-tools libbpfcc python3-venv gcc libc6-dev iproute2 ; }
+	    python3-bpfcc libbpfcc python3-venv gcc libc6-dev iproute2 ; }
 
 # bcc needs headers for the running kernel. Use the matching package when it exists, otherwise link
 # Debian's generic headers (enough for tracepoint args, helpers and UAPI structs: see README).
@@ -21,8 +21,8 @@ headers:
 	@if [ -e /lib/modules/$(KREL)/build/include ]; then exit 0; fi; \
 	if apt-cache show linux-headers-$(KREL) >/dev/null 2>&1; then \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y linux-headers-$(KREL); exit 0; fi; \
-	ls -d /usr/src/linux-headers-*-amd64 >/dev/null 2>&1 || \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends linux-headers-amd64; \
+	ls -d /usr/src/linux-headers-*-amd64 >/dev/null 2>&1 || { apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends linux-headers-amd64; }; \
 	arch=$$(ls -d /usr/src/linux-headers-*-amd64 | sort -V | tail -1); \
 	common=$$(ls -d /usr/src/linux-headers-*-common | sort -V | tail -1); \
 	echo "no headers package for $(KREL): linking $$arch"; \

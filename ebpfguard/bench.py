@@ -8,7 +8,6 @@ table gives the median over the rounds and the spread (min-max), so machine nois
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EbpfguardError
+from .launcher import spawn
 from .manifest.load import parse
 from .resources import data_root
 
@@ -57,20 +57,7 @@ def _args(workload: str, n: int, binary: Path, target: Path) -> list[str]:
 def _run(argv: list[str], procs_files: list[str] | None) -> int:
     """Run one workload, in the given cgroup if any; its own loop time in ns."""
     with tempfile.TemporaryFile() as out:
-        if procs_files:
-            fds = [os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in [*procs_files[1:], procs_files[0]]]
-
-            def join() -> None:
-                for fd in fds:
-                    os.write(fd, b"0")
-
-            try:
-                proc = subprocess.Popen(argv, stdout=out, preexec_fn=join)  # noqa: PLW1509
-            finally:
-                for fd in fds:
-                    os.close(fd)
-        else:
-            proc = subprocess.Popen(argv, stdout=out)
+        proc = spawn(argv, procs_files or [], stdout=out)
         if proc.wait() != 0:
             raise EbpfguardError(f"workload {' '.join(argv[1:3])} failed with status {proc.returncode}")
         out.seek(0)

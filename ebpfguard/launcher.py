@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import EbpfguardError
 
@@ -31,17 +32,19 @@ def resolve(argv: Sequence[str]) -> list[str]:
     return [os.path.abspath(exe), *argv[1:]]
 
 
-def spawn(argv: Sequence[str], procs_files: Sequence[str],
-          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """fork, join every cgroup in ``procs_files`` (the v2 one last), exec ``argv``."""
-    fds = [os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in [*procs_files[1:], procs_files[0]]]
+def spawn(argv: Sequence[str], procs_files: Sequence[str], env: dict[str, str] | None = None,
+          stdout: Any = None) -> subprocess.Popen[bytes]:
+    """fork, join every cgroup in ``procs_files`` (the v2 one last), exec ``argv``. With no
+    ``procs_files`` the command simply runs where the caller is (the benchmark's outside runs)."""
+    fds = [os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in [*procs_files[1:], *procs_files[:1]]]
 
     def join() -> None:
         for fd in fds:
             os.write(fd, b"0")
 
     try:
-        return subprocess.Popen(list(argv), preexec_fn=join, close_fds=True, env=env)  # noqa: PLW1509
+        return subprocess.Popen(list(argv), preexec_fn=join if fds else None, close_fds=True, env=env,  # noqa: PLW1509
+                                stdout=stdout)
     except OSError as err:
         raise LaunchError(f"failed to start {argv[0]}: {err.strerror}") from err
     finally:

@@ -111,7 +111,8 @@ def test_status_lists_policies_and_instances(agent: Agent) -> None:
 def test_run_through_the_agent_records_and_returns_the_status(agent: Agent, tmp_path: Path) -> None:
     m = tmp_path / "m.yaml"
     m.write_text(MANIFEST.format(name="reader", file="block"))
-    r = eg("run", "-m", str(m), "--", "sh", "-c", "cat /etc/hostname >/dev/null; exit 7", state=agent.state)
+    # the violation comes from a grandchild: sh -> sh -> cat, all inside the extension's cgroup
+    r = eg("run", "-m", str(m), "--", "sh", "-c", "sh -c 'cat /etc/hostname >/dev/null'; exit 7", state=agent.state)
     assert r.returncode == 7, r.stderr
     deadline = time.monotonic() + 5
     while not [x for x in agent.records() if x["detail"].get("event") == "stop"]:
@@ -120,6 +121,9 @@ def test_run_through_the_agent_records_and_returns_the_status(agent: Agent, tmp_
     recs = [x for x in agent.records() if x["extension"] == "reader"]
     files = [x for x in recs if x["kind"] == "file"]
     assert [f["detail"]["path"] for f in files] == ["/etc/hostname"]
+    start = next(x for x in recs if x["detail"].get("event") == "start")
+    assert files[0]["comm"] == "cat" and files[0]["pid"] != start["pid"]
+    assert files[0]["cgroup_id"] == start["cgroup_id"]
     events = [x["detail"].get("event") for x in recs if x["kind"] == "lifecycle"]
     assert {"start", "exec"} <= set(events) and events[-1] == "stop"  # exec may be seen before "started"
     assert recs[-1]["detail"]["exit_status"] == 7
