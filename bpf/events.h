@@ -10,6 +10,10 @@
  *
  * Map byte layout (all integers little-endian, as on x86-64):
  *
+ *   cgroup_filter ARRAY     u32 (cgroup id & (EG_FILTER_SLOTS - 1)) -> u64: the one extension cgroup id
+ *                           with those low bits, EG_FILTER_SHARED when several have them, 0 when none.
+ *                           An array lookup is inlined by the verifier (no call), so a task outside
+ *                           every extension costs a cgroup-id read and one load, not a hash lookup.
  *   cgroup_slot   HASH      u64 cgroup id (inode of the v2 cgroup dir) -> u32 policy slot
  *   ext_policy    ARRAY     u32 slot -> struct eg_ext_policy
  *   path_rules    LPM_TRIE  struct eg_path_key -> u8 (unused, 1)
@@ -27,6 +31,8 @@
 
 #define EG_MAX_SLOTS 64
 #define EG_MAX_CGROUPS 4096
+#define EG_FILTER_SLOTS 65536
+#define EG_FILTER_SHARED 1 /* id 1 is the root cgroup, never an extension's */
 #define EG_PATH_MAX 252
 #define EG_SYSCALL_WORDS 8
 #define EG_NET_RANGES 16

@@ -3,7 +3,7 @@
  * lib.bpf.h: maps and helpers shared by every hook family. The loader (ebpfguard/kernel/loader.py)
  * compiles this file first, then each *.bpf.c family, as one bcc program, so that all of them share
  * one set of maps. Every hook starts with current_policy(): for a task outside every extension cgroup
- * that is one hash miss, and the hook returns.
+ * that is a cgroup-id read and one inlined array load, and the hook returns.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/in.h>
@@ -11,6 +11,7 @@
 #include <linux/socket.h>
 #include "events.h"
 
+BPF_ARRAY(cgroup_filter, u64, EG_FILTER_SLOTS);
 BPF_HASH(cgroup_slot, u64, u32, EG_MAX_CGROUPS);
 BPF_ARRAY(ext_policy, struct eg_ext_policy, EG_MAX_SLOTS);
 BPF_LPM_TRIE(path_rules, struct eg_path_key, u8, 65536);
@@ -29,6 +30,10 @@ static __always_inline void count(u32 idx)
 static __always_inline struct eg_ext_policy *current_policy(void)
 {
 	u64 cg = bpf_get_current_cgroup_id();
+	u32 idx = cg & (EG_FILTER_SLOTS - 1);
+	u64 *f = cgroup_filter.lookup(&idx);
+	if (!f || (*f != cg && *f != EG_FILTER_SHARED))
+		return 0;
 	u32 *slot = cgroup_slot.lookup(&cg);
 	if (!slot)
 		return 0;

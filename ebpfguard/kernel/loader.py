@@ -73,6 +73,7 @@ class Sensor:
         self.gates: set[str] = set()
         self.missing_gates: set[str] = set()
         self._cgroup_fds: dict[str, int] = {}
+        self._filter: dict[int, set[int]] = {}  # cgroup_filter index -> bound cgroup ids
         self._ring_open = False
 
     # ---- policies -------------------------------------------------------------------------------
@@ -116,11 +117,24 @@ class Sensor:
         for k, _ in cp.net_items():
             self._delete("net_rules", k)
 
+    def _set_filter(self, cgroup_id: int, add: bool) -> None:
+        idx = cgroup_id & (c("FILTER_SLOTS") - 1)
+        users = self._filter.setdefault(idx, set())
+        (users.add if add else users.discard)(cgroup_id)
+        value = 0 if not users else next(iter(users)) if len(users) == 1 else c("FILTER_SHARED")
+        t = self.bpf["cgroup_filter"]
+        t[t.Key(idx)] = t.Leaf(value)
+        if not users:
+            del self._filter[idx]
+
     def bind(self, cgroup_id: int, slot: int) -> None:
+        """Put a cgroup under a policy slot: the slot first, then the filter that lets hooks look."""
         t = self.bpf["cgroup_slot"]
         t[t.Key(cgroup_id)] = t.Leaf(slot)
+        self._set_filter(cgroup_id, True)
 
     def unbind(self, cgroup_id: int) -> None:
+        self._set_filter(cgroup_id, False)
         t = self.bpf["cgroup_slot"]
         try:
             del t[t.Key(cgroup_id)]

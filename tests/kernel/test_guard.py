@@ -297,3 +297,37 @@ def test_ring_buffer_overflow_is_counted_not_lost(engine: Engine, world: World) 
     assert events + drops == n + 2
     delivered = len([r for r in got if r["kind"] == "file"])
     assert delivered + drops >= n
+
+
+def test_cgroup_filter_collisions_fall_back_to_the_hash(engine: Engine, world: World) -> None:
+    """Two bound cgroups with the same low bits share a filter entry; both stay enforced."""
+    from ebpfguard.kernel.abi import c
+
+    m = parse(world.manifest().encode(), "egtest.yaml", home=str(world.base))
+    inst = engine.prepare(m)
+    filt = engine.sensor.bpf["cgroup_filter"]
+    size = c("FILTER_SLOTS")
+    idx = filt.Key(inst.cgroup_id & (size - 1))
+    twin = inst.cgroup_id + size  # a cgroup id that no task has; only its low bits matter here
+    try:
+        assert filt[idx].value == inst.cgroup_id
+        engine.sensor.bind(twin, inst.slot)
+        assert filt[idx].value == c("FILTER_SHARED")
+        records: list[dict[str, Any]] = []
+        engine.subscribers.append(records.append)
+        try:
+            p = spawn([str(world.helper), str(world.out / "twin"), "read", f"{world.secret}/s.txt"],
+                      inst.cgroup.procs_files())
+            assert p.wait(10) == 0
+            deadline = time.monotonic() + 5
+            while not [r for r in records if r["kind"] == "file"] and time.monotonic() < deadline:
+                engine.poll(20)
+        finally:
+            engine.subscribers.remove(records.append)
+        assert [r["detail"]["path"] for r in records if r["kind"] == "file"] == [f"{world.secret}/s.txt"]
+        engine.sensor.unbind(twin)
+        assert filt[idx].value == inst.cgroup_id
+    finally:
+        engine.sensor.unbind(twin)
+        engine.release(inst, kill=True)
+    assert filt[idx].value == 0
