@@ -31,6 +31,7 @@
 
 #define EG_MAX_SLOTS 64
 #define EG_MAX_CGROUPS 4096
+#define EG_MAX_THREADS 16384 /* gate_seen: threads between a syscall's enter and exit */
 #define EG_FILTER_SLOTS 65536
 #define EG_FILTER_SHARED 1 /* id 1 is the root cgroup, never an extension's */
 #define EG_PATH_MAX 252
@@ -86,6 +87,8 @@
 #define EG_EV_UNREADABLE 8  /* the user page was not resident; read it from /proc/PID/mem */
 #define EG_EV_EMPTY_PATH 16 /* execveat(fd, "", AT_EMPTY_PATH) and friends */
 #define EG_EV_HELD 32       /* enforce mode: SIGSTOP sent; user space resumes (SIGCONT) or kills */
+#define EG_EV_SECCOMP 64    /* the launcher's seccomp filter denied (EPERM) or killed (SIGSYS) */
+#define EG_EV_AT_EXIT 128   /* seen at syscall exit: seccomp skipped the enter tracepoint */
 
 /* counters (per-CPU array index) */
 #define EG_CTR_EVENTS 0
@@ -131,6 +134,7 @@ struct eg_event {
 	u64 ts_ns;     /* bpf_ktime_get_ns() */
 	u64 cgroup_id;
 	u64 uptr;      /* user address of the path, for EG_EV_UNREADABLE */
+	u64 aux;       /* open flags for opens; the return value for EG_EV_AT_EXIT */
 	u32 pid;       /* thread id */
 	u32 tgid;      /* process id */
 	u32 uid;

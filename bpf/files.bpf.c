@@ -20,7 +20,8 @@ static __always_inline u32 open_access(u64 flags)
  * resumes or kills it. Only a record that was reserved stops anyone: a dropped one cannot be answered.
  * A path too long for the trie is a violation: refusing to guess is the safe side.
  */
-static __always_inline int check_path(const char *upath, int dirfd, u32 access, u16 kind, s32 nr)
+static __always_inline int check_path(const char *upath, int dirfd, u32 access, u16 kind, s32 nr,
+				      u64 oflags)
 {
 	struct eg_ext_policy *pol = current_policy();
 	if (!pol)
@@ -79,6 +80,7 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 	e->dirfd = dirfd;
 	e->op = access;
 	e->uptr = (u64)upath;
+	e->aux = oflags;
 	__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
 	events.ringbuf_submit(e, 0);
 	return 0;
@@ -88,106 +90,108 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 
 TRACEPOINT_PROBE(syscalls, sys_enter_open)
 {
-	return check_path(args->filename, EG_AT_FDCWD, open_access(args->flags), EG_KIND_FILE, NR);
+	return check_path(args->filename, EG_AT_FDCWD, open_access(args->flags), EG_KIND_FILE, NR,
+			  args->flags);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_openat)
 {
-	return check_path(args->filename, args->dfd, open_access(args->flags), EG_KIND_FILE, NR);
+	return check_path(args->filename, args->dfd, open_access(args->flags), EG_KIND_FILE, NR,
+			  args->flags);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
 {
 	u64 fl = 0;
 	bpf_probe_read_user(&fl, sizeof(fl), args->how); /* open_how.flags is the first member */
-	return check_path(args->filename, args->dfd, open_access(fl), EG_KIND_FILE, NR);
+	return check_path(args->filename, args->dfd, open_access(fl), EG_KIND_FILE, NR, fl);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_creat)
 {
-	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_truncate)
 {
-	return check_path(args->path, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->path, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_unlink)
 {
-	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat)
 {
-	return check_path(args->pathname, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->pathname, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 /* rename and link touch both names: a hardlink is a way to read a file under another name */
 TRACEPOINT_PROBE(syscalls, sys_enter_rename)
 {
-	check_path(args->oldname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
-	return check_path(args->newname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	check_path(args->oldname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+	return check_path(args->newname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_renameat)
 {
-	check_path(args->oldname, args->olddfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
-	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	check_path(args->oldname, args->olddfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_renameat2)
 {
-	check_path(args->oldname, args->olddfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
-	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	check_path(args->oldname, args->olddfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_link)
 {
-	check_path(args->oldname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
-	return check_path(args->newname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	check_path(args->oldname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+	return check_path(args->newname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_linkat)
 {
-	check_path(args->oldname, args->olddfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
-	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	check_path(args->oldname, args->olddfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 /* a symlink's target is only a string; the link it creates is the write */
 TRACEPOINT_PROBE(syscalls, sys_enter_symlink)
 {
-	return check_path(args->newname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->newname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_symlinkat)
 {
-	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_chmod)
 {
-	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat)
 {
-	return check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 #ifdef EG_HAVE_FCHMODAT2
 TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat2)
 {
-	return check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR);
+	return check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 #endif
 
 TRACEPOINT_PROBE(syscalls, sys_enter_execve)
 {
-	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_EXEC, EG_KIND_EXEC, NR);
+	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_EXEC, EG_KIND_EXEC, NR, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
 {
-	return check_path(args->filename, args->fd, EG_ACC_EXEC, EG_KIND_EXEC, NR);
+	return check_path(args->filename, args->fd, EG_ACC_EXEC, EG_KIND_EXEC, NR, 0);
 }

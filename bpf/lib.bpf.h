@@ -59,6 +59,7 @@ static __always_inline struct eg_event *new_event(struct eg_ext_policy *pol, u16
 	e->ts_ns = bpf_ktime_get_ns();
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->uptr = 0;
+	e->aux = 0;
 	e->pid = (u32)id;
 	e->tgid = id >> 32;
 	e->uid = (u32)bpf_get_current_uid_gid();

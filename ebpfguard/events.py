@@ -22,7 +22,7 @@ LIFE_NAMES = {c("LIFE_EXEC"): "exec", c("LIFE_EXIT"): "exit"}
 PROTO_NAMES = {0: "any", 6: "tcp", 17: "udp"}
 FLAG_NAMES = {c("EV_RELATIVE"): "relative", c("EV_DOTDOT"): "dotdot", c("EV_TRUNCATED"): "truncated",
               c("EV_UNREADABLE"): "unreadable", c("EV_EMPTY_PATH"): "empty-path",
-              c("EV_HELD"): "held"}
+              c("EV_HELD"): "held", c("EV_SECCOMP"): "seccomp", c("EV_AT_EXIT"): "at-exit"}
 
 # bpf_ktime_get_ns() is CLOCK_MONOTONIC; records carry wall-clock time.
 _MONO_TO_REAL = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -59,6 +59,7 @@ class Event:
     comm: str = ""
     path: str = ""
     uptr: int = 0
+    aux: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -89,6 +90,8 @@ class Event:
                  "proto": PROTO_NAMES.get(self.proto, str(self.proto))}
         elif self.kind in ("syscall", "privilege"):
             d = {"syscall": self.syscall, "nr": self.syscall_nr}
+            if self.flag_names():
+                d["flags"] = self.flag_names()
         elif self.kind == "lifecycle":
             d = {"event": LIFE_NAMES.get(self.op, str(self.op))}
             if self.path:
@@ -108,4 +111,5 @@ def decode(raw: Any) -> Event:
         dirfd=int(raw.dirfd), op=int(raw.op), family=int(raw.family), port=int(raw.port),
         proto=int(raw.proto), addr=bytes(raw.addr), comm=bytes(raw.comm).split(b"\0", 1)[0].decode(errors="replace"),
         path=bytes(raw.path).split(b"\0", 1)[0].decode(errors="surrogateescape"), uptr=int(raw.uptr),
+        aux=int(raw.aux),
     )

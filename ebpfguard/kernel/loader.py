@@ -89,17 +89,19 @@ class Sensor:
             pass
 
     def ensure_syscall_gates(self, names: Iterable[str]) -> None:
-        """Attach the syscall gate to sys_enter_<name> for each denied syscall not yet covered."""
+        """Attach the syscall gates to sys_enter_<name> and sys_exit_<name> for each denied syscall
+        not yet covered."""
         for name in sorted(set(names) - self.gates - self.missing_gates):
-            event = f"sys_enter_{TRACEPOINT_NAMES.get(name, name)}"
-            if not has_tracepoint("syscalls", event):
+            tp = TRACEPOINT_NAMES.get(name, name)
+            if not has_tracepoint("syscalls", f"sys_enter_{tp}"):
                 # not built into this kernel (the call returns ENOSYS), or has no tracepoint
                 self.missing_gates.add(name)
                 continue
-            try:
-                self.bpf.attach_tracepoint(tp=f"syscalls:{event}".encode(), fn_name=b"syscall_gate")
-            except Exception as err:
-                raise KernelError(f"failed to attach the syscall gate to {event}: {err}") from err
+            for event, fn in ((f"sys_enter_{tp}", b"syscall_gate"), (f"sys_exit_{tp}", b"syscall_exit_gate")):
+                try:
+                    self.bpf.attach_tracepoint(tp=f"syscalls:{event}".encode(), fn_name=fn)
+                except Exception as err:
+                    raise KernelError(f"failed to attach the syscall gate to {event}: {err}") from err
             self.gates.add(name)
 
     def write_policy(self, cp: CompiledPolicy) -> None:
@@ -212,8 +214,12 @@ class Sensor:
     def attach_tracepoints(self, tps: list[str]) -> None:
         for tp in tps:
             category, event = tp.split(":")
-            gated = {f"sys_enter_{TRACEPOINT_NAMES.get(n, n)}" for n in self.gates}
-            fn = b"syscall_gate" if event in gated else f"tracepoint__{category}__{event}".encode()
+            gated = {TRACEPOINT_NAMES.get(n, n) for n in self.gates}
+            name = event.split("_", 2)[-1] if event.startswith(("sys_enter_", "sys_exit_")) else None
+            if name in gated:
+                fn = b"syscall_gate" if event.startswith("sys_enter_") else b"syscall_exit_gate"
+            else:
+                fn = f"tracepoint__{category}__{event}".encode()
             self.bpf.attach_tracepoint(tp=tp, fn_name=fn)
 
     def close(self) -> None:
