@@ -277,7 +277,8 @@ class Agent:
             m = parse(text.encode(), str(req.get("manifest_path", "<request>")), home=req.get("home"))
         inst = self.engine.prepare(m, mode)
         conn.instances.append(inst.cgroup_id)
-        return {"instance": inst.id, "procs_files": inst.cgroup.procs_files(), "cgroup": str(inst.cgroup.v2)}
+        return {"instance": inst.id, "procs_files": inst.cgroup.procs_files(), "cgroup": str(inst.cgroup.v2),
+                "manifest_text": m.raw.decode(), "manifest_path": m.source, "home": req.get("home")}
 
     def _instance(self, req: dict[str, Any]) -> Instance:
         for inst in self.engine.instances.values():
@@ -287,7 +288,10 @@ class Agent:
 
     def _op_started(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         inst = self._instance(req)
-        self.engine.started(inst, int(req["pid"]), [str(a) for a in req["argv"]])
+        sandbox = req.get("sandbox")
+        if sandbox is not None and not isinstance(sandbox, dict):
+            raise TypeError("sandbox must be an object")
+        self.engine.started(inst, int(req["pid"]), [str(a) for a in req["argv"]], sandbox)
         return {}
 
     def _op_exited(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:

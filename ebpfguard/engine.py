@@ -50,12 +50,16 @@ class Instance:
     violations: int = 0
     launcher_done: bool = False
     exit_status: int | None = None
+    sandbox: dict[str, Any] = field(default_factory=dict)  # what the launcher enforced (Sandbox.describe)
+    landlock_grants: list[tuple[str, int]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {"instance": self.id, "extension": self.manifest.name, "version": self.manifest.version,
                 "mode": self.mode, "cgroup": str(self.cgroup.v2), "cgroup_id": self.cgroup_id,
                 "pid": self.leader_pid, "pids": self.cgroup.pids(), "state": "running",
                 "violations": self.violations, "started": rfc3339_ns(self.started_ns),
+                "layers": ["cgroup", "cgroup-sock-addr", "tracepoints", *self.sandbox.get("layers", [])],
+                "not_enforced": self.sandbox.get("not_enforced", []), "user": self.sandbox.get("user"),
                 "policy_sha256": self.manifest.sha256, "argv": self.argv}
 
 
@@ -120,12 +124,21 @@ class Engine:
         self.instances[cgid] = inst
         return inst
 
-    def started(self, inst: Instance, pid: int, argv: list[str]) -> None:
+    def started(self, inst: Instance, pid: int, argv: list[str], sandbox: dict[str, Any] | None = None) -> None:
+        """The launcher started ``argv`` as ``pid`` inside the instance; ``sandbox`` says what it enforced."""
         inst.leader_pid = pid
         inst.argv = list(argv)
+        inst.sandbox = dict(sandbox or {})
+        if "landlock" in " ".join(inst.sandbox.get("layers", [])):
+            from .sandbox.landlock import plan  # noqa: PLC0415
+
+            inst.landlock_grants = [(os.path.realpath(p) + ("/" if p.endswith("/") else ""), r)
+                                    for p, r in plan(inst.manifest, 5).paths]
+        detail: dict[str, Any] = {"event": "start", "argv": list(argv), "cgroup": str(inst.cgroup.v2)}
+        if sandbox is not None:
+            detail["sandbox"] = inst.sandbox
         self._write(inst, None, {"kind": "lifecycle", "pid": pid, "tgid": pid, "comm": os.path.basename(argv[0])[:15],
-                                 "detail": {"event": "start", "argv": list(argv), "cgroup": str(inst.cgroup.v2)},
-                                 "verdict": None, "actions": []})
+                                 "detail": detail, "verdict": None, "actions": []})
 
     def leader_exited(self, inst: Instance, status: int) -> None:
         inst.exit_status = status
@@ -190,10 +203,14 @@ class Engine:
             if not violation:
                 return None
             actions.extend(ev.extra.pop("_actions", []))
+        if ev.verdict == "detected" and inst is not None and self._landlock_denied(inst, ev):
+            ev.verdict = "denied"
+            actions.append("eacces:landlock")
+        seccomp = bool(ev.flags & c("EV_SECCOMP"))
         if ev.verdict == "killed" and not actions:
-            actions.append("sigkill:kernel")
-        elif ev.verdict == "denied":
-            actions.append("eperm:kernel")
+            actions.append("sigsys:seccomp" if seccomp and not ev.flags & c("EV_AT_EXIT") else "sigkill:kernel")
+        elif ev.verdict == "denied" and not actions:
+            actions.append("eperm:seccomp" if seccomp else "eperm:kernel")
         if ev.kind != "lifecycle" and inst is not None:
             inst.violations += 1
         rec = {"kind": ev.kind, "pid": ev.pid, "tgid": ev.tgid, "uid": ev.uid, "comm": ev.comm,
@@ -225,6 +242,25 @@ class Engine:
                 ev.verdict = "detected"
         else:
             ev.verdict = "detected"
+        return True
+
+    @staticmethod
+    def _landlock_denied(inst: Instance, ev: Event) -> bool:
+        """Did the instance's Landlock ruleset refuse this access? (It decides on resolved objects:
+        compare the real path with the real paths of the grants.) O_PATH opens are not checked."""
+        from .sandbox import landlock  # noqa: PLC0415
+
+        if not inst.landlock_grants or ev.kind not in ("file", "exec") or not ev.path.startswith("/"):
+            return False
+        if ev.aux & 0o10000000:  # O_PATH
+            return False
+        need = {"read": landlock.FS["read_file"] | landlock.FS["read_dir"], "write": landlock.FS["write_file"]
+                | landlock.FS["make_reg"] | landlock.FS["remove_file"], "exec": landlock.FS["execute"]}[ev.access]
+        real = os.path.realpath(ev.path)
+        for path, rights in inst.landlock_grants:
+            covers = real.startswith(path) or real == path.rstrip("/") if path.endswith("/") else real == path
+            if covers and rights & need:
+                return False
         return True
 
     @staticmethod

@@ -1,7 +1,9 @@
-"""Start a command inside an extension cgroup, so that its first instruction already runs there.
+"""Start a command inside an extension cgroup, so that its first instruction already runs there, and
+under its sandbox (user, no_new_privs, Landlock, seccomp, rlimits) when one is given.
 
-The child joins the cgroup between fork and exec through fds the parent opened: after it joins the
-v2 group (last), it opens nothing, so the only checked action before exec is the exec itself.
+Between fork and exec the child drops its privileges, joins the cgroup through fds the parent opened
+(the v2 one last), then confines itself (Landlock, seccomp). It opens nothing after joining, so the only checked action before exec is the exec
+itself. A failure in the child is written to a pipe, so the error says what failed and why.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import EbpfguardError
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
 
 
 class LaunchError(EbpfguardError):
@@ -33,23 +38,41 @@ def resolve(argv: Sequence[str]) -> list[str]:
 
 
 def spawn(argv: Sequence[str], procs_files: Sequence[str], env: dict[str, str] | None = None,
-          stdout: Any = None) -> subprocess.Popen[bytes]:
-    """fork, join every cgroup in ``procs_files`` (the v2 one last), exec ``argv``. With no
-    ``procs_files`` the command simply runs where the caller is (the benchmark's outside runs)."""
+          stdout: Any = None, sandbox: Sandbox | None = None) -> subprocess.Popen[bytes]:
+    """fork, join every cgroup in ``procs_files`` (the v2 one last), enter ``sandbox``, exec ``argv``.
+    With no ``procs_files`` the command runs where the caller is (the benchmark's outside runs)."""
     fds = [os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in [*procs_files[1:], *procs_files[:1]]]
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
 
-    def join() -> None:
-        for fd in fds:
-            os.write(fd, b"0")
+    def child() -> None:
+        step = "drop privileges"
+        try:
+            if sandbox is not None:
+                sandbox.drop()
+            step = "join the extension cgroup"
+            for fd in fds:
+                os.write(fd, b"0")
+            if sandbox is not None:
+                step = "enter the sandbox (Landlock, seccomp)"
+                sandbox.confine()
+        except BaseException as exc:
+            os.write(err_w, f"failed to {step}: {exc}".encode()[:4096])
+            raise
 
     try:
-        return subprocess.Popen(list(argv), preexec_fn=join if fds else None, close_fds=True, env=env,  # noqa: PLW1509
-                                stdout=stdout)
-    except OSError as err:
-        raise LaunchError(f"failed to start {argv[0]}: {err.strerror}") from err
+        proc = subprocess.Popen(list(argv), preexec_fn=child if fds or sandbox else None,  # noqa: PLW1509
+                                close_fds=True, env=env, stdout=stdout)
+    except (OSError, subprocess.SubprocessError) as err:
+        os.close(err_w)
+        detail = os.read(err_r, 4096).decode(errors="replace")
+        os.close(err_r)
+        raise LaunchError(detail or f"failed to start {argv[0]}: {err}") from err
     finally:
         for fd in fds:
             os.close(fd)
+    os.close(err_w)
+    os.close(err_r)
+    return proc
 
 
 def exit_status(returncode: int) -> int:

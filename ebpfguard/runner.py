@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from .launcher import exit_status, resolve, spawn
-from .manifest.load import Manifest
+from .manifest.load import Manifest, parse
+from .sandbox import Sandbox
 
 
 def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str | None = None) -> int:
@@ -16,16 +17,18 @@ def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str |
     from .engine import Engine  # noqa: PLC0415
 
     argv = resolve(argv)
+    sandbox = Sandbox.prepare(m)
     eng = Engine(state_dir)
     try:
         inst = eng.prepare(m, mode)
         # like a shell: the terminal's Ctrl-C goes to the command, which decides; we wait for it
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            proc = spawn(argv, inst.cgroup.procs_files())
+            proc = spawn(argv, inst.cgroup.procs_files(), sandbox=sandbox)
         finally:
             signal.signal(signal.SIGINT, old)
-        eng.started(inst, proc.pid, list(argv))
+            sandbox.close()
+        eng.started(inst, proc.pid, list(argv), sandbox.describe())
         prev_int = signal.signal(signal.SIGINT, lambda *_: None)
         try:
             while proc.poll() is None:
@@ -52,18 +55,23 @@ def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
     from .manifest.load import default_home  # noqa: PLC0415
 
     argv = resolve(argv)
+    sandbox = Sandbox.prepare(manifest) if manifest is not None else None
     with Client(state_dir) as client:
         if manifest is not None:
             ans = client.request("prepare", manifest_text=manifest.raw.decode(), manifest_path=manifest.source,
                                  home=default_home(manifest.user), mode=mode)
         else:
             ans = client.request("prepare", extension=extension, mode=mode)
+        if sandbox is None:  # a policy the agent holds: it sends the manifest text back for the sandbox
+            sandbox = Sandbox.prepare(parse(ans["manifest_text"].encode(), ans["manifest_path"], home=ans.get("home")))
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            proc = spawn(argv, ans["procs_files"])
+            proc = spawn(argv, ans["procs_files"], sandbox=sandbox)
         finally:
             signal.signal(signal.SIGINT, old)
-        client.request("started", instance=ans["instance"], pid=proc.pid, argv=list(argv))
+            sandbox.close()
+        client.request("started", instance=ans["instance"], pid=proc.pid, argv=list(argv),
+                       sandbox=sandbox.describe())
         prev = signal.signal(signal.SIGINT, lambda *_: None)
         try:
             while True:

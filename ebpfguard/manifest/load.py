@@ -36,6 +36,12 @@ BUILTIN_PRIVILEGE = (
     "kexec_load", "kexec_file_load", "setuid", "setgid", "setreuid", "setregid", "setresuid",
     "setresgid", "setfsuid", "setfsgid", "setgroups", "capset", "pivot_root", "chroot",
 )
+# The launcher's seccomp filter kills on these (the rest of the deny set gets EPERM): no extension has
+# any business loading kernel code, replacing the kernel, or changing its mount or namespace view.
+NEVER_ALLOWED = frozenset({
+    "mount", "umount2", "pivot_root", "chroot", "setns", "bpf", "init_module", "finit_module",
+    "delete_module", "kexec_load", "kexec_file_load",
+})
 BUILTIN_SYSCALL = (
     "ptrace", "process_vm_readv", "process_vm_writev", "io_uring_setup", "memfd_create", "keyctl",
     "add_key", "request_key", "userfaultfd", "perf_event_open", "personality",

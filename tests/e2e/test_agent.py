@@ -229,7 +229,8 @@ def test_trace_follows_live_and_exits_cleanly_on_ctrl_c(agent: Agent, tmp_path: 
         time.sleep(1.0)
         m = tmp_path / "t.yaml"
         m.write_text(MANIFEST.format(name="traced", file="block"))
-        assert eg("run", "-m", str(m), "--", "cat", "/etc/hostname", state=agent.state).returncode == 0
+        r = eg("run", "-m", str(m), "--", "cat", "/etc/hostname", state=agent.state)
+        assert r.returncode == 1 and "Permission denied" in r.stderr  # Landlock refused the read
         time.sleep(0.5)
     finally:
         tr.send_signal(signal.SIGINT)

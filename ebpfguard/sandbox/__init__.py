@@ -1,0 +1,94 @@
+"""The launcher's layers, applied between fork and exec of every launched extension:
+an unprivileged user, no_new_privs, a Landlock ruleset, a seccomp filter and rlimits.
+
+Sandbox.prepare() runs in the launcher (root): it decides the user, builds the Landlock ruleset fd
+and the seccomp program, and lists what is and is not enforced. In the child, drop() runs before it
+joins its cgroup and confine() after; every descendant inherits what they set. These layers are the kernel's
+own object-level checks: they keep holding when the agent is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import resource
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import EbpfguardError
+from ..manifest.load import NEVER_ALLOWED, Manifest
+from . import landlock, seccomp
+
+
+class SandboxError(EbpfguardError):
+    pass
+
+
+@dataclass
+class Sandbox:
+    uid: int
+    gid: int
+    user: str
+    home: str
+    ruleset_fd: int | None
+    seccomp_prog: bytes
+    rlimits: dict[int, tuple[int, int]]
+    layers: list[str]
+    not_enforced: list[str] = field(default_factory=list)
+    landlock_abi: int = 0
+
+    @classmethod
+    def prepare(cls, m: Manifest, *, allow_root: bool = False, landlock_abi: int | None = None) -> Sandbox:
+        user = m.user or _invoking_user() or "nobody"
+        try:
+            pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        except KeyError as err:
+            raise SandboxError(f"spec.user {user!r} does not exist on this host") from err
+        if pw.pw_uid == 0 and not (m.user in ("root", "0") and allow_root):
+            raise SandboxError("refusing to run an extension as root: spec.user must name an unprivileged "
+                               "user (root needs both spec.user: root and the agent's allow_root)")
+        abi = landlock.abi() if landlock_abi is None else landlock_abi
+        plan = landlock.plan(m, abi)
+        layers = ["user", "no_new_privs", "seccomp", "rlimits"]
+        not_enforced = list(plan.not_enforced)
+        fd = None
+        if abi > 0:
+            fd, skipped = landlock.build(plan)
+            layers += [f"landlock-abi{abi}"] + [f"landlock-{x}" for x in plan.enforced]
+            not_enforced += [f"landlock: {s} not granted" for s in skipped]
+        deny = {name: ("kill" if name in NEVER_ALLOWED else "errno") for name in m.all_denied_syscalls()}
+        rl = {resource.RLIMIT_CORE: (0, 0)}  # no core dumps: they would carry the extension's secrets
+        return cls(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, fd, seccomp.build(deny), rl, layers, not_enforced,
+                   abi)
+
+    def drop(self) -> None:
+        """In the child, before it joins its cgroup: rlimits, no_new_privs and the user. Done outside
+        the extension cgroup so that the launcher's own setuid is not an extension's violation; the
+        cgroup fds were opened by root, and the kernel checks a migration against the opener."""
+        for res, lim in self.rlimits.items():
+            resource.setrlimit(res, lim)
+        seccomp.no_new_privs()
+        if os.getuid() != self.uid or os.getgid() != self.gid:
+            os.setgroups([])
+            os.setresgid(self.gid, self.gid, self.gid)
+            os.setresuid(self.uid, self.uid, self.uid)
+
+    def confine(self) -> None:
+        """In the child, inside its cgroup, right before exec: Landlock, then seccomp last, so that it
+        cannot deny the steps before it."""
+        if self.ruleset_fd is not None:
+            landlock.restrict_self(self.ruleset_fd)
+        seccomp.install(self.seccomp_prog)
+
+    def describe(self) -> dict[str, Any]:
+        return {"user": self.user, "uid": self.uid, "layers": self.layers, "not_enforced": self.not_enforced}
+
+    def close(self) -> None:
+        if self.ruleset_fd is not None:
+            os.close(self.ruleset_fd)
+            self.ruleset_fd = None
+
+
+def _invoking_user() -> str | None:
+    uid = os.environ.get("SUDO_UID")
+    return uid if uid and uid != "0" else None

@@ -1,0 +1,197 @@
+"""Landlock rulesets built from a manifest (ctypes; syscalls 444-446).
+
+plan() is pure: manifest + ABI -> the rules, what is handled, and what this ABI cannot enforce.
+build() runs in the launcher (parent): it opens each path O_PATH and fills a ruleset fd, which the
+child enforces with restrict_self() between fork and exec. Older ABIs are downgraded right by right;
+every right that is not enforced is named, so the start record can say so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import EbpfguardError
+from ..manifest.load import Manifest
+
+SYS_CREATE, SYS_ADD_RULE, SYS_RESTRICT = 444, 445, 446
+CREATE_RULESET_VERSION = 1
+RULE_PATH_BENEATH, RULE_NET_PORT = 1, 2
+
+FS = {name: 1 << i for i, name in enumerate((
+    "execute", "write_file", "read_file", "read_dir", "remove_dir", "remove_file", "make_char", "make_dir",
+    "make_reg", "make_sock", "make_fifo", "make_block", "make_sym", "refer", "truncate", "ioctl_dev"))}
+NET_BIND_TCP, NET_CONNECT_TCP = 1, 2
+SCOPE_ABSTRACT_UNIX, SCOPE_SIGNAL = 1, 2
+
+# the filesystem rights each ABI knows
+ABI_FS = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1, 5: (1 << 16) - 1}
+FILE_RIGHTS = FS["execute"] | FS["write_file"] | FS["read_file"] | FS["truncate"] | FS["ioctl_dev"]
+READ = FS["read_file"] | FS["read_dir"]
+WRITE = (READ | FS["write_file"] | FS["remove_dir"] | FS["remove_file"] | FS["make_dir"] | FS["make_reg"]
+         | FS["make_sym"] | FS["make_sock"] | FS["make_fifo"] | FS["refer"] | FS["truncate"])
+EXEC = FS["execute"] | FS["read_file"]  # the kernel opens an executable for reading too
+MAX_NET_PORTS = 1024  # past this many ports, connect/bind stay with the cgroup programs alone
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def abi() -> int:
+    v = _libc.syscall(SYS_CREATE, None, ctypes.c_size_t(0), ctypes.c_uint32(CREATE_RULESET_VERSION))
+    return int(v) if v > 0 else 0
+
+
+def fs_rights(abi_version: int) -> int:
+    return ABI_FS.get(abi_version, ABI_FS[5]) if abi_version > 0 else 0
+
+
+@dataclass
+class Plan:
+    abi: int
+    handled_fs: int
+    handled_net: int
+    scoped: int
+    paths: list[tuple[str, int]] = field(default_factory=list)   # (path, rights)
+    ports: list[tuple[int, int]] = field(default_factory=list)   # (port, rights)
+    not_enforced: list[str] = field(default_factory=list)
+
+    @property
+    def enforced(self) -> list[str]:
+        out = []
+        if self.handled_fs:
+            out.append("fs")
+        if self.handled_net:
+            out.append("tcp-ports")
+        if self.scoped & SCOPE_SIGNAL:
+            out.append("signal-scope")
+        if self.scoped & SCOPE_ABSTRACT_UNIX:
+            out.append("abstract-unix-scope")
+        return out
+
+
+def _interpreter(path: str) -> str | None:
+    """The ELF interpreter (PT_INTERP) of a dynamic executable: the kernel execs it too."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:
+                if head[:2] == b"#!":
+                    return head[2:].split(b"\n")[0].strip().split()[0].decode() or None
+                return None
+            phoff, = struct.unpack_from("<Q", head, 0x20)
+            phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+            for i in range(phnum):
+                fh.seek(phoff + i * phentsize)
+                ph = fh.read(phentsize)
+                p_type, = struct.unpack_from("<I", ph, 0)
+                if p_type == 3:
+                    off, = struct.unpack_from("<Q", ph, 8)
+                    size, = struct.unpack_from("<Q", ph, 32)
+                    fh.seek(off)
+                    return fh.read(size).rstrip(b"\0").decode()
+    except (OSError, struct.error, UnicodeDecodeError, IndexError):
+        return None
+    return None
+
+
+def plan(m: Manifest, abi_version: int) -> Plan:
+    handled = fs_rights(abi_version)
+    p = Plan(abi_version, handled, 0, 0)
+    if abi_version <= 0:
+        p.not_enforced.append("landlock: not available in this kernel")
+        return p
+    if abi_version < 2:
+        p.not_enforced.append("landlock fs refer (cross-directory link/rename): needs ABI 2")
+    if abi_version < 3:
+        p.not_enforced.append("landlock fs truncate: needs ABI 3")
+    rights: dict[str, int] = {}
+    for path in m.read:
+        rights[path] = rights.get(path, 0) | READ
+    for path in m.write:
+        rights[path] = rights.get(path, 0) | WRITE
+    for path in m.exec:
+        rights[path] = rights.get(path, 0) | EXEC
+        interp = _interpreter(path)
+        if interp:
+            rights[interp] = rights.get(interp, 0) | EXEC
+    for path, r in rights.items():
+        is_dir = path.endswith("/")
+        r &= handled if is_dir else handled & FILE_RIGHTS
+        p.paths.append((path, r))
+    # TCP ports (ABI 4): addresses stay with the cgroup programs, Landlock holds the ports
+    if abi_version >= 4:
+        for op, rules, bit in (("connect", m.connect, NET_CONNECT_TCP), ("bind", m.bind, NET_BIND_TCP)):
+            ports: set[int] = set()
+            for r in rules:
+                if r.proto in ("tcp", "any"):
+                    ports.update(range(r.port_lo, r.port_hi + 1))
+            if len(ports) > MAX_NET_PORTS:
+                p.not_enforced.append(f"landlock tcp {op}: {len(ports)} ports is too many rules; the cgroup "
+                                      "programs alone hold it")
+                continue
+            p.handled_net |= bit
+            p.ports.extend((port, bit) for port in sorted(ports))
+    else:
+        p.not_enforced.append("landlock tcp connect/bind: needs ABI 4 (the cgroup programs still hold)")
+    if abi_version >= 6:
+        p.scoped = SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX
+    else:
+        p.not_enforced.append("landlock signal and abstract-unix scoping: needs ABI 6")
+    return p
+
+
+class LandlockError(EbpfguardError):
+    pass
+
+
+def _add(fd: int, rule_type: int, attr: bytes) -> int:
+    buf = ctypes.create_string_buffer(attr)
+    return int(_libc.syscall(SYS_ADD_RULE, fd, rule_type, buf, ctypes.c_uint32(0)))
+
+
+def build(p: Plan) -> tuple[int, list[str]]:
+    """Create the ruleset (in the launcher). Returns its fd and the paths that could not be granted."""
+    size = 8 if p.abi < 4 else 16 if p.abi < 6 else 24
+    attr = struct.pack("<QQQ", p.handled_fs, p.handled_net, p.scoped)[:size]
+    buf = ctypes.create_string_buffer(attr)
+    fd = int(_libc.syscall(SYS_CREATE, buf, ctypes.c_size_t(size), ctypes.c_uint32(0)))
+    if fd < 0:
+        raise LandlockError(f"landlock_create_ruleset failed: {os.strerror(ctypes.get_errno())}")
+    skipped: list[str] = []
+    try:
+        for path, rights in p.paths:
+            if not rights:
+                continue
+            try:
+                pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError as err:
+                skipped.append(f"{path} ({err.strerror})")
+                continue
+            try:
+                if not os.path.isdir(path):
+                    rights &= FILE_RIGHTS
+                if _add(fd, RULE_PATH_BENEATH, struct.pack("<Qi", rights, pfd)) < 0:
+                    e = ctypes.get_errno()
+                    skipped.append(f"{path} ({os.strerror(e)})")
+            finally:
+                os.close(pfd)
+        for port, rights in p.ports:
+            if _add(fd, RULE_NET_PORT, struct.pack("<QQ", rights, port)) < 0:
+                raise LandlockError(f"landlock_add_rule(port {port}) failed: {os.strerror(ctypes.get_errno())}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, skipped
+
+
+def restrict_self(fd: int) -> None:
+    """In the child, after no_new_privs: enforce the ruleset on this process and its descendants."""
+    if _libc.syscall(SYS_RESTRICT, fd, ctypes.c_uint32(0)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"landlock_restrict_self: {os.strerror(e)}")
+
+
+__all__ = ["Plan", "abi", "build", "plan", "restrict_self"]

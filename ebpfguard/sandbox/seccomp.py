@@ -1,0 +1,67 @@
+"""A seccomp filter for an extension: EPERM for its denied syscalls, kill for the never-allowed set.
+
+build() is pure (a classic-BPF program as bytes) and unit-tested; install() runs in the child after
+no_new_privs. A killed call carries its syscall number in SECCOMP_RET_DATA, which the kernel puts in
+the SIGSYS's si_errno: that is how the eBPF side records which call it was.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+
+from ..manifest.syscall_table import SYSCALLS_X86_64
+
+AUDIT_ARCH_X86_64 = 0xC000003E
+X32_SYSCALL_BIT = 0x40000000
+RET_KILL_PROCESS = 0x80000000
+RET_ERRNO = 0x00050000
+RET_ALLOW = 0x7FFF0000
+EPERM = 1
+LD_W_ABS, JEQ_K, JGE_K, RET_K = 0x20, 0x15, 0x35, 0x06
+OFF_NR, OFF_ARCH = 0, 4
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+
+_INSN = struct.Struct("<HBBI")
+
+
+def _i(code: int, jt: int, jf: int, k: int) -> bytes:
+    return _INSN.pack(code, jt, jf, k)
+
+
+def build(deny: dict[str, str]) -> bytes:
+    """``deny``: syscall name -> "errno" or "kill". Other syscalls are allowed; other architectures
+    and the x32 ABI are killed (they would bypass the numbers below)."""
+    prog = [
+        _i(LD_W_ABS, 0, 0, OFF_ARCH),
+        _i(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        _i(RET_K, 0, 0, RET_KILL_PROCESS | 0xFFFF),
+        _i(LD_W_ABS, 0, 0, OFF_NR),
+        _i(JGE_K, 0, 1, X32_SYSCALL_BIT),
+        _i(RET_K, 0, 0, RET_KILL_PROCESS | 0xFFFF),
+    ]
+    for name in sorted(deny, key=lambda n: SYSCALLS_X86_64[n]):
+        nr = SYSCALLS_X86_64[name]
+        action = RET_KILL_PROCESS | nr if deny[name] == "kill" else RET_ERRNO | EPERM
+        prog += [_i(JEQ_K, 0, 1, nr), _i(RET_K, 0, 0, action)]
+    prog.append(_i(RET_K, 0, 0, RET_ALLOW))
+    return b"".join(prog)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def no_new_privs() -> None:
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"PR_SET_NO_NEW_PRIVS: {os.strerror(e)}")
+
+
+def install(prog: bytes) -> None:
+    """In the child, after no_new_privs."""
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    fprog = ctypes.create_string_buffer(struct.pack("<H6xQ", len(prog) // 8, ctypes.addressof(buf)))
+    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprog, 0, 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"PR_SET_SECCOMP: {os.strerror(e)}")
