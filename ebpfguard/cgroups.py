@@ -16,6 +16,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import CgroupError
 
@@ -94,6 +95,78 @@ class Cgroup:
                         time.sleep(0.01)
                         continue
                     raise CgroupError(f"failed to remove {path}: {err.strerror}") from err
+
+
+UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+
+
+def parse_bytes(text: str) -> int:
+    """"256Mi" -> 268435456 (the manifest's memory syntax; the schema has checked the form)."""
+    digits = text.rstrip("KMGi")
+    return int(digits) * UNITS[text[len(digits):]]
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except OSError as err:
+        raise CgroupError(f"failed to write {value!r} to {path}: {err.strerror}") from err
+
+
+def _counter(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            k, _, v = line.partition(" ")
+            if k == key:
+                return int(v)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def set_limits(cg: Cgroup, resources: dict[str, Any]) -> dict[str, Any]:
+    """Apply a manifest's resources (memory, cpu, pids) to ``cg``: v2 files on pure v2 hosts, the v1
+    memory, cpu and pids controllers on hybrid ones. Returns what was applied."""
+    applied: dict[str, Any] = {}
+    v2 = not cg.v1
+    if "memory" in resources:
+        n = parse_bytes(str(resources["memory"]))
+        if v2:
+            _write(cg.v2 / "memory.max", str(n))
+            _write(cg.v2 / "memory.swap.max", "0") if (cg.v2 / "memory.swap.max").exists() else None
+        elif "memory" in cg.v1:
+            _write(cg.v1["memory"] / "memory.limit_in_bytes", str(n))
+            if (cg.v1["memory"] / "memory.memsw.limit_in_bytes").exists():
+                _write(cg.v1["memory"] / "memory.memsw.limit_in_bytes", str(n))
+        applied["memory_bytes"] = n
+    if "cpu" in resources:
+        period = 100_000
+        quota = max(1000, int(float(resources["cpu"]) * period))
+        if v2:
+            _write(cg.v2 / "cpu.max", f"{quota} {period}")
+        elif "cpu" in cg.v1:
+            _write(cg.v1["cpu"] / "cpu.cfs_period_us", str(period))
+            _write(cg.v1["cpu"] / "cpu.cfs_quota_us", str(quota))
+        applied["cpu_quota_us"] = quota
+    if "pids" in resources:
+        n = int(resources["pids"])
+        if v2:
+            _write(cg.v2 / "pids.max", str(n))
+        elif "pids" in cg.v1:
+            _write(cg.v1["pids"] / "pids.max", str(n))
+        applied["pids_max"] = n
+    return applied
+
+
+def resource_events(cg: Cgroup) -> dict[str, int]:
+    """The kernel's own counters of containment by limits: OOM kills and refused forks."""
+    if cg.v1:
+        mem = cg.v1.get("memory")
+        pids = cg.v1.get("pids")
+        return {"oom_kill": _counter(mem / "memory.oom_control", "oom_kill") if mem else 0,
+                "fork_refused": _counter(pids / "pids.events", "max") if pids else 0}
+    return {"oom_kill": _counter(cg.v2 / "memory.events", "oom_kill"),
+            "fork_refused": _counter(cg.v2 / "pids.events", "max")}
 
 
 class CgroupManager:

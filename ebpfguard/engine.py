@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cgroups import Cgroup, CgroupManager
+from .cgroups import Cgroup, CgroupManager, resource_events, set_limits
 from .errors import EbpfguardError
 from .events import Event, decode, now_ns, rfc3339_ns
 from .forensics import ForensicLog
@@ -51,6 +51,8 @@ class Instance:
     launcher_done: bool = False
     exit_status: int | None = None
     sandbox: dict[str, Any] = field(default_factory=dict)  # what the launcher enforced (Sandbox.describe)
+    limits: dict[str, Any] = field(default_factory=dict)
+    resource_seen: dict[str, int] = field(default_factory=dict)
     landlock_grants: list[tuple[str, int]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -112,6 +114,7 @@ class Engine:
             self._release_slot(slot.index)
             raise
         try:
+            limits = set_limits(cg, m.resources)
             cgid = cg.id
             self.sensor.attach_cgroup(cg.v2)
             self.sensor.bind(cgid, slot.index)
@@ -120,9 +123,28 @@ class Engine:
             cg.remove()
             self._release_slot(slot.index)
             raise
-        inst = Instance(cg.name, m, mode, slot.index, cg, cgid)
+        inst = Instance(cg.name, m, mode, slot.index, cg, cgid, limits=limits)
         self.instances[cgid] = inst
         return inst
+
+    def check_resources(self) -> None:
+        """Record each containment by a limit since the last look: an OOM kill inside the
+        instance's memory cap, or a fork its pids cap refused."""
+        for inst in list(self.instances.values()):
+            now = resource_events(inst.cgroup)
+            for key, value in now.items():
+                delta = value - inst.resource_seen.get(key, 0)
+                if delta <= 0:
+                    continue
+                inst.resource_seen[key] = value
+                inst.violations += 1
+                resource = "memory" if key == "oom_kill" else "pids"
+                limit = inst.limits.get("memory_bytes" if resource == "memory" else "pids_max")
+                self._write(inst, None, {
+                    "kind": "resource", "pid": inst.leader_pid, "tgid": inst.leader_pid,
+                    "detail": {"resource": resource, "event": key, "count": delta, "limit": limit},
+                    "verdict": "killed" if key == "oom_kill" else "denied",
+                    "actions": ["oom-kill:cgroup" if key == "oom_kill" else "eagain:pids.max"]})
 
     def started(self, inst: Instance, pid: int, argv: list[str], sandbox: dict[str, Any] | None = None) -> None:
         """The launcher started ``argv`` as ``pid`` inside the instance; ``sandbox`` says what it enforced."""
@@ -152,6 +174,7 @@ class Engine:
             while inst.cgroup.populated() and time.monotonic() < deadline:
                 time.sleep(0.01)
         self.sensor.consume()  # attribute the last events while the cgroup is still bound
+        self.check_resources()
         self.sensor.unbind(inst.cgroup_id)
         self.sensor.detach_cgroup(inst.cgroup.v2)
         try:
@@ -167,6 +190,7 @@ class Engine:
 
     def reap(self) -> None:
         """Release every instance whose launcher is done and whose cgroup has emptied."""
+        self.check_resources()
         for inst in list(self.instances.values()):
             if inst.launcher_done and not inst.cgroup.populated():
                 self.release(inst)

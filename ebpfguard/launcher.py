@@ -2,8 +2,9 @@
 under its sandbox (user, no_new_privs, Landlock, seccomp, rlimits) when one is given.
 
 Between fork and exec the child drops its privileges, joins the cgroup through fds the parent opened
-(the v2 one last), then confines itself (Landlock, seccomp). It opens nothing after joining, so the only checked action before exec is the exec
-itself. A failure in the child is written to a pipe, so the error says what failed and why.
+(the v2 one last), then confines itself (Landlock, seccomp). It opens nothing after joining, so the
+only checked action before exec is the exec itself. A failure in the child is written to a pipe, so
+the error says what failed and why.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str |
         try:
             while proc.poll() is None:
                 eng.poll(50)
+                eng.check_resources()
             status = exit_status(proc.returncode)
             eng.leader_exited(inst, status)
             while inst.cgroup.populated():

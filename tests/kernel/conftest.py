@@ -119,7 +119,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.fail("gcc is needed to build the kernel tier's helper (make setup installs it)")
-    subprocess.run([gcc, "-static", "-O1", "-o", str(w.helper), str(HERE / "egact.c")], check=True)
+    subprocess.run([gcc, "-static", "-O1", "-pthread", "-o", str(w.helper), str(HERE / "egact.c")], check=True)
     shutil.copy2(w.helper, w.helper_copy)
     for name, family, kind in (("tcp4_ok", socket.AF_INET, socket.SOCK_STREAM),
                                ("tcp4_bad", socket.AF_INET, socket.SOCK_STREAM),

@@ -8,6 +8,11 @@
  *   egact MARKER sys NR [A0 [A1 [A2 [A3]]]]
  *   egact MARKER flood N PATH              (N opens of PATH, for the drop accounting test)
  *   egact MARKER noop
+ * Escape techniques (the containment tier); reads append what they read to MARKER:
+ *   egact MARKER symlink-read TARGET LINK | hardlink-read TARGET LINK | opath-reopen PATH
+ *   egact MARKER toctou GOOD BAD N       (a thread flips the path buffer; rc = opens that read BAD)
+ *   egact MARKER memfd | io-uring | unshare-user | ptrace PID | kill PID SIG | cgroup-move PROCSFILE
+ *   egact MARKER forkbomb N | membomb MB
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -18,8 +23,39 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+static char content[256];
+
+static long read_into_content(long fd)
+{
+	if (fd >= 0) {
+		ssize_t n = read(fd, content, sizeof(content) - 1);
+		content[n > 0 ? n : 0] = 0;
+	}
+	return fd;
+}
+
+static char flip_buf[512];
+static const char *flip_a, *flip_b;
+static volatile int flip_stop;
+
+static void *flipper(void *arg)
+{
+	(void)arg;
+	while (!flip_stop) {
+		strcpy(flip_buf, flip_a);
+		strcpy(flip_buf, flip_b);
+	}
+	return 0;
+}
 
 static long marker(const char *path, long rc, int err)
 {
@@ -29,6 +65,8 @@ static long marker(const char *path, long rc, int err)
 		return 3;
 	int n = snprintf(buf, sizeof(buf), "%ld %d\n", rc, err);
 	if (write(fd, buf, n) != n)
+		return 3;
+	if (content[0] && write(fd, content, strlen(content)) < 0)
 		return 3;
 	close(fd);
 	return 0;
@@ -59,7 +97,87 @@ int main(int argc, char **argv)
 	if (!strcmp(act, "noop")) {
 		rc = 0;
 	} else if (!strcmp(act, "read") && argc > 3) {
-		rc = open(argv[3], O_RDONLY);
+		rc = read_into_content(open(argv[3], O_RDONLY));
+	} else if (!strcmp(act, "symlink-read") && argc > 4) {
+		rc = symlink(argv[3], argv[4]);
+		if (rc == 0)
+			rc = read_into_content(open(argv[4], O_RDONLY));
+	} else if (!strcmp(act, "hardlink-read") && argc > 4) {
+		rc = link(argv[3], argv[4]);
+		if (rc == 0)
+			rc = read_into_content(open(argv[4], O_RDONLY));
+	} else if (!strcmp(act, "opath-reopen") && argc > 3) {
+		int p = open(argv[3], O_PATH);
+		char via[64];
+		snprintf(via, sizeof(via), "/proc/self/fd/%d", p);
+		rc = p < 0 ? p : read_into_content(open(via, O_RDONLY));
+	} else if (!strcmp(act, "toctou") && argc > 5) {
+		pthread_t t;
+		flip_a = argv[3];
+		flip_b = argv[4];
+		strcpy(flip_buf, flip_a);
+		pthread_create(&t, 0, flipper, 0);
+		long leaks = 0, n = atol(argv[5]);
+		for (long i = 0; i < n; i++) {
+			int fd = open(flip_buf, O_RDONLY);
+			if (fd < 0)
+				continue;
+			char b[64] = {0};
+			if (read(fd, b, sizeof(b) - 1) > 0 && strstr(b, "SECRET"))
+				leaks++;
+			close(fd);
+		}
+		flip_stop = 1;
+		pthread_join(t, 0);
+		rc = leaks;
+	} else if (!strcmp(act, "memfd")) {
+		rc = syscall(SYS_memfd_create, "x", 0);
+	} else if (!strcmp(act, "io-uring")) {
+		char params[120] = {0};
+		rc = syscall(SYS_io_uring_setup, 8, params);
+	} else if (!strcmp(act, "unshare-user")) {
+		rc = unshare(CLONE_NEWUSER);
+	} else if (!strcmp(act, "ptrace") && argc > 3) {
+		rc = ptrace(PTRACE_ATTACH, atoi(argv[3]), 0, 0);
+	} else if (!strcmp(act, "kill") && argc > 4) {
+		rc = kill(atoi(argv[3]), atoi(argv[4]));
+	} else if (!strcmp(act, "cgroup-move") && argc > 3) {
+		int fd = open(argv[3], O_WRONLY);
+		rc = fd < 0 ? fd : write(fd, "0", 1);
+	} else if (!strcmp(act, "forkbomb") && argc > 3) {
+		static pid_t kids[8192];
+		long n = atol(argv[3]), ok = 0;
+		int first_err = 0;
+		if (n > 8192)
+			n = 8192;
+		for (long i = 0; i < n; i++) {
+			pid_t p = fork();
+			if (p == 0) {
+				pause();
+				_exit(0);
+			}
+			if (p < 0) {
+				if (!first_err)
+					first_err = errno;
+				continue;
+			}
+			kids[ok++] = p;
+		}
+		marker(m, ok, first_err);
+		for (long i = 0; i < ok; i++) /* take the bomb down with us */
+			kill(kids[i], SIGKILL);
+		while (wait(0) > 0)
+			;
+		return 0;
+	} else if (!strcmp(act, "membomb") && argc > 3) {
+		long mb = atol(argv[3]);
+		for (long i = 0; i < mb; i++) {
+			char *p = malloc(1 << 20);
+			if (!p)
+				break;
+			memset(p, 1, 1 << 20);
+			rc = i + 1;
+		}
 	} else if (!strcmp(act, "write") && argc > 3) {
 		rc = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	} else if (!strcmp(act, "readat") && argc > 4) {
