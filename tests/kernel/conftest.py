@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from ebpfguard.engine import Engine
 from ebpfguard.errors import KernelError
 from ebpfguard.launcher import exit_status, spawn
 from ebpfguard.manifest.load import parse
+from ebpfguard.sandbox import Sandbox
 
 HERE = Path(__file__).parent
 
@@ -67,7 +69,7 @@ class World:
         except (TimeoutError, BlockingIOError):
             return False
 
-    def manifest(self, response: str = "block", mode: str = "enforce", bind_port: int = 0) -> str:
+    def manifest(self, response: str = "block", mode: str = "enforce", bind_port: int = 0, extra: str = "") -> str:
         r = response
         return f"""
 apiVersion: ebpfguard.io/v1
@@ -86,7 +88,7 @@ spec:
       - "127.0.0.1/32:{self.port('udp_ok')}/udp"
     bind: ["127.0.0.1/32:{bind_port or 1}/tcp"]
   response: {{file: {r}, exec: {r}, network: {r}, syscall: {r}, privilege: {r}}}
-"""
+{extra}"""
 
 
 @dataclass
@@ -102,18 +104,24 @@ class Result:
 
     def rc_errno(self) -> tuple[int, int]:
         assert self.marker is not None, f"no marker: status {self.status}, records {self.records}"
-        rc, err = self.marker.split()
+        rc, err = self.marker.splitlines()[0].split()
         return int(rc), int(err)
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world() -> Iterator[World]:
+    """Files an unprivileged extension user could reach by file permissions alone (the secret is
+    world-readable): whatever stops it in these tests is ebpfguard's layers, not DAC."""
     _need_root()
-    base = tmp_path_factory.mktemp("eg")
+    base = Path(tempfile.mkdtemp(prefix="ebpfguard-kt-", dir="/tmp"))
+    base.chmod(0o755)
     w = World(base, base / "allowed", base / "secret", base / "out", base / "copy", base / "bin" / "egact",
               base / "copy" / "egact")
-    for d in (w.allowed, w.secret, w.out, w.copy, w.helper.parent):
-        d.mkdir()
+    for d in (w.allowed, w.secret, w.out, w.copy, w.helper.parent, base / "home" / ".config" / "autostart"):
+        d.mkdir(parents=True)
+        d.chmod(0o755)
+    for d in (w.out, base / "home", base / "home" / ".config", base / "home" / ".config" / "autostart"):
+        d.chmod(0o777)
     (w.allowed / "a.txt").write_text("public\n")
     (w.secret / "s.txt").write_text("SECRET-BYTES\n")
     gcc = shutil.which("gcc")
@@ -135,6 +143,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     yield w
     for s in w.listeners.values():
         s.close()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -150,8 +159,9 @@ def engine(world: World) -> Iterator[Engine]:
 
 
 def run_ext(engine: Engine, world: World, manifest: str, args: list[str], mode: str | None = None,
-            timeout: float = 20.0) -> Result:
-    """Run the helper as an extension instance and collect the records it caused."""
+            timeout: float = 20.0, sandbox: bool = False) -> Result:
+    """Run the helper as an extension instance and collect the records it caused. With ``sandbox``
+    it is launched as ``ebpfguard run`` launches: unprivileged, under Landlock and seccomp."""
     m = parse(manifest.encode(), "egtest.yaml", home=str(world.base))
     records: list[dict[str, Any]] = []
     engine.subscribers.append(records.append)
@@ -161,8 +171,13 @@ def run_ext(engine: Engine, world: World, manifest: str, args: list[str], mode: 
     inst = engine.prepare(m, mode)
     try:
         argv = [str(world.helper), str(marker), *args]
-        proc = spawn(argv, inst.cgroup.procs_files())
-        engine.started(inst, proc.pid, argv)
+        sb = Sandbox.prepare(m) if sandbox else None
+        try:
+            proc = spawn(argv, inst.cgroup.procs_files(), sandbox=sb)
+        finally:
+            if sb is not None:
+                sb.close()
+        engine.started(inst, proc.pid, argv, sb.describe() if sb else None)
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
             engine.poll(20)
