@@ -15,6 +15,7 @@
  *                           An array lookup is inlined by the verifier (no call), so a task outside
  *                           every extension costs a cgroup-id read and one load, not a hash lookup.
  *   cgroup_slot   HASH      u64 cgroup id (inode of the v2 cgroup dir) -> u32 policy slot
+ *   quarantined   HASH      u64 cgroup id -> u8: this instance's network is denied whatever its rules
  *   ext_policy    ARRAY     u32 slot -> struct eg_ext_policy
  *   path_rules    LPM_TRIE  struct eg_path_key -> u8 (unused, 1)
  *                 data = u32 scope (slot << 8 | EG_ACC_*) then the path bytes.
@@ -89,6 +90,7 @@
 #define EG_EV_HELD 32       /* enforce mode: SIGSTOP sent; user space resumes (SIGCONT) or kills */
 #define EG_EV_SECCOMP 64    /* the launcher's seccomp filter denied (EPERM) or killed (SIGSYS) */
 #define EG_EV_AT_EXIT 128   /* seen at syscall exit: seccomp skipped the enter tracepoint */
+#define EG_EV_QUARANTINE 256 /* denied because the instance is in network quarantine */
 
 /* counters (per-CPU array index) */
 #define EG_CTR_EVENTS 0

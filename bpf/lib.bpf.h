@@ -13,6 +13,7 @@
 
 BPF_ARRAY(cgroup_filter, u64, EG_FILTER_SLOTS);
 BPF_HASH(cgroup_slot, u64, u32, EG_MAX_CGROUPS);
+BPF_HASH(quarantined, u64, u8, EG_MAX_CGROUPS);  /* network quarantine: deny every address */
 BPF_ARRAY(ext_policy, struct eg_ext_policy, EG_MAX_SLOTS);
 BPF_LPM_TRIE(path_rules, struct eg_path_key, u8, 65536);
 BPF_LPM_TRIE(net_rules, struct eg_net_key, struct eg_net_value, 4096);
@@ -84,7 +85,7 @@ static __always_inline struct eg_event *new_event(struct eg_ext_policy *pol, u16
 /* Decide the verdict of a violation a tracepoint saw, and kill in the kernel if the policy says so. */
 static __always_inline u16 tracepoint_verdict(struct eg_ext_policy *pol, u32 kind)
 {
-	if (!(pol->flags & EG_POL_ENFORCE))
+	if (!(pol->flags & EG_POL_ENFORCE) || kind >= EG_KIND_MAX || pol->response[kind] == EG_RESP_ALERT)
 		return EG_V_ALLOWED;
 	if (should_kill(pol, kind)) {
 		bpf_send_signal(9);

@@ -50,22 +50,25 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 	}
 	u16 port = bpf_ntohs((u16)ctx->user_port);
 	u8 proto = (u8)ctx->protocol;
-	if (net_allows(pol, op, family, addr, port, proto))
+	u64 cg = bpf_get_current_cgroup_id();
+	int quarantine = quarantined.lookup(&cg) != 0;
+	if (!quarantine && net_allows(pol, op, family, addr, port, proto))
 		return 1;
 
 	int enforce = pol->flags & EG_POL_ENFORCE;
-	int deny = enforce && pol->response[EG_KIND_NETWORK] != EG_RESP_ALERT;
+	int deny = quarantine || (enforce && pol->response[EG_KIND_NETWORK] != EG_RESP_ALERT);
 	u16 verdict = EG_V_ALLOWED;
 	if (deny) {
 		count(EG_CTR_DENIALS);
 		verdict = EG_V_DENIED;
 		/* the tracepoint, which ignores the protocol, killed when no rule of any protocol matched */
-		if (should_kill(pol, EG_KIND_NETWORK) && !net_allows(pol, op, family, addr, port, 0))
+		if (!quarantine && should_kill(pol, EG_KIND_NETWORK) && !net_allows(pol, op, family, addr, port, 0))
 			verdict = EG_V_KILLED;
 	}
 	struct eg_event *e = new_event(pol, EG_KIND_NETWORK, -1);
 	if (e) {
 		e->verdict = verdict;
+		e->flags = quarantine ? EG_EV_QUARANTINE : 0;
 		e->op = op;
 		e->family = family == AF_INET ? 4 : 6;
 		e->port = port;

@@ -20,6 +20,7 @@ from .control import MAX_REQUEST, peer_uid, socket_path
 from .engine import Engine, Instance
 from .errors import EbpfguardError, ManifestError
 from .events import now_ns, rfc3339_ns
+from .kernel.probe import bpf_lsm_available
 from .manifest.load import Manifest, load, parse
 
 log = logging.getLogger("ebpfguard")
@@ -235,7 +236,8 @@ class Agent:
             return {"ok": False, "error": "a request is a JSON object with a string 'op'"}
         handler = getattr(self, "_op_" + req["op"], None)
         if handler is None:
-            return {"ok": False, "error": f"unknown op {req['op']!r} (ping, status, prepare, started, exited)"}
+            return {"ok": False, "error": f"unknown op {req['op']!r} (ping, status, prepare, started, exited, "
+                                         "freeze, thaw, kill, quarantine)"}
         try:
             return {"ok": True, **handler(conn, req)}
         except (KeyError, TypeError, ValueError) as err:
@@ -255,7 +257,10 @@ class Agent:
                       "counters": sensor.counters(), "records_written": self.engine.log.written,
                       "records_failed": self.engine.log.failed + self.engine.record_errors,
                       "syscall_gates": sorted(sensor.gates), "syscalls_not_in_kernel": sorted(sensor.missing_gates),
-                      "layers": ["cgroup-sock-addr (deny)", "tracepoints (detect, kill, hold)"]},
+                      "layers": ["cgroup-sock-addr (deny)", "tracepoints (detect, kill, hold)",
+                                 "launcher: user, no_new_privs, landlock, seccomp, rlimits", "cgroup caps",
+                                 "bpf-lsm: unavailable (no BPF trampolines on this kernel)"
+                                 if not bpf_lsm_available() else "bpf-lsm"]},
             "policies": [{"name": m.name, "version": m.version, "mode": m.mode, "sha256": m.sha256,
                           "file": m.source} for m in self.policies.manifests().values()],
             "policy_errors": self.policies.errors,
@@ -293,6 +298,33 @@ class Agent:
             raise TypeError("sandbox must be an object")
         self.engine.started(inst, int(req["pid"]), [str(a) for a in req["argv"]], sandbox)
         return {}
+
+    def _targets(self, req: dict[str, Any]) -> list[Instance]:
+        """An instance by its id, or every running instance of an extension by its name."""
+        name = req["name"]
+        found = [i for i in self.engine.instances.values() if name in (i.id, i.manifest.name)]
+        if not found:
+            raise EbpfguardError(f"no running instance or extension named {name!r}")
+        return found
+
+    def _operator(self, req: dict[str, Any], action: str) -> dict[str, Any]:
+        done = []
+        for inst in self._targets(req):
+            self.engine.operator(inst, action)
+            done.append(inst.id)
+        return {"instances": done}
+
+    def _op_freeze(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        return self._operator(req, "freeze")
+
+    def _op_thaw(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        return self._operator(req, "thaw")
+
+    def _op_kill(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        return self._operator(req, "kill")
+
+    def _op_quarantine(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        return self._operator(req, "lift" if req.get("lift") else "quarantine")
 
     def _op_exited(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         inst = self._instance(req)

@@ -169,6 +169,37 @@ def resource_events(cg: Cgroup) -> dict[str, int]:
             "fork_refused": _counter(cg.v2 / "pids.events", "max")}
 
 
+def freeze(cg: Cgroup, on: bool) -> None:
+    """cgroup.freeze on the v2 group (it works on hybrid hosts too); the v1 freezer otherwise."""
+    if (cg.v2 / "cgroup.freeze").exists():
+        _write(cg.v2 / "cgroup.freeze", "1" if on else "0")
+        want = "1" if on else "0"
+        for _ in range(200):  # freezing completes asynchronously; wait until it has
+            if _counter(cg.v2 / "cgroup.events", "frozen") == int(want):
+                return
+            time.sleep(0.005)
+        return
+    if "freezer" in cg.v1:
+        _write(cg.v1["freezer"] / "freezer.state", "FROZEN" if on else "THAWED")
+        return
+    raise CgroupError(f"no freezer for {cg.name}")
+
+
+def frozen(cg: Cgroup) -> bool:
+    if (cg.v2 / "cgroup.events").exists():
+        return _counter(cg.v2 / "cgroup.events", "frozen") == 1
+    return "freezer" in cg.v1 and (cg.v1["freezer"] / "freezer.state").read_text().strip() == "FROZEN"
+
+
+THROTTLED_CPU = 0.05  # of one CPU
+
+
+def throttle(cg: Cgroup) -> dict[str, int]:
+    """Lower the CPU quota to THROTTLED_CPU and stop further forks: pids.max = the current count."""
+    n = max(1, len(cg.pids()))
+    return set_limits(cg, {"cpu": THROTTLED_CPU, "pids": n})
+
+
 class CgroupManager:
     def __init__(self, root: str | os.PathLike[str] = "/sys/fs/cgroup", slice_name: str = SLICE):
         self.root = Path(root)

@@ -163,6 +163,76 @@ def status(state_dir: str, as_json: bool) -> None:
     for i in ans["instances"]:
         click.echo(f"  {i['instance']:<30} pid {i['pid']!s:<7} {i['state']:<8} {i['mode']:<8} "
                    f"violations {i['violations']:<5} {i['cgroup']}")
+        click.echo(f"    layers: {', '.join(i['layers'])}")
+        for gap in i["not_enforced"]:
+            click.echo(f"    not enforced: {gap}")
+
+
+# ---- the ladder by hand ------------------------------------------------------------------------
+def _operator(state_dir: str, op: str, name: str, **extra: Any) -> None:
+    from .control import Client
+
+    try:
+        with Client(state_dir, timeout=10) as c:
+            ans = c.request(op, name=name, **extra)
+    except EbpfguardError as err:
+        fail(str(err))
+    for inst in ans["instances"]:
+        click.echo(f"{inst}: {op if not extra.get('lift') else 'quarantine lifted'}")
+
+
+@main.command()
+@STATE_OPT
+@click.argument("name")
+def freeze(state_dir: str, name: str) -> None:
+    """Freeze an instance (or every instance of an extension) through the agent.
+
+    
+    Examples:
+      ebpfguard freeze md-preview
+    """
+    _operator(state_dir, "freeze", name)
+
+
+@main.command()
+@STATE_OPT
+@click.argument("name")
+def thaw(state_dir: str, name: str) -> None:
+    """Resume a frozen instance (or every instance of an extension).
+
+    
+    Examples:
+      ebpfguard thaw md-preview-3f2a9c1e
+    """
+    _operator(state_dir, "thaw", name)
+
+
+@main.command(name="kill")
+@STATE_OPT
+@click.argument("name")
+def kill_cmd(state_dir: str, name: str) -> None:
+    """Kill every process of an instance (or of every instance of an extension): cgroup.kill.
+
+    
+    Examples:
+      ebpfguard kill md-preview
+    """
+    _operator(state_dir, "kill", name)
+
+
+@main.command()
+@STATE_OPT
+@click.option("--lift", is_flag=True, help="End the quarantine.")
+@click.argument("name")
+def quarantine(state_dir: str, lift: bool, name: str) -> None:
+    """Deny all network to an instance in the kernel (restricted mode), or lift that with --lift.
+
+    
+    Examples:
+      ebpfguard quarantine md-preview
+      ebpfguard quarantine --lift md-preview
+    """
+    _operator(state_dir, "quarantine", name, lift=lift)
 
 
 # ---- trace -------------------------------------------------------------------------------------

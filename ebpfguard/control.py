@@ -8,6 +8,8 @@ Requests are {"op": ..., ...}; every answer is {"ok": true, ...} or {"ok": false
                                                  -> instance, procs_files (the launcher joins them)
     started  instance, pid, argv                 -> ok
     exited   instance, status                    -> ok
+    freeze | thaw | kill   name (instance id or extension name)   -> instances
+    quarantine             name, [lift]          -> instances
 
 Closing the connection that prepared an instance tells the agent its launcher is gone; the agent
 then releases the instance once its cgroup is empty.

@@ -11,11 +11,12 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cgroups import Cgroup, CgroupManager, resource_events, set_limits
+from .cgroups import Cgroup, CgroupManager, freeze, resource_events, set_limits, throttle
 from .errors import EbpfguardError
 from .events import Event, decode, now_ns, rfc3339_ns
 from .forensics import ForensicLog
@@ -25,6 +26,15 @@ from .manifest.load import Manifest
 
 log = logging.getLogger("ebpfguard")
 AT_FDCWD = -100
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """"60s" -> 60.0 (the manifest's window syntax, which the schema has checked)."""
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit) and text[: -len(unit)].isdigit():
+            return int(text[: -len(unit)]) * _UNITS[unit]
+    raise ValueError(f"not a duration: {text!r}")
 
 
 @dataclass
@@ -53,12 +63,17 @@ class Instance:
     sandbox: dict[str, Any] = field(default_factory=dict)  # what the launcher enforced (Sandbox.describe)
     limits: dict[str, Any] = field(default_factory=dict)
     resource_seen: dict[str, int] = field(default_factory=dict)
+    state: str = "running"        # running | throttled | frozen (| quarantined, shown apart)
+    quarantined: bool = False
+    recent: deque[float] = field(default_factory=deque)  # monotonic times of violations in the window
     landlock_grants: list[tuple[str, int]] = field(default_factory=list)
+    landlock_handled: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {"instance": self.id, "extension": self.manifest.name, "version": self.manifest.version,
                 "mode": self.mode, "cgroup": str(self.cgroup.v2), "cgroup_id": self.cgroup_id,
-                "pid": self.leader_pid, "pids": self.cgroup.pids(), "state": "running",
+                "pid": self.leader_pid, "pids": self.cgroup.pids(),
+                "state": self.state + (", quarantined" if self.quarantined else ""),
                 "violations": self.violations, "started": rfc3339_ns(self.started_ns),
                 "layers": ["cgroup", "cgroup-sock-addr", "tracepoints", *self.sandbox.get("layers", [])],
                 "not_enforced": self.sandbox.get("not_enforced", []), "user": self.sandbox.get("user"),
@@ -154,8 +169,9 @@ class Engine:
         if "landlock" in " ".join(inst.sandbox.get("layers", [])):
             from .sandbox.landlock import plan  # noqa: PLC0415
 
-            inst.landlock_grants = [(os.path.realpath(p) + ("/" if p.endswith("/") else ""), r)
-                                    for p, r in plan(inst.manifest, 5).paths]
+            ll = plan(inst.manifest, 5, inst.mode)
+            inst.landlock_grants = [(os.path.realpath(p) + ("/" if p.endswith("/") else ""), r) for p, r in ll.paths]
+            inst.landlock_handled = ll.handled_fs
         detail: dict[str, Any] = {"event": "start", "argv": list(argv), "cgroup": str(inst.cgroup.v2)}
         if sandbox is not None:
             detail["sandbox"] = inst.sandbox
@@ -235,11 +251,74 @@ class Engine:
             actions.append("sigsys:seccomp" if seccomp and not ev.flags & c("EV_AT_EXIT") else "sigkill:kernel")
         elif ev.verdict == "denied" and not actions:
             actions.append("eperm:seccomp" if seccomp else "eperm:kernel")
-        if ev.kind != "lifecycle" and inst is not None:
-            inst.violations += 1
         rec = {"kind": ev.kind, "pid": ev.pid, "tgid": ev.tgid, "uid": ev.uid, "comm": ev.comm,
                "detail": ev.detail(), "verdict": ev.verdict, "actions": actions, "time": rfc3339_ns(ev.ts_ns)}
+        if ev.kind != "lifecycle" and inst is not None:
+            inst.violations += 1
+            taken = self.respond(inst, ev.kind)
+            if taken:
+                actions.extend(taken)
+                rec["response_ns"] = now_ns() - ev.ts_ns  # detection to action done
         return self._write(inst, slot, rec, cgroup_id=ev.cgroup_id)
+
+    # ---- the escalation ladder ------------------------------------------------------------------
+    def respond(self, inst: Instance, kind: str) -> list[str]:
+        """The user-space steps after a violation in enforce mode: the kind's response (throttle,
+        freeze, kill), the escalation window (freeze_after, kill_after) and network quarantine."""
+        if inst.mode != "enforce" or inst.cgroup_id not in self.instances:
+            return []
+        m = inst.manifest
+        esc = m.escalation
+        now = time.monotonic()
+        inst.recent.append(now)
+        window = parse_duration(str(esc.get("window", "60s")))
+        while inst.recent and now - inst.recent[0] > window:
+            inst.recent.popleft()
+        n = len(inst.recent)
+        step = m.response.get(kind)
+        actions: list[str] = []
+        if step == "kill" or n >= esc.get("kill_after", 1 << 30):
+            self.kill(inst)
+            return ["cgroup.kill"] if step == "kill" else [f"cgroup.kill:escalation({n} in {window:g}s)"]
+        if step == "freeze" or n >= esc.get("freeze_after", 1 << 30):
+            if inst.state != "frozen":
+                self.freeze(inst)
+                actions.append("cgroup.freeze" if step == "freeze" else f"cgroup.freeze:escalation({n} in {window:g}s)")
+        elif step == "throttle" and inst.state == "running":
+            throttle(inst.cgroup)
+            inst.state = "throttled"
+            actions.append("throttle")
+        if m.quarantine and kind in ("network", "privilege") and not inst.quarantined:
+            self.quarantine(inst, True)
+            actions.append("quarantine")
+        return actions
+
+    def freeze(self, inst: Instance) -> None:
+        freeze(inst.cgroup, True)
+        inst.state = "frozen"
+
+    def thaw(self, inst: Instance) -> None:
+        freeze(inst.cgroup, False)
+        inst.state = "running"
+        inst.recent.clear()
+
+    def kill(self, inst: Instance) -> None:
+        if inst.state == "frozen":  # a frozen task dies only once thawed
+            freeze(inst.cgroup, False)
+        inst.cgroup.kill()
+        inst.state = "killed"
+
+    def quarantine(self, inst: Instance, on: bool) -> None:
+        self.sensor.quarantine(inst.cgroup_id, on)
+        inst.quarantined = on
+
+    def operator(self, inst: Instance, action: str) -> None:
+        """An action asked for by hand (ebpfguard freeze/thaw/kill/quarantine), recorded as such."""
+        {"freeze": self.freeze, "thaw": self.thaw, "kill": self.kill,
+         "quarantine": lambda i: self.quarantine(i, True), "lift": lambda i: self.quarantine(i, False)}[action](inst)
+        self._write(inst, None, {"kind": "lifecycle", "pid": inst.leader_pid, "tgid": inst.leader_pid,
+                                 "detail": {"event": action, "by": "operator"}, "verdict": None,
+                                 "actions": [action]})
 
     def _resolve(self, ev: Event, slot: Slot) -> bool:
         """Finish a decision the kernel left pending. True when it is a violation."""
@@ -280,6 +359,8 @@ class Engine:
             return False
         need = {"read": landlock.FS["read_file"] | landlock.FS["read_dir"], "write": landlock.FS["write_file"]
                 | landlock.FS["make_reg"] | landlock.FS["remove_file"], "exec": landlock.FS["execute"]}[ev.access]
+        if not inst.landlock_handled & need:
+            return False
         real = os.path.realpath(ev.path)
         for path, rights in inst.landlock_grants:
             covers = real.startswith(path) or real == path.rstrip("/") if path.endswith("/") else real == path

@@ -22,7 +22,8 @@ LIFE_NAMES = {c("LIFE_EXEC"): "exec", c("LIFE_EXIT"): "exit"}
 PROTO_NAMES = {0: "any", 6: "tcp", 17: "udp"}
 FLAG_NAMES = {c("EV_RELATIVE"): "relative", c("EV_DOTDOT"): "dotdot", c("EV_TRUNCATED"): "truncated",
               c("EV_UNREADABLE"): "unreadable", c("EV_EMPTY_PATH"): "empty-path",
-              c("EV_HELD"): "held", c("EV_SECCOMP"): "seccomp", c("EV_AT_EXIT"): "at-exit"}
+              c("EV_HELD"): "held", c("EV_SECCOMP"): "seccomp", c("EV_AT_EXIT"): "at-exit",
+              c("EV_QUARANTINE"): "quarantine"}
 
 # bpf_ktime_get_ns() is CLOCK_MONOTONIC; records carry wall-clock time.
 _MONO_TO_REAL = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -88,6 +89,8 @@ class Event:
         elif self.kind == "network":
             d = {"op": NET_OP_NAMES.get(self.op, str(self.op)), "address": self.address(), "port": self.port,
                  "proto": PROTO_NAMES.get(self.proto, str(self.proto))}
+            if self.flag_names():
+                d["flags"] = self.flag_names()
         elif self.kind in ("syscall", "privilege"):
             d = {"syscall": self.syscall, "nr": self.syscall_nr}
             if self.flag_names():

@@ -17,7 +17,7 @@ def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str |
     from .engine import Engine  # noqa: PLC0415
 
     argv = resolve(argv)
-    sandbox = Sandbox.prepare(m)
+    sandbox = Sandbox.prepare(m, mode)
     eng = Engine(state_dir)
     try:
         inst = eng.prepare(m, mode)
@@ -56,7 +56,7 @@ def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
     from .manifest.load import default_home  # noqa: PLC0415
 
     argv = resolve(argv)
-    sandbox = Sandbox.prepare(manifest) if manifest is not None else None
+    sandbox = Sandbox.prepare(manifest, mode) if manifest is not None else None
     with Client(state_dir) as client:
         if manifest is not None:
             ans = client.request("prepare", manifest_text=manifest.raw.decode(), manifest_path=manifest.source,
@@ -64,7 +64,8 @@ def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
         else:
             ans = client.request("prepare", extension=extension, mode=mode)
         if sandbox is None:  # a policy the agent holds: it sends the manifest text back for the sandbox
-            sandbox = Sandbox.prepare(parse(ans["manifest_text"].encode(), ans["manifest_path"], home=ans.get("home")))
+            sandbox = Sandbox.prepare(parse(ans["manifest_text"].encode(), ans["manifest_path"],
+                                            home=ans.get("home")), mode)
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             proc = spawn(argv, ans["procs_files"], sandbox=sandbox)

@@ -137,11 +137,22 @@ class Sensor:
 
     def unbind(self, cgroup_id: int) -> None:
         self._set_filter(cgroup_id, False)
+        self.quarantine(cgroup_id, False)
         t = self.bpf["cgroup_slot"]
         try:
             del t[t.Key(cgroup_id)]
         except KeyError:
             pass
+
+    def quarantine(self, cgroup_id: int, on: bool) -> None:
+        t = self.bpf["quarantined"]
+        if on:
+            t[t.Key(cgroup_id)] = t.Leaf(1)
+        else:
+            try:
+                del t[t.Key(cgroup_id)]
+            except KeyError:
+                pass
 
     # ---- cgroup network programs ----------------------------------------------------------------
     def attach_cgroup(self, path: Path) -> None:

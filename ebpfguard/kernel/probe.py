@@ -31,6 +31,27 @@ def active_lsms() -> list[str]:
         return []
 
 
+_LSM_PROBE: bool | None = None
+
+
+def bpf_lsm_available() -> bool:
+    """BPF-LSM needs "bpf" among the active LSMs *and* BPF trampolines: load a tiny LSM program to
+    know (it fails with EPERM on kernels that forbid text patching, as on these machines)."""
+    global _LSM_PROBE
+    if _LSM_PROBE is None:
+        _LSM_PROBE = False
+        if "bpf" in active_lsms():
+            try:
+                from bcc import BPF  # noqa: PLC0415
+
+                b = BPF(text='LSM_PROBE(file_open, struct file *file) { return 0; }')
+                b.cleanup()
+                _LSM_PROBE = True
+            except Exception:
+                _LSM_PROBE = False
+    return _LSM_PROBE
+
+
 def probe() -> dict[str, Any]:
     from ..cgroups import CgroupManager
     from ..errors import CgroupError
@@ -50,6 +71,7 @@ def probe() -> dict[str, Any]:
         "lsm": active_lsms(),
         # BPF-LSM needs "bpf" active *and* trampolines; the LSM backend probes the latter by loading.
         "bpf_lsm_listed": "bpf" in active_lsms(),
+        "bpf_lsm_usable": bpf_lsm_available() if os.geteuid() == 0 else "unknown (needs root)",
     }
 
 

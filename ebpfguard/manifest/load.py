@@ -88,6 +88,7 @@ class Manifest:
     escalation: dict[str, Any]
     source: str
     raw: bytes = field(repr=False)
+    quarantine: bool = False
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
 
     @property
@@ -346,6 +347,7 @@ def _build(data: dict[str, Any], raw: bytes, filename: str, lines: dict[tuple[An
 
     response_in = dict(spec.get("response") or {})
     escalation = dict(response_in.pop("escalation", None) or {})
+    quarantine = bool(response_in.pop("quarantine", False))
     if "freeze_after" in escalation and "kill_after" in escalation \
             and escalation["kill_after"] < escalation["freeze_after"]:
         problem(("spec", "response", "escalation", "kill_after"), "must not be smaller than freeze_after")
@@ -358,5 +360,6 @@ def _build(data: dict[str, Any], raw: bytes, filename: str, lines: dict[tuple[An
         mode=spec.get("mode", "enforce"), user=user, read=paths["read"], write=paths["write"],
         exec=paths["exec"], connect=rules["connect"], bind=rules["bind"], deny_syscalls=deny,
         resources=dict(spec.get("resources") or {}), response=response, escalation=escalation,
+        quarantine=quarantine,
         source=filename, raw=raw, lines=lines,
     )

@@ -38,7 +38,8 @@ class Sandbox:
     landlock_abi: int = 0
 
     @classmethod
-    def prepare(cls, m: Manifest, *, allow_root: bool = False, landlock_abi: int | None = None) -> Sandbox:
+    def prepare(cls, m: Manifest, mode: str | None = None, *, allow_root: bool = False,
+                landlock_abi: int | None = None) -> Sandbox:
         user = m.user or _invoking_user() or "nobody"
         try:
             pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
@@ -48,15 +49,21 @@ class Sandbox:
             raise SandboxError("refusing to run an extension as root: spec.user must name an unprivileged "
                                "user (root needs both spec.user: root and the agent's allow_root)")
         abi = landlock.abi() if landlock_abi is None else landlock_abi
-        plan = landlock.plan(m, abi)
-        layers = ["user", "no_new_privs", "seccomp", "rlimits"]
+        audit = (mode or m.mode) == "audit"
+        plan = landlock.plan(m, abi, mode)
+        layers = ["user", "no_new_privs", "rlimits"]
         not_enforced = list(plan.not_enforced)
         fd = None
-        if abi > 0:
+        if abi > 0 and plan.enforced:
             fd, skipped = landlock.build(plan)
             layers += [f"landlock-abi{abi}"] + [f"landlock-{x}" for x in plan.enforced]
             not_enforced += [f"landlock: {s} not granted" for s in skipped]
-        deny = {name: ("kill" if name in NEVER_ALLOWED else "errno") for name in m.all_denied_syscalls()}
+        # seccomp denies what the manifest wants denied; "alert" kinds and audit mode are recorded only
+        kinds = m.all_denied_syscalls()
+        deny = {} if audit else {
+            name: ("kill" if name in NEVER_ALLOWED else "errno") for name, kind in kinds.items()
+            if name in NEVER_ALLOWED or m.response.get(kind) != "alert"}
+        layers.append("seccomp" if deny else "seccomp: none (audit)" if audit else "seccomp: none")
         rl = {resource.RLIMIT_CORE: (0, 0)}  # no core dumps: they would carry the extension's secrets
         return cls(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, fd, seccomp.build(deny), rl, layers, not_enforced,
                    abi)

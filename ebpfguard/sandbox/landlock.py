@@ -1,4 +1,5 @@
-"""Landlock rulesets built from a manifest (ctypes; syscalls 444-446).
+"""Landlock rulesets built from a manifest (ctypes; syscalls 444-446): file trees, and signal and
+abstract-unix scoping.
 
 plan() is pure: manifest + ABI -> the rules, what is handled, and what this ABI cannot enforce.
 build() runs in the launcher (parent): it opens each path O_PATH and fills a ruleset fd, which the
@@ -23,7 +24,6 @@ RULE_PATH_BENEATH, RULE_NET_PORT = 1, 2
 FS = {name: 1 << i for i, name in enumerate((
     "execute", "write_file", "read_file", "read_dir", "remove_dir", "remove_file", "make_char", "make_dir",
     "make_reg", "make_sock", "make_fifo", "make_block", "make_sym", "refer", "truncate", "ioctl_dev"))}
-NET_BIND_TCP, NET_CONNECT_TCP = 1, 2
 SCOPE_ABSTRACT_UNIX, SCOPE_SIGNAL = 1, 2
 
 # the filesystem rights each ABI knows
@@ -33,7 +33,6 @@ READ = FS["read_file"] | FS["read_dir"]
 WRITE = (READ | FS["write_file"] | FS["remove_dir"] | FS["remove_file"] | FS["make_dir"] | FS["make_reg"]
          | FS["make_sym"] | FS["make_sock"] | FS["make_fifo"] | FS["refer"] | FS["truncate"])
 EXEC = FS["execute"] | FS["read_file"]  # the kernel opens an executable for reading too
-MAX_NET_PORTS = 1024  # past this many ports, connect/bind stay with the cgroup programs alone
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -55,7 +54,6 @@ class Plan:
     handled_net: int
     scoped: int
     paths: list[tuple[str, int]] = field(default_factory=list)   # (path, rights)
-    ports: list[tuple[int, int]] = field(default_factory=list)   # (port, rights)
     not_enforced: list[str] = field(default_factory=list)
 
     @property
@@ -63,8 +61,6 @@ class Plan:
         out = []
         if self.handled_fs:
             out.append("fs")
-        if self.handled_net:
-            out.append("tcp-ports")
         if self.scoped & SCOPE_SIGNAL:
             out.append("signal-scope")
         if self.scoped & SCOPE_ABSTRACT_UNIX:
@@ -97,8 +93,17 @@ def _interpreter(path: str) -> str | None:
     return None
 
 
-def plan(m: Manifest, abi_version: int) -> Plan:
+def plan(m: Manifest, abi_version: int, mode: str | None = None) -> Plan:
+    """The ruleset for ``m``. Audit mode denies nothing, so it handles nothing; a kind whose response
+    is "alert" (record only) is left unhandled too, so that Landlock never denies what the manifest
+    only wants recorded."""
     handled = fs_rights(abi_version)
+    if (mode or m.mode) == "audit":
+        return Plan(abi_version, 0, 0, 0, not_enforced=["landlock: audit mode denies nothing"])
+    if m.response.get("file") == "alert":
+        handled &= FS["execute"]
+    if m.response.get("exec") == "alert":
+        handled &= ~FS["execute"]
     p = Plan(abi_version, handled, 0, 0)
     if abi_version <= 0:
         p.not_enforced.append("landlock: not available in this kernel")
@@ -121,21 +126,10 @@ def plan(m: Manifest, abi_version: int) -> Plan:
         is_dir = path.endswith("/")
         r &= handled if is_dir else handled & FILE_RIGHTS
         p.paths.append((path, r))
-    # TCP ports (ABI 4): addresses stay with the cgroup programs, Landlock holds the ports
-    if abi_version >= 4:
-        for op, rules, bit in (("connect", m.connect, NET_CONNECT_TCP), ("bind", m.bind, NET_BIND_TCP)):
-            ports: set[int] = set()
-            for r in rules:
-                if r.proto in ("tcp", "any"):
-                    ports.update(range(r.port_lo, r.port_hi + 1))
-            if len(ports) > MAX_NET_PORTS:
-                p.not_enforced.append(f"landlock tcp {op}: {len(ports)} ports is too many rules; the cgroup "
-                                      "programs alone hold it")
-                continue
-            p.handled_net |= bit
-            p.ports.extend((port, bit) for port in sorted(ports))
-    else:
-        p.not_enforced.append("landlock tcp connect/bind: needs ABI 4 (the cgroup programs still hold)")
+    # TCP ports are left to the cgroup sock_addr programs on purpose: they deny by address *and* port,
+    # record every attempt, and stay attached when the agent is gone. Landlock's port rules would deny
+    # first (at security_socket_connect, before the cgroup hook runs) and so hide the attempt.
+    p.not_enforced.append("landlock tcp ports: not used; the cgroup programs deny and record connect/bind")
     if abi_version >= 6:
         p.scoped = SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX
     else:
@@ -178,9 +172,6 @@ def build(p: Plan) -> tuple[int, list[str]]:
                     skipped.append(f"{path} ({os.strerror(e)})")
             finally:
                 os.close(pfd)
-        for port, rights in p.ports:
-            if _add(fd, RULE_NET_PORT, struct.pack("<QQ", rights, port)) < 0:
-                raise LandlockError(f"landlock_add_rule(port {port}) failed: {os.strerror(ctypes.get_errno())}")
     except BaseException:
         os.close(fd)
         raise

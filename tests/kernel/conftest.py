@@ -171,7 +171,7 @@ def run_ext(engine: Engine, world: World, manifest: str, args: list[str], mode: 
     inst = engine.prepare(m, mode)
     try:
         argv = [str(world.helper), str(marker), *args]
-        sb = Sandbox.prepare(m) if sandbox else None
+        sb = Sandbox.prepare(m, mode) if sandbox else None
         try:
             proc = spawn(argv, inst.cgroup.procs_files(), sandbox=sb)
         finally:

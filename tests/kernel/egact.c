@@ -13,6 +13,10 @@
  *   egact MARKER toctou GOOD BAD N       (a thread flips the path buffer; rc = opens that read BAD)
  *   egact MARKER memfd | io-uring | unshare-user | ptrace PID | kill PID SIG | cgroup-move PROCSFILE
  *   egact MARKER forkbomb N | membomb MB
+ * The ladder: a process that lives on after its violations, so that its state can be observed:
+ *   egact MARKER violate-then-count PATH N COUNTER   (N reads of PATH 20 ms apart, then COUNTER += 1
+ *                                                     every 10 ms, forever)
+ *   egact MARKER connect-seq BADPORT OKPORT          (rc of the second connect, 300 ms after the first)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -169,6 +173,30 @@ int main(int argc, char **argv)
 		while (wait(0) > 0)
 			;
 		return 0;
+	} else if (!strcmp(act, "violate-then-count") && argc > 5) {
+		long n = atol(argv[4]);
+		for (long i = 0; i < n; i++) {
+			int fd = open(argv[3], O_RDONLY);
+			if (fd >= 0)
+				close(fd);
+			usleep(20000);
+		}
+		marker(m, n, 0);
+		for (long count = 1;; count++) {
+			char b[32];
+			int fd = open(argv[5], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+			if (fd >= 0) {
+				int len = snprintf(b, sizeof(b), "%ld\n", count);
+				if (write(fd, b, len) < 0)
+					return 3;
+				close(fd);
+			}
+			usleep(10000);
+		}
+	} else if (!strcmp(act, "connect-seq") && argc > 4) {
+		tcp_connect(AF_INET, atoi(argv[3]));
+		usleep(300000);
+		rc = tcp_connect(AF_INET, atoi(argv[4]));
 	} else if (!strcmp(act, "membomb") && argc > 3) {
 		long mb = atol(argv[3]);
 		for (long i = 0; i < mb; i++) {

@@ -49,8 +49,10 @@ def test_start_record_names_the_layers(engine: Engine, world: World) -> None:
     start = next(r for r in res.records if r["detail"].get("event") == "start")
     sb = start["detail"]["sandbox"]
     assert sb["user"] == "nobody" and sb["uid"] == NOBODY
-    for layer in ("user", "no_new_privs", "seccomp", "landlock-fs", "landlock-tcp-ports", "landlock-signal-scope"):
+    for layer in ("user", "no_new_privs", "seccomp", "landlock-fs", "landlock-signal-scope",
+                  "landlock-abstract-unix-scope"):
         assert layer in sb["layers"]
+    assert any("tcp ports" in gap for gap in sb["not_enforced"])
     assert res.status == 0 and res.violations() == []
 
 

@@ -48,7 +48,7 @@ def test_file_read_forbidden_recorded(engine: Engine, world: World) -> None:
 def test_file_read_forbidden_killed(engine: Engine, world: World) -> None:
     res = run_ext(engine, world, world.manifest("kill"), ["read", f"{world.secret}/s.txt"])
     rec = only(res, "file")
-    assert rec["verdict"] == "killed" and rec["actions"] == ["sigkill:kernel"]
+    assert rec["verdict"] == "killed" and rec["actions"] == ["sigkill:kernel", "cgroup.kill"]
     assert res.status == SIGKILL_STATUS and res.marker is None
 
 

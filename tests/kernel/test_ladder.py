@@ -1,0 +1,151 @@
+"""The escalation ladder on real processes: throttle, freeze and thaw, kill, escalation windows and
+network quarantine, each observed on the process and each recorded."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ebpfguard.cgroups import frozen
+from ebpfguard.engine import Engine, Instance
+from ebpfguard.launcher import spawn
+from ebpfguard.manifest.load import parse
+from ebpfguard.sandbox import Sandbox
+
+from .conftest import World
+
+pytestmark = pytest.mark.kernel
+
+
+@contextmanager
+def instance(engine: Engine, world: World, response: str, extra: str = "") -> Iterator[tuple[Instance, list[dict[str, Any]]]]:
+    m = parse(world.manifest(response, extra=extra).encode(), "ladder.yaml", home=str(world.base))
+    records: list[dict[str, Any]] = []
+    engine.subscribers.append(records.append)
+    inst = engine.prepare(m)
+    try:
+        yield inst, records
+    finally:
+        engine.release(inst, kill=True)
+        engine.subscribers.remove(records.append)
+
+
+def launch(world: World, inst: Instance, args: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+    marker = world.out / f"l-{uuid.uuid4().hex[:8]}"
+    sb = Sandbox.prepare(inst.manifest)
+    try:
+        return spawn([str(world.helper), str(marker), *args], inst.cgroup.procs_files(), sandbox=sb), marker
+    finally:
+        sb.close()
+
+
+def until(engine: Engine, cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        engine.poll(20)
+
+
+def counter(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def advancing(path: Path, seconds: float = 0.3) -> bool:
+    before = counter(path)
+    time.sleep(seconds)
+    return counter(path) > before
+
+
+def violations(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r["kind"] not in ("lifecycle", "resource")]
+
+
+def test_freeze_then_thaw(engine: Engine, world: World) -> None:
+    with instance(engine, world, "freeze") as (inst, records):
+        count = world.out / f"count-{uuid.uuid4().hex[:6]}"
+        launch(world, inst, ["violate-then-count", f"{world.secret}/s.txt", "1", str(count)])
+        until(engine, lambda: bool(violations(records)))
+        rec = violations(records)[0]
+        assert "cgroup.freeze" in rec["actions"] and rec["response_ns"] > 0
+        assert frozen(inst.cgroup) and inst.state == "frozen"
+        assert not advancing(count), "a frozen process kept running"
+        engine.operator(inst, "thaw")
+        until(engine, lambda: counter(count) > 0)
+        assert advancing(count), "thaw did not resume the process"
+        assert any(r["detail"].get("event") == "thaw" for r in records)
+
+
+def test_throttle_lowers_cpu_and_freezes_the_process_count(engine: Engine, world: World) -> None:
+    with instance(engine, world, "throttle", extra="  resources: {cpu: 1.0, pids: 64}\n") as (inst, records):
+        quota = inst.cgroup.v1["cpu"] / "cpu.cfs_quota_us"
+        assert quota.read_text().strip() == "100000"
+        launch(world, inst, ["violate-then-count", f"{world.secret}/s.txt", "1", str(world.out / "tcount")])
+        until(engine, lambda: bool(violations(records)))
+        assert "throttle" in violations(records)[0]["actions"] and inst.state == "throttled"
+        assert int(quota.read_text()) == 5000
+        assert int((inst.cgroup.v1["pids"] / "pids.max").read_text()) == len(inst.cgroup.pids())
+
+
+def test_kill_response_empties_the_cgroup(engine: Engine, world: World) -> None:
+    with instance(engine, world, "kill") as (inst, records):
+        proc, marker = launch(world, inst, ["violate-then-count", f"{world.secret}/s.txt", "1",
+                                            str(world.out / "kcount")])
+        until(engine, lambda: proc.poll() is not None and bool(violations(records)))
+        assert proc.returncode == -9
+        until(engine, lambda: not inst.cgroup.populated())
+        assert violations(records)[0]["verdict"] == "killed" and not marker.exists()
+
+
+def test_escalation_window_freezes(engine: Engine, world: World) -> None:
+    """Response "alert" (record only, nothing denied) with escalation freeze_after: 2."""
+    with instance(engine, world, "alert") as (inst, records):
+        inst.manifest.escalation = {"window": "60s", "freeze_after": 2}
+        count = world.out / f"ecount-{uuid.uuid4().hex[:6]}"
+        launch(world, inst, ["violate-then-count", f"{world.secret}/s.txt", "2", str(count)])
+        until(engine, lambda: inst.state == "frozen")
+        v = violations(records)
+        assert len(v) == 2 and v[1]["actions"] == ["cgroup.freeze:escalation(2 in 60s)"]
+        assert [r["verdict"] for r in v] == ["allowed", "allowed"]  # alert: recorded, not denied
+        assert frozen(inst.cgroup) and not advancing(count)
+
+
+def test_escalation_window_kills(engine: Engine, world: World) -> None:
+    with instance(engine, world, "alert") as (inst, records):
+        inst.manifest.escalation = {"window": "60s", "kill_after": 3}
+        proc, _ = launch(world, inst, ["violate-then-count", f"{world.secret}/s.txt", "10",
+                                       str(world.out / "kill-count")])
+        until(engine, lambda: proc.poll() is not None)
+        assert proc.returncode == -9
+        v = violations(records)
+        assert 3 <= len(v) < 10 and v[2]["actions"] == ["cgroup.kill:escalation(3 in 60s)"]
+
+
+def test_quarantine_denies_all_network_until_lifted(engine: Engine, world: World) -> None:
+    with instance(engine, world, "block") as (inst, records):
+        inst.manifest.quarantine = True  # spec.response.quarantine: true
+        proc, marker = launch(world, inst, ["connect-seq", str(world.port("tcp4_bad")), str(world.port("tcp4_ok"))])
+        until(engine, lambda: proc.poll() is not None)  # the agent acts while the extension runs
+        assert proc.returncode == 0
+        rc, err = marker.read_text().splitlines()[0].split()
+        assert (int(rc), int(err)) == (-1, errno.EPERM), f"the allowed connect went through in quarantine: {records}"
+        assert not world.saw_connection("tcp4_ok") and not world.saw_connection("tcp4_bad")
+        until(engine, lambda: len(violations(records)) >= 2)
+        first, second = violations(records)[:2]
+        assert "quarantine" in first["actions"] and "quarantine" in second["detail"]["flags"]
+        assert inst.quarantined
+        engine.operator(inst, "lift")
+        proc, marker = launch(world, inst, ["connect4", str(world.port("tcp4_ok"))])
+        until(engine, lambda: proc.poll() is not None)
+        assert proc.returncode == 0 and marker.read_text().startswith("0 0")
+        assert world.saw_connection("tcp4_ok")
