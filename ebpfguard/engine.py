@@ -7,6 +7,7 @@ call poll() in their loop.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .cgroups import Cgroup, CgroupManager, freeze, resource_events, set_limits, throttle
@@ -82,6 +84,7 @@ class Instance:
 
 class Engine:
     def __init__(self, state_dir: str, *, sensor: Any = None, cgroups: CgroupManager | None = None):
+        self.state_dir = state_dir
         if sensor is None:
             from .kernel.loader import Sensor  # noqa: PLC0415 - keep bcc out of pure imports
 
@@ -140,7 +143,64 @@ class Engine:
             raise
         inst = Instance(cg.name, m, mode, slot.index, cg, cgid, limits=limits)
         self.instances[cgid] = inst
+        self._persist(inst)
         return inst
+
+    # ---- instances outlive the agent ------------------------------------------------------------
+    def _meta(self, inst_id: str) -> Path:
+        return Path(self.state_dir) / "instances" / f"{inst_id}.json"
+
+    def _persist(self, inst: Instance) -> None:
+        """What a restarted agent needs to take the instance back: the exact manifest bytes and more."""
+        meta = {"id": inst.id, "manifest_text": inst.manifest.raw.decode(), "manifest_path": inst.manifest.source,
+                "home": inst.manifest.home, "mode": inst.mode, "leader_pid": inst.leader_pid, "argv": inst.argv,
+                "sandbox": inst.sandbox, "limits": inst.limits, "started_ns": inst.started_ns}
+        path = self._meta(inst.id)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(meta))
+            os.replace(tmp, path)
+        except OSError as err:
+            log.error("failed to save instance %s: %s", inst.id, err.strerror)
+
+    def readopt(self) -> list[Instance]:
+        """Take back the instances an earlier agent left running (it was killed, or restarted): bind
+        their cgroups to their policies again, re-attach the network programs, resume any process
+        that was held for a decision nobody will make, and record it. Empty ones are removed."""
+        from .manifest.load import parse  # noqa: PLC0415
+
+        adopted = []
+        by_name = {cg.name: cg for cg in self.cgroups.existing()}
+        meta_dir = Path(self.state_dir) / "instances"
+        for path in sorted(meta_dir.glob("*.json")) if meta_dir.is_dir() else []:
+            try:
+                meta = json.loads(path.read_text())
+                cg = by_name.get(meta["id"])
+                if cg is None or not cg.populated():
+                    if cg is not None:
+                        cg.remove()
+                    path.unlink()
+                    continue
+                m = parse(meta["manifest_text"].encode(), meta["manifest_path"], home=meta.get("home") or None)
+                slot = self._acquire_slot(m, meta["mode"])
+                self.sensor.attach_cgroup(cg.v2)
+                self.sensor.bind(cg.id, slot.index)
+            except (OSError, ValueError, KeyError, EbpfguardError) as err:
+                log.error("cannot re-adopt instance from %s: %s", path.name, err)
+                continue
+            inst = Instance(cg.name, m, meta["mode"], slot.index, cg, cg.id, leader_pid=meta.get("leader_pid"),
+                            argv=meta.get("argv") or [], launcher_done=True, sandbox=meta.get("sandbox") or {},
+                            limits=meta.get("limits") or {}, started_ns=meta.get("started_ns") or now_ns())
+            inst.resource_seen = resource_events(cg)
+            self.instances[cg.id] = inst
+            for pid in cg.pids():
+                self._resume(pid)
+            self._write(inst, None, {"kind": "lifecycle", "pid": inst.leader_pid, "tgid": inst.leader_pid,
+                                     "detail": {"event": "readopted", "pids": cg.pids()}, "verdict": None,
+                                     "actions": []})
+            adopted.append(inst)
+        return adopted
 
     def check_resources(self) -> None:
         """Record each containment by a limit since the last look: an OOM kill inside the
@@ -172,6 +232,7 @@ class Engine:
             ll = plan(inst.manifest, 5, inst.mode)
             inst.landlock_grants = [(os.path.realpath(p) + ("/" if p.endswith("/") else ""), r) for p, r in ll.paths]
             inst.landlock_handled = ll.handled_fs
+        self._persist(inst)
         detail: dict[str, Any] = {"event": "start", "argv": list(argv), "cgroup": str(inst.cgroup.v2)}
         if sandbox is not None:
             detail["sandbox"] = inst.sandbox
@@ -198,6 +259,7 @@ class Engine:
         except EbpfguardError as err:
             log.error("%s", err)
         self.instances.pop(inst.cgroup_id, None)
+        self._meta(inst.id).unlink(missing_ok=True)
         self._release_slot(inst.slot)
         self._write(inst, None, {"kind": "lifecycle", "pid": inst.leader_pid, "tgid": inst.leader_pid,
                                  "detail": {"event": "stop", "exit_status": inst.exit_status,

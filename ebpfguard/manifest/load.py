@@ -89,6 +89,7 @@ class Manifest:
     source: str
     raw: bytes = field(repr=False)
     quarantine: bool = False
+    home: str = ""  # what ~ and ${HOME} expanded to
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
 
     @property
@@ -360,6 +361,6 @@ def _build(data: dict[str, Any], raw: bytes, filename: str, lines: dict[tuple[An
         mode=spec.get("mode", "enforce"), user=user, read=paths["read"], write=paths["write"],
         exec=paths["exec"], connect=rules["connect"], bind=rules["bind"], deny_syscalls=deny,
         resources=dict(spec.get("resources") or {}), response=response, escalation=escalation,
-        quarantine=quarantine,
+        quarantine=quarantine, home=home,
         source=filename, raw=raw, lines=lines,
     )

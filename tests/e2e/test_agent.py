@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,3 +258,60 @@ def test_sigterm_stops_cleanly_with_a_running_extension(agent: Agent) -> None:
     assert "stopped: programs detached, cgroups removed" in open(agent.log.name).read()
     stop = [x for x in agent.records() if x["kind"] == "lifecycle" and x["detail"].get("event") == "stop"]
     assert stop[-1]["detail"]["killed_by_agent"] is True
+
+
+def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Agent, tmp_path: Path) -> None:
+    secret = Path(tempfile.mkdtemp(prefix="ebpfguard-secret-", dir="/tmp"))
+    secret.chmod(0o755)
+    (secret / "s.txt").write_text("SECRET-BYTES\n")
+    (secret / "s.txt").chmod(0o644)  # readable by the extension's user: only ebpfguard stops it
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    m = tmp_path / "survivor.yaml"
+    m.write_text(MANIFEST.format(name="survivor", file="block").replace(
+        "/usr/bin/dash, /bin/dash]", "/usr/bin/dash, /bin/dash, /usr/bin/bash, /bin/bash]"))
+    script = (f"sleep 3; cat {secret}/s.txt; echo cat=$?; "
+              f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>&1; echo connect=$?; sleep 8; echo done")
+    runner = subprocess.Popen([*EG, "run", "--state-dir", str(agent.state), "-m", str(m), "--", "bash", "-c", script],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not agent.status()["instances"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        cgroup = Path(agent.status()["instances"][0]["cgroup"])
+        agent.proc.kill()  # SIGKILL: no clean shutdown, nothing detached by the agent
+        agent.proc.wait(10)
+        time.sleep(4)  # the forbidden open and connect happen while no agent runs
+        with pytest.raises(TimeoutError):
+            listener.accept()
+        second = Agent.__new__(Agent)
+        second.state, second.policies = agent.state, agent.policies
+        second.log = open(tmp_path / "agent2.log", "w+")
+        second.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(agent.state), "--policy-dir",
+                                        str(agent.policies)], stdout=second.log, stderr=subprocess.STDOUT)
+        agent.proc, agent.log = second.proc, second.log  # the fixture stops this one
+        deadline = time.monotonic() + 60
+        while eg("status", state=agent.state).returncode != 0:
+            assert time.monotonic() < deadline and second.proc.poll() is None, second.output()
+            time.sleep(0.2)
+        insts = agent.status()["instances"]
+        assert [i["extension"] for i in insts] == ["survivor"] and insts[0]["cgroup"] == str(cgroup)
+        assert "landlock-fs" in insts[0]["layers"]
+        out, _ = runner.communicate(timeout=30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        listener.close()
+        shutil.rmtree(secret, ignore_errors=True)
+    assert "SECRET-BYTES" not in out and "Permission denied" in out and "cat=1" in out
+    assert "Operation not permitted" in out and "connect=1" in out and "done" in out
+    deadline = time.monotonic() + 10
+    while cgroup.exists():
+        assert time.monotonic() < deadline, "the re-adopted instance's cgroup was not removed"
+        time.sleep(0.2)
+    events = [r["detail"].get("event") for r in agent.records() if r["extension"] == "survivor"]
+    assert "readopted" in events and events[-1] == "stop"
