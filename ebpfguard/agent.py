@@ -241,7 +241,7 @@ class Agent:
         handler = getattr(self, "_op_" + req["op"], None)
         if handler is None:
             return {"ok": False, "error": f"unknown op {req['op']!r} (ping, status, prepare, started, exited, "
-                                         "freeze, thaw, kill, quarantine)"}
+                                         "freeze, thaw, kill, quarantine, attach)"}
         try:
             return {"ok": True, **handler(conn, req)}
         except (KeyError, TypeError, ValueError) as err:
@@ -288,6 +288,18 @@ class Agent:
         conn.instances.append(inst.cgroup_id)
         return {"instance": inst.id, "procs_files": inst.cgroup.procs_files(), "cgroup": str(inst.cgroup.v2),
                 "manifest_text": m.raw.decode(), "manifest_path": m.source, "home": req.get("home")}
+
+    def _op_attach(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        mode = req.get("mode")
+        if mode not in (None, "audit", "enforce"):
+            raise ValueError(f"mode {mode!r} is not audit or enforce")
+        text = req["manifest_text"]
+        if not isinstance(text, str):
+            raise TypeError("manifest_text must be a string")
+        m = parse(text.encode(), str(req.get("manifest_path", "<request>")), home=req.get("home"))
+        inst = self.engine.adopt(m, int(req["pid"]), mode)
+        return {"instance": inst.id, "cgroup": str(inst.cgroup.v2), "pids": inst.cgroup.pids(),
+                "not_enforced": inst.sandbox["not_enforced"]}
 
     def _instance(self, req: dict[str, Any]) -> Instance:
         for inst in self.engine.instances.values():

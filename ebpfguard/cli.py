@@ -168,6 +168,40 @@ def status(state_dir: str, as_json: bool) -> None:
             click.echo(f"    not enforced: {gap}")
 
 
+# ---- attach ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--pid", "-p", type=int, required=True, help="The process to adopt, with its descendants.")
+@click.option("--manifest", "-m", required=True, type=click.Path(dir_okay=False), help="Its manifest.")
+@click.option("--mode", type=click.Choice(["audit", "enforce"]), help="Override the manifest's spec.mode.")
+@STATE_OPT
+def attach(pid: int, manifest: str, mode: str | None, state_dir: str) -> None:
+    """Adopt a running process tree: move it into a new extension cgroup, where the in-kernel layers
+    (network programs, tracepoints, caps, the ladder) apply. Landlock, seccomp and the user change
+    cannot be imposed on a running process from outside; the record and status say so. Needs a
+    running agent, which watches the adopted processes after this command returns.
+
+    
+    Examples:
+      ebpfguard attach --pid 4242 --manifest policies/script-plugin.yaml
+    """
+    from .control import Client
+    from .manifest.load import load
+
+    try:
+        m = load(manifest)
+    except ManifestError as err:
+        fail(str(err), 2)
+    try:
+        with Client(state_dir) as c:
+            ans = c.request("attach", pid=pid, manifest_text=m.raw.decode(), manifest_path=m.source, home=m.home,
+                            mode=mode)
+    except EbpfguardError as err:
+        fail(str(err))
+    click.echo(f"{ans['instance']}: adopted pids {' '.join(map(str, ans['pids']))} into {ans['cgroup']}")
+    for gap in ans["not_enforced"]:
+        click.echo(f"  not enforced: {gap}")
+
+
 # ---- the ladder by hand ------------------------------------------------------------------------
 def _operator(state_dir: str, op: str, name: str, **extra: Any) -> None:
     from .control import Client

@@ -10,6 +10,7 @@ Requests are {"op": ..., ...}; every answer is {"ok": true, ...} or {"ok": false
     exited   instance, status                    -> ok
     freeze | thaw | kill   name (instance id or extension name)   -> instances
     quarantine             name, [lift]          -> instances
+    attach   pid, manifest_text, manifest_path, home, [mode]   -> instance, cgroup, pids, not_enforced
 
 Closing the connection that prepared an instance tells the agent its launcher is gone; the agent
 then releases the instance once its cgroup is empty.

@@ -82,6 +82,35 @@ class Instance:
                 "policy_sha256": self.manifest.sha256, "argv": self.argv}
 
 
+def process_tree(pid: int) -> list[int]:
+    """pid and every descendant (from /proc/*/stat parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
 class Engine:
     def __init__(self, state_dir: str, *, sensor: Any = None, cgroups: CgroupManager | None = None):
         self.state_dir = state_dir
@@ -144,6 +173,43 @@ class Engine:
         inst = Instance(cg.name, m, mode, slot.index, cg, cgid, limits=limits)
         self.instances[cgid] = inst
         self._persist(inst)
+        return inst
+
+    def adopt(self, m: Manifest, pid: int, mode: str | None = None) -> Instance:
+        """Move a running process and its descendants into a new instance. The in-kernel layers
+        apply from then on; the launcher's layers cannot be imposed from outside, and the record and
+        status say so."""
+        if not os.path.isdir(f"/proc/{pid}"):
+            raise EbpfguardError(f"no process {pid}")
+        inst = self.prepare(m, mode)
+        moved: list[int] = []
+        try:
+            for _ in range(3):  # a process may fork while we move its tree: go again until stable
+                todo = [p for p in process_tree(pid) if p not in moved]
+                if not todo:
+                    break
+                for p in todo:
+                    try:
+                        inst.cgroup.join(p)
+                        moved.append(p)
+                    except EbpfguardError:
+                        if os.path.isdir(f"/proc/{p}"):
+                            raise
+        except EbpfguardError:
+            self.release(inst)
+            raise
+        inst.leader_pid = pid
+        inst.launcher_done = True
+        inst.argv = _cmdline(pid)
+        inst.sandbox = {"layers": [], "not_enforced": [
+            "landlock: cannot be imposed on a running process from outside",
+            "seccomp: cannot be imposed on a running process from outside",
+            "user and no_new_privs: the process keeps its own"]}
+        self._persist(inst)
+        self._write(inst, None, {"kind": "lifecycle", "pid": pid, "tgid": pid,
+                                 "detail": {"event": "adopted", "pids": moved, "argv": inst.argv,
+                                            "not_enforced": inst.sandbox["not_enforced"]},
+                                 "verdict": None, "actions": ["cgroup.procs"]})
         return inst
 
     # ---- instances outlive the agent ------------------------------------------------------------

@@ -315,3 +315,42 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
         time.sleep(0.2)
     events = [r["detail"].get("event") for r in agent.records() if r["extension"] == "survivor"]
     assert "readopted" in events and events[-1] == "stop"
+
+
+def test_attach_adopts_a_running_tree_and_the_ladder_commands_act_on_it(agent: Agent, tmp_path: Path) -> None:
+    m = tmp_path / "adopt.yaml"
+    m.write_text(MANIFEST.format(name="adoptee", file="block"))
+    loop = subprocess.Popen(["sh", "-c", "while true; do cat /etc/hostname >/dev/null 2>&1; sleep 0.2; done"])
+    try:
+        r = eg("attach", "--pid", str(loop.pid), "-m", str(m), state=agent.state)
+        assert r.returncode == 0, r.stderr
+        assert "adopted pids" in r.stdout and "landlock: cannot be imposed" in r.stdout
+        deadline = time.monotonic() + 10
+        while not [x for x in agent.records() if x["extension"] == "adoptee" and x["kind"] == "file"]:
+            assert time.monotonic() < deadline, "no violation from the adopted process"
+            time.sleep(0.2)
+        inst = agent.status()["instances"][0]
+        assert inst["extension"] == "adoptee" and loop.pid in inst["pids"]
+        assert "landlock-fs" not in inst["layers"]
+        assert any("seccomp: cannot be imposed" in g for g in inst["not_enforced"])
+        rec = next(x for x in agent.records() if x["extension"] == "adoptee" and x["kind"] == "file")
+        assert rec["detail"]["path"] == "/etc/hostname" and rec["verdict"] == "detected"
+        assert eg("freeze", "adoptee", state=agent.state).returncode == 0
+        assert agent.status()["instances"][0]["state"].startswith("frozen")
+        assert eg("thaw", "adoptee", state=agent.state).returncode == 0
+        assert agent.status()["instances"][0]["state"].startswith("running")
+        assert eg("quarantine", "adoptee", state=agent.state).returncode == 0
+        assert "quarantined" in agent.status()["instances"][0]["state"]
+        assert eg("kill", "adoptee", state=agent.state).returncode == 0
+        assert loop.wait(10) == -9
+        deadline = time.monotonic() + 10
+        while agent.status()["instances"]:
+            assert time.monotonic() < deadline, "the killed instance was not released"
+            time.sleep(0.2)
+        events = [x["detail"].get("event") for x in agent.records() if x["extension"] == "adoptee"]
+        assert {"adopted", "freeze", "thaw", "quarantine", "kill"} <= set(events) and events[-1] == "stop"
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+    missing = eg("attach", "--pid", "999999", "-m", str(m), state=agent.state)
+    assert missing.returncode == 1 and "no process 999999" in missing.stderr
