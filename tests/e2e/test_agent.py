@@ -273,8 +273,10 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
     m = tmp_path / "survivor.yaml"
     m.write_text(MANIFEST.format(name="survivor", file="block").replace(
         "/usr/bin/dash, /bin/dash]", "/usr/bin/dash, /bin/dash, /usr/bin/bash, /bin/bash]"))
+    flag = secret / "readopted"  # the extension waits for it ([ -e ] is a stat: no layer restricts it)
     script = (f"sleep 3; cat {secret}/s.txt; echo cat=$?; "
-              f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>&1; echo connect=$?; sleep 8; echo done")
+              f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>&1; echo connect=$?; "
+              f"while [ ! -e {flag} ]; do sleep 0.1; done; echo done")
     runner = subprocess.Popen([*EG, "run", "--state-dir", str(agent.state), "-m", str(m), "--", "bash", "-c", script],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -301,6 +303,7 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
         insts = agent.status()["instances"]
         assert [i["extension"] for i in insts] == ["survivor"] and insts[0]["cgroup"] == str(cgroup)
         assert "landlock-fs" in insts[0]["layers"]
+        flag.touch()
         out, _ = runner.communicate(timeout=30)
     finally:
         if runner.poll() is None:

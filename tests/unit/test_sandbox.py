@@ -1,0 +1,73 @@
+"""The pure parts of the launcher's layers: the seccomp program and the Landlock plan."""
+
+from __future__ import annotations
+
+import struct
+
+from ebpfguard.manifest import parse
+from ebpfguard.manifest.syscall_table import SYSCALLS_X86_64
+from ebpfguard.sandbox import landlock, seccomp
+
+M = """apiVersion: ebpfguard.io/v1
+kind: Extension
+metadata: {name: t}
+spec:
+  mode: enforce
+  filesystem: {read: [/usr/, /etc/hosts], write: [/tmp/t/], exec: [/usr/bin/python3]}
+  network: {connect: ["127.0.0.1/32:8080/tcp"]}
+  syscalls: {deny: [kcmp]}
+  response: {file: block, exec: kill, network: block, syscall: block, privilege: kill}
+"""
+
+
+def run_filter(prog: bytes, nr: int, arch: int = seccomp.AUDIT_ARCH_X86_64) -> int:
+    """A tiny classic-BPF interpreter for the instructions build() emits."""
+    insns = [struct.unpack_from("<HBBI", prog, i) for i in range(0, len(prog), 8)]
+    acc, pc = 0, 0
+    data = {seccomp.OFF_NR: nr, seccomp.OFF_ARCH: arch}
+    while True:
+        code, jt, jf, k = insns[pc]
+        if code == seccomp.LD_W_ABS:
+            acc = data[k]
+        elif code == seccomp.JEQ_K:
+            pc += jt if acc == k else jf
+        elif code == seccomp.JGE_K:
+            pc += jt if acc >= k else jf
+        elif code == seccomp.RET_K:
+            return k
+        pc += 1
+
+
+def test_seccomp_program_decisions() -> None:
+    prog = seccomp.build({"ptrace": "errno", "bpf": "kill", "kcmp": "errno"})
+    assert run_filter(prog, SYSCALLS_X86_64["ptrace"]) == seccomp.RET_ERRNO | 1
+    assert run_filter(prog, SYSCALLS_X86_64["kcmp"]) == seccomp.RET_ERRNO | 1
+    # a kill carries the syscall number, which the eBPF side reads back from the SIGSYS
+    assert run_filter(prog, SYSCALLS_X86_64["bpf"]) == seccomp.RET_KILL_PROCESS | SYSCALLS_X86_64["bpf"]
+    assert run_filter(prog, SYSCALLS_X86_64["read"]) == seccomp.RET_ALLOW
+    assert run_filter(prog, 0x40000000 | 1) & 0xFFFF0000 == seccomp.RET_KILL_PROCESS  # x32 ABI
+    assert run_filter(prog, 1, arch=0x40000003) & 0xFFFF0000 == seccomp.RET_KILL_PROCESS  # i386
+
+
+def test_landlock_plan_rights_and_downgrade() -> None:
+    m = parse(M.encode(), "t.yaml", home="/h")
+    p = landlock.plan(m, 7)
+    rights = dict(p.paths)
+    fs = landlock.FS
+    assert rights["/usr/"] == landlock.READ & p.handled_fs
+    assert rights["/etc/hosts"] == fs["read_file"]  # a file gets file rights only
+    assert rights["/tmp/t/"] & fs["write_file"] and rights["/tmp/t/"] & fs["make_reg"]
+    assert rights["/usr/bin/python3"] == fs["execute"] | fs["read_file"]
+    assert p.scoped == landlock.SCOPE_SIGNAL | landlock.SCOPE_ABSTRACT_UNIX and p.handled_net == 0
+    assert "fs" in p.enforced and "signal-scope" in p.enforced
+    old = landlock.plan(m, 1)
+    assert not old.handled_fs & (fs["refer"] | fs["truncate"]) and old.scoped == 0
+    assert any("ABI 6" in g for g in old.not_enforced) and any("truncate" in g for g in old.not_enforced)
+    assert landlock.plan(m, 0).not_enforced == ["landlock: not available in this kernel"]
+
+
+def test_landlock_plan_follows_mode_and_alert_responses() -> None:
+    m = parse(M.encode(), "t.yaml", home="/h")
+    assert landlock.plan(m, 7, "audit").enforced == []
+    alert = parse(M.replace("file: block, exec: kill", "file: alert, exec: alert").encode(), "t.yaml", home="/h")
+    assert landlock.plan(alert, 7).handled_fs == 0
