@@ -85,8 +85,10 @@ class PolicyDir:
 
 
 class Agent:
-    def __init__(self, state_dir: str, policy_dir: str | None, engine: Engine | None = None):
+    def __init__(self, state_dir: str, policy_dir: str | None, engine: Engine | None = None,
+                 allow_root_extensions: bool = False):
         self.state_dir = state_dir
+        self.allow_root_extensions = allow_root_extensions
         self.policies = PolicyDir(policy_dir)
         self._engine = engine
         self.engine: Engine
@@ -287,7 +289,8 @@ class Agent:
         inst = self.engine.prepare(m, mode)
         conn.instances.append(inst.cgroup_id)
         return {"instance": inst.id, "procs_files": inst.cgroup.procs_files(), "cgroup": str(inst.cgroup.v2),
-                "manifest_text": m.raw.decode(), "manifest_path": m.source, "home": req.get("home")}
+                "manifest_text": m.raw.decode(), "manifest_path": m.source, "home": req.get("home"),
+                "allow_root": self.allow_root_extensions}
 
     def _op_attach(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         mode = req.get("mode")

@@ -56,16 +56,15 @@ def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
     from .manifest.load import default_home  # noqa: PLC0415
 
     argv = resolve(argv)
-    sandbox = Sandbox.prepare(manifest, mode) if manifest is not None else None
     with Client(state_dir) as client:
         if manifest is not None:
             ans = client.request("prepare", manifest_text=manifest.raw.decode(), manifest_path=manifest.source,
                                  home=default_home(manifest.user), mode=mode)
         else:
             ans = client.request("prepare", extension=extension, mode=mode)
-        if sandbox is None:  # a policy the agent holds: it sends the manifest text back for the sandbox
-            sandbox = Sandbox.prepare(parse(ans["manifest_text"].encode(), ans["manifest_path"],
-                                            home=ans.get("home")), mode)
+        # the agent sends back the manifest it holds, and whether its config lets an extension run as root
+        m = manifest or parse(ans["manifest_text"].encode(), ans["manifest_path"], home=ans.get("home"))
+        sandbox = Sandbox.prepare(m, mode, allow_root=bool(ans.get("allow_root")))
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             proc = spawn(argv, ans["procs_files"], sandbox=sandbox)

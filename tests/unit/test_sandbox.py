@@ -71,3 +71,17 @@ def test_landlock_plan_follows_mode_and_alert_responses() -> None:
     assert landlock.plan(m, 7, "audit").enforced == []
     alert = parse(M.replace("file: block, exec: kill", "file: alert, exec: alert").encode(), "t.yaml", home="/h")
     assert landlock.plan(alert, 7).handled_fs == 0
+
+
+def test_root_needs_both_the_manifest_and_the_agent() -> None:
+    import pytest
+
+    from ebpfguard.sandbox import Sandbox, SandboxError
+
+    root = parse(M.replace("  mode: enforce", "  mode: enforce\n  user: root").encode(), "t.yaml", home="/root")
+    with pytest.raises(SandboxError, match="refusing to run an extension as root"):
+        Sandbox.prepare(root, landlock_abi=0)
+    sb = Sandbox.prepare(root, allow_root=True, landlock_abi=0)
+    assert sb.uid == 0 and sb.user == "root"
+    nobody = parse(M.encode(), "t.yaml", home="/h")
+    assert Sandbox.prepare(nobody, allow_root=True, landlock_abi=0).user != "root"  # the agent alone is not enough
