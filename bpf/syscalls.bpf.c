@@ -43,14 +43,20 @@ static __always_inline int denied_kind(struct eg_ext_policy *pol, s32 nr)
 	return (pol->sys_priv[w] & bit) ? EG_KIND_PRIVILEGE : EG_KIND_SYSCALL;
 }
 
-int syscall_gate(struct eg_sys_enter_ctx *ctx)
+/* The kind of violation syscall nr is for the current task, 0 when none; sets *polp. */
+static __always_inline int gated(s32 nr, struct eg_ext_policy **polp)
 {
 	struct eg_ext_policy *pol = current_policy();
-	if (!pol)
-		return 0;
+	*polp = pol;
+	return pol ? denied_kind(pol, nr) : 0;
+}
+
+int syscall_gate(struct eg_sys_enter_ctx *ctx)
+{
+	struct eg_ext_policy *pol;
 	s32 nr = ctx->nr;
-	int kind = denied_kind(pol, nr);
-	if (!kind)
+	int kind = gated(nr, &pol);
+	if (!kind || !pol)
 		return 0;
 	u64 id = bpf_get_current_pid_tgid();
 	u32 n = nr;
@@ -66,12 +72,10 @@ int syscall_gate(struct eg_sys_enter_ctx *ctx)
 
 int syscall_exit_gate(struct eg_sys_exit_ctx *ctx)
 {
-	struct eg_ext_policy *pol = current_policy();
-	if (!pol)
-		return 0;
+	struct eg_ext_policy *pol;
 	s32 nr = ctx->nr;
-	int kind = denied_kind(pol, nr);
-	if (!kind)
+	int kind = gated(nr, &pol);
+	if (!kind || !pol)
 		return 0;
 	u64 id = bpf_get_current_pid_tgid();
 	u32 *seen = gate_seen.lookup(&id);
