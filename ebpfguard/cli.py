@@ -378,6 +378,55 @@ def show(state_dir: str, as_json: bool, extension: str | None, kind: tuple[str, 
         sys.exit(1)
 
 
+@forensics.command(name="verify")
+@STATE_OPT
+@click.option("--pubkey", "pubkeys", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="Trust this public key (PEM; repeatable) instead of the host's own.")
+def verify_cmd(state_dir: str, pubkeys: tuple[str, ...]) -> None:
+    """Verify the forensic log: gapless seq, the hash chain and every Ed25519 signature. Exits 0 when
+    intact, 1 naming the first bad record and why (modified, deleted, reordered, inserted, bad
+    signature, unknown key).
+
+    \b
+    Examples:
+      ebpfguard forensics verify
+      ebpfguard forensics verify --pubkey fleet/host42.pem --state-dir /srv/evidence/host42
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    from .forensics import verify
+
+    keys = []
+    for path in pubkeys:
+        try:
+            keys.append(serialization.load_pem_public_key(open(path, "rb").read()))
+        except ValueError as err:
+            fail(f"{path}: not a PEM public key ({err})", 2)
+    try:
+        result = verify(state_dir, keys or None)  # type: ignore[arg-type]
+    except EbpfguardError as err:
+        fail(str(err))
+    click.echo(str(result), err=not result.ok)
+    sys.exit(0 if result.ok else 1)
+
+
+@forensics.command()
+@STATE_OPT
+def pubkey(state_dir: str) -> None:
+    """Print the host's forensic signing public key (PEM), for a fleet's verifier.
+
+    \b
+    Examples:
+      ebpfguard forensics pubkey > host42.pem
+    """
+    from .forensics import load_or_create_key, public_pem
+
+    try:
+        click.echo(public_pem(load_or_create_key(state_dir)), nl=False)
+    except EbpfguardError as err:
+        fail(str(err))
+
+
 # ---- bench -------------------------------------------------------------------------------------
 @main.command()
 @click.option("--rounds", default=7, show_default=True, help="Interleaved rounds per workload.")

@@ -1,24 +1,86 @@
-"""The forensic log: one JSON object per line under STATE/forensics/records.jsonl.
+"""The forensic log: one JSON object per line under STATE/forensics/records.jsonl, hash-chained and
+signed with the host's Ed25519 key.
 
 Writers (the agent, standalone runs) take an exclusive flock per record, so concurrent writers keep
-one gapless seq. A record is fsync'd before append() returns. prev_sha256 and signature are part of
-the format and stay null until records are chained and signed.
+one gapless seq and one chain. A record is fsync'd before append() returns.
+
+Chain and signature: ``digest(r)`` is the SHA-256 of r's canonical JSON (sorted keys, ASCII, no
+spaces) without its ``signature``. Each record carries ``prev_sha256 = digest(previous)`` (64 zeros
+for the first), ``key_id`` (the first 16 hex digits of SHA-256 of the raw public key) and
+``signature = base64(Ed25519(canonical JSON without signature))``. Because the chain does not cover
+the signature, verify() can tell a modified record (its successor's prev_sha256 no longer matches)
+from a bad signature (content intact, signature wrong).
 """
 
 from __future__ import annotations
 
+import base64
 import fcntl
+import hashlib
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from .errors import ForensicsError
 
 FIELDS = ("seq", "time", "extension", "instance", "cgroup_id", "pid", "tgid", "uid", "comm", "kind",
-          "detail", "verdict", "actions", "mode", "policy_sha256", "prev_sha256", "signature")
+          "detail", "verdict", "actions", "mode", "policy_sha256", "prev_sha256", "key_id", "signature")
+GENESIS = "0" * 64
+
+
+def canonical(rec: dict[str, Any]) -> bytes:
+    return json.dumps({k: v for k, v in rec.items() if k != "signature"}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def digest(rec: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(rec)).hexdigest()
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def load_or_create_key(state_dir: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """The host's signing key: STATE/keys/forensics.ed25519 (PKCS#8 PEM), created on first use, 0600."""
+    path = Path(state_dir) / "keys" / "forensics.ed25519"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            pem = Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(pem)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)  # exclusive: if another writer made the key first, theirs is the key
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as err:
+        raise ForensicsError(f"failed to load or create the signing key {path}: {err}") from err
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ForensicsError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def public_pem(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 @dataclass
@@ -31,10 +93,20 @@ class ForensicLog:
     def __init__(self, state_dir: str | os.PathLike[str]):
         self.dir = Path(state_dir) / "forensics"
         self.path = self.dir / "records.jsonl"
+        self.state_dir = state_dir
         self._size = -1
         self._last_seq = 0
+        self._last_digest = GENESIS
+        self._key: Ed25519PrivateKey | None = None
+        self._key_id = ""
         self.written = 0
         self.failed = 0
+
+    def _signer(self) -> Ed25519PrivateKey:
+        if self._key is None:
+            self._key = load_or_create_key(self.state_dir)
+            self._key_id = key_id(self._key.public_key())
+        return self._key
 
     def _open(self) -> int:
         try:
@@ -43,8 +115,8 @@ class ForensicLog:
         except OSError as err:
             raise ForensicsError(f"failed to open {self.path}: {err.strerror}") from err
 
-    def _tail_seq(self, fd: int, size: int) -> int:
-        """The seq of the last well-formed record: read backwards until one line parses."""
+    def _tail(self, fd: int, size: int) -> dict[str, Any] | None:
+        """The last well-formed record: read backwards until one line parses."""
         chunk = 65536
         pos = size
         buf = b""
@@ -55,28 +127,36 @@ class ForensicLog:
             lines = buf.split(b"\n")
             for line in reversed(lines[1:] if pos > 0 else lines):
                 try:
-                    seq = json.loads(line).get("seq")
-                except (ValueError, AttributeError):
+                    rec = json.loads(line)
+                except ValueError:
                     continue
-                if isinstance(seq, int):
-                    return seq
-        return 0
+                if isinstance(rec, dict) and isinstance(rec.get("seq"), int):
+                    return rec
+        return None
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        key = self._signer()
         fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
-            if size != self._size:
-                self._last_seq = self._tail_seq(fd, size)
+            if size != self._size:  # another writer appended: continue its seq and chain
+                last = self._tail(fd, size)
+                self._last_seq = int(last["seq"]) if last else 0
+                self._last_digest = digest(last) if last else GENESIS
             rec = {k: record.get(k) for k in FIELDS}
             rec.update({k: v for k, v in record.items() if k not in rec})
             seq = self._last_seq + 1
             rec["seq"] = seq
+            rec["prev_sha256"] = self._last_digest
+            rec["key_id"] = self._key_id
+            rec["signature"] = None
+            rec["signature"] = base64.b64encode(key.sign(canonical(rec))).decode()
             line = (json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
             os.write(fd, line)
             os.fsync(fd)
             self._last_seq = seq
+            self._last_digest = digest(rec)
             self._size = size + len(line)
             self.written += 1
             return rec
@@ -105,3 +185,69 @@ def read(state_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any] | BadLine
                 yield BadLine(lineno, "not a forensic record (no integer seq)")
                 continue
             yield rec
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    records: int
+    lineno: int | None = None
+    seq: int | None = None
+    reason: str = ""
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"ok: {self.records} records, chain and signatures intact"
+        return f"records.jsonl:{self.lineno}: seq {self.seq}: {self.reason}"
+
+
+def verify(state_dir: str | os.PathLike[str], pubkeys: list[Ed25519PublicKey] | None = None) -> Verdict:
+    """Check the whole log: gapless seq, the hash chain, and every signature against the trusted keys
+    (by default the host's own). Returns the first bad record and why."""
+    trusted = {key_id(k): k for k in (pubkeys or [load_or_create_key(state_dir).public_key()])}
+    path = Path(state_dir) / "forensics" / "records.jsonl"
+    prev: dict[str, Any] | None = None
+    prev_line = 0
+    pending_sig: tuple[int, int] | None = None  # (lineno, seq) whose signature failed, content unknown
+    n = 0
+    if not path.exists():
+        return Verdict(True, 0)
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                seq = rec["seq"]
+                assert isinstance(rec, dict) and isinstance(seq, int)
+            except (ValueError, KeyError, TypeError, AssertionError):
+                return Verdict(False, n, lineno, None, "modified: not a well-formed record")
+            want = prev["seq"] + 1 if prev else 1
+            if prev is not None and seq <= prev["seq"]:
+                reason = "inserted: repeats seq" if seq == prev["seq"] else f"reordered: seq {seq} after {prev['seq']}"
+                return Verdict(False, n, lineno, seq, reason)
+            if seq > want:
+                return Verdict(False, n, lineno, seq, f"deleted: records {want}..{seq - 1} are missing")
+            if rec.get("prev_sha256") != (digest(prev) if prev else GENESIS):
+                if pending_sig:  # the previous record's content changed, not just its signature
+                    return Verdict(False, n, pending_sig[0], pending_sig[1], "modified: content does not match "
+                                   "its signature or its successor's prev_sha256")
+                if prev is not None:
+                    return Verdict(False, n, prev_line, prev["seq"], "modified: its successor's prev_sha256 "
+                                   "does not match")
+                return Verdict(False, n, lineno, seq, "inserted: the first record does not start the chain")
+            if pending_sig:
+                return Verdict(False, n, pending_sig[0], pending_sig[1], "bad signature")
+            kid = rec.get("key_id")
+            if kid not in trusted:
+                return Verdict(False, n, lineno, seq, f"unknown key {kid!r}: signed by a key this verifier "
+                               "does not trust")
+            try:
+                trusted[kid].verify(base64.b64decode(rec.get("signature") or "", validate=True), canonical(rec))
+            except (InvalidSignature, ValueError):
+                pending_sig = (lineno, seq)  # decided by the next record: modified, or bad signature
+            prev, prev_line = rec, lineno
+            n += 1
+    if pending_sig:
+        return Verdict(False, n, pending_sig[0], pending_sig[1], "bad signature (or modified: it is the last record)")
+    return Verdict(True, n)

@@ -129,6 +129,8 @@ def test_run_through_the_agent_records_and_returns_the_status(agent: Agent, tmp_
     events = [x["detail"].get("event") for x in recs if x["kind"] == "lifecycle"]
     assert {"start", "exec"} <= set(events) and events[-1] == "stop"  # exec may be seen before "started"
     assert recs[-1]["detail"]["exit_status"] == 7
+    v = eg("forensics", "verify", state=agent.state)
+    assert v.returncode == 0 and "chain and signatures intact" in v.stdout
 
 
 def test_killed_command_exits_128_plus_9(agent: Agent, tmp_path: Path) -> None:
@@ -318,6 +320,8 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
         time.sleep(0.2)
     events = [r["detail"].get("event") for r in agent.records() if r["extension"] == "survivor"]
     assert "readopted" in events and events[-1] == "stop"
+    # one chain across an agent killed with SIGKILL and its successor
+    assert eg("forensics", "verify", state=agent.state).returncode == 0
 
 
 def test_attach_adopts_a_running_tree_and_the_ladder_commands_act_on_it(agent: Agent, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ebpfguard.events import decode, rfc3339_ns
-from ebpfguard.forensics import FIELDS, BadLine, ForensicLog, read
+from ebpfguard.forensics import FIELDS, GENESIS, BadLine, ForensicLog, read, verify
 from ebpfguard.kernel.abi import c
 from ebpfguard.trace import WIDTH, format_line
 
@@ -28,7 +28,8 @@ def test_log_appends_with_gapless_seq_across_writers(tmp_path: Path) -> None:
     recs = [r for r in read(tmp_path) if not isinstance(r, BadLine)]
     assert [r["seq"] for r in recs] == list(range(1, 201))
     assert list(recs[0])[: len(FIELDS)] == list(FIELDS)
-    assert recs[0]["prev_sha256"] is None and recs[0]["signature"] is None
+    assert recs[0]["prev_sha256"] == GENESIS and recs[0]["signature"]
+    assert verify(tmp_path).ok, verify(tmp_path)  # four writers, one intact chain
 
 
 def test_log_continues_after_a_restart_and_reports_bad_lines(tmp_path: Path) -> None:

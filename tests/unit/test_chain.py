@@ -1,0 +1,123 @@
+"""The hash chain and Ed25519 signatures: every kind of tampering is named by verify()."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ebpfguard.cli import main
+from ebpfguard.forensics import GENESIS, ForensicLog, canonical, key_id, verify
+
+
+def write_log(tmp: Path, n: int = 6) -> Path:
+    log = ForensicLog(tmp)
+    for i in range(n):
+        log.append({"kind": "file", "detail": {"path": f"/secret/{i}"}, "verdict": "denied"})
+    return tmp / "forensics" / "records.jsonl"
+
+
+def lines(path: Path) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def rewrite(path: Path, recs: list[dict]) -> None:  # type: ignore[type-arg]
+    path.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in recs))
+
+
+def test_intact_log_verifies_across_writer_restarts(tmp_path: Path) -> None:
+    path = write_log(tmp_path, 3)
+    ForensicLog(tmp_path).append({"kind": "lifecycle"})  # a new writer continues seq and chain
+    recs = lines(path)
+    assert [r["seq"] for r in recs] == [1, 2, 3, 4] and recs[0]["prev_sha256"] == GENESIS
+    assert all(len(base64.b64decode(r["signature"])) == 64 for r in recs)
+    assert verify(tmp_path).ok and verify(tmp_path).records == 4
+    key = tmp_path / "keys" / "forensics.ed25519"
+    assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_modified(tmp_path: Path) -> None:
+    path = write_log(tmp_path)
+    recs = lines(path)
+    recs[2]["detail"]["path"] = "/innocent"
+    rewrite(path, recs)
+    v = verify(tmp_path)
+    assert not v.ok and v.seq == 3 and v.reason.startswith("modified")
+
+
+def test_deleted(tmp_path: Path) -> None:
+    path = write_log(tmp_path)
+    recs = lines(path)
+    del recs[3]
+    rewrite(path, recs)
+    v = verify(tmp_path)
+    assert not v.ok and v.seq == 5 and v.reason == "deleted: records 4..4 are missing"
+
+
+def test_reordered(tmp_path: Path) -> None:
+    path = write_log(tmp_path)
+    recs = lines(path)
+    recs[2], recs[3] = recs[3], recs[2]
+    rewrite(path, recs)
+    v = verify(tmp_path)
+    assert not v.ok and v.reason.startswith(("reordered", "deleted"))
+    assert v.seq == 4
+
+
+def test_inserted(tmp_path: Path) -> None:
+    path = write_log(tmp_path)
+    recs = lines(path)
+    fake = dict(recs[1])
+    fake["detail"] = {"path": "/planted"}
+    recs.insert(2, fake)
+    rewrite(path, recs)
+    v = verify(tmp_path)
+    assert not v.ok and v.reason == "inserted: repeats seq" and v.seq == 2
+
+
+def test_bad_signature(tmp_path: Path) -> None:
+    path = write_log(tmp_path)
+    recs = lines(path)
+    recs[1]["signature"] = recs[2]["signature"]  # a valid signature, of another record
+    rewrite(path, recs)
+    v = verify(tmp_path)
+    assert not v.ok and v.seq == 2 and v.reason == "bad signature"
+
+
+def test_resigned_by_another_key(tmp_path: Path) -> None:
+    path = write_log(tmp_path)
+    recs = lines(path)
+    other = Ed25519PrivateKey.generate()
+    recs[4]["detail"] = {"path": "/innocent"}
+    recs[4]["key_id"] = key_id(other.public_key())
+    recs[4]["signature"] = None
+    recs[4]["signature"] = base64.b64encode(other.sign(canonical(recs[4]))).decode()
+    rewrite(path, recs)
+    v = verify(tmp_path)
+    assert not v.ok and v.seq == 5 and v.reason.startswith("unknown key")
+
+
+def test_trusting_only_another_key(tmp_path: Path) -> None:
+    write_log(tmp_path, 2)
+    v = verify(tmp_path, [Ed25519PrivateKey.generate().public_key()])
+    assert not v.ok and v.seq == 1 and v.reason.startswith("unknown key")
+
+
+@pytest.mark.parametrize("tamper,code", [(False, 0), (True, 1)])
+def test_cli_verify_and_pubkey(tmp_path: Path, tamper: bool, code: int) -> None:
+    path = write_log(tmp_path, 3)
+    if tamper:
+        recs = lines(path)
+        recs[0]["verdict"] = "allowed"
+        rewrite(path, recs)
+    pem = tmp_path / "host.pem"
+    out = CliRunner().invoke(main, ["forensics", "pubkey", "--state-dir", str(tmp_path)])
+    assert out.exit_code == 0 and out.output.startswith("-----BEGIN PUBLIC KEY-----")
+    pem.write_text(out.output)
+    r = CliRunner().invoke(main, ["forensics", "verify", "--state-dir", str(tmp_path), "--pubkey", str(pem)])
+    assert r.exit_code == code
+    assert ("ok: 3 records" in r.output) if not tamper else ("records.jsonl:1: seq 1: modified" in r.output)
