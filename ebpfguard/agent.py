@@ -158,6 +158,7 @@ class Agent:
                 for line in self.policies.scan():
                     log.info("%s", line)
                 self.engine.reap()
+                self._checkpoint(clean=False)
         self.shutdown()
 
     def shutdown(self) -> None:
@@ -165,6 +166,7 @@ class Agent:
         if n:
             log.info("stopping: killing %d running extension instance(s)", n)
         self.engine.close()
+        self._checkpoint(clean=True)
         for conn in list(self.conns.values()):
             self._drop(conn)
         if self.listener:
@@ -178,6 +180,12 @@ class Agent:
         except OSError:
             pass
         log.info("stopped: programs detached, cgroups removed")
+
+    def _checkpoint(self, clean: bool) -> None:
+        try:
+            self.engine.log.checkpoint() if clean else self.engine.log.maybe_checkpoint()
+        except EbpfguardError as err:
+            log.error("%s", err)
 
     # ---- connections ----------------------------------------------------------------------------
     def _accept(self) -> None:

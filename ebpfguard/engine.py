@@ -137,10 +137,24 @@ class Engine:
         if not free:
             raise EbpfguardError(f"all {c('MAX_SLOTS')} policy slots are in use")
         cp = compile(m, free[0], mode)
+        self._archive(m)
         self.sensor.write_policy(cp)
         s = Slot(free[0], m, mode, cp, refs=1)
         self.slots[s.index] = s
         return s
+
+    def _archive(self, m: Manifest) -> None:
+        """Keep the exact manifest bytes each record's policy_sha256 names: STATE/policies/<sha256>."""
+        path = Path(self.state_dir) / "policies" / m.sha256
+        if path.exists():
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".{m.sha256}.{os.getpid()}")
+            tmp.write_bytes(m.raw)
+            os.replace(tmp, path)
+        except OSError as err:
+            log.error("failed to archive policy %s: %s", m.sha256[:12], err.strerror)
 
     def _release_slot(self, index: int) -> None:
         s = self.slots.get(index)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,10 +90,22 @@ class BadLine:
     reason: str
 
 
+CHECKPOINT_EVERY = 100      # records
+CHECKPOINT_SECONDS = 10.0   # at most this long between checkpoints while records arrive
+
+
 class ForensicLog:
+    """Appends chained, signed records. Every CHECKPOINT_EVERY records, every CHECKPOINT_SECONDS (the
+    agent calls maybe_checkpoint()) and at clean shutdown it writes a checkpoint: a chained record of
+    kind "checkpoint", mirrored in a signed head.json beside the log, so that cutting records off the
+    end of the log up to the last checkpoint is detected."""
+
     def __init__(self, state_dir: str | os.PathLike[str]):
         self.dir = Path(state_dir) / "forensics"
         self.path = self.dir / "records.jsonl"
+        self.head = self.dir / "head.json"
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
         self.state_dir = state_dir
         self._size = -1
         self._last_seq = 0
@@ -135,6 +148,37 @@ class ForensicLog:
         return None
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        rec = self._append(record)
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            self.checkpoint()
+        return rec
+
+    def maybe_checkpoint(self) -> None:
+        if self._since_checkpoint and time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS:
+            self.checkpoint()
+
+    def checkpoint(self) -> dict[str, Any]:
+        """A signed statement of how far the log goes: a chained record, and head.json."""
+        rec = self._append({"kind": "checkpoint", "detail": {"records": self._last_seq}}, head=True)
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        return rec
+
+    def _write_head(self, rec: dict[str, Any]) -> None:
+        key = self._signer()
+        head: dict[str, Any] = {"seq": rec["seq"], "digest": digest(rec), "time": rec.get("time"),
+                                "key_id": self._key_id, "signature": None}
+        head["signature"] = base64.b64encode(key.sign(canonical(head))).decode()
+        tmp = self.head.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(head))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.head)
+
+    def _append(self, record: dict[str, Any], head: bool = False) -> dict[str, Any]:
         key = self._signer()
         fd = self._open()
         try:
@@ -159,6 +203,8 @@ class ForensicLog:
             self._last_digest = digest(rec)
             self._size = size + len(line)
             self.written += 1
+            if head:
+                self._write_head(rec)
             return rec
         except OSError as err:
             self.failed += 1
@@ -250,4 +296,20 @@ def verify(state_dir: str | os.PathLike[str], pubkeys: list[Ed25519PublicKey] | 
             n += 1
     if pending_sig:
         return Verdict(False, n, pending_sig[0], pending_sig[1], "bad signature (or modified: it is the last record)")
+    head_path = Path(state_dir) / "forensics" / "head.json"
+    if head_path.exists():
+        try:
+            head = json.loads(head_path.read_text())
+            hk = trusted.get(head.get("key_id"))
+            if hk is None:
+                return Verdict(False, n, None, head.get("seq"), "head.json: unknown key")
+            hk.verify(base64.b64decode(head.get("signature") or "", validate=True), canonical(head))
+        except (ValueError, InvalidSignature, AttributeError):
+            return Verdict(False, n, None, None, "head.json: bad signature or not a checkpoint")
+        last = prev["seq"] if prev else 0
+        if head["seq"] > last:
+            return Verdict(False, n, None, last + 1, f"tail truncated after the last checkpoint: the log ends at "
+                           f"seq {last}, the checkpoint in head.json is at seq {head['seq']}")
+        if head["seq"] == last and prev is not None and digest(prev) != head["digest"]:
+            return Verdict(False, n, prev_line, last, "modified: does not match the checkpoint in head.json")
     return Verdict(True, n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -131,6 +132,9 @@ def test_run_through_the_agent_records_and_returns_the_status(agent: Agent, tmp_
     assert recs[-1]["detail"]["exit_status"] == 7
     v = eg("forensics", "verify", state=agent.state)
     assert v.returncode == 0 and "chain and signatures intact" in v.stdout
+    archived = agent.state / "policies" / files[0]["policy_sha256"]  # the exact bytes in force, kept
+    assert archived.read_bytes() == m.read_bytes()
+    assert hashlib.sha256(archived.read_bytes()).hexdigest() == files[0]["policy_sha256"]
 
 
 def test_killed_command_exits_128_plus_9(agent: Agent, tmp_path: Path) -> None:

@@ -121,3 +121,32 @@ def test_cli_verify_and_pubkey(tmp_path: Path, tamper: bool, code: int) -> None:
     r = CliRunner().invoke(main, ["forensics", "verify", "--state-dir", str(tmp_path), "--pubkey", str(pem)])
     assert r.exit_code == code
     assert ("ok: 3 records" in r.output) if not tamper else ("records.jsonl:1: seq 1: modified" in r.output)
+
+
+def test_checkpoints_detect_a_truncated_tail(tmp_path: Path) -> None:
+    log = ForensicLog(tmp_path)
+    for i in range(5):
+        log.append({"kind": "file", "detail": {"i": i}})
+    cp = log.checkpoint()
+    assert cp["kind"] == "checkpoint" and cp["seq"] == 6 and cp["detail"] == {"records": 5}
+    log.append({"kind": "file"})
+    assert verify(tmp_path).ok
+    path = tmp_path / "forensics" / "records.jsonl"
+    rewrite(path, lines(path)[:4])  # cut back past the checkpoint
+    v = verify(tmp_path)
+    assert not v.ok and v.reason.startswith("tail truncated after the last checkpoint") and v.seq == 5
+
+
+def test_checkpoint_every_n_records(tmp_path: Path) -> None:
+    from ebpfguard import forensics
+
+    log = ForensicLog(tmp_path)
+    for _ in range(forensics.CHECKPOINT_EVERY):
+        log.append({"kind": "file"})
+    recs = lines(tmp_path / "forensics" / "records.jsonl")
+    assert recs[-1]["kind"] == "checkpoint" and json.loads((tmp_path / "forensics" / "head.json").read_text())["seq"] == len(recs)
+    head = tmp_path / "forensics" / "head.json"
+    forged = json.loads(head.read_text())
+    forged["seq"] = 1
+    head.write_text(json.dumps(forged))
+    assert verify(tmp_path).reason.startswith("head.json: bad signature")
