@@ -114,14 +114,8 @@ class Agent:
         self.engine = self._engine or Engine(self.state_dir)
         for inst in self.engine.readopt():
             log.info("re-adopted running instance %s (%s, pids %s)", inst.id, inst.manifest.name, inst.cgroup.pids())
-        for cg in self.engine.cgroups.existing():
-            if cg.id in self.engine.instances:
-                continue
-            if not cg.populated():
-                cg.remove()
-                log.info("removed stale empty cgroup %s", cg.name)
-            else:
-                log.warning("cgroup %s is populated but has no saved instance; it is left alone", cg.name)
+        for name in self.engine.cgroups.sweep(set(self.engine.instances)):
+            log.info("removed stale empty cgroup %s", name)
         path.unlink(missing_ok=True)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)

@@ -248,6 +248,22 @@ class CgroupManager:
             raise CgroupError(f"failed to create cgroup {name}: {err.strerror}") from err
         return cg
 
+    def sweep(self, known: set[int], min_age: float = 60.0) -> list[str]:
+        """Remove instance cgroups nobody owns: empty, not in ``known`` (cgroup ids someone manages),
+        and older than ``min_age`` seconds, so that a cgroup another engine has just prepared and not
+        yet populated is never taken away from it. Returns the names removed."""
+        removed = []
+        now = time.time()
+        for cg in self.existing():
+            try:
+                if cg.id in known or cg.populated() or now - cg.v2.stat().st_mtime < min_age:
+                    continue
+                cg.remove()
+                removed.append(cg.name)
+            except (OSError, CgroupError):
+                continue
+        return removed
+
     def existing(self) -> list[Cgroup]:
         """Instance cgroups left under the slice (e.g. by an agent that was killed)."""
         if not self.slice_v2.is_dir():

@@ -103,6 +103,18 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
@@ -234,7 +246,8 @@ class Engine:
         """What a restarted agent needs to take the instance back: the exact manifest bytes and more."""
         meta = {"id": inst.id, "manifest_text": inst.manifest.raw.decode(), "manifest_path": inst.manifest.source,
                 "home": inst.manifest.home, "mode": inst.mode, "leader_pid": inst.leader_pid, "argv": inst.argv,
-                "sandbox": inst.sandbox, "limits": inst.limits, "started_ns": inst.started_ns}
+                "sandbox": inst.sandbox, "limits": inst.limits, "started_ns": inst.started_ns,
+                "owner_pid": os.getpid()}
         path = self._meta(inst.id)
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -256,6 +269,8 @@ class Engine:
         for path in sorted(meta_dir.glob("*.json")) if meta_dir.is_dir() else []:
             try:
                 meta = json.loads(path.read_text())
+                if _alive(meta.get("owner_pid")):
+                    continue  # another live engine (a standalone run) owns it
                 cg = by_name.get(meta["id"])
                 if cg is None or not cg.populated():
                     if cg is not None:

@@ -75,3 +75,24 @@ def test_trace_lines_fit_80_columns() -> None:
                                                              "proto": "tcp"}})
     assert net.endswith("connect [::1]:9/tcp")
     json.dumps(rec)
+
+
+def test_cgroup_sweep_takes_only_old_empty_unowned_groups(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from ebpfguard.cgroups import CgroupManager
+
+    (tmp_path / "unified").mkdir()
+    (tmp_path / "unified" / "cgroup.procs").write_text("")
+    slice_dir = tmp_path / "unified" / "ebpfguard.slice"
+    for name in ("old", "young", "busy", "owned"):
+        (slice_dir / name).mkdir(parents=True)
+    (slice_dir / "busy" / "cgroup.procs").write_text("4242\n")
+    old = time.time() - 3600
+    for name in ("old", "busy", "owned"):
+        os.utime(slice_dir / name, (old, old))
+    mgr = CgroupManager(tmp_path)
+    owned = os.stat(slice_dir / "owned").st_ino
+    assert mgr.sweep({owned}) == ["old"]
+    assert sorted(p.name for p in slice_dir.iterdir()) == ["busy", "owned", "young"]
