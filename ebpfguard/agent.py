@@ -86,8 +86,9 @@ class PolicyDir:
 
 class Agent:
     def __init__(self, state_dir: str, policy_dir: str | None, engine: Engine | None = None,
-                 allow_root_extensions: bool = False):
+                 allow_root_extensions: bool = False, metrics_address: str = ""):
         self.state_dir = state_dir
+        self.metrics_address = metrics_address
         self.allow_root_extensions = allow_root_extensions
         self.policies = PolicyDir(policy_dir)
         self._engine = engine
@@ -129,6 +130,14 @@ class Agent:
         self.sel.register(self.listener, selectors.EVENT_READ, None)
         for line in self.policies.scan():
             log.info("%s", line)
+        if self.metrics_address:
+            from .metrics import serve  # noqa: PLC0415
+
+            try:
+                port = serve(self.engine, self.metrics_address, self.policies.manifests)
+                log.info("metrics on http://%s:%d/metrics", self.metrics_address.rpartition(":")[0], port)
+            except (OSError, ValueError) as err:  # metrics are not worth refusing to enforce over
+                log.error("metrics not served on %s: %s", self.metrics_address, err)
         log.info("enforcing: %d policies, control socket %s, state %s", len(self.policies.by_file), path,
                  self.state_dir)
 

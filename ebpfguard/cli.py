@@ -96,10 +96,13 @@ def _require_root() -> None:
 @STATE_OPT
 @click.option("--policy-dir", type=click.Path(file_okay=False), help="Load every manifest here; reload on change.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--metrics-address", default="127.0.0.1:9464", show_default=True,
+              help="Serve Prometheus /metrics here (host:port; loopback by default; '' to disable).")
 @click.option("--allow-root-extensions", is_flag=True,
               help="Let a manifest with spec.user: root run as root (both must say so; off by default).")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the eBPF C source and exit.")
-def agent(state_dir: str, policy_dir: str | None, log_level: str, allow_root_extensions: bool, ebpf: bool) -> None:
+def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_address: str, allow_root_extensions: bool,
+          ebpf: bool) -> None:
     """Run the root service: load the programs once, serve the control socket, watch the policies.
 
     Logs go to stdout (journald under systemd). SIGTERM stops it cleanly: running extensions are
@@ -120,7 +123,7 @@ def agent(state_dir: str, policy_dir: str | None, log_level: str, allow_root_ext
     logging.basicConfig(stream=sys.stdout, level=log_level.upper(),
                         format="%(asctime)s ebpfguard[%(process)d] %(levelname)s %(message)s")
     _require_root()
-    a = Agent(state_dir, policy_dir, allow_root_extensions=allow_root_extensions)
+    a = Agent(state_dir, policy_dir, allow_root_extensions=allow_root_extensions, metrics_address=metrics_address)
     try:
         a.start()
     except EbpfguardError as err:

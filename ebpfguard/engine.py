@@ -25,6 +25,7 @@ from .forensics import ForensicLog
 from .kernel.abi import c
 from .manifest.compile import CompiledPolicy, compile
 from .manifest.load import Manifest
+from .metrics import Stats
 
 log = logging.getLogger("ebpfguard")
 AT_FDCWD = -100
@@ -137,6 +138,7 @@ class Engine:
         self.instances: dict[int, Instance] = {}
         self.subscribers: list[Callable[[dict[str, Any]], None]] = []
         self.record_errors = 0
+        self.stats = Stats()
         self.sensor.open_events(self._on_raw)
 
     # ---- policy slots ---------------------------------------------------------------------------
@@ -308,6 +310,8 @@ class Engine:
                     continue
                 inst.resource_seen[key] = value
                 inst.violations += 1
+                self.stats.violation(inst.manifest.name, "resource", "killed" if key == "oom_kill" else "denied",
+                                     ["oom-kill:cgroup" if key == "oom_kill" else "eagain:pids.max"])
                 resource = "memory" if key == "oom_kill" else "pids"
                 limit = inst.limits.get("memory_bytes" if resource == "memory" else "pids_max")
                 self._write(inst, None, {
@@ -416,6 +420,10 @@ class Engine:
             if taken:
                 actions.extend(taken)
                 rec["response_ns"] = now_ns() - ev.ts_ns  # detection to action done
+                self.stats.response(rec["response_ns"] / 1e9)
+        if ev.kind != "lifecycle":
+            m = inst.manifest if inst else slot.manifest if slot else None
+            self.stats.violation(m.name if m else "?", ev.kind, ev.verdict or "?", actions)
         return self._write(inst, slot, rec, cgroup_id=ev.cgroup_id)
 
     # ---- the escalation ladder ------------------------------------------------------------------

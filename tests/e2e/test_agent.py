@@ -42,7 +42,7 @@ def eg(*args: str, state: Path, timeout: float = 60, **kw: Any) -> subprocess.Co
 
 
 class Agent:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, *extra: str):
         if os.geteuid() != 0:
             if os.environ.get("CI"):
                 pytest.fail("the e2e tier needs root, and CI runs it as root")
@@ -52,8 +52,8 @@ class Agent:
         self.policies.mkdir()
         (self.policies / "shell-tool.yaml").write_text(MANIFEST.format(name="shell-tool", file="block"))
         self.log = open(tmp / "agent.log", "w+")
-        self.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(self.state), "--policy-dir", str(self.policies)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(self.state), "--policy-dir", str(self.policies),
+                                      *extra], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while eg("status", state=self.state).returncode != 0:
             assert self.proc.poll() is None, self.output()
@@ -365,3 +365,47 @@ def test_attach_adopts_a_running_tree_and_the_ladder_commands_act_on_it(agent: A
             loop.kill()
     missing = eg("attach", "--pid", "999999", "-m", str(m), state=agent.state)
     assert missing.returncode == 1 and "no process 999999" in missing.stderr
+
+
+def test_metrics_scraped_over_http_match_what_happened(tmp_path: Path) -> None:
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = Agent(tmp_path, "--metrics-address", f"127.0.0.1:{port}")
+    try:
+        m = tmp_path / "metered.yaml"
+        m.write_text(MANIFEST.format(name="metered", file="kill"))
+        r = eg("run", "-m", str(m), "--", "cat", "/etc/hostname", state=agent.state)
+        assert r.returncode == 137
+        deadline = time.monotonic() + 10
+        while agent.status()["instances"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        before = len(agent.records())
+        text = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        after = len(agent.records())
+    finally:
+        agent.stop()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    def value(metric: str, **labels: str) -> float:
+        return samples[(metric, tuple(sorted(labels.items())))]
+
+    assert value("ebpfguard_violations_total", extension="metered", kind="file", verdict="killed") == 1
+    assert value("ebpfguard_actions_total", action="sigkill:kernel") == 1
+    assert value("ebpfguard_actions_total", action="cgroup.kill") == 1
+    assert value("ebpfguard_response_seconds_count") == 1 and value("ebpfguard_response_seconds_sum") > 0
+    assert value("ebpfguard_ringbuf_dropped_records_total") == 0
+    assert value("ebpfguard_kernel_kills_total") == 1
+    assert before <= value("ebpfguard_records_written_total") <= after
+    assert value("ebpfguard_records_failed_total") == 0
+    assert value("ebpfguard_extensions", state="running") == 0
+    # policies in force: the policy directory's, and those of running instances (metered has ended)
+    assert not [k for k in samples if k[0] == "ebpfguard_policy_info" and ("name", "metered") in k[1]]
+    assert value("ebpfguard_policy_info", name="shell-tool", version="1",
+                 sha256=hashlib.sha256((agent.policies / "shell-tool.yaml").read_bytes()).hexdigest()) == 1

@@ -1,0 +1,118 @@
+"""Prometheus metrics: a Collector that reads the kernel's counters and the engine's statistics at
+scrape time, so nothing is double-counted and a scrape costs only what it reads.
+
+Names follow the Prometheus conventions: ebpfguard_ prefix, _total for counters, base units (seconds),
+low-cardinality labels (extension, kind, verdict, action, state).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .manifest.load import Manifest
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+STATES = ("running", "throttled", "frozen", "quarantined")
+
+
+class Stats:
+    """What the engine counts as it goes; the agent's scrape thread reads snapshots under the lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.violations: Counter[tuple[str, str, str]] = Counter()
+        self.actions: Counter[str] = Counter()
+        self.response_buckets = [0] * (len(BUCKETS) + 1)
+        self.response_sum = 0.0
+
+    def violation(self, extension: str, kind: str, verdict: str, actions: Iterable[str]) -> None:
+        with self.lock:
+            self.violations[(extension, kind, verdict)] += 1
+            for a in actions:
+                # "cgroup.kill:escalation(3 in 60s)" -> "cgroup.kill": bounded label values
+                self.actions[a.split(":")[0] if a.startswith("cgroup.") else a] += 1
+
+    def response(self, seconds: float) -> None:
+        with self.lock:
+            i = next((i for i, b in enumerate(BUCKETS) if seconds <= b), len(BUCKETS))
+            self.response_buckets[i] += 1
+            self.response_sum += seconds
+
+    def snapshot(self) -> tuple[dict[tuple[str, str, str], int], dict[str, int], list[int], float]:
+        with self.lock:
+            return dict(self.violations), dict(self.actions), list(self.response_buckets), self.response_sum
+
+
+class EngineCollector(Collector):
+    def __init__(self, engine: Engine, policies: Callable[[], dict[str, Manifest]] = dict):
+        self.engine = engine
+        self.policies = policies
+
+    def collect(self) -> Iterable[Metric]:
+        eng = self.engine
+        ctr = eng.sensor.counters()
+        yield CounterMetricFamily("ebpfguard_kernel_events", "Records the kernel programs reserved in the ring "
+                                  "buffer (violations and lifecycle events).", value=ctr["events"])
+        yield CounterMetricFamily("ebpfguard_ringbuf_dropped_records", "Records the kernel could not reserve "
+                                  "because the ring buffer was full (counted, never silent).", value=ctr["drops"])
+        yield CounterMetricFamily("ebpfguard_kernel_kills", "SIGKILLs sent by the kernel programs.",
+                                  value=ctr["kills"])
+        yield CounterMetricFamily("ebpfguard_kernel_denials", "Network actions the cgroup programs denied.",
+                                  value=ctr["denials"])
+        violations, actions, buckets, total = eng.stats.snapshot()
+        v = CounterMetricFamily("ebpfguard_violations", "Violations recorded, by extension, kind and verdict.",
+                                labels=["extension", "kind", "verdict"])
+        for (ext, kind, verdict), n in sorted(violations.items()):
+            v.add_metric([ext, kind, verdict], n)
+        yield v
+        a = CounterMetricFamily("ebpfguard_actions", "Actions taken, by action.", labels=["action"])
+        for action, n in sorted(actions.items()):
+            a.add_metric([action], n)
+        yield a
+        yield CounterMetricFamily("ebpfguard_records_written", "Forensic records written and fsync'd.",
+                                  value=eng.log.written)
+        yield CounterMetricFamily("ebpfguard_records_failed", "Forensic records that could not be written.",
+                                  value=eng.log.failed + eng.record_errors)
+        cumulative, acc = [], 0
+        for bound, n in zip([*map(str, BUCKETS), "+Inf"], buckets, strict=True):
+            acc += n
+            cumulative.append((bound, acc))
+        yield HistogramMetricFamily("ebpfguard_response_seconds", "Detection (kernel timestamp) to action done.",
+                                    buckets=cumulative, sum_value=total)
+        states: Counter[str] = Counter()
+        for inst in list(eng.instances.values()):
+            states[inst.state] += 1
+            if inst.quarantined:
+                states["quarantined"] += 1
+        g = GaugeMetricFamily("ebpfguard_extensions", "Running extension instances, by state.", labels=["state"])
+        for state in STATES:
+            g.add_metric([state], states.get(state, 0))
+        yield g
+        info = GaugeMetricFamily("ebpfguard_policy_info", "Policies loaded (1), with their name, version and "
+                                 "the sha256 of their exact bytes.", labels=["name", "version", "sha256"])
+        seen: dict[str, Any] = {m.sha256: m for m in self.policies().values()}
+        for slot in list(eng.slots.values()):
+            seen.setdefault(slot.manifest.sha256, slot.manifest)
+        for sha, m in sorted(seen.items()):
+            info.add_metric([m.name, m.version, sha], 1)
+        yield info
+
+
+def serve(engine: Engine, address: str, policies: Callable[[], dict[str, Manifest]] = dict) -> int:
+    """Serve /metrics on ``address`` ("host:port") in a daemon thread; returns the port."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    host, _, port = address.rpartition(":")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(engine, policies))
+    result = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
+    server = result[0] if isinstance(result, tuple) else None
+    return int(server.server_port) if server is not None else int(port)
