@@ -430,6 +430,28 @@ def pubkey(state_dir: str) -> None:
         fail(str(err))
 
 
+@main.command(name="explain")
+@STATE_OPT
+@click.argument("seq", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def explain_cmd(state_dir: str, seq: int, as_json: bool) -> None:
+    """Say why record SEQ was raised: the manifest and rule, the entry that matched or was missing,
+    the action taken, and the manifest line to add if the access was legitimate.
+
+    \b
+    Examples:
+      ebpfguard explain 1234
+      ebpfguard forensics show --kind network --json | jq .seq | xargs -n1 ebpfguard explain
+    """
+    from .explain import explain, format_text
+
+    try:
+        e = explain(state_dir, seq)
+    except EbpfguardError as err:
+        fail(str(err))
+    click.echo(json.dumps(e, indent=2) if as_json else format_text(e))
+
+
 # ---- bench -------------------------------------------------------------------------------------
 @main.command()
 @click.option("--rounds", default=7, show_default=True, help="Interleaved rounds per workload.")

@@ -132,6 +132,8 @@ def test_run_through_the_agent_records_and_returns_the_status(agent: Agent, tmp_
     assert recs[-1]["detail"]["exit_status"] == 7
     v = eg("forensics", "verify", state=agent.state)
     assert v.returncode == 0 and "chain and signatures intact" in v.stdout
+    ex = eg("explain", str(files[0]["seq"]), state=agent.state)
+    assert ex.returncode == 0 and 'add to spec.filesystem.read: "/etc/hostname"' in ex.stdout
     archived = agent.state / "policies" / files[0]["policy_sha256"]  # the exact bytes in force, kept
     assert archived.read_bytes() == m.read_bytes()
     assert hashlib.sha256(archived.read_bytes()).hexdigest() == files[0]["policy_sha256"]

@@ -1,0 +1,106 @@
+"""``ebpfguard explain SEQ``: why a record was raised, from the record and the exact manifest bytes
+archived under STATE/policies/<policy_sha256>: which manifest and rule, the entry that matched or the
+one that was missing, the action taken, and the manifest line to add if the access was legitimate."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import EbpfguardError, ManifestError
+from .forensics import BadLine, read
+from .manifest.load import BUILTIN_PRIVILEGE, BUILTIN_SYSCALL, Manifest, field_name, parse
+
+
+def find(state_dir: str, seq: int) -> dict[str, Any]:
+    for rec in read(state_dir):
+        if not isinstance(rec, BadLine) and rec.get("seq") == seq:
+            return rec
+    raise EbpfguardError(f"no record with seq {seq} in {state_dir}/forensics/records.jsonl")
+
+
+def _manifest(state_dir: str, rec: dict[str, Any]) -> Manifest:
+    sha = rec.get("policy_sha256")
+    if not sha:
+        raise EbpfguardError(f"record {rec.get('seq')} names no policy")
+    path = Path(state_dir) / "policies" / str(sha)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise EbpfguardError(f"the policy {str(sha)[:12]} is not archived in {path.parent}") from err
+    try:  # ~ expands to the extension user's home, as when it was in force
+        return parse(raw, f"{rec.get('extension')}@{str(sha)[:12]}")
+    except ManifestError as err:
+        raise EbpfguardError(f"the archived policy {str(sha)[:12]} no longer parses: {err}") from err
+
+
+def _where(m: Manifest, *path: Any) -> str:
+    line = m.line_of(*path)
+    return f"{field_name(path)} (line {line})" if line else field_name(path)
+
+
+def explain(state_dir: str, seq: int) -> dict[str, Any]:
+    rec = find(state_dir, seq)
+    kind = rec.get("kind")
+    d = rec.get("detail") or {}
+    out: dict[str, Any] = {"seq": seq, "extension": rec.get("extension"), "kind": kind,
+                           "verdict": rec.get("verdict"), "actions": rec.get("actions") or []}
+    if kind in ("lifecycle", "checkpoint"):
+        out["why"] = f"not a violation: a {kind} record ({d.get('event', d)})"
+        return out
+    m = _manifest(state_dir, rec)
+    out["manifest"] = {"name": m.name, "version": m.version, "sha256": m.sha256}
+    step = m.response.get(kind, "-")
+    out["response"] = f"{kind}: {step} ({_where(m, 'spec', 'response', kind)}), mode {rec.get('mode')}"
+    if kind in ("file", "exec"):
+        access, path = d.get("access", "read"), str(d.get("path", ""))
+        lists = {"read": m.read + m.write, "write": m.write, "exec": m.exec}[access]
+        field = {"read": "read", "write": "write", "exec": "exec"}[access]
+        nearest = max((r for r in lists if os.path.commonpath([r.rstrip("/") or "/", path or "/"]) != "/"),
+                      key=lambda r: len(os.path.commonpath([r.rstrip("/") or "/", path])), default=None)
+        out["rule"] = (f"no entry of {_where(m, 'spec', 'filesystem', field)} covers {path!r}"
+                       + (f"; nearest: {nearest!r}" if nearest else ""))
+        out["fix"] = f"if this {access} is legitimate, add to spec.filesystem.{field}: \"{path}\""
+        if access != "exec" and path.count("/") > 1:
+            out["fix"] += f" (or the tree \"{os.path.dirname(path)}/\")"
+    elif kind == "network":
+        op = "bind" if d.get("op") == "bind" else "connect"
+        addr, port, proto = d.get("address", ""), d.get("port"), d.get("proto", "tcp")
+        cidr = f"{addr}/{128 if ':' in str(addr) else 32}"
+        if "quarantine" in (d.get("flags") or []):
+            out["rule"] = "the instance was in network quarantine: every address is denied until lifted"
+            out["fix"] = "ebpfguard quarantine --lift NAME, once the earlier violation is understood"
+        else:
+            out["rule"] = f"no rule of {_where(m, 'spec', 'network', op)} allows {addr}:{port}/{proto}"
+            out["fix"] = f"if this {op} is legitimate, add to spec.network.{op}: \"{cidr}:{port}/{proto}\""
+    elif kind in ("syscall", "privilege"):
+        name = d.get("syscall")
+        if name in m.deny_syscalls:
+            i = m.deny_syscalls.index(name)
+            out["rule"] = f"{_where(m, 'spec', 'syscalls', 'deny', i)} denies {name}"
+            out["fix"] = f"if {name} is legitimate, remove it from spec.syscalls.deny"
+        elif name in BUILTIN_PRIVILEGE or name in BUILTIN_SYSCALL:
+            out["rule"] = f"{name} is in ebpfguard's built-in deny set ({kind})"
+            out["fix"] = "none in the manifest: the built-in set cannot be allowed to an extension"
+        else:
+            out["rule"] = f"{name} is denied"
+            out["fix"] = "-"
+    elif kind == "resource":
+        res = d.get("resource")
+        out["rule"] = f"{_where(m, 'spec', 'resources', res)} = {m.resources.get(res)} was reached ({d.get('event')})"
+        out["fix"] = f"if the extension needs more, raise spec.resources.{res}"
+    return out
+
+
+def format_text(e: dict[str, Any]) -> str:
+    lines = [f"record {e['seq']}: {e['kind']} violation by {e['extension']} -> {e['verdict']}"
+             if "rule" in e else f"record {e['seq']}: {e['why']}"]
+    if "manifest" in e:
+        mf = e["manifest"]
+        lines.append(f"  manifest: {mf['name']} {mf['version']} (sha256 {mf['sha256'][:12]})")
+        lines.append(f"  rule:     {e['rule']}")
+        lines.append(f"  response: {e['response']}")
+        lines.append(f"  actions:  {', '.join(e['actions']) or 'none'}")
+        lines.append(f"  fix:      {e['fix']}")
+    return "\n".join(lines)
