@@ -28,9 +28,11 @@ static __always_inline void count(u32 idx)
 		*c += 1;
 }
 
-static __always_inline struct eg_ext_policy *current_policy(void)
+/* The policy of the current task's extension, or 0; *cgp gets the cgroup id (read once per hook). */
+static __always_inline struct eg_ext_policy *current_policy_cg(u64 *cgp)
 {
 	u64 cg = bpf_get_current_cgroup_id();
+	*cgp = cg;
 	u32 idx = cg & (EG_FILTER_SLOTS - 1);
 	u64 *f = cgroup_filter.lookup(&idx);
 	if (!f || (*f != cg && *f != EG_FILTER_SHARED))
@@ -39,6 +41,12 @@ static __always_inline struct eg_ext_policy *current_policy(void)
 	if (!slot)
 		return 0;
 	return ext_policy.lookup(slot);
+}
+
+static __always_inline struct eg_ext_policy *current_policy(void)
+{
+	u64 cg;
+	return current_policy_cg(&cg);
 }
 
 static __always_inline int should_kill(struct eg_ext_policy *pol, u32 kind)

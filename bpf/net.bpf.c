@@ -31,7 +31,8 @@ static __always_inline int net_allows(struct eg_ext_policy *pol, u32 op, u16 fam
 /* family is a constant in each caller, so each program reads only its own ctx fields */
 static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u16 family)
 {
-	struct eg_ext_policy *pol = current_policy();
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol)
 		return 1;
 	u8 addr[16] = {};
@@ -50,7 +51,6 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 	}
 	u16 port = bpf_ntohs((u16)ctx->user_port);
 	u8 proto = (u8)ctx->protocol;
-	u64 cg = bpf_get_current_cgroup_id();
 	int quarantine = quarantined.lookup(&cg) != 0;
 	if (!quarantine && net_allows(pol, op, family, addr, port, proto))
 		return 1;

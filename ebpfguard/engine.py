@@ -26,6 +26,7 @@ from .kernel.abi import c
 from .manifest.compile import CompiledPolicy, compile
 from .manifest.load import Manifest
 from .metrics import Stats
+from .sandbox import landlock
 
 log = logging.getLogger("ebpfguard")
 AT_FDCWD = -100
@@ -326,9 +327,7 @@ class Engine:
         inst.argv = list(argv)
         inst.sandbox = dict(sandbox or {})
         if "landlock" in " ".join(inst.sandbox.get("layers", [])):
-            from .sandbox.landlock import plan  # noqa: PLC0415
-
-            ll = plan(inst.manifest, 5, inst.mode)
+            ll = landlock.plan(inst.manifest, 5, inst.mode)
             inst.landlock_grants = [(os.path.realpath(p) + ("/" if p.endswith("/") else ""), r) for p, r in ll.paths]
             inst.landlock_handled = ll.handled_fs
         self._persist(inst)
@@ -516,8 +515,6 @@ class Engine:
     def _landlock_denied(inst: Instance, ev: Event) -> bool:
         """Did the instance's Landlock ruleset refuse this access? (It decides on resolved objects:
         compare the real path with the real paths of the grants.) O_PATH opens are not checked."""
-        from .sandbox import landlock  # noqa: PLC0415
-
         if not inst.landlock_grants or ev.kind not in ("file", "exec") or not ev.path.startswith("/"):
             return False
         if ev.aux & 0o10000000:  # O_PATH

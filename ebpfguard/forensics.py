@@ -213,8 +213,8 @@ class ForensicLog:
             os.close(fd)
 
 
-def read(state_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any] | BadLine]:
-    """Every record in order; a line that is not a record is reported as BadLine, never skipped."""
+def _lines(state_dir: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+    """(line number, record or BadLine) for every non-empty line of the log."""
     path = Path(state_dir) / "forensics" / "records.jsonl"
     if not path.exists():
         return
@@ -225,12 +225,32 @@ def read(state_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any] | BadLine
             try:
                 rec = json.loads(line)
             except ValueError as err:
-                yield BadLine(lineno, f"not JSON: {err}")
+                yield lineno, BadLine(lineno, f"not JSON: {err}")
                 continue
             if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int):
-                yield BadLine(lineno, "not a forensic record (no integer seq)")
+                yield lineno, BadLine(lineno, "not a forensic record (no integer seq)")
                 continue
-            yield rec
+            yield lineno, rec
+
+
+def read(state_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any] | BadLine]:
+    """Every record in order; a line that is not a record is reported as BadLine, never skipped."""
+    for _, rec in _lines(state_dir):
+        yield rec
+
+
+def host_public_key(state_dir: str | os.PathLike[str]) -> Ed25519PublicKey:
+    """The host's public key, loaded (never created: verifying must not mint a key)."""
+    path = Path(state_dir) / "keys" / "forensics.ed25519"
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError as err:
+        raise ForensicsError(f"no host key at {path}: give the signer's public key with --pubkey") from err
+    except (OSError, ValueError) as err:
+        raise ForensicsError(f"failed to load the host key {path}: {err}") from err
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ForensicsError(f"{path} is not an Ed25519 key")
+    return key.public_key()
 
 
 @dataclass
@@ -250,50 +270,43 @@ class Verdict:
 def verify(state_dir: str | os.PathLike[str], pubkeys: list[Ed25519PublicKey] | None = None) -> Verdict:
     """Check the whole log: gapless seq, the hash chain, and every signature against the trusted keys
     (by default the host's own). Returns the first bad record and why."""
-    trusted = {key_id(k): k for k in (pubkeys or [load_or_create_key(state_dir).public_key()])}
-    path = Path(state_dir) / "forensics" / "records.jsonl"
+    if not (Path(state_dir) / "forensics" / "records.jsonl").exists():
+        return Verdict(True, 0)
+    trusted = {key_id(k): k for k in (pubkeys or [host_public_key(state_dir)])}
     prev: dict[str, Any] | None = None
     prev_line = 0
     pending_sig: tuple[int, int] | None = None  # (lineno, seq) whose signature failed, content unknown
     n = 0
-    if not path.exists():
-        return Verdict(True, 0)
-    with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                seq = rec["seq"]
-                assert isinstance(rec, dict) and isinstance(seq, int)
-            except (ValueError, KeyError, TypeError, AssertionError):
-                return Verdict(False, n, lineno, None, "modified: not a well-formed record")
-            want = prev["seq"] + 1 if prev else 1
-            if prev is not None and seq <= prev["seq"]:
-                reason = "inserted: repeats seq" if seq == prev["seq"] else f"reordered: seq {seq} after {prev['seq']}"
-                return Verdict(False, n, lineno, seq, reason)
-            if seq > want:
-                return Verdict(False, n, lineno, seq, f"deleted: records {want}..{seq - 1} are missing")
-            if rec.get("prev_sha256") != (digest(prev) if prev else GENESIS):
-                if pending_sig:  # the previous record's content changed, not just its signature
-                    return Verdict(False, n, pending_sig[0], pending_sig[1], "modified: content does not match "
-                                   "its signature or its successor's prev_sha256")
-                if prev is not None:
-                    return Verdict(False, n, prev_line, prev["seq"], "modified: its successor's prev_sha256 "
-                                   "does not match")
-                return Verdict(False, n, lineno, seq, "inserted: the first record does not start the chain")
-            if pending_sig:
-                return Verdict(False, n, pending_sig[0], pending_sig[1], "bad signature")
-            kid = rec.get("key_id")
-            if kid not in trusted:
-                return Verdict(False, n, lineno, seq, f"unknown key {kid!r}: signed by a key this verifier "
-                               "does not trust")
-            try:
-                trusted[kid].verify(base64.b64decode(rec.get("signature") or "", validate=True), canonical(rec))
-            except (InvalidSignature, ValueError):
-                pending_sig = (lineno, seq)  # decided by the next record: modified, or bad signature
-            prev, prev_line = rec, lineno
-            n += 1
+    for lineno, rec in _lines(state_dir):
+        if isinstance(rec, BadLine):
+            return Verdict(False, n, lineno, None, f"modified: {rec.reason}")
+        seq = rec["seq"]
+        want = prev["seq"] + 1 if prev else 1
+        if prev is not None and seq <= prev["seq"]:
+            reason = "inserted: repeats seq" if seq == prev["seq"] else f"reordered: seq {seq} after {prev['seq']}"
+            return Verdict(False, n, lineno, seq, reason)
+        if seq > want:
+            return Verdict(False, n, lineno, seq, f"deleted: records {want}..{seq - 1} are missing")
+        if rec.get("prev_sha256") != (digest(prev) if prev else GENESIS):
+            if pending_sig:  # the previous record's content changed, not just its signature
+                return Verdict(False, n, pending_sig[0], pending_sig[1], "modified: content does not match "
+                               "its signature or its successor's prev_sha256")
+            if prev is not None:
+                return Verdict(False, n, prev_line, prev["seq"], "modified: its successor's prev_sha256 "
+                               "does not match")
+            return Verdict(False, n, lineno, seq, "inserted: the first record does not start the chain")
+        if pending_sig:
+            return Verdict(False, n, pending_sig[0], pending_sig[1], "bad signature")
+        kid = rec.get("key_id")
+        if kid not in trusted:
+            return Verdict(False, n, lineno, seq, f"unknown key {kid!r}: signed by a key this verifier "
+                           "does not trust")
+        try:
+            trusted[kid].verify(base64.b64decode(rec.get("signature") or "", validate=True), canonical(rec))
+        except (InvalidSignature, ValueError):
+            pending_sig = (lineno, seq)  # decided by the next record: modified, or bad signature
+        prev, prev_line = rec, lineno
+        n += 1
     if pending_sig:
         return Verdict(False, n, pending_sig[0], pending_sig[1], "bad signature (or modified: it is the last record)")
     head_path = Path(state_dir) / "forensics" / "head.json"

@@ -150,3 +150,19 @@ def test_checkpoint_every_n_records(tmp_path: Path) -> None:
     forged["seq"] = 1
     head.write_text(json.dumps(forged))
     assert verify(tmp_path).reason.startswith("head.json: bad signature")
+
+
+def test_verify_never_creates_a_key(tmp_path: Path) -> None:
+    import shutil
+
+    from ebpfguard.errors import ForensicsError
+
+    write_log(tmp_path, 2)
+    copy = tmp_path / "copied"
+    shutil.copytree(tmp_path / "forensics", copy / "forensics")  # a log moved to another machine, no key
+    with pytest.raises(ForensicsError, match="give the signer's public key with --pubkey"):
+        verify(copy)
+    assert not (copy / "keys").exists()
+    from ebpfguard.forensics import host_public_key
+
+    assert verify(copy, [host_public_key(tmp_path)]).ok
