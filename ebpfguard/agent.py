@@ -20,6 +20,7 @@ from .control import MAX_REQUEST, peer_uid, socket_path
 from .engine import Engine, Instance
 from .errors import EbpfguardError, ManifestError
 from .events import now_ns, rfc3339_ns
+from .forensics import MAX_BYTES, ForensicLog, Forwarder
 from .kernel.probe import bpf_lsm_available
 from .manifest.load import Manifest, load, parse
 
@@ -86,8 +87,13 @@ class PolicyDir:
 
 class Agent:
     def __init__(self, state_dir: str, policy_dir: str | None, engine: Engine | None = None,
-                 allow_root_extensions: bool = False, metrics_address: str = ""):
+                 allow_root_extensions: bool = False, metrics_address: str = "", rotate_bytes: int = MAX_BYTES,
+                 log_forward: str = "", bpf_stats: bool = False):
         self.state_dir = state_dir
+        self.rotate_bytes = rotate_bytes
+        self.log_forward = log_forward
+        self.bpf_stats = bpf_stats
+        self._stats_fd = -1
         self.metrics_address = metrics_address
         self.allow_root_extensions = allow_root_extensions
         self.policies = PolicyDir(policy_dir)
@@ -112,7 +118,19 @@ class Agent:
             pass
         finally:
             probe.close()
-        self.engine = self._engine or Engine(self.state_dir)
+        if self._engine is None:
+            forward = Forwarder(self.log_forward) if self.log_forward else None
+            self._engine = Engine(self.state_dir, log=ForensicLog(self.state_dir, self.rotate_bytes, forward))
+        self.engine = self._engine
+        if forward := self.engine.log.forward:
+            log.info("records also go to %s at %s", forward.kind, forward.address)
+        if self.bpf_stats:
+            from .kernel.progstats import enable_stats  # noqa: PLC0415
+
+            try:
+                self._stats_fd = enable_stats()
+            except EbpfguardError as err:
+                log.error("BPF program statistics not enabled: %s", err)
         for inst in self.engine.readopt():
             log.info("re-adopted running instance %s (%s, pids %s)", inst.id, inst.manifest.name, inst.cgroup.pids())
         for name in self.engine.cgroups.sweep(set(self.engine.instances)):
@@ -182,6 +200,8 @@ class Agent:
                 (root / self.engine.cgroups.slice_name).rmdir()
         except OSError:
             pass
+        if self._stats_fd >= 0:
+            os.close(self._stats_fd)
         log.info("stopped: programs detached, cgroups removed")
 
     def _checkpoint(self, clean: bool) -> None:

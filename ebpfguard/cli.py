@@ -86,6 +86,19 @@ def run(manifest: str | None, extension: str | None, mode: str | None, standalon
     sys.exit(status)
 
 
+def parse_size(text: str) -> int:
+    """'64M' -> 67108864; K, M and G are powers of 1024. At least 4 KiB."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    if not num.isdigit():
+        raise ValueError(f"{text!r} is not a size such as 4096, 512K, 64M or 1G")
+    n = int(num) * units[unit]
+    if n < 4096:
+        raise ValueError(f"{text!r} is below the 4K minimum")
+    return n
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         fail("loading eBPF programs and creating cgroups needs root", 1)
@@ -100,9 +113,16 @@ def _require_root() -> None:
               help="Serve Prometheus /metrics here (host:port; loopback by default; '' to disable).")
 @click.option("--allow-root-extensions", is_flag=True,
               help="Let a manifest with spec.user: root run as root (both must say so; off by default).")
+@click.option("--rotate-size", default="64M", show_default=True, metavar="SIZE",
+              help="Rotate the forensic log at this size (K, M, G suffixes); the chain runs on across files.")
+@click.option("--log-forward", default="", metavar="journald|syslog[:SOCKET]",
+              help="Also send every record to journald or syslog, for the fleet's log shippers.")
+@click.option("--bpf-stats", is_flag=True,
+              help="Turn on the kernel's BPF run-time statistics while the agent runs (costs tens of ns per "
+                   "program run); they feed ebpfguard_bpf_program_* metrics.")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the eBPF C source and exit.")
 def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_address: str, allow_root_extensions: bool,
-          ebpf: bool) -> None:
+          rotate_size: str, log_forward: str, bpf_stats: bool, ebpf: bool) -> None:
     """Run the root service: load the programs once, serve the control socket, watch the policies.
 
     Logs go to stdout (journald under systemd). SIGTERM stops it cleanly: running extensions are
@@ -112,6 +132,7 @@ def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_addres
     Examples:
       ebpfguard agent --policy-dir policies
       ebpfguard agent --state-dir /run/ebpfguard --policy-dir /etc/ebpfguard/policies
+      ebpfguard agent --policy-dir policies --log-forward journald --rotate-size 256M --bpf-stats
     """
     if ebpf:
         from .kernel.loader import program_source
@@ -122,8 +143,20 @@ def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_addres
 
     logging.basicConfig(stream=sys.stdout, level=log_level.upper(),
                         format="%(asctime)s ebpfguard[%(process)d] %(levelname)s %(message)s")
+    try:
+        rotate_bytes = parse_size(rotate_size)
+    except ValueError as err:
+        fail(f"--rotate-size: {err}", 2)
+    if log_forward:
+        from .forensics import Forwarder
+
+        try:
+            Forwarder(log_forward)
+        except EbpfguardError as err:
+            fail(str(err), 2)
     _require_root()
-    a = Agent(state_dir, policy_dir, allow_root_extensions=allow_root_extensions, metrics_address=metrics_address)
+    a = Agent(state_dir, policy_dir, allow_root_extensions=allow_root_extensions, metrics_address=metrics_address,
+              rotate_bytes=rotate_bytes, log_forward=log_forward, bpf_stats=bpf_stats)
     try:
         a.start()
     except EbpfguardError as err:
@@ -355,17 +388,29 @@ def forensics() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
 @click.option("--extension", "-e", help="Only this extension.")
 @click.option("--kind", "-k", multiple=True, help="Only these kinds (repeatable).")
-def show(state_dir: str, as_json: bool, extension: str | None, kind: tuple[str, ...]) -> None:
-    """List forensic records. A line that is not a record is reported on stderr (exit 1).
+@click.option("--since", metavar="WHEN", help="Only records at or after WHEN: RFC 3339 (UTC if no offset) or a "
+              "duration ago (90s, 15m, 2h, 7d).")
+@click.option("--until", metavar="WHEN", help="Only records before WHEN (same forms as --since).")
+def show(state_dir: str, as_json: bool, extension: str | None, kind: tuple[str, ...], since: str | None,
+         until: str | None) -> None:
+    """List forensic records, oldest first, across rotated files. A line that is not a record is
+    reported on stderr (exit 1).
 
     \b
     Examples:
       ebpfguard forensics show
+      ebpfguard forensics show --since 2h --kind file --kind exec
+      ebpfguard forensics show --since 2026-11-24T08:00:00Z --until 2026-11-24T09:00:00Z
       ebpfguard forensics show --json --kind network | jq .detail
     """
-    from .forensics import BadLine, read
+    from .forensics import BadLine, parse_when, read, record_ns
     from .trace import HEADER, format_line, matcher
 
+    try:
+        lo = parse_when(since) if since else None
+        hi = parse_when(until) if until else None
+    except ValueError as err:
+        fail(f"--since/--until: {err}", 2)
     ok = matcher(extension, None, kind)
     bad = 0
     if not as_json:
@@ -373,8 +418,12 @@ def show(state_dir: str, as_json: bool, extension: str | None, kind: tuple[str, 
     for rec in read(state_dir):
         if isinstance(rec, BadLine):
             bad += 1
-            click.echo(f"records.jsonl:{rec.lineno}: {rec.reason}", err=True)
+            click.echo(str(rec), err=True)
             continue
+        if lo is not None or hi is not None:
+            t = record_ns(rec)
+            if t is None or (lo is not None and t < lo) or (hi is not None and t >= hi):
+                continue
         if ok(rec):
             click.echo(json.dumps(rec) if as_json else format_line(rec))
     if bad:
@@ -384,20 +433,28 @@ def show(state_dir: str, as_json: bool, extension: str | None, kind: tuple[str, 
 @forensics.command(name="verify")
 @STATE_OPT
 @click.option("--pubkey", "pubkeys", multiple=True, type=click.Path(dir_okay=False, exists=True),
-              help="Trust this public key (PEM; repeatable) instead of the host's own.")
-def verify_cmd(state_dir: str, pubkeys: tuple[str, ...]) -> None:
-    """Verify the forensic log: gapless seq, the hash chain and every Ed25519 signature. Exits 0 when
-    intact, 1 naming the first bad record and why (modified, deleted, reordered, inserted, bad
-    signature, unknown key).
+              help="Trust this public key (PEM; repeatable) instead of the host's own or the bundle's.")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
+def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], paths: tuple[str, ...]) -> None:
+    """Verify forensic logs: gapless seq across rotated files, the hash chain, every Ed25519
+    signature and the signed checkpoint. Exits 0 when intact, 1 naming the first bad record and why
+    (modified, deleted, reordered, inserted, tail truncated after the last checkpoint, bad signature,
+    unknown key), 2 for unusable arguments.
+
+    PATHS are evidence bundles (from `forensics export`) or state folders; without them, --state-dir.
+    A bundle is checked against its own pubkey.pem unless --pubkey pins the key your fleet knows.
 
     \b
     Examples:
       ebpfguard forensics verify
       ebpfguard forensics verify --pubkey fleet/host42.pem --state-dir /srv/evidence/host42
+      ebpfguard forensics verify --pubkey fleet/host42.pem host42-evidence.tar.gz
     """
+    import tempfile
+
     from cryptography.hazmat.primitives import serialization
 
-    from .forensics import verify
+    from .forensics import bundle_public_key, key_id, unpack_bundle, verify
 
     keys = []
     for path in pubkeys:
@@ -405,12 +462,57 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...]) -> None:
             keys.append(serialization.load_pem_public_key(open(path, "rb").read()))
         except ValueError as err:
             fail(f"{path}: not a PEM public key ({err})", 2)
+    failed = False
+    for target in paths or (state_dir,):
+        label = f"{target}: " if paths else ""
+        try:
+            if os.path.isdir(target):
+                result = verify(target, keys or None)  # type: ignore[arg-type]
+                note = ""
+            else:
+                with tempfile.TemporaryDirectory(prefix="ebpfguard-verify-") as tmp:
+                    root, info = unpack_bundle(target, tmp)
+                    trust = keys or [bundle_public_key(root)]
+                    result = verify(root, trust)  # type: ignore[arg-type]
+                    own = "" if keys else ": the bundle's own key; pin it with --pubkey"
+                    note = f" (host {info.get('host')}, key {info.get('key_id')}{own})"
+                    if keys and info.get("key_id") not in {key_id(k) for k in keys}:  # type: ignore[arg-type]
+                        note = f" (the bundle's pubkey.pem {info.get('key_id')} is not one you trust)"
+        except EbpfguardError as err:
+            click.echo(f"{label}error: {err}", err=True)
+            failed = True
+            continue
+        click.echo(f"{label}{result}{note if result.ok else ''}", err=not result.ok)
+        failed |= not result.ok
+    sys.exit(1 if failed else 0)
+
+
+@forensics.command(name="export")
+@STATE_OPT
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the bundle (.tar.gz).")
+def export_cmd(state_dir: str, output: str) -> None:
+    """Write a self-contained evidence bundle: every record file, head.json, the exact manifests the
+    records name, the host's public key and a MANIFEST.json of sha256 sums. It verifies on any
+    machine with `ebpfguard forensics verify BUNDLE`.
+
+    \b
+    Examples:
+      sudo ebpfguard forensics export -o /tmp/host42-evidence.tar.gz
+      ebpfguard forensics verify --pubkey fleet/host42.pem /tmp/host42-evidence.tar.gz
+    """
+    from .forensics import export
+
     try:
-        result = verify(state_dir, keys or None)  # type: ignore[arg-type]
-    except EbpfguardError as err:
+        info = export(state_dir, output)
+    except (EbpfguardError, OSError) as err:
         fail(str(err))
-    click.echo(str(result), err=not result.ok)
-    sys.exit(0 if result.ok else 1)
+    missing = info["policies_missing"]
+    click.echo(f"wrote {info['path']}: {info['records']} records (seq {info['first_seq']}..{info['last_seq']}), "
+               f"{len([f for f in info['files'] if f.startswith('policies/')])} policies, key {info['key_id']}")
+    if missing:
+        click.echo(f"warning: {len(missing)} policies named by records are not archived: "
+                   f"{', '.join(s[:12] for s in missing)}", err=True)
 
 
 @forensics.command()

@@ -126,7 +126,8 @@ def _cmdline(pid: int) -> list[str]:
 
 
 class Engine:
-    def __init__(self, state_dir: str, *, sensor: Any = None, cgroups: CgroupManager | None = None):
+    def __init__(self, state_dir: str, *, sensor: Any = None, cgroups: CgroupManager | None = None,
+                 log: ForensicLog | None = None):
         self.state_dir = state_dir
         if sensor is None:
             from .kernel.loader import Sensor  # noqa: PLC0415 - keep bcc out of pure imports
@@ -134,7 +135,7 @@ class Engine:
             sensor = Sensor()
         self.sensor = sensor
         self.cgroups = cgroups or CgroupManager()
-        self.log = ForensicLog(state_dir)
+        self.log = log or ForensicLog(state_dir)
         self.slots: dict[int, Slot] = {}
         self.instances: dict[int, Instance] = {}
         self.subscribers: list[Callable[[dict[str, Any]], None]] = []

@@ -96,6 +96,19 @@ class EngineCollector(Collector):
         for state in STATES:
             g.add_metric([state], states.get(state, 0))
         yield g
+        run_s = CounterMetricFamily("ebpfguard_bpf_program_run_seconds", "Time the kernel spent running each "
+                                    "BPF program (kernel BPF statistics; counted only while "
+                                    "kernel.bpf_stats_enabled or agent --bpf-stats).", labels=["program"])
+        runs = CounterMetricFamily("ebpfguard_bpf_program_runs", "Times the kernel ran each BPF program (kernel "
+                                   "BPF statistics).", labels=["program"])
+        for prog, (ns, cnt) in sorted(eng.sensor.program_stats().items()):
+            run_s.add_metric([prog], ns / 1e9)
+            runs.add_metric([prog], cnt)
+        yield run_s
+        yield runs
+        fwd = eng.log.forward
+        yield CounterMetricFamily("ebpfguard_records_forward_failed", "Records journald or syslog did not take "
+                                  "(they are in the file regardless).", value=fwd.failed if fwd else 0)
         info = GaugeMetricFamily("ebpfguard_policy_info", "Policies loaded (1), with their name, version and "
                                  "the sha256 of their exact bytes.", labels=["name", "version", "sha256"])
         seen: dict[str, Any] = {m.sha256: m for m in self.policies().values()}

@@ -57,36 +57,45 @@ def matcher(extension: str | None, pid: int | None, kinds: tuple[str, ...]) -> C
 
 
 def follow(path: Path, from_start: bool, interval: float = 0.1) -> Iterator[dict[str, Any]]:
-    """Yield records appended to ``path``, forever. Survives the file appearing late or shrinking."""
-    pos = None
+    """Yield records appended to ``path``, forever. Survives the file appearing late, being rotated
+    (the rest of the old file is read before the new one) or being truncated."""
+    fh = None
     buf = b""
+    first = True
     while True:
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            size = -1
-        if size >= 0:
-            if pos is None:
-                pos = 0 if from_start else size
-            if size < pos:  # replaced or truncated: start over
-                pos, buf = 0, b""
-            if size > pos:
-                with open(path, "rb") as fh:
-                    fh.seek(pos)
-                    data = fh.read(size - pos)
-                pos += len(data)
-                buf += data
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(rec, dict):
-                        yield rec
+        if fh is None:
+            try:
+                fh = open(path, "rb")
+            except FileNotFoundError:
+                first = False  # a file that appears later is read from its start
+                time.sleep(interval)
                 continue
-        elif pos is None:
-            pos = 0
+            if first and not from_start:
+                fh.seek(0, os.SEEK_END)
+            first = False
+        data = fh.read()
+        if data:
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict):
+                    yield rec
+            continue
+        try:
+            st = path.stat()
+            mine = os.fstat(fh.fileno())
+            replaced = (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino)
+            truncated = st.st_size < fh.tell()
+        except FileNotFoundError:
+            replaced, truncated = False, False
+        if replaced or truncated:  # everything of the old file has been read: go on with the new one
+            fh.close()
+            fh, buf = None, b""
+            continue
         time.sleep(interval)
 
 

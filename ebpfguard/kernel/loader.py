@@ -204,6 +204,19 @@ class Sensor:
                  "denials": c("CTR_DENIALS")}
         return {n: int(t.sum(t.Key(i)).value) for n, i in names.items()}
 
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        """{program: (run_time_ns, run_cnt)} from the kernel's BPF statistics (zero while they are off)."""
+        from .progstats import prog_run_stats  # noqa: PLC0415
+
+        out = {}
+        for name, fn in list(self.bpf.funcs.items()):
+            label = name.decode() if isinstance(name, bytes) else str(name)
+            try:
+                out[label.removeprefix("tracepoint__")] = prog_run_stats(fn.fd)
+            except KernelError:
+                continue
+        return out
+
     def map_sizes(self) -> dict[str, tuple[int, int]]:
         """(key size, value size) of each map, as the compiled program defines them."""
         out = {}
