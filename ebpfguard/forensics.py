@@ -224,28 +224,24 @@ class ForensicLog:
             st = os.fstat(fd)
             where = (st.st_dev, st.st_ino, st.st_size)
             if where != self._where:  # another writer appended or rotated: continue its seq and chain
-                last = self._last_record(fd, st.st_size)
+                torn = self._cut_torn_tail(fd, st.st_size)
+                size = os.fstat(fd).st_size
+                last = self._last_record(fd, size)
                 self._last_seq = int(last["seq"]) if last else 0
                 self._last_digest = digest(last) if last else GENESIS
-            rec = {k: record.get(k) for k in FIELDS}
-            rec.update({k: v for k, v in record.items() if k not in rec})
-            seq = self._last_seq + 1
-            rec["seq"] = seq
-            rec["prev_sha256"] = self._last_digest
-            rec["key_id"] = self._key_id
-            rec["signature"] = None
-            rec["signature"] = base64.b64encode(key.sign(canonical(rec))).decode()
-            line = (json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
-            os.write(fd, line)
-            os.fsync(fd)
-            self._last_seq = seq
-            self._last_digest = digest(rec)
-            self._where = (st.st_dev, st.st_ino, st.st_size + len(line))
-            self.written += 1
+                self._where = (st.st_dev, st.st_ino, size)
+                if torn:  # keep what a crashed writer left half-written, as data of a record of its own
+                    self._forwarding(self._write(key, fd, {
+                        "kind": "lifecycle", "verdict": None,
+                        "detail": {"event": "torn-tail", "bytes": len(torn),
+                                   "data_b64": base64.b64encode(torn[:4096]).decode(),
+                                   "why": "a writer was killed while writing; this record was never counted "
+                                          "as written"}}))
+            rec = self._write(key, fd, record)
             if head:
                 self._write_head(rec)
             if rotate:
-                os.rename(self.path, self.dir / f"records-{seq:012d}.jsonl")
+                os.rename(self.path, self.dir / f"records-{rec['seq']:012d}.jsonl")
                 dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
                 try:
                     os.fsync(dfd)
@@ -257,9 +253,55 @@ class ForensicLog:
             raise ForensicsError(f"failed to write a record to {self.path}: {err.strerror}") from err
         finally:
             os.close(fd)
+        self._forwarding(rec)
+        return rec
+
+    def _write(self, key: Ed25519PrivateKey, fd: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Chain, sign, append and fsync one record (the lock is held)."""
+        rec = {k: record.get(k) for k in FIELDS}
+        rec.update({k: v for k, v in record.items() if k not in rec})
+        if rec.get("time") is None:
+            from .events import now_ns, rfc3339_ns  # noqa: PLC0415
+
+            rec["time"] = rfc3339_ns(now_ns())
+        seq = self._last_seq + 1
+        rec["seq"] = seq
+        rec["prev_sha256"] = self._last_digest
+        rec["key_id"] = self._key_id
+        rec["signature"] = None
+        rec["signature"] = base64.b64encode(key.sign(canonical(rec))).decode()
+        line = (json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        os.write(fd, line)
+        os.fsync(fd)
+        self._last_seq = seq
+        self._last_digest = digest(rec)
+        dev, ino, size = self._where
+        self._where = (dev, ino, size + len(line))
+        self.written += 1
+        return rec
+
+    def _forwarding(self, rec: dict[str, Any]) -> None:
         if self.forward is not None:
             self.forward.send(rec)
-        return rec
+
+    @staticmethod
+    def _cut_torn_tail(fd: int, size: int) -> bytes:
+        """A writer killed inside write() can leave a line without its newline. It was never fsync'd
+        nor counted; cut it off (so the chain goes on from the last whole record) and return it."""
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return b""
+        pos = size
+        while pos > 0:
+            start = max(0, pos - 65536)
+            nl = os.pread(fd, pos - start, start).rfind(b"\n")
+            if nl >= 0:
+                pos = start + nl + 1
+                break
+            pos = start
+        torn = os.pread(fd, size - pos, pos)
+        os.ftruncate(fd, pos)
+        os.fsync(fd)
+        return torn
 
 
 def _tail(fd: int, size: int) -> dict[str, Any] | None:

@@ -377,7 +377,7 @@ def test_metrics_scraped_over_http_match_what_happened(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    agent = Agent(tmp_path, "--metrics-address", f"127.0.0.1:{port}")
+    agent = Agent(tmp_path, "--metrics-address", f"127.0.0.1:{port}", "--bpf-stats")
     try:
         m = tmp_path / "metered.yaml"
         m.write_text(MANIFEST.format(name="metered", file="kill"))
@@ -407,7 +407,85 @@ def test_metrics_scraped_over_http_match_what_happened(tmp_path: Path) -> None:
     assert before <= value("ebpfguard_records_written_total") <= after
     assert value("ebpfguard_records_failed_total") == 0
     assert value("ebpfguard_extensions", state="running") == 0
+    # the kernel's own statistics, switched on by --bpf-stats: the openat program ran, and took time
+    assert value("ebpfguard_bpf_program_runs_total", program="syscalls__sys_enter_openat") > 0
+    assert value("ebpfguard_bpf_program_run_seconds_total", program="syscalls__sys_enter_openat") > 0
+    assert ("ebpfguard_bpf_program_runs_total", (("program", "eg_connect4"),)) in samples
     # policies in force: the policy directory's, and those of running instances (metered has ended)
     assert not [k for k in samples if k[0] == "ebpfguard_policy_info" and ("name", "metered") in k[1]]
     assert value("ebpfguard_policy_info", name="shell-tool", version="1",
                  sha256=hashlib.sha256((agent.policies / "shell-tool.yaml").read_bytes()).hexdigest()) == 1
+
+
+def test_sigkill_loop_loses_no_record_counted_as_written(tmp_path: Path) -> None:
+    """SIGKILL the agent again and again while an extension keeps violating its manifest. A record
+    is forwarded to syslog only after its fsync, so each datagram the test receives is a record the
+    agent counted as written: every one must be in the log, unchanged, and the chain must verify
+    across rotated files and all the agents' lives."""
+    sock_path = tmp_path / "syslog.sock"
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(str(sock_path))
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    rx.setblocking(False)
+    forwarded: dict[int, dict[str, Any]] = {}
+
+    def drain() -> None:
+        while True:
+            try:
+                msg = rx.recv(1 << 20)
+            except BlockingIOError:
+                return
+            rec = json.loads(msg.split(b"]: ", 1)[1])
+            forwarded[rec["seq"]] = rec
+
+    extra = ("--rotate-size", "16K", "--log-forward", f"syslog:{sock_path}")
+    agent = Agent(tmp_path, *extra)
+    m = tmp_path / "noisy.yaml"
+    m.write_text(MANIFEST.format(name="noisy", file="block"))
+    runner = subprocess.Popen([*EG, "run", "--state-dir", str(agent.state), "-m", str(m), "--", "sh", "-c",
+                               "while true; do cat /etc/hostname 2>/dev/null; sleep 0.02; done"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lives = 4
+    try:
+        for life in range(lives + 1):
+            if life:
+                agent = Agent.__new__(Agent)
+                agent.state, agent.policies = tmp_path / "state", tmp_path / "policies"
+                agent.log = open(tmp_path / f"agent{life}.log", "w+")
+                agent.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(agent.state), "--policy-dir",
+                                               str(agent.policies), *extra], stdout=agent.log,
+                                              stderr=subprocess.STDOUT)
+                deadline = time.monotonic() + 60
+                while eg("status", state=agent.state).returncode != 0:
+                    assert time.monotonic() < deadline and agent.proc.poll() is None, agent.output()
+                    time.sleep(0.2)
+            before = len(forwarded)
+            deadline = time.monotonic() + 20
+            while len(forwarded) < before + 30:  # this life writes records of its own
+                assert time.monotonic() < deadline, f"life {life}: the agent wrote no records"
+                time.sleep(0.05)
+                drain()
+            if life < lives:
+                agent.proc.kill()  # SIGKILL, at whatever point it is writing
+                agent.proc.wait(10)
+                agent.log.close()
+        assert eg("kill", "noisy", state=agent.state).returncode == 0
+        runner.wait(20)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        agent.stop()
+    time.sleep(0.2)
+    drain()
+    rx.close()
+    logged = {r["seq"]: r for r in agent.records()}
+    lost = sorted(set(forwarded) - set(logged))
+    assert not lost, f"records counted as written but not in the log: {lost[:10]}"
+    assert all(logged[seq] == rec for seq, rec in forwarded.items())
+    assert sorted(logged) == list(range(1, len(logged) + 1))
+    files = list((agent.state / "forensics").glob("records-*.jsonl"))
+    assert len(files) >= 2, "the test should have crossed a rotation"
+    v = eg("forensics", "verify", state=agent.state)
+    assert v.returncode == 0 and f"across {len(files) + 1} files" in v.stdout, v.stdout + v.stderr
+    readopted = [r for r in logged.values() if r["detail"].get("event") == "readopted"]
+    assert len(readopted) == lives

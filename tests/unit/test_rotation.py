@@ -128,15 +128,18 @@ def test_export_bundle_verifies_elsewhere_and_detects_tampering(tmp_path: Path) 
     assert r.exit_code == 1 and "unknown key" in r.output
 
     tampered = tmp_path / "bad.tar.gz"
+    done = False
     with tarfile.open(bundle) as src, tarfile.open(tampered, "w:gz") as dst:
         for m in src:
             data = src.extractfile(m).read()  # type: ignore[union-attr]
-            if m.name.endswith("records.jsonl"):
+            if "/forensics/records-" in m.name and not done:
+                done = True
                 lines = data.decode().splitlines()
                 del lines[1]
                 data = ("\n".join(lines) + "\n").encode()
             m.size = len(data)
             dst.addfile(m, io.BytesIO(data))
+    assert done
     r = CliRunner().invoke(main, ["forensics", "verify", "--pubkey", str(pem), str(tampered)])
     assert r.exit_code == 1 and "deleted" in r.output, r.output
 
@@ -203,3 +206,19 @@ def test_parse_size() -> None:
     for bad in ("1K", "lots", "-5M"):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+def test_a_torn_tail_from_a_killed_writer_is_kept_as_data_and_the_chain_goes_on(tmp_path: Path) -> None:
+    import base64
+
+    fill(tmp_path, 3, max_bytes=1 << 20)
+    path = tmp_path / "forensics" / "records.jsonl"
+    with open(path, "ab") as fh:
+        fh.write(b'{"seq":4,"kind":"file","detail":{"pa')  # killed inside write(): no newline
+    rec = ForensicLog(tmp_path).append({"kind": "file", "detail": {"path": "/after"}})
+    lines = recs(path)
+    torn = lines[3]
+    assert torn["detail"]["event"] == "torn-tail" and torn["seq"] == 4
+    assert base64.b64decode(torn["detail"]["data_b64"]) == b'{"seq":4,"kind":"file","detail":{"pa'
+    assert rec["seq"] == 5 and lines[4]["detail"]["path"] == "/after"
+    assert verify(tmp_path).ok
