@@ -434,8 +434,11 @@ def show(state_dir: str, as_json: bool, extension: str | None, kind: tuple[str, 
 @STATE_OPT
 @click.option("--pubkey", "pubkeys", multiple=True, type=click.Path(dir_okay=False, exists=True),
               help="Trust this public key (PEM; repeatable) instead of the host's own or the bundle's.")
+@click.option("--metrics-file", type=click.Path(dir_okay=False),
+              help="Also write the outcome for node_exporter's textfile collector (Prometheus text format, "
+                   "replaced atomically): ebpfguard_forensics_verify_ok, _verified_records, _timestamp_seconds.")
 @click.argument("paths", nargs=-1, type=click.Path(exists=True))
-def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], paths: tuple[str, ...]) -> None:
+def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], metrics_file: str | None, paths: tuple[str, ...]) -> None:
     """Verify forensic logs: gapless seq across rotated files, the hash chain, every Ed25519
     signature and the signed checkpoint. Exits 0 when intact, 1 naming the first bad record and why
     (modified, deleted, reordered, inserted, tail truncated after the last checkpoint, bad signature,
@@ -449,6 +452,7 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], paths: tuple[str, ...])
       ebpfguard forensics verify
       ebpfguard forensics verify --pubkey fleet/host42.pem --state-dir /srv/evidence/host42
       ebpfguard forensics verify --pubkey fleet/host42.pem host42-evidence.tar.gz
+      ebpfguard forensics verify --metrics-file /var/lib/node_exporter/textfile/ebpfguard.prom
     """
     import tempfile
 
@@ -463,6 +467,7 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], paths: tuple[str, ...])
         except ValueError as err:
             fail(f"{path}: not a PEM public key ({err})", 2)
     failed = False
+    outcomes: list[tuple[str, bool, int]] = []
     for target in paths or (state_dir,):
         label = f"{target}: " if paths else ""
         try:
@@ -481,10 +486,36 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], paths: tuple[str, ...])
         except EbpfguardError as err:
             click.echo(f"{label}error: {err}", err=True)
             failed = True
+            outcomes.append((target, False, 0))
             continue
         click.echo(f"{label}{result}{note if result.ok else ''}", err=not result.ok)
         failed |= not result.ok
+        outcomes.append((target, result.ok, result.records))
+    if metrics_file:
+        _write_verify_metrics(metrics_file, outcomes)
     sys.exit(1 if failed else 0)
+
+
+def _write_verify_metrics(path: str, outcomes: list[tuple[str, bool, int]]) -> None:
+    import time
+
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    reg = CollectorRegistry()
+    ok = Gauge("ebpfguard_forensics_verify_ok", "1 if the forensic log verified intact, 0 if not.", ["log"],
+               registry=reg)
+    n = Gauge("ebpfguard_forensics_verified_records", "Records checked by the last verification.", ["log"],
+              registry=reg)
+    ts = Gauge("ebpfguard_forensics_verify_timestamp_seconds", "When the last verification ran.", ["log"],
+               registry=reg)
+    for target, good, records in outcomes:
+        ok.labels(target).set(1 if good else 0)
+        n.labels(target).set(records)
+        ts.labels(target).set(time.time())
+    try:
+        write_to_textfile(path, reg)
+    except OSError as err:
+        fail(f"--metrics-file {path}: {err.strerror}")
 
 
 @forensics.command(name="export")

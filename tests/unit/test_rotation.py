@@ -222,3 +222,22 @@ def test_a_torn_tail_from_a_killed_writer_is_kept_as_data_and_the_chain_goes_on(
     assert base64.b64decode(torn["detail"]["data_b64"]) == b'{"seq":4,"kind":"file","detail":{"pa'
     assert rec["seq"] == 5 and lines[4]["detail"]["path"] == "/after"
     assert verify(tmp_path).ok
+
+
+def test_verify_writes_textfile_metrics(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fill(tmp_path, 5)
+    prom = tmp_path / "ebpfguard.prom"
+    args = ["forensics", "verify", "--state-dir", str(tmp_path), "--metrics-file", str(prom)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+
+    def values() -> dict[str, float]:
+        return {s.name: s.value for f in text_string_to_metric_families(prom.read_text()) for s in f.samples}
+
+    assert values()["ebpfguard_forensics_verify_ok"] == 1 and values()["ebpfguard_forensics_verified_records"] == 5
+    path = tmp_path / "forensics" / "records.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2] + lines[3:]) + "\n")
+    assert CliRunner().invoke(main, args).exit_code == 1
+    assert values()["ebpfguard_forensics_verify_ok"] == 0

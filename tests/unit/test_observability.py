@@ -1,0 +1,75 @@
+"""The dashboard and the alert rules use only metrics ebpfguard exports, under their exported names."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import yaml
+from click.testing import CliRunner
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ebpfguard.cli import main
+from ebpfguard.forensics import ForensicLog
+from ebpfguard.metrics import EngineCollector, Stats
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "max", "min", "time", "le", "instance",
+                "label_values", "without", "humanize", "on", "ignoring"}
+
+
+def exported(tmp_path: Path) -> set[str]:
+    """Every sample name the agent's collector and `verify --metrics-file` produce."""
+    sensor = SimpleNamespace(counters=lambda: {"events": 1, "drops": 0, "kills": 0, "denials": 0},
+                             program_stats=lambda: {"syscalls__sys_enter_openat": (100, 1)})
+    stats = Stats()
+    stats.violation("x", "file", "denied", ["cgroup.freeze"])
+    stats.response(0.002)
+    engine = SimpleNamespace(sensor=sensor, stats=stats, log=ForensicLog(tmp_path), record_errors=0,
+                             instances={}, slots={})
+    reg = CollectorRegistry(auto_describe=False)
+    policy = SimpleNamespace(name="x", version="1", sha256="ab" * 32)
+    reg.register(EngineCollector(engine, lambda: {"x": policy}))  # type: ignore[arg-type, dict-item, return-value]
+    names = {s.name for f in text_string_to_metric_families(generate_latest(reg).decode()) for s in f.samples}
+    prom = tmp_path / "v.prom"
+    CliRunner().invoke(main, ["forensics", "verify", "--state-dir", str(tmp_path), "--metrics-file", str(prom)])
+    names |= {s.name for f in text_string_to_metric_families(prom.read_text()) for s in f.samples}
+    return names
+
+
+def metric_names(expr: str) -> set[str]:
+    expr = re.sub(r'"[^"]*"', "", expr)       # label values
+    expr = re.sub(r"\{[^}]*\}", "", expr)     # matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)    # ranges
+    return {w for w in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr)
+            if w not in PROMQL_WORDS and not w.startswith("$") and "ebpfguard" in w}
+
+
+def test_dashboard_uses_only_exported_metrics(tmp_path: Path) -> None:
+    names = exported(tmp_path)
+    dash = json.loads((ROOT / "contrib/grafana/ebpfguard-dashboard.json").read_text())
+    used = set()
+    for p in dash["panels"]:
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            used |= metric_names(t["expr"])
+    assert used and used <= names, used - names
+    assert {"ebpfguard_ringbuf_dropped_records_total", "ebpfguard_extensions", "ebpfguard_forensics_verify_ok",
+            "ebpfguard_bpf_program_run_seconds_total"} <= used
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_alert_rules_cover_drops_frozen_and_failed_verification(tmp_path: Path) -> None:
+    names = exported(tmp_path)
+    rules = yaml.safe_load((ROOT / "contrib/prometheus/ebpfguard-alerts.yml").read_text())
+    by_name = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    for r in by_name.values():
+        assert metric_names(r["expr"]) <= names, (r["alert"], metric_names(r["expr"]) - names)
+        assert r["labels"]["severity"] in ("info", "warning", "critical") and r["annotations"]["summary"]
+    assert "ebpfguard_ringbuf_dropped_records_total" in by_name["EbpfguardRingBufferDrops"]["expr"]
+    assert 'state="frozen"' in by_name["EbpfguardExtensionFrozen"]["expr"]
+    assert "ebpfguard_forensics_verify_ok == 0" in by_name["EbpfguardForensicLogVerifyFailed"]["expr"]
