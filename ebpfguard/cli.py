@@ -590,8 +590,10 @@ def explain_cmd(state_dir: str, seq: int, as_json: bool) -> None:
 @click.option("--rounds", default=7, show_default=True, help="Interleaved rounds per workload.")
 @click.option("--scale", default=1.0, show_default=True, help="Multiply each workload's iterations.")
 @click.option("--quick", is_flag=True, help="A smoke run: 2 rounds, small workloads; numbers are not meaningful.")
+@click.option("--log", "log_only", is_flag=True, help="Measure only the forensic log: records/s with signing "
+              "and fsync, its CPU, and the bytes per record.")
 @click.option("--json", "as_json", is_flag=True)
-def bench(rounds: int, scale: float, quick: bool, as_json: bool) -> None:
+def bench(rounds: int, scale: float, quick: bool, log_only: bool, as_json: bool) -> None:
     """Measure the overhead of the loaded programs, in one run, on the same workloads.
 
     Each round runs every workload three ways: no programs attached, programs attached and the
@@ -605,6 +607,12 @@ def bench(rounds: int, scale: float, quick: bool, as_json: bool) -> None:
     """
     from .bench import run_bench
 
+    if log_only:
+        from .bench import format_log_table, run_log_bench
+
+        res = run_log_bench(1.0 if quick else 5.0)
+        click.echo(json.dumps(res, indent=2) if as_json else format_log_table(res))
+        return
     _require_root()
     if quick:
         rounds, scale = 2, 0.05
