@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -583,6 +584,77 @@ def explain_cmd(state_dir: str, seq: int, as_json: bool) -> None:
     except EbpfguardError as err:
         fail(str(err))
     click.echo(json.dumps(e, indent=2) if as_json else format_text(e))
+
+
+# ---- simulate ----------------------------------------------------------------------------------
+@main.command()
+@click.option("--technique", "-t", "techniques", multiple=True, metavar="ID",
+              help="Run only this technique (repeatable; --list shows them).")
+@click.option("--manifest", "-m", type=click.Path(dir_okay=False, exists=True),
+              help="Check this manifest instead of the simulator's typical plug-in.")
+@click.option("--mode", type=click.Choice(["audit", "enforce"]), help="Override the manifest's spec.mode.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per technique.")
+@click.option("--list", "list_only", is_flag=True, help="List the techniques and exit.")
+@click.option("--state-dir", type=click.Path(file_okay=False),
+              help="Where the simulation's forensic log goes (default: a new /var/tmp/ebpfguard-simulate-TIME, "
+                   "kept for explain).")
+@click.option("--require", type=click.Choice(["no-miss", "contained"]), default="no-miss", show_default=True,
+              help="Exit 1 when a technique was missed (no-miss), or when any was only detected or missed "
+                   "(contained).")
+def simulate(techniques: tuple[str, ...], manifest: str | None, mode: str | None, as_json: bool, list_only: bool,
+             state_dir: str | None, require: str) -> None:
+    """Run escape techniques (docs/escapes.md) as throwaway extensions in a world of their own: a
+    temporary HOME with fake credentials, loopback listeners, a stand-in for the agent. Reports each
+    one as blocked, contained, detected or missed, with the time from attempt to containment and the
+    forensic record's seq. Exits 1 if anything was missed.
+
+    \b
+    Examples:
+      sudo ebpfguard simulate                              # is this host containing?
+      sudo ebpfguard simulate -m my-plugin.yaml            # does my manifest contain?
+      sudo ebpfguard simulate -t cred-ssh -t exfil-dns --json
+      ebpfguard simulate --list
+    """
+    from .simulate import BY_ID, TECHNIQUES
+    from .simulate import simulate as run_sim
+
+    if list_only:
+        for t in TECHNIQUES:
+            click.echo(f"{t.id:<21} {t.category:<12} {t.title}")
+        return
+    unknown = [t for t in techniques if t not in BY_ID]
+    if unknown:
+        fail(f"unknown technique(s) {', '.join(unknown)}; --list shows them", 2)
+    if manifest:
+        from .manifest.load import load
+
+        try:
+            load(manifest)
+        except ManifestError as err:
+            fail(str(err), 2)
+    _require_root()
+
+    def progress(o: Any) -> None:
+        if as_json:
+            click.echo(json.dumps(o.as_dict()))
+        else:
+            click.echo(f"  {o.id:<21} {o.outcome}", err=True)
+
+    import time
+
+    state = state_dir or f"/var/tmp/ebpfguard-simulate-{time.strftime('%Y%m%dT%H%M%S')}"
+    try:
+        results = run_sim(state, list(techniques) or None, Path(manifest) if manifest else None, mode,
+                          progress=progress)
+    except EbpfguardError as err:
+        fail(str(err))
+    if not as_json:
+        from .simulate import format_table
+
+        click.echo(format_table(results))
+        click.echo(f"records: ebpfguard forensics show --state-dir {state}; ebpfguard explain --state-dir {state} SEQ")
+    bad = {"no-miss": {"missed"}, "contained": {"missed", "detected"}}[require]
+    sys.exit(1 if any(r.outcome in bad for r in results) else 0)
 
 
 # ---- bench -------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from ebpfguard.engine import Engine
 from ebpfguard.errors import KernelError
 from ebpfguard.launcher import exit_status, spawn
 from ebpfguard.manifest.load import parse
+from ebpfguard.resources import data_root
 from ebpfguard.sandbox import Sandbox
 
 HERE = Path(__file__).parent
@@ -104,7 +105,7 @@ class Result:
 
     def rc_errno(self) -> tuple[int, int]:
         assert self.marker is not None, f"no marker: status {self.status}, records {self.records}"
-        rc, err = self.marker.splitlines()[0].split()
+        rc, err = self.marker.splitlines()[0].split()[:2]
         return int(rc), int(err)
 
 
@@ -127,7 +128,7 @@ def world() -> Iterator[World]:
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.fail("gcc is needed to build the kernel tier's helper (make setup installs it)")
-    subprocess.run([gcc, "-static", "-O1", "-pthread", "-o", str(w.helper), str(HERE / "egact.c")], check=True)
+    subprocess.run([gcc, "-static", "-O1", "-pthread", "-o", str(w.helper), str(data_root() / "sim" / "egact.c")], check=True)
     shutil.copy2(w.helper, w.helper_copy)
     for name, family, kind in (("tcp4_ok", socket.AF_INET, socket.SOCK_STREAM),
                                ("tcp4_bad", socket.AF_INET, socket.SOCK_STREAM),

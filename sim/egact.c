@@ -1,6 +1,7 @@
 /*
- * egact: the kernel tier's test extension. It performs exactly one action, then writes
- * "<rc> <errno>\n" to MARKER. A process killed in the kernel at the action never writes MARKER.
+ * egact: the test extension of the kernel tier and of `ebpfguard simulate`. It performs exactly one
+ * action, then writes "<rc> <errno> <t0> <t1>\n" to MARKER, t0 and t1 being CLOCK_REALTIME ns just
+ * before and just after the action. A process killed in the kernel at the action never writes MARKER.
  *
  *   egact MARKER read PATH | write PATH | readat DIR NAME | chdir-read DIR RELPATH
  *   egact MARKER exec PATH ARG...          (execs PATH with ARG... as its argv[1..])
@@ -13,6 +14,7 @@
  *   egact MARKER toctou GOOD BAD N       (a thread flips the path buffer; rc = opens that read BAD)
  *   egact MARKER memfd | io-uring | unshare-user | ptrace PID | kill PID SIG | cgroup-move PROCSFILE
  *   egact MARKER forkbomb N | membomb MB
+ *   egact MARKER append PATH TEXT | whoami (rc = euid) | socket FAMILY TYPE PROTO | raise FILE VALUE
  * The ladder: a process that lives on after its violations, so that its state can be observed:
  *   egact MARKER violate-then-count PATH N COUNTER   (N reads of PATH 20 ms apart, then COUNTER += 1
  *                                                     every 10 ms, forever)
@@ -34,6 +36,7 @@
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static char content[256];
@@ -61,13 +64,23 @@ static void *flipper(void *arg)
 	return 0;
 }
 
+static long long now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static long long t_start;
+
 static long marker(const char *path, long rc, int err)
 {
-	char buf[64];
+	char buf[96];
+	long long t_end = now_ns();
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	if (fd < 0)
 		return 3;
-	int n = snprintf(buf, sizeof(buf), "%ld %d\n", rc, err);
+	int n = snprintf(buf, sizeof(buf), "%ld %d %lld %lld\n", rc, err, t_start, t_end);
 	if (write(fd, buf, n) != n)
 		return 3;
 	if (content[0] && write(fd, content, strlen(content)) < 0)
@@ -98,6 +111,7 @@ int main(int argc, char **argv)
 	const char *m = argv[1], *act = argv[2];
 	long rc = 0;
 	errno = 0;
+	t_start = now_ns();
 	if (!strcmp(act, "noop")) {
 		rc = 0;
 	} else if (!strcmp(act, "read") && argc > 3) {
@@ -206,6 +220,16 @@ int main(int argc, char **argv)
 			memset(p, 1, 1 << 20);
 			rc = i + 1;
 		}
+	} else if (!strcmp(act, "append") && argc > 4) {
+		int fd = open(argv[3], O_WRONLY | O_APPEND | O_CREAT, 0644);
+		rc = fd < 0 ? fd : write(fd, argv[4], strlen(argv[4]));
+	} else if (!strcmp(act, "whoami")) {
+		rc = geteuid();
+	} else if (!strcmp(act, "socket") && argc > 5) {
+		rc = socket(atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+	} else if (!strcmp(act, "raise") && argc > 4) {
+		int fd = open(argv[3], O_WRONLY);
+		rc = fd < 0 ? fd : write(fd, argv[4], strlen(argv[4]));
 	} else if (!strcmp(act, "write") && argc > 3) {
 		rc = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	} else if (!strcmp(act, "readat") && argc > 4) {
