@@ -5,11 +5,14 @@
  *   egload open N PATH       N x open(PATH, O_RDONLY) + close
  *   egload connect N         N x TCP connect + accept + close on a 127.0.0.1 listener of its own
  *   egload forkexec N SELF   N x fork + execv(SELF, "noop") + wait
+ *   egload stat N DIR        N x a walk of the tree under DIR: lstat every entry (nftw, no symlinks)
+ *   egload sh N CMD          N x /bin/sh -c CMD (a real job), status 0 required
  *   egload noop
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +21,17 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+static long entries;
+
+static int visit(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+	struct stat again;
+	(void)st; (void)flag; (void)f;
+	if (lstat(path, &again) == 0)
+		entries++;
+	return 0;
+}
 
 static long long now(void)
 {
@@ -76,6 +90,28 @@ int main(int argc, char **argv)
 			waitpid(p, &st, 0);
 			if (!WIFEXITED(st) || WEXITSTATUS(st))
 				return 5;
+		}
+		t1 = now();
+	} else if (!strcmp(argv[1], "stat") && argc > 3) {
+		t0 = now();
+		for (long i = 0; i < n; i++)
+			if (nftw(argv[3], visit, 32, FTW_PHYS) != 0)
+				return 6;
+		t1 = now();
+		if (entries == 0)
+			return 6;
+	} else if (!strcmp(argv[1], "sh") && argc > 3) {
+		t0 = now();
+		for (long i = 0; i < n; i++) {
+			pid_t p = fork();
+			if (p == 0) {
+				execl("/bin/sh", "sh", "-c", argv[3], (char *)0);
+				_exit(7);
+			}
+			int st;
+			waitpid(p, &st, 0);
+			if (!WIFEXITED(st) || WEXITSTATUS(st))
+				return 7;
 		}
 		t1 = now();
 	} else {

@@ -1,17 +1,27 @@
-"""``ebpfguard bench``: the overhead of the loaded programs, measured in one run.
+"""``ebpfguard bench``: ebpfguard's overhead measured side by side with auditd and bpftrace, in one run,
+on the same workloads; the agent's CPU and memory; detection-to-containment latency for freeze and
+kill; and a flood of violations.
 
-Each round runs every workload four ways, back to back: with every program detached (tracepoints and
-cgroup programs), outside any extension and inside an extension cgroup whose manifest allows everything
-the workload does; then the same two with the programs attached. A ratio compares loaded with unloaded
-in the same place, so "inside" measures ebpfguard, not the cost of being in a cgroup (shown apart).
-The table gives the median over the rounds and the spread (min-max), so machine noise shows as spread.
+Each round runs every workload under every monitor, back to back, in the same order:
+
+  none        no program attached anywhere (the base)
+  ebpfguard   programs attached, the workload outside any extension (every host process pays this)
+  ebpfguard   programs attached, the workload inside an extension whose manifest allows it
+  auditd      ebpfguard detached; audit rules on the same syscalls and folder (peers.py)
+  bpftrace    ebpfguard detached; bpftrace on the same tracepoints (peers.py)
+
+A ratio compares a round's run with that round's base in the same place (inside runs compare with the
+unloaded inside run, so the cost of being in a cgroup is shown apart). The table gives the median over
+the rounds and the spread (min-max): machine noise shows as spread, not as a number.
 """
 
 from __future__ import annotations
 
+import resource
 import shutil
 import statistics
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,38 +31,59 @@ from typing import Any
 from .errors import EbpfguardError
 from .launcher import spawn
 from .manifest.load import parse
+from .peers import Auditd, Bpftrace, Peer
 from .resources import data_root
 
-WORKLOADS = {"open/close": 300_000, "connect": 20_000, "fork+exec": 3_000}
-TARGETS = {"outside": 1.03, "inside": 1.10}
+WORKLOADS = {"open/close": 300_000, "stat walk": 20, "connect": 20_000, "fork+exec": 3_000, "untar+sha256": 4}
+TARGETS = {"outside": 1.03, "inside": 1.10, "vs_auditd": 0.10, "freeze_p99_ms": 10.0}
 
 MANIFEST = """apiVersion: ebpfguard.io/v1
 kind: Extension
 metadata: {{name: bench, version: "1"}}
 spec:
   mode: enforce
-  filesystem: {{read: ["{dir}/"], exec: ["{bin}"]}}
+  filesystem:
+    read: ["{dir}/", "/usr/", "/lib/", "/lib64/", "/etc/", "/bin/", "/proc/", "/dev/"]
+    write: ["{dir}/job/", "/dev/null"]
+    exec: ["{bin}", "/usr/bin/", "/bin/"]
   network:
     connect: ["127.0.0.1/32:1-65535/tcp"]
     bind: ["127.0.0.1/32:0-65535/tcp"]
 """
 
 
-def _build(tmp: Path) -> Path:
+def _build(tmp: Path, name: str, source: Path) -> Path:
     gcc = shutil.which("gcc")
     if gcc is None:
-        raise EbpfguardError("the benchmark builds its workload with gcc; install gcc (make setup does)")
-    out = tmp / "egload"
-    subprocess.run([gcc, "-O2", "-static", "-o", str(out), str(data_root() / "bench" / "egload.c")], check=True)
+        raise EbpfguardError("the benchmark builds its workloads with gcc; install gcc (make setup does)")
+    out = tmp / name
+    subprocess.run([gcc, "-O2", "-static", "-pthread", "-o", str(out), str(source)], check=True, capture_output=True)
     return out
 
 
-def _args(workload: str, n: int, binary: Path, target: Path) -> list[str]:
+def _source_tree(tmp: Path) -> tuple[Path, Path]:
+    """A source tree to walk and a tarball of it to unpack: a copy of /usr/include (libc6-dev)."""
+    src = tmp / "src"
+    shutil.copytree("/usr/include", src, symlinks=True)
+    tarball = tmp / "src.tar.gz"
+    with tarfile.open(tarball, "w:gz", compresslevel=1) as tar:
+        tar.add(src, arcname="src")
+    return src, tarball
+
+
+def _argv(workload: str, n: int, binary: Path, tmp: Path) -> list[str]:
     if workload == "open/close":
-        return [str(binary), "open", str(n), str(target)]
+        return [str(binary), "open", str(n), str(tmp / "file.txt")]
+    if workload == "stat walk":
+        return [str(binary), "stat", str(n), str(tmp / "src")]
     if workload == "connect":
         return [str(binary), "connect", str(n)]
-    return [str(binary), "forkexec", str(n), str(binary)]
+    if workload == "fork+exec":
+        return [str(binary), "forkexec", str(n), str(binary)]
+    job = tmp / "job"
+    cmd = (f"mkdir -p {job} && tar xzf {tmp}/src.tar.gz -C {job} && "
+           f"find {job} -type f -exec sha256sum {{}} + >/dev/null && rm -rf {job}")
+    return [str(binary), "sh", str(n), cmd]
 
 
 def _run(argv: list[str], procs_files: list[str] | None) -> int:
@@ -65,71 +96,263 @@ def _run(argv: list[str], procs_files: list[str] | None) -> int:
         return int(out.read())
 
 
-def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def _self_usage() -> tuple[float, int]:
+    """This process's CPU seconds (it hosts the engine: it is the agent here) and peak RSS in bytes."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
+
+
+def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] = print, peers: bool = True,
+              latency_runs: int = 50, flood_seconds: float = 10.0) -> dict[str, Any]:
     from .engine import Engine  # noqa: PLC0415
 
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="ebpfguard-bench-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="ebpfguard-bench-", dir="/var/tmp") as tmpdir:
         tmp = Path(tmpdir)
-        binary = _build(tmp)
-        target = tmp / "file.txt"
-        target.write_text("x")
+        tmp.chmod(0o755)
+        binary = _build(tmp, "egload", data_root() / "bench" / "egload.c")
+        (tmp / "file.txt").write_text("x")
+        _source_tree(tmp)
+        watched = tmp / "secret"
+        watched.mkdir()
+        monitors: list[Peer] = []
+        unavailable: dict[str, str] = {}
+        if peers:
+            for peer in (Auditd(watched), Bpftrace(watched)):
+                why = peer.available()
+                if why:
+                    unavailable[peer.name] = why
+                    echo(f"{peer.name}: not measured: {why}")
+                else:
+                    monitors.append(peer)
         eng = Engine(str(tmp / "state"))
+        conds = ["base_outside", "base_inside", "outside", "inside", *[p.name for p in monitors]]
+        times: dict[str, dict[str, list[int]]] = {w: {c: [] for c in conds} for w in WORKLOADS}
+        agent_cpu = 0.0
+        agent_wall = 0.0
         try:
             inst = eng.prepare(parse(MANIFEST.format(dir=tmp, bin=binary).encode(), "bench.yaml"))
             procs = inst.cgroup.procs_files()
-            conds = ("base_outside", "base_inside", "outside", "inside")
-            times: dict[str, dict[str, list[int]]] = {w: {c: [] for c in conds} for w in WORKLOADS}
             violations_before = inst.violations
+
+            def each(cond: str, procs_files: list[str] | None) -> None:
+                for w, n in WORKLOADS.items():
+                    times[w][cond].append(_run(_argv(w, max(1, int(n * scale)), binary, tmp), procs_files))
+
             for r in range(rounds):
-                # unloaded: no tracepoint and no cgroup program attached anywhere
                 tps = eng.sensor.detach_tracepoints()
                 eng.sensor.detach_cgroup(inst.cgroup.v2)
-                for w, n in WORKLOADS.items():
-                    argv = _args(w, max(1, int(n * scale)), binary, target)
-                    times[w]["base_outside"].append(_run(argv, None))
-                    times[w]["base_inside"].append(_run(argv, procs))
+                each("base_outside", None)
+                each("base_inside", procs)
+                for peer in monitors:
+                    peer.start()
+                    try:
+                        each(peer.name, None)
+                    finally:
+                        peer.stop()
                 eng.sensor.attach_tracepoints(tps)
                 eng.sensor.attach_cgroup(inst.cgroup.v2)
-                for w, n in WORKLOADS.items():
-                    argv = _args(w, max(1, int(n * scale)), binary, target)
-                    times[w]["outside"].append(_run(argv, None))
-                    times[w]["inside"].append(_run(argv, procs))
+                cpu0, t0 = _self_usage()[0], time.monotonic()
+                each("outside", None)
+                each("inside", procs)
                 eng.poll(0)
+                agent_cpu += _self_usage()[0] - cpu0
+                agent_wall += time.monotonic() - t0
                 echo(f"round {r + 1}/{rounds} done ({time.monotonic() - started:.0f} s)")
             eng.poll(0)
             violations = inst.violations - violations_before
+            eng.release(inst, kill=True)
+            echo("latency: freeze and kill")
+            latency = run_latency(eng, tmp, latency_runs)
+            echo(f"flood: {flood_seconds:g} s")
+            flood = run_flood(eng, tmp, flood_seconds)
         finally:
+            for peer in monitors:
+                peer.stop()
             eng.close()
+    cpu, rss = _self_usage()
     result: dict[str, Any] = {"rounds": rounds, "scale": scale, "workloads": {}, "targets": TARGETS,
-                              "violations_inside": violations}
+                              "violations_inside": violations, "monitors": [p.name for p in monitors],
+                              "unavailable": unavailable, "latency": latency, "flood": flood,
+                              "agent": {"cpu_while_measured": agent_cpu / agent_wall if agent_wall else 0.0,
+                                        "peak_rss_bytes": rss}}
     for w, t in times.items():
         n = max(1, int(WORKLOADS[w] * scale))
         row: dict[str, Any] = {"iterations": n, "base_ns_per_op": statistics.median(t["base_outside"]) / n,
                                "cgroup_only": statistics.median(
                                    [i / o for i, o in zip(t["base_inside"], t["base_outside"], strict=True)])}
-        for cond in ("outside", "inside"):
-            ratios = [x / b for x, b in zip(t[cond], t["base_" + cond], strict=True)]
+        for cond in ("outside", "inside", *[p.name for p in monitors]):
+            base = t["base_inside"] if cond == "inside" else t["base_outside"]
+            ratios = [x / b for x, b in zip(t[cond], base, strict=True)]
             row[cond] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
         result["workloads"][w] = row
     return result
 
 
+def _percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+
+
+LATENCY_MANIFEST = """apiVersion: ebpfguard.io/v1
+kind: Extension
+metadata: {{name: bench-{step}, version: "1"}}
+spec:
+  mode: enforce
+  filesystem: {{read: ["{dir}/ok/"], write: ["{dir}/markers/"], exec: ["{bin}"]}}
+  response: {{file: {step}}}
+"""
+
+
+def run_latency(eng: Any, tmp: Path, runs: int) -> dict[str, Any]:
+    """p50/p99 from the kernel's timestamp of a violation to containment: for freeze, the cgroup frozen
+    by the agent (user space); for kill, the offender's exit as the kernel reports it (SIGKILL sent by
+    the program that saw the violation). A killed offender must not have run one more instruction:
+    the helper writes a marker right after the forbidden open, and no marker may exist."""
+    from .launcher import exit_status  # noqa: PLC0415
+
+    helper = _build(tmp, "egact", data_root() / "sim" / "egact.c")
+    for d in ("ok", "markers", "secret"):
+        (tmp / d).mkdir(exist_ok=True)
+        (tmp / d).chmod(0o777)
+    (tmp / "secret" / "s.txt").write_text("SECRET\n")
+    out: dict[str, Any] = {"runs": runs}
+    for step in ("freeze", "kill"):
+        m = parse(LATENCY_MANIFEST.format(step=step, dir=tmp, bin=helper).encode(), f"bench-{step}.yaml")
+        lat: list[float] = []
+        after_kill = 0
+        for i in range(runs):
+            records: list[dict[str, Any]] = []
+            eng.subscribers.append(records.append)
+            inst = eng.prepare(m)
+            marker = tmp / "markers" / f"{step}-{i}"
+            try:
+                proc = spawn([str(helper), str(marker), "read", str(tmp / "secret" / "s.txt")],
+                             inst.cgroup.procs_files())
+                eng.started(inst, proc.pid, [str(helper)])
+                deadline = time.monotonic() + 10
+                want = (lambda: inst.state == "frozen") if step == "freeze" else (lambda: proc.poll() is not None)
+                while not want() and time.monotonic() < deadline:
+                    eng.poll(5)
+                if step == "freeze":
+                    eng.kill(inst)
+                proc.wait(10)
+                eng.leader_exited(inst, exit_status(proc.returncode))
+                while inst.cgroup.populated() and time.monotonic() < deadline:
+                    eng.poll(5)
+                eng.poll(0)
+            finally:
+                eng.release(inst, kill=True)
+                eng.subscribers.remove(records.append)
+            v = [r for r in records if r.get("kind") == "file"]
+            if step == "freeze":
+                if v and "response_ns" in v[0]:
+                    lat.append(v[0]["response_ns"] / 1e6)
+            else:
+                if marker.exists():
+                    after_kill += 1
+                exits = [r for r in records if (r.get("detail") or {}).get("event") == "exit"]
+                if v and exits:
+                    from .forensics import record_ns  # noqa: PLC0415
+
+                    lat.append(((record_ns(exits[-1]) or 0) - (record_ns(v[0]) or 0)) / 1e6)
+        out[step] = {"measured": len(lat), "p50_ms": _percentile(lat, 50) if lat else None,
+                     "p99_ms": _percentile(lat, 99) if lat else None, "max_ms": max(lat) if lat else None}
+        if step == "kill":
+            out[step]["ran_after_kill"] = after_kill
+    return out
+
+
+FLOOD_MANIFEST = """apiVersion: ebpfguard.io/v1
+kind: Extension
+metadata: {{name: bench-flood, version: "1"}}
+spec:
+  mode: enforce
+  filesystem: {{read: ["{dir}/ok/"], write: ["{dir}/markers/"], exec: ["{bin}"]}}
+  response: {{file: block}}
+"""
+
+
+def run_flood(eng: Any, tmp: Path, seconds: float) -> dict[str, Any]:
+    """An extension opens a forbidden file as fast as it can for ``seconds``. Every attempt must be
+    a kernel event or a counted drop; reports what the agent handled and what it cost."""
+    from .launcher import exit_status  # noqa: PLC0415
+
+    helper = tmp / "egact"
+    m = parse(FLOOD_MANIFEST.format(dir=tmp, bin=helper).encode(), "bench-flood.yaml")
+    inst = eng.prepare(m)
+    marker = tmp / "markers" / "flood"
+    before = eng.sensor.counters()
+    written0 = eng.log.written
+    cpu0 = _self_usage()[0]
+    t0 = time.monotonic()
+    try:
+        proc = spawn([str(helper), str(marker), "floodfor", str(seconds), str(tmp / "secret" / "s.txt")],
+                     inst.cgroup.procs_files())
+        eng.started(inst, proc.pid, [str(helper)])
+        while proc.poll() is None:
+            eng.poll(10)
+        eng.leader_exited(inst, exit_status(proc.returncode))
+        idle_since = time.monotonic()
+        last = eng.log.written
+        while time.monotonic() - idle_since < 0.5:  # drain what the ring buffer still holds
+            eng.poll(10)
+            if eng.log.written != last:
+                last, idle_since = eng.log.written, time.monotonic()
+        wall = time.monotonic() - t0
+        cpu = _self_usage()[0] - cpu0
+    finally:
+        eng.release(inst, kill=True)
+    after = eng.sensor.counters()
+    attempts = int(marker.read_text().split()[0]) if marker.exists() else 0
+    events = after["events"] - before["events"]
+    drops = after["drops"] - before["drops"]
+    records = eng.log.written - written0
+    return {"seconds": seconds, "attempts": attempts, "kernel_events": events, "ringbuf_drops": drops,
+            "records_written": records, "handled_per_second": records / wall, "agent_cpu": cpu / wall,
+            "accounted": events + drops >= attempts}
+
+
 def format_table(res: dict[str, Any]) -> str:
-    lines = [f"ebpfguard bench: {res['rounds']} interleaved rounds; loaded/unloaded in the same place, "
+    mons = ["outside", "inside", *res["monitors"]]
+    head = {"outside": "ebpfguard outside", "inside": "ebpfguard inside"}
+    lines = [f"ebpfguard bench: {res['rounds']} interleaved rounds; ratio to no monitor in the same place, "
              "median [min-max]",
-             f"{'workload':<12} {'iters':>8} {'base/op':>10} {'outside':>22} {'inside':>22} {'cgroup':>7}"]
+             f"{'workload':<13} {'base/op':>9} " + " ".join(f"{head.get(m, m):>21}" for m in mons)]
     for w, row in res["workloads"].items():
-        cells = []
-        for cond in ("outside", "inside"):
-            r = row[cond]
-            cells.append(f"{r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}]")
-        base_us = row["base_ns_per_op"] / 1000
-        lines.append(f"{w:<12} {row['iterations']:>8} {base_us:>8.2f}us {cells[0]:>22} {cells[1]:>22} "
-                     f"{row['cgroup_only']:>7.3f}")
-    lines.append("cgroup: unloaded inside / unloaded outside, the cost of cgroup membership alone (not ebpfguard's)")
-    lines.append(f"targets: outside <= {res['targets']['outside']}, inside <= {res['targets']['inside']}; "
-                 f"violations recorded inside: {res['violations_inside']} (expected 0)")
+        cells = [f"{row[m]['median']:.3f} [{row[m]['min']:.2f}-{row[m]['max']:.2f}]" for m in mons]
+        base = row["base_ns_per_op"]
+        base_s = f"{base / 1000:.2f}us" if base < 1e6 else f"{base / 1e6:.1f}ms"
+        lines.append(f"{w:<13} {base_s:>9} " + " ".join(f"{c:>21}" for c in cells))
+    if "auditd" in res["monitors"]:
+        parts = []
+        for w, row in res["workloads"].items():
+            a = row["auditd"]["median"] - 1
+            e = row["outside"]["median"] - 1
+            parts.append(f"{w} {e / a:.2f}" if a > 0.005 else f"{w} -")
+        lines.append("ebpfguard overhead / auditd overhead (outside; target <= 0.10): " + ", ".join(parts))
+    for name, why in res["unavailable"].items():
+        lines.append(f"{name}: not measured: {why}")
+    ag = res["agent"]
+    lines.append(f"agent: {ag['cpu_while_measured'] * 100:.1f}% of a core while the ebpfguard rounds ran, "
+                 f"peak RSS {ag['peak_rss_bytes'] / 2**20:.0f} MiB; violations recorded by the workloads: "
+                 f"{res['violations_inside']} (expected 0)")
+    lat = res["latency"]
+    for step, how in (("freeze", "user space: agent freezes the cgroup"), ("kill", "in the kernel: SIGKILL")):
+        x = lat[step]
+        if x["p50_ms"] is None:
+            lines.append(f"{step}: not measured")
+            continue
+        extra = f"; ran on after the kill: {x['ran_after_kill']} of {lat['runs']}" if step == "kill" else ""
+        lines.append(f"{step} latency ({how}): p50 {x['p50_ms']:.3f} ms, p99 {x['p99_ms']:.3f} ms, "
+                     f"max {x['max_ms']:.3f} ms over {x['measured']}{extra}")
+    f = res["flood"]
+    lines.append(f"flood {f['seconds']:g} s: {f['attempts']} attempts, {f['kernel_events']} kernel events, "
+                 f"{f['ringbuf_drops']} ring-buffer drops (counted), {f['records_written']} records written, "
+                 f"{f['handled_per_second']:.0f}/s handled, agent CPU {f['agent_cpu'] * 100:.0f}% of a core; "
+                 f"every attempt an event or a counted drop: {'yes' if f['accounted'] else 'NO'}")
+    lines.append(f"targets: outside <= {TARGETS['outside']}, inside <= {TARGETS['inside']}, "
+                 f"overhead <= {TARGETS['vs_auditd']} x auditd's, freeze p99 <= {TARGETS['freeze_p99_ms']} ms")
     return "\n".join(lines)
 
 

@@ -308,6 +308,8 @@ TECHNIQUES: list[Technique] = [
               _leaked),
     Technique("priv-userns", "privilege", "unshare(CLONE_NEWUSER): root in a new user namespace",
               lambda w, i: ["unshare-user"], _rc_ok),
+    Technique("priv-userns-clone", "privilege", "clone(CLONE_NEWUSER): the same namespace by another syscall",
+              lambda w, i: ["clone-newuser"], _rc_ok),
     Technique("priv-ptrace", "privilege", "ptrace a same-user process outside the extension",
               lambda w, i: ["ptrace", str(w.procs["sibling"].pid)], _rc_ok),
     # -- tampering with the agent
@@ -334,7 +336,7 @@ TECHNIQUES: list[Technique] = [
 LAYERS = {  # what stops a technique that leaves no record (the record's actions say it otherwise)
     "priv-setuid": "no_new_privs", "priv-fcaps": "no_new_privs", "exfil-raw": "user (no CAP_NET_RAW)",
     "exfil-packet": "user (no CAP_NET_RAW)", "agent-kill": "landlock-signal-scope", "agent-log": "user",
-    "agent-ptrace": "user", "cgroup-raise": "user", "fs-toctou": "landlock", "priv-ptrace": "seccomp",
+    "agent-ptrace": "user", "cgroup-raise": "user", "fs-toctou": "landlock", "priv-ptrace": "seccomp", "priv-userns-clone": "seccomp (clone flags)",
 }
 for _t in TECHNIQUES:
     _t.layer = LAYERS.get(_t.id, "")

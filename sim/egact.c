@@ -8,11 +8,12 @@
  *   egact MARKER connect4|connect6 PORT | udp4 PORT | bind4 PORT
  *   egact MARKER sys NR [A0 [A1 [A2 [A3]]]]
  *   egact MARKER flood N PATH              (N opens of PATH, for the drop accounting test)
+ *   egact MARKER floodfor SECONDS PATH     (opens of PATH for SECONDS; rc = how many)
  *   egact MARKER noop
  * Escape techniques (the containment tier); reads append what they read to MARKER:
  *   egact MARKER symlink-read TARGET LINK | hardlink-read TARGET LINK | opath-reopen PATH
  *   egact MARKER toctou GOOD BAD N       (a thread flips the path buffer; rc = opens that read BAD)
- *   egact MARKER memfd | io-uring | unshare-user | ptrace PID | kill PID SIG | cgroup-move PROCSFILE
+ *   egact MARKER memfd | io-uring | unshare-user | clone-newuser | ptrace PID | kill PID SIG | cgroup-move PROCSFILE
  *   egact MARKER forkbomb N | membomb MB
  *   egact MARKER append PATH TEXT | whoami (rc = euid) | socket FAMILY TYPE PROTO | raise FILE VALUE
  * The ladder: a process that lives on after its violations, so that its state can be observed:
@@ -155,6 +156,12 @@ int main(int argc, char **argv)
 		rc = syscall(SYS_io_uring_setup, 8, params);
 	} else if (!strcmp(act, "unshare-user")) {
 		rc = unshare(CLONE_NEWUSER);
+	} else if (!strcmp(act, "clone-newuser")) {
+		rc = syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
+		if (rc == 0)
+			_exit(0);
+		if (rc > 0)
+			waitpid(rc, 0, 0);
 	} else if (!strcmp(act, "ptrace") && argc > 3) {
 		rc = ptrace(PTRACE_ATTACH, atoi(argv[3]), 0, 0);
 	} else if (!strcmp(act, "kill") && argc > 4) {
@@ -262,6 +269,15 @@ int main(int argc, char **argv)
 		for (int i = 0; i < 4 && 4 + i < argc; i++)
 			a[i] = strtol(argv[4 + i], 0, 0);
 		rc = syscall(atol(argv[3]), a[0], a[1], a[2], a[3]);
+	} else if (!strcmp(act, "floodfor") && argc > 4) {
+		long long end = now_ns() + (long long)(atof(argv[3]) * 1e9);
+		for (rc = 0; now_ns() < end;) {
+			for (int k = 0; k < 64; k++, rc++) {
+				int fd = open(argv[4], O_RDONLY);
+				if (fd >= 0)
+					close(fd);
+			}
+		}
 	} else if (!strcmp(act, "flood") && argc > 4) {
 		long n = atol(argv[3]);
 		for (long i = 0; i < n; i++) {

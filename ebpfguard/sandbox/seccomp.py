@@ -18,9 +18,11 @@ X32_SYSCALL_BIT = 0x40000000
 RET_KILL_PROCESS = 0x80000000
 RET_ERRNO = 0x00050000
 RET_ALLOW = 0x7FFF0000
-EPERM = 1
-LD_W_ABS, JEQ_K, JGE_K, RET_K = 0x20, 0x15, 0x35, 0x06
-OFF_NR, OFF_ARCH = 0, 4
+EPERM, ENOSYS = 1, 38
+LD_W_ABS, JEQ_K, JGE_K, JSET_K, RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+OFF_NR, OFF_ARCH, OFF_ARG0 = 0, 4, 16  # struct seccomp_data; OFF_ARG0 is args[0]'s low word (little endian)
+# CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME: what unshare() would do, via clone()
+CLONE_NS_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x80
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 
 _INSN = struct.Struct("<HBBI")
@@ -32,7 +34,11 @@ def _i(code: int, jt: int, jf: int, k: int) -> bytes:
 
 def build(deny: dict[str, str]) -> bytes:
     """``deny``: syscall name -> "errno" or "kill". Other syscalls are allowed; other architectures
-    and the x32 ABI are killed (they would bypass the numbers below)."""
+    and the x32 ABI are killed (they would bypass the numbers below).
+
+    When unshare is denied, so are new namespaces by the other door: clone() with a CLONE_NEW* flag
+    gets EPERM, and clone3() (whose flags sit in user memory, out of seccomp's reach) gets ENOSYS,
+    on which libc falls back to clone()."""
     prog = [
         _i(LD_W_ABS, 0, 0, OFF_ARCH),
         _i(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
@@ -41,6 +47,16 @@ def build(deny: dict[str, str]) -> bytes:
         _i(JGE_K, 0, 1, X32_SYSCALL_BIT),
         _i(RET_K, 0, 0, RET_KILL_PROCESS | 0xFFFF),
     ]
+    if "unshare" in deny:
+        prog += [
+            _i(JEQ_K, 0, 1, SYSCALLS_X86_64["clone3"]),
+            _i(RET_K, 0, 0, RET_ERRNO | ENOSYS),
+            _i(JEQ_K, 0, 3, SYSCALLS_X86_64["clone"]),
+            _i(LD_W_ABS, 0, 0, OFF_ARG0),
+            _i(JSET_K, 0, 1, CLONE_NS_FLAGS),
+            _i(RET_K, 0, 0, RET_ERRNO | EPERM),
+            _i(LD_W_ABS, 0, 0, OFF_NR),
+        ]
     for name in sorted(deny, key=lambda n: SYSCALLS_X86_64[n]):
         nr = SYSCALLS_X86_64[name]
         action = RET_KILL_PROCESS | nr if deny[name] == "kill" else RET_ERRNO | EPERM

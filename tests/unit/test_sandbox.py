@@ -20,11 +20,11 @@ spec:
 """
 
 
-def run_filter(prog: bytes, nr: int, arch: int = seccomp.AUDIT_ARCH_X86_64) -> int:
+def run_filter(prog: bytes, nr: int, arch: int = seccomp.AUDIT_ARCH_X86_64, arg0: int = 0) -> int:
     """A tiny classic-BPF interpreter for the instructions build() emits."""
     insns = [struct.unpack_from("<HBBI", prog, i) for i in range(0, len(prog), 8)]
     acc, pc = 0, 0
-    data = {seccomp.OFF_NR: nr, seccomp.OFF_ARCH: arch}
+    data = {seccomp.OFF_NR: nr, seccomp.OFF_ARCH: arch, seccomp.OFF_ARG0: arg0 & 0xFFFFFFFF}
     while True:
         code, jt, jf, k = insns[pc]
         if code == seccomp.LD_W_ABS:
@@ -33,9 +33,27 @@ def run_filter(prog: bytes, nr: int, arch: int = seccomp.AUDIT_ARCH_X86_64) -> i
             pc += jt if acc == k else jf
         elif code == seccomp.JGE_K:
             pc += jt if acc >= k else jf
+        elif code == seccomp.JSET_K:
+            pc += jt if acc & k else jf
         elif code == seccomp.RET_K:
             return k
         pc += 1
+
+
+def test_seccomp_denies_new_namespaces_through_clone_when_unshare_is_denied() -> None:
+    prog = seccomp.build({"unshare": "errno", "ptrace": "errno"})
+    clone, clone3 = SYSCALLS_X86_64["clone"], SYSCALLS_X86_64["clone3"]
+    CLONE_NEWUSER, SIGCHLD, CLONE_THREAD_FLAGS = 0x10000000, 17, 0x3D0F00
+    assert run_filter(prog, clone, arg0=CLONE_NEWUSER | SIGCHLD) == seccomp.RET_ERRNO | 1
+    assert run_filter(prog, clone, arg0=0x20000000 | SIGCHLD) == seccomp.RET_ERRNO | 1  # CLONE_NEWPID
+    assert run_filter(prog, clone, arg0=SIGCHLD) == seccomp.RET_ALLOW  # fork
+    assert run_filter(prog, clone, arg0=CLONE_THREAD_FLAGS) == seccomp.RET_ALLOW  # pthread_create
+    assert run_filter(prog, clone3) == seccomp.RET_ERRNO | 38  # ENOSYS: libc falls back to clone
+    assert run_filter(prog, SYSCALLS_X86_64["ptrace"]) == seccomp.RET_ERRNO | 1  # the list still follows
+    assert run_filter(prog, SYSCALLS_X86_64["read"]) == seccomp.RET_ALLOW
+    no_ns = seccomp.build({"ptrace": "errno"})
+    assert run_filter(no_ns, clone, arg0=CLONE_NEWUSER) == seccomp.RET_ALLOW
+    assert run_filter(no_ns, clone3) == seccomp.RET_ALLOW
 
 
 def test_seccomp_program_decisions() -> None:
