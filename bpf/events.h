@@ -16,6 +16,9 @@
  *                           every extension costs a cgroup-id read and one load, not a hash lookup.
  *   cgroup_slot   HASH      u64 cgroup id (inode of the v2 cgroup dir) -> u32 policy slot
  *   quarantined   HASH      u64 cgroup id -> u8: this instance's network is denied whatever its rules
+ *   landlocked    HASH      u64 cgroup id -> u8: its processes run under a Landlock ruleset, which decides
+ *                           every file access on the resolved object, so a plain relative path is
+ *                           left to it: no event, no hold (files.bpf.c)
  *   ext_policy    ARRAY     u32 slot -> struct eg_ext_policy
  *   path_rules    LPM_TRIE  struct eg_path_key -> u8 (unused, 1)
  *                 data = u32 scope (slot << 8 | EG_ACC_*) then the path bytes.

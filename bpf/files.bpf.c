@@ -17,13 +17,19 @@ static __always_inline u32 open_access(u64 flags)
  * offset, so the record goes to user space marked EG_V_PENDING, which resolves it through /proc.
  * In enforce mode the process is also stopped (SIGSTOP, delivered before the syscall returns to user
  * space), so its cwd, fds and memory still hold the answer when user space looks; user space then
- * resumes or kills it. Only a record that was reserved stops anyone: a dropped one cannot be answered.
+ * resumes or kills it. Under Landlock (the `landlocked` map) a plain relative name (no "..": what tree
+ * walkers, archivers and build tools open, relative to their cwd or a dirfd) is left to Landlock, which
+ * decides on the resolved object: no event, no hold. Holding every open of a walk would cost a round
+ * trip each, and resolving it later, unheld, races with the process. The price: a refused open of a
+ * plain relative name is refused but not recorded. A ".." path, an unreadable one or an fd exec is
+ * still held and recorded, so that its record names what it reached. Only a record that was reserved stops anyone: a dropped one cannot be answered.
  * A path too long for the trie is a violation: refusing to guess is the safe side.
  */
 static __always_inline int check_path(const char *upath, int dirfd, u32 access, u16 kind, s32 nr,
 				      u64 oflags)
 {
-	struct eg_ext_policy *pol = current_policy();
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol)
 		return 0;
 	u32 zero = 0;
@@ -66,6 +72,9 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 	/* fexecve of an fd (memfd, deleted file) is never on an exec allowlist of paths */
 	if ((flags & EG_EV_EMPTY_PATH) && kind != EG_KIND_EXEC)
 		pending = 1;
+	u32 suspicious = flags & (EG_EV_DOTDOT | EG_EV_UNREADABLE | EG_EV_EMPTY_PATH);
+	if (pending && !suspicious && landlocked.lookup(&cg))
+		return 0;
 	u16 verdict = pending ? EG_V_PENDING : tracepoint_verdict(pol, kind);
 
 	struct eg_event *e = new_event(pol, kind, nr);

@@ -14,6 +14,7 @@
 BPF_ARRAY(cgroup_filter, u64, EG_FILTER_SLOTS);
 BPF_HASH(cgroup_slot, u64, u32, EG_MAX_CGROUPS);
 BPF_HASH(quarantined, u64, u8, EG_MAX_CGROUPS);  /* network quarantine: deny every address */
+BPF_HASH(landlocked, u64, u8, EG_MAX_CGROUPS);   /* Landlock decides files here: see check_path */
 BPF_ARRAY(ext_policy, struct eg_ext_policy, EG_MAX_SLOTS);
 BPF_LPM_TRIE(path_rules, struct eg_path_key, u8, 65536);
 BPF_LPM_TRIE(net_rules, struct eg_net_key, struct eg_net_value, 4096);

@@ -33,6 +33,7 @@ from .launcher import spawn
 from .manifest.load import parse
 from .peers import Auditd, Bpftrace, Peer
 from .resources import data_root
+from .sandbox import Sandbox
 
 WORKLOADS = {"open/close": 300_000, "stat walk": 20, "connect": 20_000, "fork+exec": 3_000, "untar+sha256": 4}
 TARGETS = {"outside": 1.03, "inside": 1.10, "vs_auditd": 0.10, "freeze_p99_ms": 10.0}
@@ -44,7 +45,7 @@ spec:
   mode: enforce
   filesystem:
     read: ["{dir}/", "/usr/", "/lib/", "/lib64/", "/etc/", "/bin/", "/proc/", "/dev/"]
-    write: ["{dir}/job/", "/dev/null"]
+    write: ["{dir}/work/", "/dev/null"]
     exec: ["{bin}", "/usr/bin/", "/bin/"]
   network:
     connect: ["127.0.0.1/32:1-65535/tcp"]
@@ -62,9 +63,10 @@ def _build(tmp: Path, name: str, source: Path) -> Path:
 
 
 def _source_tree(tmp: Path) -> tuple[Path, Path]:
-    """A source tree to walk and a tarball of it to unpack: a copy of /usr/include (libc6-dev)."""
+    """A source tree to walk and a tarball of it to unpack: a copy of /usr/include/linux (~1000 headers,
+    linux-libc-dev)."""
     src = tmp / "src"
-    shutil.copytree("/usr/include", src, symlinks=True)
+    shutil.copytree("/usr/include/linux", src, symlinks=True)
     tarball = tmp / "src.tar.gz"
     with tarfile.open(tarball, "w:gz", compresslevel=1) as tar:
         tar.add(src, arcname="src")
@@ -80,17 +82,23 @@ def _argv(workload: str, n: int, binary: Path, tmp: Path) -> list[str]:
         return [str(binary), "connect", str(n)]
     if workload == "fork+exec":
         return [str(binary), "forkexec", str(n), str(binary)]
-    job = tmp / "job"
-    cmd = (f"mkdir -p {job} && tar xzf {tmp}/src.tar.gz -C {job} && "
+    job = tmp / "work" / "job"
+    cmd = (f"PATH=/usr/bin:/bin; mkdir -p {job} && tar xzf {tmp}/src.tar.gz -C {job} && "
            f"find {job} -type f -exec sha256sum {{}} + >/dev/null && rm -rf {job}")
     return [str(binary), "sh", str(n), cmd]
 
 
-def _run(argv: list[str], procs_files: list[str] | None) -> int:
-    """Run one workload, in the given cgroup if any; its own loop time in ns."""
+def _run(argv: list[str], procs_files: list[str] | None, eng: Any = None, sandbox: Any = None) -> int:
+    """Run one workload, in the given cgroup and sandbox if any, the engine handling its events as the
+    agent would meanwhile; returns the workload's own loop time in ns."""
     with tempfile.TemporaryFile() as out:
-        proc = spawn(argv, procs_files or [], stdout=out)
-        if proc.wait() != 0:
+        proc = spawn(argv, procs_files or [], stdout=out, sandbox=sandbox)
+        while proc.poll() is None:
+            if eng is not None:
+                eng.poll(5)
+            else:
+                time.sleep(0.005)
+        if proc.returncode != 0:
             raise EbpfguardError(f"workload {' '.join(argv[1:3])} failed with status {proc.returncode}")
         out.seek(0)
         return int(out.read())
@@ -107,11 +115,14 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
     from .engine import Engine  # noqa: PLC0415
 
     started = time.monotonic()
+    seen: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ebpfguard-bench-", dir="/var/tmp") as tmpdir:
         tmp = Path(tmpdir)
         tmp.chmod(0o755)
         binary = _build(tmp, "egload", data_root() / "bench" / "egload.c")
         (tmp / "file.txt").write_text("x")
+        (tmp / "work").mkdir(mode=0o777)
+        (tmp / "work").chmod(0o777)
         _source_tree(tmp)
         watched = tmp / "secret"
         watched.mkdir()
@@ -131,13 +142,18 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
         agent_cpu = 0.0
         agent_wall = 0.0
         try:
-            inst = eng.prepare(parse(MANIFEST.format(dir=tmp, bin=binary).encode(), "bench.yaml"))
+            m = parse(MANIFEST.format(dir=tmp, bin=binary).encode(), "bench.yaml")
+            inst = eng.prepare(m)
             procs = inst.cgroup.procs_files()
+            sb = Sandbox.prepare(m)  # inside runs are launched as `ebpfguard run` launches: every layer
+            eng.started(inst, 0, [str(binary)], sb.describe())
+            eng.subscribers.append(seen.append)
             violations_before = inst.violations
 
-            def each(cond: str, procs_files: list[str] | None) -> None:
+            def each(cond: str, procs_files: list[str] | None, sandbox: Any = None) -> None:
                 for w, n in WORKLOADS.items():
-                    times[w][cond].append(_run(_argv(w, max(1, int(n * scale)), binary, tmp), procs_files))
+                    argv = _argv(w, max(1, int(n * scale)), binary, tmp)
+                    times[w][cond].append(_run(argv, procs_files, eng, sandbox))
 
             for r in range(rounds):
                 tps = eng.sensor.detach_tracepoints()
@@ -154,13 +170,15 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
                 eng.sensor.attach_cgroup(inst.cgroup.v2)
                 cpu0, t0 = _self_usage()[0], time.monotonic()
                 each("outside", None)
-                each("inside", procs)
+                each("inside", procs, sb)
                 eng.poll(0)
                 agent_cpu += _self_usage()[0] - cpu0
                 agent_wall += time.monotonic() - t0
                 echo(f"round {r + 1}/{rounds} done ({time.monotonic() - started:.0f} s)")
             eng.poll(0)
             violations = inst.violations - violations_before
+            eng.subscribers.remove(seen.append)
+            sb.close()
             eng.release(inst, kill=True)
             echo("latency: freeze and kill")
             latency = run_latency(eng, tmp, latency_runs)
@@ -172,7 +190,10 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
             eng.close()
     cpu, rss = _self_usage()
     result: dict[str, Any] = {"rounds": rounds, "scale": scale, "workloads": {}, "targets": TARGETS,
-                              "violations_inside": violations, "monitors": [p.name for p in monitors],
+                              "violations_inside": violations,
+                              "violation_samples": [r.get("detail") for r in seen
+                                                    if r.get("kind") not in ("lifecycle", "checkpoint")][:5],
+                              "monitors": [p.name for p in monitors],
                               "unavailable": unavailable, "latency": latency, "flood": flood,
                               "agent": {"cpu_while_measured": agent_cpu / agent_wall if agent_wall else 0.0,
                                         "peak_rss_bytes": rss}}
@@ -231,8 +252,9 @@ def run_latency(eng: Any, tmp: Path, runs: int) -> dict[str, Any]:
                              inst.cgroup.procs_files())
                 eng.started(inst, proc.pid, [str(helper)])
                 deadline = time.monotonic() + 10
-                want = (lambda: inst.state == "frozen") if step == "freeze" else (lambda: proc.poll() is not None)
-                while not want() and time.monotonic() < deadline:
+                while time.monotonic() < deadline:
+                    if inst.state == "frozen" if step == "freeze" else proc.poll() is not None:
+                        break
                     eng.poll(5)
                 if step == "freeze":
                     eng.kill(inst)

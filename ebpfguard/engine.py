@@ -292,6 +292,7 @@ class Engine:
                             argv=meta.get("argv") or [], launcher_done=True, sandbox=meta.get("sandbox") or {},
                             limits=meta.get("limits") or {}, started_ns=meta.get("started_ns") or now_ns())
             inst.resource_seen = resource_events(cg)
+            self._note_landlock(inst)
             self.instances[cg.id] = inst
             for pid in cg.pids():
                 self._resume(pid)
@@ -327,16 +328,23 @@ class Engine:
         inst.leader_pid = pid
         inst.argv = list(argv)
         inst.sandbox = dict(sandbox or {})
-        if "landlock" in " ".join(inst.sandbox.get("layers", [])):
-            ll = landlock.plan(inst.manifest, 5, inst.mode)
-            inst.landlock_grants = [(os.path.realpath(p) + ("/" if p.endswith("/") else ""), r) for p, r in ll.paths]
-            inst.landlock_handled = ll.handled_fs
+        self._note_landlock(inst)
         self._persist(inst)
         detail: dict[str, Any] = {"event": "start", "argv": list(argv), "cgroup": str(inst.cgroup.v2)}
         if sandbox is not None:
             detail["sandbox"] = inst.sandbox
         self._write(inst, None, {"kind": "lifecycle", "pid": pid, "tgid": pid, "comm": os.path.basename(argv[0])[:15],
                                  "detail": detail, "verdict": None, "actions": []})
+
+    def _note_landlock(self, inst: Instance) -> None:
+        """What the instance's Landlock ruleset grants (to tell its denials apart), and the kernel flag
+        that spares its processes the hold for a pending path."""
+        if "landlock-fs" not in inst.sandbox.get("layers", []):
+            return
+        ll = landlock.plan(inst.manifest, 5, inst.mode)
+        inst.landlock_grants = [(os.path.realpath(p) + ("/" if p.endswith("/") else ""), r) for p, r in ll.paths]
+        inst.landlock_handled = ll.handled_fs
+        self.sensor.set_landlocked(inst.cgroup_id, True)
 
     def leader_exited(self, inst: Instance, status: int) -> None:
         inst.exit_status = status

@@ -51,6 +51,8 @@ class Auditd(Peer):
     def __init__(self, watched: Path):
         self.watched = watched
         self.started_daemon: int | None = None
+        self.was_enabled: str | None = None
+        self.was_backlog: str | None = None
 
     def available(self) -> str | None:
         for tool in ("auditctl", "auditd"):
@@ -65,14 +67,21 @@ class Auditd(Peer):
     def _tool(name: str) -> str:
         return shutil.which(name) or f"/sbin/{name}"
 
-    def _daemon_pid(self) -> int:
+    def _status(self, field: str) -> str:
         out = subprocess.run([self._tool("auditctl"), "-s"], capture_output=True, text=True).stdout
         for line in out.splitlines():
-            if line.startswith("pid "):
-                return int(line.split()[1])
-        return 0
+            if line.startswith(field + " "):
+                return line.split()[1]
+        return ""
+
+    def _daemon_pid(self) -> int:
+        return int(self._status("pid") or 0)
 
     def start(self) -> None:
+        ctl = self._tool("auditctl")
+        self.was_enabled = self._status("enabled")
+        self.was_backlog = self._status("backlog_limit")
+        subprocess.run([ctl, "-b", "8192"], check=True, capture_output=True)  # as deployments set it
         if self._daemon_pid() == 0:  # nobody consumes audit records yet: run the daemon for the bench
             subprocess.run([self._tool("auditd")], check=True, capture_output=True)
             deadline = time.monotonic() + 10
@@ -81,7 +90,7 @@ class Auditd(Peer):
                     raise EbpfguardError("auditd did not register with the kernel")
                 time.sleep(0.05)
             self.started_daemon = self._daemon_pid()
-        ctl = self._tool("auditctl")
+        subprocess.run([ctl, "-e", "1"], check=True, capture_output=True)
         file_rule = [ctl, "-a", "always,exit", "-F", "arch=b64"]
         for sc in FILE_SYSCALLS:
             file_rule += ["-S", sc]
@@ -97,6 +106,12 @@ class Auditd(Peer):
         for line in rules.splitlines():
             if line.startswith("-a "):
                 subprocess.run([ctl, "-d", *line[3:].split()], capture_output=True)
+        if self.was_enabled:
+            subprocess.run([ctl, "-e", self.was_enabled], capture_output=True)
+            self.was_enabled = None
+        if self.was_backlog:
+            subprocess.run([ctl, "-b", self.was_backlog], capture_output=True)
+            self.was_backlog = None
         if self.started_daemon:
             try:
                 os.kill(self.started_daemon, signal.SIGTERM)

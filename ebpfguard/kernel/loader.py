@@ -138,14 +138,22 @@ class Sensor:
     def unbind(self, cgroup_id: int) -> None:
         self._set_filter(cgroup_id, False)
         self.quarantine(cgroup_id, False)
+        self.set_landlocked(cgroup_id, False)
         t = self.bpf["cgroup_slot"]
         try:
             del t[t.Key(cgroup_id)]
         except KeyError:
             pass
 
+    def set_landlocked(self, cgroup_id: int, on: bool) -> None:
+        """Tell the file programs that Landlock decides for this cgroup, so they need not hold."""
+        self._flag("landlocked", cgroup_id, on)
+
     def quarantine(self, cgroup_id: int, on: bool) -> None:
-        t = self.bpf["quarantined"]
+        self._flag("quarantined", cgroup_id, on)
+
+    def _flag(self, table: str, cgroup_id: int, on: bool) -> None:
+        t = self.bpf[table]
         if on:
             t[t.Key(cgroup_id)] = t.Leaf(1)
         else:

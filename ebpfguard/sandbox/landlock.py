@@ -93,6 +93,27 @@ def _interpreter(path: str) -> str | None:
     return None
 
 
+def _interpreters_in(folder: str, limit: int = 4096) -> set[str]:
+    """The ELF interpreters of the executables directly in ``folder`` (an exec tree): usually just the
+    dynamic loader. At most ``limit`` entries are looked at."""
+    found: set[str] = set()
+    try:
+        with os.scandir(folder) as it:
+            for i, entry in enumerate(it):
+                if i >= limit:
+                    break
+                try:
+                    if entry.is_file() and os.access(entry.path, os.X_OK):
+                        interp = _interpreter(entry.path)
+                        if interp and interp.startswith("/"):
+                            found.add(interp)
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return found
+
+
 def plan(m: Manifest, abi_version: int, mode: str | None = None) -> Plan:
     """The ruleset for ``m``. Audit mode denies nothing, so it handles nothing; a kind whose response
     is "alert" (record only) is left unhandled too, so that Landlock never denies what the manifest
@@ -119,8 +140,8 @@ def plan(m: Manifest, abi_version: int, mode: str | None = None) -> Plan:
         rights[path] = rights.get(path, 0) | WRITE
     for path in m.exec:
         rights[path] = rights.get(path, 0) | EXEC
-        interp = _interpreter(path)
-        if interp:
+        interps = _interpreters_in(path) if path.endswith("/") else {_interpreter(path) or ""} - {""}
+        for interp in interps:
             rights[interp] = rights.get(interp, 0) | EXEC
     for path, r in rights.items():
         is_dir = path.endswith("/")
