@@ -9,11 +9,12 @@ KREL := $(shell uname -r)
 
 setup: deps headers venv
 
-# Debian packages: bcc and its Python binding, kernel headers, venv, gcc for the kernel-tier helper.
+# Debian packages: bcc and its Python binding, kernel headers, venv, gcc for the helpers the tests,
+# the simulator and the benchmark build; auditd and bpftrace, the peers `ebpfguard bench` measures.
+PKGS := python3-bpfcc libbpfcc python3-venv gcc libc6-dev linux-libc-dev iproute2 auditd bpftrace
 deps:
-	@dpkg -s python3-bpfcc libbpfcc python3-venv gcc libc6-dev iproute2 >/dev/null 2>&1 || { \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-	    python3-bpfcc libbpfcc python3-venv gcc libc6-dev iproute2 ; }
+	@dpkg -s $(PKGS) >/dev/null 2>&1 || { \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(PKGS) ; }
 
 # bcc needs headers for the running kernel. Use the matching package when it exists, otherwise link
 # Debian's generic headers (enough for tracepoint args, helpers and UAPI structs: see README).

@@ -83,7 +83,7 @@ def _argv(workload: str, n: int, binary: Path, tmp: Path) -> list[str]:
     if workload == "fork+exec":
         return [str(binary), "forkexec", str(n), str(binary)]
     job = tmp / "work" / "job"
-    cmd = (f"PATH=/usr/bin:/bin; mkdir -p {job} && tar xzf {tmp}/src.tar.gz -C {job} && "
+    cmd = (f"PATH=/usr/bin:/bin; cd {tmp} && mkdir -p {job} && tar xzf {tmp}/src.tar.gz -C {job} && "
            f"find {job} -type f -exec sha256sum {{}} + >/dev/null && rm -rf {job}")
     return [str(binary), "sh", str(n), cmd]
 

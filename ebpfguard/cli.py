@@ -659,23 +659,34 @@ def simulate(techniques: tuple[str, ...], manifest: str | None, mode: str | None
 
 # ---- bench -------------------------------------------------------------------------------------
 @main.command()
-@click.option("--rounds", default=7, show_default=True, help="Interleaved rounds per workload.")
+@click.option("--rounds", default=7, show_default=True, help="Interleaved rounds per workload and monitor.")
 @click.option("--scale", default=1.0, show_default=True, help="Multiply each workload's iterations.")
-@click.option("--quick", is_flag=True, help="A smoke run: 2 rounds, small workloads; numbers are not meaningful.")
+@click.option("--quick", is_flag=True, help="A smoke run: 2 rounds, small workloads, short latency and flood "
+              "runs; the numbers are not meaningful.")
+@click.option("--no-peers", is_flag=True, help="Do not measure auditd and bpftrace.")
+@click.option("--latency-runs", default=100, show_default=True, help="Offenders frozen and killed for the p50/p99.")
+@click.option("--flood-seconds", default=10.0, show_default=True, help="How long the flood test's offender runs.")
 @click.option("--log", "log_only", is_flag=True, help="Measure only the forensic log: records/s with signing "
               "and fsync, its CPU, and the bytes per record.")
 @click.option("--json", "as_json", is_flag=True)
-def bench(rounds: int, scale: float, quick: bool, log_only: bool, as_json: bool) -> None:
-    """Measure the overhead of the loaded programs, in one run, on the same workloads.
+def bench(rounds: int, scale: float, quick: bool, no_peers: bool, latency_runs: int, flood_seconds: float,
+          log_only: bool, as_json: bool) -> None:
+    """Measure ebpfguard's overhead side by side with auditd and bpftrace, in one run, on the same
+    workloads (open/close loop, stat tree walk, loopback connect loop, fork+exec loop, unpacking and
+    checksumming a source tarball); the agent's CPU and RSS; p50/p99 detection-to-containment latency
+    for freeze (user space) and kill (in the kernel); and a flood of violations (events handled,
+    records written, ring-buffer drops counted).
 
-    Each round runs every workload three ways: no programs attached, programs attached and the
-    workload outside any extension, and inside an extension whose manifest allows it. Prints the
-    median ratio to the unloaded run and its spread (min-max) over the rounds.
+    Each round runs every workload with no monitor, with ebpfguard (outside any extension, and inside
+    one launched as `ebpfguard run` launches it), with auditd and with bpftrace watching the same
+    syscalls and folder. Prints each monitor's median ratio to no monitor and the spread over rounds.
 
     \b
     Examples:
-      ebpfguard bench
-      ebpfguard bench --rounds 15 --scale 2 --json
+      sudo ebpfguard bench
+      sudo ebpfguard bench --rounds 15 --json > bench.json
+      sudo ebpfguard bench --quick --no-peers
+      ebpfguard bench --log
     """
     from .bench import run_bench
 
@@ -687,9 +698,11 @@ def bench(rounds: int, scale: float, quick: bool, log_only: bool, as_json: bool)
         return
     _require_root()
     if quick:
-        rounds, scale = 2, 0.05
+        rounds, scale, latency_runs, flood_seconds = 2, 0.05, 5, 1.0
     try:
-        result: dict[str, Any] = run_bench(rounds=rounds, scale=scale, echo=lambda s: click.echo(s, err=True))
+        result: dict[str, Any] = run_bench(rounds=rounds, scale=scale, echo=lambda s: click.echo(s, err=True),
+                                           peers=not no_peers, latency_runs=latency_runs,
+                                           flood_seconds=flood_seconds)
     except EbpfguardError as err:
         fail(str(err))
     if as_json:

@@ -7,6 +7,7 @@ call poll() in their loop.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -549,9 +550,18 @@ class Engine:
     def _full_path(self, ev: Event) -> str:
         path = ev.path
         if ev.flags & c("EV_UNREADABLE"):
-            with open(f"/proc/{ev.pid}/mem", "rb", buffering=0) as mem:
-                mem.seek(ev.uptr)
-                path = mem.read(4096).split(b"\0", 1)[0].decode(errors="surrogateescape")
+            try:
+                with open(f"/proc/{ev.pid}/mem", "rb", buffering=0) as mem:
+                    mem.seek(ev.uptr)
+                    path = mem.read(4096).split(b"\0", 1)[0].decode(errors="surrogateescape")
+            except OSError:
+                # a held execve stops only once the new program is in place: the old memory is gone,
+                # and /proc/PID/exe is what it executed
+                if ev.kind != "exec":
+                    raise
+                return os.readlink(f"/proc/{ev.tgid}/exe")
+            if not path:
+                raise OSError(errno.EFAULT, "the path's user memory reads as empty")
         if not path and ev.flags & c("EV_EMPTY_PATH"):
             return os.readlink(f"/proc/{ev.tgid}/fd/{ev.dirfd}")
         if not path.startswith("/"):
