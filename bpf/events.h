@@ -94,6 +94,7 @@
 #define EG_EV_SECCOMP 64    /* the launcher's seccomp filter denied (EPERM) or killed (SIGSYS) */
 #define EG_EV_AT_EXIT 128   /* seen at syscall exit: seccomp skipped the enter tracepoint */
 #define EG_EV_QUARANTINE 256 /* denied because the instance is in network quarantine */
+#define EG_EV_LSM 512       /* decided by a BPF-LSM hook on the resolved object (lsm.bpf.c) */
 
 /* counters (per-CPU array index) */
 #define EG_CTR_EVENTS 0

@@ -3,6 +3,14 @@
 
 #define EG_AT_FDCWD -100
 
+/* Where the BPF-LSM backend runs (lsm.bpf.c), it decides opens and execs on resolved objects and these
+ * tracepoints stand down, so that nothing is recorded twice. */
+#ifdef EG_LSM
+#define EG_LSM_DECIDES() return 0
+#else
+#define EG_LSM_DECIDES() do { } while (0)
+#endif
+
 /* O_WRONLY/O_RDWR, O_CREAT or O_TRUNC need a write tree; anything else a read (or write) tree. */
 static __always_inline u32 open_access(u64 flags)
 {
@@ -99,18 +107,21 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 
 TRACEPOINT_PROBE(syscalls, sys_enter_open)
 {
+	EG_LSM_DECIDES();
 	return check_path(args->filename, EG_AT_FDCWD, open_access(args->flags), EG_KIND_FILE, NR,
 			  args->flags);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_openat)
 {
+	EG_LSM_DECIDES();
 	return check_path(args->filename, args->dfd, open_access(args->flags), EG_KIND_FILE, NR,
 			  args->flags);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
 {
+	EG_LSM_DECIDES();
 	u64 fl = 0;
 	bpf_probe_read_user(&fl, sizeof(fl), args->how); /* open_how.flags is the first member */
 	return check_path(args->filename, args->dfd, open_access(fl), EG_KIND_FILE, NR, fl);
@@ -118,6 +129,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_creat)
 {
+	EG_LSM_DECIDES();
 	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
@@ -197,10 +209,12 @@ TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat2)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_execve)
 {
+	EG_LSM_DECIDES();
 	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_EXEC, EG_KIND_EXEC, NR, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
 {
+	EG_LSM_DECIDES();
 	return check_path(args->filename, args->fd, EG_ACC_EXEC, EG_KIND_EXEC, NR, 0);
 }

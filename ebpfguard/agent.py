@@ -21,7 +21,7 @@ from .engine import Engine, Instance
 from .errors import EbpfguardError, ManifestError
 from .events import now_ns, rfc3339_ns
 from .forensics import MAX_BYTES, ForensicLog, Forwarder
-from .kernel.probe import bpf_lsm_available
+from .kernel.probe import bpf_lsm_status
 from .manifest.load import Manifest, load, parse
 
 log = logging.getLogger("ebpfguard")
@@ -296,8 +296,8 @@ class Agent:
                       "syscall_gates": sorted(sensor.gates), "syscalls_not_in_kernel": sorted(sensor.missing_gates),
                       "layers": ["cgroup-sock-addr (deny)", "tracepoints (detect, kill, hold)",
                                  "launcher: user, no_new_privs, landlock, seccomp, rlimits", "cgroup caps",
-                                 "bpf-lsm: unavailable (no BPF trampolines on this kernel)"
-                                 if not bpf_lsm_available() else "bpf-lsm"]},
+                                 "bpf-lsm (deny on resolved files, execs, ptrace, namespaces)"
+                                 if getattr(sensor, "lsm", False) else f"bpf-lsm: unavailable: {bpf_lsm_status()[1]}"]},
             "policies": [{"name": m.name, "version": m.version, "mode": m.mode, "sha256": m.sha256,
                           "file": m.source} for m in self.policies.manifests().values()],
             "policy_errors": self.policies.errors,

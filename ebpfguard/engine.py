@@ -420,7 +420,10 @@ class Engine:
         if ev.verdict == "killed" and not actions:
             actions.append("sigsys:seccomp" if seccomp and not ev.flags & c("EV_AT_EXIT") else "sigkill:kernel")
         elif ev.verdict == "denied" and not actions:
-            actions.append("eperm:seccomp" if seccomp else "eperm:kernel")
+            if ev.flags & c("EV_LSM"):
+                actions.append("eacces:lsm" if ev.kind in ("file", "exec") else "eperm:lsm")
+            else:
+                actions.append("eperm:seccomp" if seccomp else "eperm:kernel")
         rec = {"kind": ev.kind, "pid": ev.pid, "tgid": ev.tgid, "uid": ev.uid, "comm": ev.comm,
                "detail": ev.detail(), "verdict": ev.verdict, "actions": actions, "time": rfc3339_ns(ev.ts_ns)}
         if ev.kind != "lifecycle" and inst is not None:

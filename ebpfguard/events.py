@@ -23,7 +23,7 @@ PROTO_NAMES = {0: "any", 6: "tcp", 17: "udp"}
 FLAG_NAMES = {c("EV_RELATIVE"): "relative", c("EV_DOTDOT"): "dotdot", c("EV_TRUNCATED"): "truncated",
               c("EV_UNREADABLE"): "unreadable", c("EV_EMPTY_PATH"): "empty-path",
               c("EV_HELD"): "held", c("EV_SECCOMP"): "seccomp", c("EV_AT_EXIT"): "at-exit",
-              c("EV_QUARANTINE"): "quarantine"}
+              c("EV_QUARANTINE"): "quarantine", c("EV_LSM"): "lsm"}
 
 # bpf_ktime_get_ns() is CLOCK_MONOTONIC; records carry wall-clock time.
 _MONO_TO_REAL = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)

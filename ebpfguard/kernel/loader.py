@@ -18,7 +18,7 @@ from ..manifest.compile import CompiledPolicy
 from ..resources import bpf_dir
 from .abi import c
 
-SOURCES = ("lib.bpf.h", "files.bpf.c", "net.bpf.c", "syscalls.bpf.c", "lifecycle.bpf.c")
+SOURCES = ("lib.bpf.h", "files.bpf.c", "net.bpf.c", "syscalls.bpf.c", "lifecycle.bpf.c", "lsm.bpf.c")
 TRACEFS = Path("/sys/kernel/tracing")
 # syscalls whose SYSCALL_DEFINE (and so tracepoint) name differs from the x86-64 table's name
 TRACEPOINT_NAMES = {"umount2": "umount"}
@@ -44,7 +44,9 @@ def program_source(directory: Path | None = None) -> str:
 class Sensor:
     """All of ebpfguard's kernel programs and maps, loaded and unloaded as one unit."""
 
-    def __init__(self, directory: Path | None = None):
+    def __init__(self, directory: Path | None = None, lsm: bool | None = None):
+        """``lsm``: compile in the BPF-LSM programs (lsm.bpf.c); by default when the probe says they
+        can run here (kernel/probe.py: bpf_lsm_status)."""
         try:
             from bcc import BPF, BPFAttachType  # noqa: PLC0415 - the one place bcc is imported
         except ImportError as err:
@@ -55,6 +57,13 @@ class Sensor:
         cflags = [f"-I{d}", "-Wno-macro-redefined", "-Wno-unused-function"]
         if has_tracepoint("syscalls", "sys_enter_fchmodat2"):
             cflags.append("-DEG_HAVE_FCHMODAT2")
+        if lsm is None:
+            from .probe import bpf_lsm_status  # noqa: PLC0415
+
+            lsm = bpf_lsm_status()[0]
+        self.lsm = lsm
+        if lsm:
+            cflags.append("-DEG_LSM")
         try:
             self.bpf = BPF(text=program_source(d), cflags=cflags)
         except Exception as err:  # bcc raises bare Exception for compile and load failures

@@ -31,25 +31,51 @@ def active_lsms() -> list[str]:
         return []
 
 
-_LSM_PROBE: bool | None = None
+_LSM_STATUS: tuple[bool, str] | None = None
 
 
-def bpf_lsm_available() -> bool:
-    """BPF-LSM needs "bpf" among the active LSMs *and* BPF trampolines: load a tiny LSM program to
-    know (it fails with EPERM on kernels that forbid text patching, as on these machines)."""
-    global _LSM_PROBE
-    if _LSM_PROBE is None:
-        _LSM_PROBE = False
-        if "bpf" in active_lsms():
+def headers_match() -> bool:
+    """Are /lib/modules/$(uname -r)/build this kernel's own headers (not a generic set linked in,
+    as make setup does when no package matches)? Programs that read kernel structs need them."""
+    release = os.uname().release
+    build = Path(f"/lib/modules/{release}/build")
+    if not (build / "include").exists():
+        return False
+    real = os.path.realpath(build)
+    return release in real or not build.is_symlink()
+
+
+def bpf_lsm_status() -> tuple[bool, str]:
+    """(usable, why not). BPF-LSM needs "bpf" among the active LSMs, BPF trampolines (known only by
+    loading an LSM program: it fails with EPERM on kernels that forbid text patching, as on these
+    machines) and, because the programs read kernel structs, the running kernel's own headers."""
+    global _LSM_STATUS
+    if _LSM_STATUS is None:
+        if "bpf" not in active_lsms():
+            _LSM_STATUS = (False, "bpf is not among the active LSMs (boot with lsm=...,bpf)")
+        elif os.geteuid() != 0:
+            _LSM_STATUS = (False, "unknown: probing needs root")
+        else:
             try:
                 from bcc import BPF  # noqa: PLC0415
 
-                b = BPF(text='LSM_PROBE(file_open, struct file *file) { return 0; }')
+                b = BPF(text="LSM_PROBE(file_open, struct file *file) { return 0; }")
                 b.cleanup()
-                _LSM_PROBE = True
-            except Exception:
-                _LSM_PROBE = False
-    return _LSM_PROBE
+                _LSM_STATUS = (True, "") if headers_match() else (
+                    False, f"the kernel headers are not {os.uname().release}'s own; the LSM programs read "
+                           "kernel structs")
+            except Exception as err:  # bcc raises bare Exception on load failures
+                msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+                if "super-user" in msg or "ermission" in msg:  # bcc's words for EPERM
+                    _LSM_STATUS = (False, "loading an LSM program fails with EPERM, as root: this kernel "
+                                          "forbids BPF trampolines")
+                else:
+                    _LSM_STATUS = (False, f"loading an LSM program fails: {msg}")
+    return _LSM_STATUS
+
+
+def bpf_lsm_available() -> bool:
+    return bpf_lsm_status()[0]
 
 
 def probe() -> dict[str, Any]:
@@ -71,7 +97,8 @@ def probe() -> dict[str, Any]:
         "lsm": active_lsms(),
         # BPF-LSM needs "bpf" active *and* trampolines; the LSM backend probes the latter by loading.
         "bpf_lsm_listed": "bpf" in active_lsms(),
-        "bpf_lsm_usable": bpf_lsm_available() if os.geteuid() == 0 else "unknown (needs root)",
+        "bpf_lsm": "usable" if bpf_lsm_available() else f"unavailable: {bpf_lsm_status()[1]}",
+        "headers_match": headers_match(),
     }
 
 
