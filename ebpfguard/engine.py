@@ -382,7 +382,9 @@ class Engine:
                 self.release(inst)
 
     def poll(self, timeout_ms: int = 100) -> None:
-        self.sensor.poll(timeout_ms)
+        """Handle what the kernel reported; the records of one poll are one group commit."""
+        with self.log.batch():
+            self.sensor.poll(timeout_ms)
 
     def close(self) -> None:
         for inst in list(self.instances.values()):

@@ -29,7 +29,8 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,12 @@ def log_files(forensics_dir: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
+@dataclass
+class _Batch:
+    fd: int | None = None
+    pending: list[dict[str, Any]] = field(default_factory=list)
+
+
 class ForensicLog:
     """Appends chained, signed records. Every CHECKPOINT_EVERY records, every CHECKPOINT_SECONDS (the
     agent calls maybe_checkpoint()) and at clean shutdown it writes a checkpoint: a chained record of
@@ -146,6 +153,7 @@ class ForensicLog:
         self._key_id = ""
         self.written = 0
         self.failed = 0
+        self._batch: _Batch | None = None
 
     def _signer(self) -> Ed25519PrivateKey:
         if self._key is None:
@@ -221,9 +229,49 @@ class ForensicLog:
             os.fsync(fh.fileno())
         os.replace(tmp, self.head)
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: records appended inside are written under one hold of the lock and made
+        durable by one fsync at the end; only then are they counted as written and forwarded. The
+        agent wraps each ring-buffer poll in one, so a burst of violations costs one fsync, not one
+        each. Checkpoints and rotation inside a batch fsync first, so head.json never runs ahead."""
+        if self._batch is not None:
+            yield
+            return
+        self._batch = _Batch()
+        try:
+            yield
+        finally:
+            self._commit(close=True)
+            self._batch = None
+
+    def _commit(self, close: bool) -> None:
+        b = self._batch
+        if b is None or b.fd is None:
+            return
+        try:
+            if b.pending and self.fsync:
+                os.fsync(b.fd)
+        except OSError as err:
+            self.failed += len(b.pending)
+            b.pending.clear()
+            raise ForensicsError(f"failed to write records to {self.path}: {err.strerror}") from err
+        finally:
+            if close:
+                os.close(b.fd)
+                b.fd = None
+        done, b.pending = b.pending, []
+        self.written += len(done)
+        for rec in done:
+            self._forwarding(rec)
+
     def _append(self, record: dict[str, Any], head: bool = False, rotate: bool = False) -> dict[str, Any]:
         key = self._signer()
-        fd = self._open_locked()
+        b = self._batch
+        fd = b.fd if b is not None and b.fd is not None else self._open_locked()
+        if b is not None:
+            b.fd = fd
+        done: list[dict[str, Any]] = []
         try:
             st = os.fstat(fd)
             where = (st.st_dev, st.st_ino, st.st_size)
@@ -235,13 +283,21 @@ class ForensicLog:
                 self._last_digest = digest(last) if last else GENESIS
                 self._where = (st.st_dev, st.st_ino, size)
                 if torn:  # keep what a crashed writer left half-written, as data of a record of its own
-                    self._forwarding(self._write(key, fd, {
+                    done.append(self._write(key, fd, {
                         "kind": "lifecycle", "verdict": None,
                         "detail": {"event": "torn-tail", "bytes": len(torn),
                                    "data_b64": base64.b64encode(torn[:4096]).decode(),
                                    "why": "a writer was killed while writing; this record was never counted "
                                           "as written"}}))
             rec = self._write(key, fd, record)
+            done.append(rec)
+            if b is not None:
+                b.pending.extend(done)
+                done = []
+                if head or rotate:
+                    self._commit(close=False)
+            elif self.fsync:
+                os.fsync(fd)
             if head:
                 self._write_head(rec)
             if rotate:
@@ -252,16 +308,22 @@ class ForensicLog:
                 finally:
                     os.close(dfd)
                 self._where = (-1, -1, -1)
+                if b is not None:  # the next record goes to a new records.jsonl
+                    os.close(fd)
+                    b.fd = None
         except OSError as err:
-            self.failed += 1
+            self.failed += len(done) or 1
             raise ForensicsError(f"failed to write a record to {self.path}: {err.strerror}") from err
         finally:
-            os.close(fd)
-        self._forwarding(rec)
+            if b is None:
+                os.close(fd)
+        self.written += len(done)
+        for r in done:
+            self._forwarding(r)
         return rec
 
     def _write(self, key: Ed25519PrivateKey, fd: int, record: dict[str, Any]) -> dict[str, Any]:
-        """Chain, sign, append and fsync one record (the lock is held)."""
+        """Chain, sign and append one record (the lock is held; the caller makes it durable)."""
         rec = {k: record.get(k) for k in FIELDS}
         rec.update({k: v for k, v in record.items() if k not in rec})
         if rec.get("time") is None:
@@ -276,13 +338,10 @@ class ForensicLog:
         rec["signature"] = base64.b64encode(key.sign(signed)).decode()
         line = (json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
         os.write(fd, line)
-        if self.fsync:
-            os.fsync(fd)
         self._last_seq = seq
         self._last_digest = hashlib.sha256(signed).hexdigest()
         dev, ino, size = self._where
         self._where = (dev, ino, size + len(line))
-        self.written += 1
         return rec
 
     def _forwarding(self, rec: dict[str, Any]) -> None:

@@ -56,9 +56,13 @@ def bpf_lsm_status() -> tuple[bool, str]:
         elif os.geteuid() != 0:
             _LSM_STATUS = (False, "unknown: probing needs root")
         else:
+            saved = os.dup(2)
             try:
                 from bcc import BPF  # noqa: PLC0415
 
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 2)  # libbpf prints the expected refusal; the reason is returned instead
+                os.close(devnull)
                 b = BPF(text="LSM_PROBE(file_open, struct file *file) { return 0; }")
                 b.cleanup()
                 _LSM_STATUS = (True, "") if headers_match() else (
@@ -71,6 +75,9 @@ def bpf_lsm_status() -> tuple[bool, str]:
                                           "forbids BPF trampolines")
                 else:
                     _LSM_STATUS = (False, f"loading an LSM program fails: {msg}")
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
     return _LSM_STATUS
 
 

@@ -241,3 +241,33 @@ def test_verify_writes_textfile_metrics(tmp_path: Path) -> None:
     path.write_text("\n".join(lines[:2] + lines[3:]) + "\n")
     assert CliRunner().invoke(main, args).exit_code == 1
     assert values()["ebpfguard_forensics_verify_ok"] == 0
+
+
+def test_group_commit_counts_and_forwards_only_after_the_batch_is_durable(tmp_path: Path) -> None:
+    path = str(tmp_path / "log.sock")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(path)
+    rx.setblocking(False)
+    log = ForensicLog(tmp_path, forward=Forwarder(f"syslog:{path}"))
+    with log.batch():
+        for i in range(10):
+            log.append({"kind": "file", "detail": {"i": i}})
+        assert log.written == 0  # not yet fsync'd: not yet counted, not yet forwarded
+        with pytest.raises(BlockingIOError):
+            rx.recv(65536)
+    assert log.written == 10
+    got = []
+    while True:
+        try:
+            got.append(json.loads(rx.recv(65536).split(b"]: ", 1)[1])["seq"])
+        except BlockingIOError:
+            break
+    assert got == list(range(1, 11))
+    log.max_bytes = 4096
+    with log.batch():  # across rotations and checkpoints inside one batch
+        for i in range(80):
+            log.append({"kind": "file", "detail": {"path": f"/x/{i}" * 4}})
+    assert verify(tmp_path).ok and len(log_files(tmp_path / "forensics")) > 2
+    head = json.loads((tmp_path / "forensics" / "head.json").read_text())
+    assert head["seq"] <= max(r["seq"] for r in read(tmp_path) if not isinstance(r, BadLine))  # type: ignore[index]
+    rx.close()
