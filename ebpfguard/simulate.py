@@ -498,6 +498,7 @@ def simulate(state_dir: str, ids: list[str] | None = None, manifest: Path | None
         sb.close()  # a same-user process outside the extension, for ptrace
         w.procs["sibling"] = subprocess.Popen(["sleep", "600"], user=sb.uid)
         eng = Engine(state_dir)
+        eng.log.checkpoint()  # the key and the log exist before the first technique: its timing is its own
         out: list[Outcome] = []
         try:
             for t in chosen:
