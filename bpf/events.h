@@ -16,6 +16,8 @@
  *                           every extension costs a cgroup-id read and one load, not a hash lookup.
  *   cgroup_slot   HASH      u64 cgroup id (inode of the v2 cgroup dir) -> u32 policy slot
  *   quarantined   HASH      u64 cgroup id -> u8: this instance's network is denied whatever its rules
+ *   last_event    LRU_HASH  u64 pid_tgid -> struct eg_last: the thread's last recorded violation (repeats)
+ *   suppressed    HASH      u64 cgroup id -> u64: repeats suppressed in this cgroup, in total
  *   landlocked    HASH      u64 cgroup id -> u8: its processes run under a Landlock ruleset, which decides
  *                           every file access on the resolved object, so a plain relative path is
  *                           left to it: no event, no hold (files.bpf.c)
@@ -101,7 +103,12 @@
 #define EG_CTR_DROPS 1
 #define EG_CTR_KILLS 2
 #define EG_CTR_DENIALS 3
-#define EG_CTR_MAX 4
+#define EG_CTR_SUPPRESSED 4 /* identical repeats within EG_REPEAT_NS, not recorded (lib.bpf.h: repeat_gate) */
+#define EG_CTR_MAX 5
+
+/* A thread repeating the same violation is recorded once per EG_REPEAT_NS; the record after carries how
+ * many were suppressed in between, and the per-cgroup `suppressed` map the total. */
+#define EG_REPEAT_NS 1000000000ULL
 
 struct eg_ext_policy {
 	u32 flags;
@@ -155,9 +162,18 @@ struct eg_event {
 	u16 port;
 	u8 proto;
 	u8 pad[3];
+	u32 repeats;   /* identical repeats by this thread suppressed since its previous record of this */
+	u32 pad2;
 	u8 addr[16];
 	char comm[16];
 	char path[EG_PATH_MAX];
+};
+
+struct eg_last {
+	u64 hash;
+	u64 ts_ns;
+	u32 suppressed;
+	u32 pad;
 };
 
 #endif

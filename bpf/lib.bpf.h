@@ -14,7 +14,9 @@
 BPF_ARRAY(cgroup_filter, u64, EG_FILTER_SLOTS);
 BPF_HASH(cgroup_slot, u64, u32, EG_MAX_CGROUPS);
 BPF_HASH(quarantined, u64, u8, EG_MAX_CGROUPS);  /* network quarantine: deny every address */
-BPF_HASH(landlocked, u64, u8, EG_MAX_CGROUPS);   /* Landlock decides files here: see check_path */
+BPF_HASH(landlocked, u64, u8, EG_MAX_CGROUPS);
+BPF_TABLE("lru_hash", u64, struct eg_last, last_event, 16384);
+BPF_HASH(suppressed, u64, u64, EG_MAX_CGROUPS);   /* Landlock decides files here: see check_path */
 BPF_ARRAY(ext_policy, struct eg_ext_policy, EG_MAX_SLOTS);
 BPF_LPM_TRIE(path_rules, struct eg_path_key, u8, 65536);
 BPF_LPM_TRIE(net_rules, struct eg_net_key, struct eg_net_value, 4096);
@@ -84,11 +86,64 @@ static __always_inline struct eg_event *new_event(struct eg_ext_policy *pol, u16
 	e->port = 0;
 	e->proto = 0;
 	__builtin_memset(e->pad, 0, sizeof(e->pad));
+	e->repeats = 0;
+	e->pad2 = 0;
 	__builtin_memset(e->addr, 0, sizeof(e->addr));
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->path[0] = 0;
 	count(EG_CTR_EVENTS);
 	return e;
+}
+
+#define EG_FNV(h, v) (((h) ^ (u64)(v)) * 1099511628211ULL)
+#define EG_FNV_BASIS 14695981039346656037ULL
+
+static __always_inline u64 hash_path(u64 h, const u8 *p)
+{
+	for (int i = 0; i < EG_PATH_MAX; i++) {
+		u8 ch = p[i];
+		if (!ch)
+			break;
+		h = EG_FNV(h, ch);
+	}
+	return h;
+}
+
+/*
+ * Identical repeats: a thread that repeats the violation it last recorded (same hash ``h``) less than
+ * EG_REPEAT_NS later is not recorded again. The repeat is counted (per cgroup in `suppressed`, and
+ * globally) and -1 is returned; the caller reserves nothing. Otherwise it returns how many repeats were
+ * suppressed since the previous record of the same violation, for the new record to carry. A flood of
+ * one violation so costs one record a second and no ring-buffer space, and cannot fill the ring buffer
+ * to hide a different violation behind it. Pending and killing decisions never come here.
+ */
+static __always_inline s64 repeat_gate(u64 h, u64 cg)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u64 now = bpf_ktime_get_ns();
+	struct eg_last *l = last_event.lookup(&id);
+	if (l && l->hash == h && now - l->ts_ns < EG_REPEAT_NS) {
+		__sync_fetch_and_add(&l->suppressed, 1);
+		u64 one = 1;
+		u64 *n = suppressed.lookup(&cg);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		else
+			suppressed.update(&cg, &one);
+		count(EG_CTR_SUPPRESSED);
+		return -1;
+	}
+	u32 rep = (l && l->hash == h) ? l->suppressed : 0;
+	struct eg_last fresh = {.hash = h, .ts_ns = now, .suppressed = 0, .pad = 0};
+	last_event.update(&id, &fresh);
+	return rep;
+}
+
+/* The record could not be reserved (a counted drop): let the next repeat try again. */
+static __always_inline void repeat_forget(void)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	last_event.delete(&id);
 }
 
 /* Decide the verdict of a violation a tracepoint saw, and kill in the kernel if the policy says so. */

@@ -71,6 +71,7 @@ class Instance:
     state: str = "running"        # running | throttled | frozen (| quarantined, shown apart)
     quarantined: bool = False
     recent: deque[float] = field(default_factory=deque)  # monotonic times of violations in the window
+    repeats_seen: int = 0  # identical repeats the kernel suppressed, as last counted (count_repeats)
     landlock_grants: list[tuple[str, int]] = field(default_factory=list)
     landlock_handled: int = 0
 
@@ -293,6 +294,7 @@ class Engine:
                             argv=meta.get("argv") or [], launcher_done=True, sandbox=meta.get("sandbox") or {},
                             limits=meta.get("limits") or {}, started_ns=meta.get("started_ns") or now_ns())
             inst.resource_seen = resource_events(cg)
+            inst.repeats_seen = self.sensor.suppressed(cg.id)
             self._note_landlock(inst)
             self.instances[cg.id] = inst
             for pid in cg.pids():
@@ -360,6 +362,7 @@ class Engine:
                 time.sleep(0.01)
         self.sensor.consume()  # attribute the last events while the cgroup is still bound
         self.check_resources()
+        repeats = self.sensor.suppressed(inst.cgroup_id)
         self.sensor.unbind(inst.cgroup_id)
         self.sensor.detach_cgroup(inst.cgroup.v2)
         try:
@@ -371,7 +374,8 @@ class Engine:
         self._release_slot(inst.slot)
         self._write(inst, None, {"kind": "lifecycle", "pid": inst.leader_pid, "tgid": inst.leader_pid,
                                  "detail": {"event": "stop", "exit_status": inst.exit_status,
-                                            "violations": inst.violations, "killed_by_agent": kill},
+                                            "violations": inst.violations, "repeats_suppressed": repeats,
+                                            "killed_by_agent": kill},
                                  "verdict": None, "actions": ["cgroup.kill"] if kill else []})
 
     def reap(self) -> None:
@@ -385,6 +389,29 @@ class Engine:
         """Handle what the kernel reported; the records of one poll are one group commit."""
         with self.log.batch():
             self.sensor.poll(timeout_ms)
+            self.count_repeats()
+
+    def count_repeats(self) -> None:
+        """Identical repeats the kernel did not record are still violations: they count toward the
+        escalation window (freeze_after, kill_after) as if each had been recorded."""
+        for inst in list(self.instances.values()):
+            n = self.sensor.suppressed(inst.cgroup_id)
+            d = n - inst.repeats_seen
+            if d <= 0:
+                continue
+            inst.repeats_seen = n
+            inst.violations += d
+            if inst.mode != "enforce" or not inst.manifest.escalation or inst.cgroup_id not in self.instances:
+                continue
+            limit = max(int(inst.manifest.escalation.get("kill_after", 0)),
+                        int(inst.manifest.escalation.get("freeze_after", 0))) + 1
+            now = time.monotonic()
+            inst.recent.extend([now] * min(d, limit))
+            actions = self._escalate(inst, now)
+            if actions:
+                self._write(inst, None, {"kind": "lifecycle", "pid": inst.leader_pid, "tgid": inst.leader_pid,
+                                         "detail": {"event": "escalation", "repeats": d}, "verdict": None,
+                                         "actions": actions})
 
     def close(self) -> None:
         for inst in list(self.instances.values()):
@@ -447,23 +474,19 @@ class Engine:
         if inst.mode != "enforce" or inst.cgroup_id not in self.instances:
             return []
         m = inst.manifest
-        esc = m.escalation
         now = time.monotonic()
         inst.recent.append(now)
-        window = parse_duration(str(esc.get("window", "60s")))
-        while inst.recent and now - inst.recent[0] > window:
-            inst.recent.popleft()
-        n = len(inst.recent)
         step = m.response.get(kind)
-        actions: list[str] = []
-        if step == "kill" or n >= esc.get("kill_after", 1 << 30):
+        if step == "kill":
             self.kill(inst)
-            return ["cgroup.kill"] if step == "kill" else [f"cgroup.kill:escalation({n} in {window:g}s)"]
-        if step == "freeze" or n >= esc.get("freeze_after", 1 << 30):
-            if inst.state != "frozen":
-                self.freeze(inst)
-                actions.append("cgroup.freeze" if step == "freeze" else f"cgroup.freeze:escalation({n} in {window:g}s)")
-        elif step == "throttle" and inst.state == "running":
+            return ["cgroup.kill"]
+        actions = self._escalate(inst, now)
+        if actions and actions[0].startswith("cgroup.kill"):
+            return actions
+        if step == "freeze" and inst.state != "frozen":
+            self.freeze(inst)
+            actions.append("cgroup.freeze")
+        elif step == "throttle" and inst.state == "running" and not actions:
             throttle(inst.cgroup)
             inst.state = "throttled"
             actions.append("throttle")
@@ -471,6 +494,21 @@ class Engine:
             self.quarantine(inst, True)
             actions.append("quarantine")
         return actions
+
+    def _escalate(self, inst: Instance, now: float) -> list[str]:
+        """The escalation window alone: kill_after, then freeze_after violations within it."""
+        esc = inst.manifest.escalation
+        window = parse_duration(str(esc.get("window", "60s")))
+        while inst.recent and now - inst.recent[0] > window:
+            inst.recent.popleft()
+        n = len(inst.recent)
+        if n >= esc.get("kill_after", 1 << 30):
+            self.kill(inst)
+            return [f"cgroup.kill:escalation({n} in {window:g}s)"]
+        if n >= esc.get("freeze_after", 1 << 30) and inst.state != "frozen":
+            self.freeze(inst)
+            return [f"cgroup.freeze:escalation({n} in {window:g}s)"]
+        return []
 
     def freeze(self, inst: Instance) -> None:
         freeze(inst.cgroup, True)

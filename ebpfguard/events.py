@@ -61,6 +61,7 @@ class Event:
     path: str = ""
     uptr: int = 0
     aux: int = 0
+    repeats: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -101,6 +102,8 @@ class Event:
                 d["path"] = self.path
         else:
             d = {}
+        if self.repeats:
+            d["repeats_suppressed"] = self.repeats
         d.update(self.extra)
         return d
 
@@ -114,5 +117,5 @@ def decode(raw: Any) -> Event:
         dirfd=int(raw.dirfd), op=int(raw.op), family=int(raw.family), port=int(raw.port),
         proto=int(raw.proto), addr=bytes(raw.addr), comm=bytes(raw.comm).split(b"\0", 1)[0].decode(errors="replace"),
         path=bytes(raw.path).split(b"\0", 1)[0].decode(errors="surrogateescape"), uptr=int(raw.uptr),
-        aux=int(raw.aux),
+        aux=int(raw.aux), repeats=int(raw.repeats),
     )

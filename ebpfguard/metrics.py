@@ -63,6 +63,9 @@ class EngineCollector(Collector):
                                   "buffer (violations and lifecycle events).", value=ctr["events"])
         yield CounterMetricFamily("ebpfguard_ringbuf_dropped_records", "Records the kernel could not reserve "
                                   "because the ring buffer was full (counted, never silent).", value=ctr["drops"])
+        yield CounterMetricFamily("ebpfguard_kernel_repeats_suppressed", "Identical repeats of a violation by the "
+                                  "same thread within a second, discarded in the kernel (the next record of it "
+                                  "carries the count).", value=ctr["suppressed"])
         yield CounterMetricFamily("ebpfguard_kernel_kills", "SIGKILLs sent by the kernel programs.",
                                   value=ctr["kills"])
         yield CounterMetricFamily("ebpfguard_kernel_denials", "Network actions the cgroup programs denied.",

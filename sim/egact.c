@@ -8,7 +8,9 @@
  *   egact MARKER connect4|connect6 PORT | udp4 PORT | bind4 PORT
  *   egact MARKER sys NR [A0 [A1 [A2 [A3]]]]
  *   egact MARKER flood N PATH              (N opens of PATH, for the drop accounting test)
+ *   egact MARKER flood-distinct N DIR      (opens of DIR/0 .. DIR/N-1: N different violations)
  *   egact MARKER floodfor SECONDS PATH     (opens of PATH for SECONDS; rc = how many)
+ *   egact MARKER floodfor-distinct SECONDS DIR   (opens of DIR/0, DIR/1, ... for SECONDS)
  *   egact MARKER noop
  * Escape techniques (the containment tier); reads append what they read to MARKER:
  *   egact MARKER symlink-read TARGET LINK | hardlink-read TARGET LINK | opath-reopen PATH
@@ -269,14 +271,27 @@ int main(int argc, char **argv)
 		for (int i = 0; i < 4 && 4 + i < argc; i++)
 			a[i] = strtol(argv[4 + i], 0, 0);
 		rc = syscall(atol(argv[3]), a[0], a[1], a[2], a[3]);
-	} else if (!strcmp(act, "floodfor") && argc > 4) {
+	} else if ((!strcmp(act, "floodfor") || !strcmp(act, "floodfor-distinct")) && argc > 4) {
 		long long end = now_ns() + (long long)(atof(argv[3]) * 1e9);
+		int distinct = !strcmp(act, "floodfor-distinct");
+		char p[300];
 		for (rc = 0; now_ns() < end;) {
 			for (int k = 0; k < 64; k++, rc++) {
-				int fd = open(argv[4], O_RDONLY);
+				if (distinct)
+					snprintf(p, sizeof(p), "%s/%ld", argv[4], rc);
+				int fd = open(distinct ? p : argv[4], O_RDONLY);
 				if (fd >= 0)
 					close(fd);
 			}
+		}
+	} else if (!strcmp(act, "flood-distinct") && argc > 4) {
+		long n = atol(argv[3]);
+		char p[300];
+		for (long i = 0; i < n; i++) {
+			snprintf(p, sizeof(p), "%s/%ld", argv[4], i);
+			int fd = open(p, O_RDONLY);
+			if (fd >= 0)
+				close(fd);
 		}
 	} else if (!strcmp(act, "flood") && argc > 4) {
 		long n = atol(argv[3]);

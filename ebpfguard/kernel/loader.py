@@ -148,11 +148,20 @@ class Sensor:
         self._set_filter(cgroup_id, False)
         self.quarantine(cgroup_id, False)
         self.set_landlocked(cgroup_id, False)
+        self._flag("suppressed", cgroup_id, False)
         t = self.bpf["cgroup_slot"]
         try:
             del t[t.Key(cgroup_id)]
         except KeyError:
             pass
+
+    def suppressed(self, cgroup_id: int) -> int:
+        """Identical repeats the kernel suppressed for this cgroup (submit_violation in lib.bpf.h)."""
+        t = self.bpf["suppressed"]
+        try:
+            return int(t[t.Key(cgroup_id)].value)
+        except KeyError:
+            return 0
 
     def set_landlocked(self, cgroup_id: int, on: bool) -> None:
         """Tell the file programs that Landlock decides for this cgroup, so they need not hold."""
@@ -218,7 +227,7 @@ class Sensor:
     def counters(self) -> dict[str, int]:
         t = self.bpf["counters"]
         names = {"events": c("CTR_EVENTS"), "drops": c("CTR_DROPS"), "kills": c("CTR_KILLS"),
-                 "denials": c("CTR_DENIALS")}
+                 "denials": c("CTR_DENIALS"), "suppressed": c("CTR_SUPPRESSED")}
         return {n: int(t.sum(t.Key(i)).value) for n, i in names.items()}
 
     def program_stats(self) -> dict[str, tuple[int, int]]:

@@ -28,5 +28,5 @@ def test_event_type_has_every_field_the_decoder_reads(engine: Engine) -> None:
     ev = engine.sensor.bpf["events"].event(ctypes.create_string_buffer(1024))
     names = {f[0] for f in type(ev)._fields_}
     assert {"ts_ns", "cgroup_id", "uptr", "aux", "pid", "tgid", "uid", "slot", "kind", "verdict", "syscall_nr",
-            "flags", "dirfd", "op", "family", "port", "proto", "addr", "comm", "path"} <= names
-    assert ctypes.sizeof(type(ev)) == 8 * 4 + 4 * 4 + 2 * 2 + 4 * 4 + 2 * 2 + 1 + 3 + 16 + 16 + c("PATH_MAX")
+            "flags", "dirfd", "op", "family", "port", "proto", "repeats", "addr", "comm", "path"} <= names
+    assert ctypes.sizeof(type(ev)) == 8 * 4 + 4 * 4 + 2 * 2 + 4 * 4 + 2 * 2 + 1 + 3 + 4 + 4 + 16 + 16 + c("PATH_MAX")

@@ -268,19 +268,19 @@ def test_processes_outside_extensions_are_untouched(engine: Engine, world: World
 
 
 # ---- nothing lost -----------------------------------------------------------------------------
-def test_ring_buffer_overflow_is_counted_not_lost(engine: Engine, world: World) -> None:
-    """A flood larger than the ring buffer, with nobody reading: every reservation is either an
-    event or a counted drop."""
+def _flood(engine: Engine, world: World, args: list[str], poll: bool) -> tuple[dict[str, int], list[dict[str, Any]]]:
     m = parse(world.manifest().encode(), "egtest.yaml", home=str(world.base))
-    n = 20000
     before = engine.sensor.counters()
     got: list[dict[str, Any]] = []
     engine.subscribers.append(got.append)
     inst = engine.prepare(m)
     try:
-        proc = spawn([str(world.helper), str(world.out / "flood"), "flood", str(n), f"{world.secret}/s.txt"],
-                     inst.cgroup.procs_files())
-        assert proc.wait(60) == 0  # nobody polls meanwhile: the ring fills up
+        proc = spawn([str(world.helper), str(world.out / "flood"), *args], inst.cgroup.procs_files())
+        while proc.poll() is None:
+            if poll:
+                engine.poll(5)
+            else:
+                time.sleep(0.01)  # nobody reads meanwhile: the ring fills up
         deadline = time.monotonic() + 5
         while inst.cgroup.populated() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -290,13 +290,33 @@ def test_ring_buffer_overflow_is_counted_not_lost(engine: Engine, world: World) 
     finally:
         engine.release(inst)
         engine.subscribers.remove(got.append)
-    events = after["events"] - before["events"]
-    drops = after["drops"] - before["drops"]
-    assert drops > 0, "the flood did not overflow the ring buffer; raise n"
-    # n opens plus the exec and exit of the helper, each either reserved or counted as dropped
-    assert events + drops == n + 2
+    return {k: after[k] - before[k] for k in after}, got
+
+
+def test_ring_buffer_overflow_is_counted_not_lost(engine: Engine, world: World) -> None:
+    """A flood of different violations, larger than the ring buffer, with nobody reading: every
+    attempt is an event or a counted drop."""
+    n = 20000
+    d, got = _flood(engine, world, ["flood-distinct", str(n), str(world.secret)], poll=False)
+    assert d["drops"] > 0, "the flood did not overflow the ring buffer; raise n"
+    # n opens plus the exec and exit of the helper: each an event, a counted drop or a suppressed repeat
+    assert d["events"] + d["drops"] + d["suppressed"] == n + 2 and d["suppressed"] == 0
     delivered = len([r for r in got if r["kind"] == "file"])
-    assert delivered + drops >= n
+    assert delivered + d["drops"] >= n
+
+
+def test_identical_repeats_are_suppressed_and_counted(engine: Engine, world: World) -> None:
+    """One violation repeated as fast as possible costs one record a second, not the ring buffer: the
+    suppressed repeats are counted globally and for the instance, and nothing is dropped."""
+    n = 20000
+    d, got = _flood(engine, world, ["flood", str(n), f"{world.secret}/s.txt"], poll=True)
+    assert d["events"] + d["drops"] + d["suppressed"] == n + 2
+    assert d["drops"] == 0 and d["suppressed"] >= n - 50
+    files = [r for r in got if r["kind"] == "file"]
+    assert 1 <= len(files) <= 50 and all(r["detail"]["path"] == f"{world.secret}/s.txt" for r in files)
+    stop = next(r for r in got if r["detail"].get("event") == "stop")
+    assert stop["detail"]["repeats_suppressed"] == d["suppressed"]
+    assert sum(r["detail"].get("repeats_suppressed", 0) for r in files) <= d["suppressed"]
 
 
 def test_cgroup_filter_collisions_fall_back_to_the_hash(engine: Engine, world: World) -> None:

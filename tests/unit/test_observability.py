@@ -23,7 +23,7 @@ PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "max", "m
 
 def exported(tmp_path: Path) -> set[str]:
     """Every sample name the agent's collector and `verify --metrics-file` produce."""
-    sensor = SimpleNamespace(counters=lambda: {"events": 1, "drops": 0, "kills": 0, "denials": 0},
+    sensor = SimpleNamespace(counters=lambda: {"events": 1, "drops": 0, "kills": 0, "denials": 0, "suppressed": 0},
                              program_stats=lambda: {"syscalls__sys_enter_openat": (100, 1)})
     stats = Stats()
     stats.violation("x", "file", "denied", ["cgroup.freeze"])

@@ -45,7 +45,7 @@ def test_log_continues_after_a_restart_and_reports_bad_lines(tmp_path: Path) -> 
 def raw_event(**kw: object) -> SimpleNamespace:
     base = dict(ts_ns=1_000, cgroup_id=7, pid=10, tgid=10, uid=0, slot=1, kind=c("KIND_NETWORK"),
                 verdict=c("V_DENIED"), syscall_nr=-1, flags=0, dirfd=0, op=c("NET_CONNECT"), family=6,
-                port=443, proto=6, addr=bytes(15) + b"\1", comm=b"curl\0\0", path=b"\0", uptr=0, aux=0)
+                port=443, proto=6, addr=bytes(15) + b"\1", comm=b"curl\0\0", path=b"\0", uptr=0, aux=0, repeats=0)
     base.update(kw)
     return SimpleNamespace(**base)
 
