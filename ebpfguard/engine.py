@@ -604,6 +604,8 @@ class Engine:
                     raise
                 return os.readlink(f"/proc/{ev.tgid}/exe")
             if not path:
+                if ev.kind == "exec":  # the new program's memory is at that address now: same answer
+                    return os.readlink(f"/proc/{ev.tgid}/exe")
                 raise OSError(errno.EFAULT, "the path's user memory reads as empty")
         if not path and ev.flags & c("EV_EMPTY_PATH"):
             return os.readlink(f"/proc/{ev.tgid}/fd/{ev.dirfd}")
