@@ -84,20 +84,10 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 	if (pending && !suspicious && landlocked.lookup(&cg))
 		return 0;
 	u16 verdict = pending ? EG_V_PENDING : tracepoint_verdict(pol, kind);
-	s64 rep = 0;
-	if (verdict != EG_V_PENDING && verdict != EG_V_KILLED) {
-		u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), (u32)nr);
-		rep = repeat_gate(hash_path(h, k->path), cg);
-		if (rep < 0)
-			return 0;
-	}
-
-	struct eg_event *e = new_event(pol, kind, nr);
-	if (!e) {
-		repeat_forget();
+	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), (u32)nr), k->path);
+	struct eg_event *e = new_violation(pol, kind, nr, verdict, h, cg);
+	if (!e)
 		return 0;
-	}
-	e->repeats = rep;
 	if (pending && (pol->flags & EG_POL_ENFORCE)) {
 		bpf_send_signal(19);
 		flags |= EG_EV_HELD;

@@ -146,6 +146,30 @@ static __always_inline void repeat_forget(void)
 	last_event.delete(&id);
 }
 
+/*
+ * Reserve the record of a violation with verdict ``verdict`` and repeat hash ``h``: NULL when it is an
+ * identical repeat (counted by repeat_gate) or the ring buffer is full (counted by new_event). Pending
+ * and killing decisions are never treated as repeats.
+ */
+static __always_inline struct eg_event *new_violation(struct eg_ext_policy *pol, u16 kind, s32 nr, u16 verdict,
+						      u64 h, u64 cg)
+{
+	s64 rep = 0;
+	if (verdict != EG_V_PENDING && verdict != EG_V_KILLED) {
+		rep = repeat_gate(h, cg);
+		if (rep < 0)
+			return 0;
+	}
+	struct eg_event *e = new_event(pol, kind, nr);
+	if (!e) {
+		repeat_forget();
+		return 0;
+	}
+	e->repeats = rep;
+	e->verdict = verdict;
+	return e;
+}
+
 /* Decide the verdict of a violation a tracepoint saw, and kill in the kernel if the policy says so. */
 static __always_inline u16 tracepoint_verdict(struct eg_ext_policy *pol, u32 kind)
 {

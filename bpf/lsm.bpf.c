@@ -55,18 +55,11 @@ static __always_inline int lsm_path(struct eg_ext_policy *pol, struct path *p, u
 	k->scope = (pol->slot << 8) | access;
 	if (n > 0 && path_rules.lookup(k))
 		return 0;
-	s64 rep = 0;
-	if (!should_kill(pol, kind)) {
-		rep = repeat_gate(hash_path(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), k->path),
-				  bpf_get_current_cgroup_id());
-		if (rep < 0)  /* a repeat: denied all the same, not recorded again */
-			return lsm_answer(pol, kind, 0, EG_EACCES);
-	}
-	struct eg_event *e = new_event(pol, kind, nr);
-	if (!e && rep >= 0)
-		repeat_forget();
+	/* a repeat (or a full ring) yields no record, and is denied all the same */
+	u16 verdict = should_kill(pol, kind) ? EG_V_KILLED : EG_V_DENIED;  /* lsm_answer settles it */
+	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), k->path);
+	struct eg_event *e = new_violation(pol, kind, nr, verdict, h, bpf_get_current_cgroup_id());
 	if (e) {
-		e->repeats = rep;
 		e->op = access;
 		__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
 	}

@@ -65,20 +65,12 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 		if (!quarantine && should_kill(pol, EG_KIND_NETWORK) && !net_allows(pol, op, family, addr, port, 0))
 			verdict = EG_V_KILLED;
 	}
-	s64 rep = 0;
-	if (verdict != EG_V_KILLED) {
-		u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), port), proto);
-		h = EG_FNV(EG_FNV(EG_FNV(h, quarantine), verdict), family);
-		for (int i = 0; i < 16; i++)
-			h = EG_FNV(h, addr[i]);
-		rep = repeat_gate(h, cg);
-	}
-	struct eg_event *e = rep < 0 ? 0 : new_event(pol, EG_KIND_NETWORK, -1);
-	if (!e && rep >= 0)
-		repeat_forget();
+	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), port), proto);
+	h = EG_FNV(EG_FNV(EG_FNV(h, quarantine), verdict), family);
+	for (int i = 0; i < 16; i++)
+		h = EG_FNV(h, addr[i]);
+	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, verdict, h, cg);
 	if (e) {
-		e->repeats = rep;
-		e->verdict = verdict;
 		e->flags = quarantine ? EG_EV_QUARANTINE : 0;
 		e->op = op;
 		e->family = family == AF_INET ? 4 : 6;

@@ -62,19 +62,10 @@ int syscall_gate(struct eg_sys_enter_ctx *ctx)
 	u32 n = nr;
 	gate_seen.update(&id, &n);
 	u16 verdict = tracepoint_verdict(pol, kind);
-	s64 rep = 0;
-	if (verdict != EG_V_KILLED) {
-		rep = repeat_gate(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), (u32)nr), verdict), bpf_get_current_cgroup_id());
-		if (rep < 0)
-			return 0;
-	}
-	struct eg_event *e = new_event(pol, kind, nr);
-	if (!e) {
-		repeat_forget();
+	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), (u32)nr), verdict);
+	struct eg_event *e = new_violation(pol, kind, nr, verdict, h, bpf_get_current_cgroup_id());
+	if (!e)
 		return 0;
-	}
-	e->repeats = rep;
-	e->verdict = verdict;
 	events.ringbuf_submit(e, 0);
 	return 0;
 }
@@ -100,20 +91,10 @@ int syscall_exit_gate(struct eg_sys_exit_ctx *ctx)
 		count(EG_CTR_KILLS);
 		verdict = EG_V_KILLED;
 	}
-	s64 rep = 0;
-	if (verdict != EG_V_KILLED) {
-		u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), (u32)nr), verdict), EG_EV_AT_EXIT);
-		rep = repeat_gate(h, bpf_get_current_cgroup_id());
-		if (rep < 0)
-			return 0;
-	}
-	struct eg_event *e = new_event(pol, kind, nr);
-	if (!e) {
-		repeat_forget();
+	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), (u32)nr), verdict), EG_EV_AT_EXIT);
+	struct eg_event *e = new_violation(pol, kind, nr, verdict, h, bpf_get_current_cgroup_id());
+	if (!e)
 		return 0;
-	}
-	e->repeats = rep;
-	e->verdict = verdict;
 	e->flags = EG_EV_SECCOMP | EG_EV_AT_EXIT;
 	e->aux = (u64)ctx->ret;
 	events.ringbuf_submit(e, 0);

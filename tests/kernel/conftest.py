@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,10 +20,9 @@ import pytest
 
 from ebpfguard.engine import Engine
 from ebpfguard.errors import KernelError
-from ebpfguard.launcher import exit_status, spawn
 from ebpfguard.manifest.load import parse
 from ebpfguard.resources import data_root
-from ebpfguard.sandbox import Sandbox
+from ebpfguard.simulate import execute
 
 HERE = Path(__file__).parent
 
@@ -164,33 +162,9 @@ def run_ext(engine: Engine, world: World, manifest: str, args: list[str], mode: 
     """Run the helper as an extension instance and collect the records it caused. With ``sandbox``
     it is launched as ``ebpfguard run`` launches: unprivileged, under Landlock and seccomp."""
     m = parse(manifest.encode(), "egtest.yaml", home=str(world.base))
-    records: list[dict[str, Any]] = []
-    engine.subscribers.append(records.append)
     marker = world.out / f"m-{uuid.uuid4().hex[:8]}"
     marker2 = Path(str(marker) + ".2")
-    args = [a.replace("{marker2}", str(marker2)) for a in args]
-    inst = engine.prepare(m, mode)
-    try:
-        argv = [str(world.helper), str(marker), *args]
-        sb = Sandbox.prepare(m, mode) if sandbox else None
-        try:
-            proc = spawn(argv, inst.cgroup.procs_files(), sandbox=sb)
-        finally:
-            if sb is not None:
-                sb.close()
-        engine.started(inst, proc.pid, argv, sb.describe() if sb else None)
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None:
-            engine.poll(20)
-            assert time.monotonic() < deadline, "the helper did not finish"
-        engine.leader_exited(inst, exit_status(proc.returncode))
-        while inst.cgroup.populated():
-            engine.poll(20)
-            assert time.monotonic() < deadline, "the cgroup did not empty"
-        engine.poll(0)
-    finally:
-        engine.release(inst, kill=True)
-        engine.subscribers.remove(records.append)
-    return Result(exit_status(proc.returncode), proc.pid, records,
-                  marker.read_text() if marker.exists() else None,
+    argv = [str(world.helper), str(marker), *[a.replace("{marker2}", str(marker2)) for a in args]]
+    status, pid, records, _ = execute(engine, m, argv, mode=mode, sandbox=sandbox, timeout=timeout)
+    return Result(status, pid, records, marker.read_text() if marker.exists() else None,
                   marker2.read_text() if marker2.exists() else None)
