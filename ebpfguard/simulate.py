@@ -65,6 +65,25 @@ spec:
 
 
 # ---- the world ---------------------------------------------------------------------------------
+def listener_saw(s: socket.socket, timeout: float = 0.0) -> bool:
+    """Did this loopback listener get a connection (TCP) or a datagram (UDP) within ``timeout``
+    seconds? Drains what it got, so the next question starts clean."""
+    if timeout:
+        s.settimeout(timeout)
+    else:
+        s.setblocking(False)
+    try:
+        if s.type == socket.SOCK_DGRAM:
+            s.recv(512)
+        else:
+            conn, _ = s.accept()
+            conn.close()
+        return True
+    except (TimeoutError, BlockingIOError):
+        return False
+
+
+
 @dataclass
 class World:
     base: Path
@@ -97,17 +116,7 @@ class World:
 
     def saw(self, name: str) -> bool:
         """Did loopback listener ``name`` get a connection or a datagram? (Drains it.)"""
-        s = self.listeners[name]
-        s.setblocking(False)
-        try:
-            if s.type == socket.SOCK_DGRAM:
-                s.recv(512)
-            else:
-                conn, _ = s.accept()
-                conn.close()
-            return True
-        except BlockingIOError:
-            return False
+        return listener_saw(self.listeners[name])
 
     def alive(self, name: str) -> bool:
         return self.procs[name].poll() is None

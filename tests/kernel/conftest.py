@@ -22,7 +22,7 @@ from ebpfguard.engine import Engine
 from ebpfguard.errors import KernelError
 from ebpfguard.manifest.load import parse
 from ebpfguard.resources import data_root
-from ebpfguard.simulate import execute
+from ebpfguard.simulate import execute, listener_saw
 
 HERE = Path(__file__).parent
 
@@ -56,17 +56,7 @@ class World:
 
     def saw_connection(self, name: str, timeout: float = 0.3) -> bool:
         """Did the loopback listener ``name`` receive anything? Drains what it saw."""
-        s = self.listeners[name]
-        s.settimeout(timeout)
-        try:
-            if s.type == socket.SOCK_DGRAM:
-                s.recv(64)
-            else:
-                conn, _ = s.accept()
-                conn.close()
-            return True
-        except (TimeoutError, BlockingIOError):
-            return False
+        return listener_saw(self.listeners[name], timeout)
 
     def manifest(self, response: str = "block", mode: str = "enforce", bind_port: int = 0, extra: str = "") -> str:
         r = response
