@@ -16,9 +16,12 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import CgroupError
+
+if TYPE_CHECKING:
+    from .manifest.load import Resources
 
 SLICE = "ebpfguard.slice"
 V1_CONTROLLERS = ("memory", "cpu", "pids", "freezer")
@@ -97,15 +100,6 @@ class Cgroup:
                     raise CgroupError(f"failed to remove {path}: {err.strerror}") from err
 
 
-UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
-
-
-def parse_bytes(text: str) -> int:
-    """"256Mi" -> 268435456 (the manifest's memory syntax; the schema has checked the form)."""
-    digits = text.rstrip("KMGi")
-    return int(digits) * UNITS[text[len(digits):]]
-
-
 def _write(path: Path, value: str) -> None:
     try:
         path.write_text(value)
@@ -124,13 +118,13 @@ def _counter(path: Path, key: str) -> int:
     return 0
 
 
-def set_limits(cg: Cgroup, resources: dict[str, Any]) -> dict[str, Any]:
+def set_limits(cg: Cgroup, resources: Resources) -> dict[str, Any]:
     """Apply a manifest's resources (memory, cpu, pids) to ``cg``: v2 files on pure v2 hosts, the v1
     memory, cpu and pids controllers on hybrid ones. Returns what was applied."""
     applied: dict[str, Any] = {}
     v2 = not cg.v1
-    if "memory" in resources:
-        n = parse_bytes(str(resources["memory"]))
+    if resources.memory is not None:
+        n = resources.memory
         if v2:
             _write(cg.v2 / "memory.max", str(n))
             _write(cg.v2 / "memory.swap.max", "0") if (cg.v2 / "memory.swap.max").exists() else None
@@ -139,17 +133,17 @@ def set_limits(cg: Cgroup, resources: dict[str, Any]) -> dict[str, Any]:
             if (cg.v1["memory"] / "memory.memsw.limit_in_bytes").exists():
                 _write(cg.v1["memory"] / "memory.memsw.limit_in_bytes", str(n))
         applied["memory_bytes"] = n
-    if "cpu" in resources:
+    if resources.cpu is not None:
         period = 100_000
-        quota = max(1000, int(float(resources["cpu"]) * period))
+        quota = max(1000, int(resources.cpu * period))
         if v2:
             _write(cg.v2 / "cpu.max", f"{quota} {period}")
         elif "cpu" in cg.v1:
             _write(cg.v1["cpu"] / "cpu.cfs_period_us", str(period))
             _write(cg.v1["cpu"] / "cpu.cfs_quota_us", str(quota))
         applied["cpu_quota_us"] = quota
-    if "pids" in resources:
-        n = int(resources["pids"])
+    if resources.pids is not None:
+        n = resources.pids
         if v2:
             _write(cg.v2 / "pids.max", str(n))
         elif "pids" in cg.v1:
@@ -196,8 +190,9 @@ THROTTLED_CPU = 0.05  # of one CPU
 
 def throttle(cg: Cgroup) -> dict[str, int]:
     """Lower the CPU quota to THROTTLED_CPU and stop further forks: pids.max = the current count."""
-    n = max(1, len(cg.pids()))
-    return set_limits(cg, {"cpu": THROTTLED_CPU, "pids": n})
+    from .manifest.load import Resources  # noqa: PLC0415 - manifests are parsed long before a throttle
+
+    return set_limits(cg, Resources(cpu=THROTTLED_CPU, pids=max(1, len(cg.pids()))))
 
 
 class CgroupManager:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from .errors import EbpfguardError, ManifestError
+from .units import parse_size as _size
 
 DEFAULT_STATE = "/var/lib/ebpfguard"
 STATE_OPT = click.option("--state-dir", default=lambda: os.environ.get("EBPFGUARD_STATE_DIR", DEFAULT_STATE),
@@ -88,15 +89,10 @@ def run(manifest: str | None, extension: str | None, mode: str | None, standalon
 
 
 def parse_size(text: str) -> int:
-    """'64M' -> 67108864; K, M and G are powers of 1024. At least 4 KiB."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
-    if not num.isdigit():
-        raise ValueError(f"{text!r} is not a size such as 4096, 512K, 64M or 1G")
-    n = int(num) * units[unit]
+    """The one size grammar (units.parse_size), at least 4 KiB."""
+    n = _size(text)
     if n < 4096:
-        raise ValueError(f"{text!r} is below the 4K minimum")
+        raise ValueError(f"{text!r} is below the 4Ki minimum")
     return n
 
 
@@ -114,8 +110,9 @@ def _require_root() -> None:
               help="Serve Prometheus /metrics here (host:port; loopback by default; '' to disable).")
 @click.option("--allow-root-extensions", is_flag=True,
               help="Let a manifest with spec.user: root run as root (both must say so; off by default).")
-@click.option("--rotate-size", default="64M", show_default=True, metavar="SIZE",
-              help="Rotate the forensic log at this size (K, M, G suffixes); the chain runs on across files.")
+@click.option("--rotate-size", default="64Mi", show_default=True, metavar="SIZE",
+              help="Rotate the forensic log at this size (Ki, Mi, Gi: powers of 1024; K, M, G: of "
+                   "1000); the chain runs on across files.")
 @click.option("--log-forward", default="", metavar="journald|syslog[:SOCKET]",
               help="Also send every record to journald or syslog, for the fleet's log shippers.")
 @click.option("--bpf-stats", is_flag=True,
@@ -133,7 +130,7 @@ def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_addres
     Examples:
       ebpfguard agent --policy-dir policies
       ebpfguard agent --state-dir /run/ebpfguard --policy-dir /etc/ebpfguard/policies
-      ebpfguard agent --policy-dir policies --log-forward journald --rotate-size 256M --bpf-stats
+      ebpfguard agent --policy-dir policies --log-forward journald --rotate-size 256Mi --bpf-stats
     """
     if ebpf:
         from .kernel.loader import program_source

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ControlError
+from .statedir import StateDir
 
 MAX_REQUEST = 1 << 20
 
 
 def socket_path(state_dir: str | os.PathLike[str]) -> Path:
-    return Path(state_dir) / "agent.sock"
+    return StateDir.of(state_dir).socket
 
 
 def peer_uid(sock: socket.socket) -> int:

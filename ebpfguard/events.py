@@ -6,37 +6,32 @@ program; decode() copies it into an Event at once, because the ring-buffer memor
 
 from __future__ import annotations
 
-import datetime as _dt
 import ipaddress
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .kernel.abi import c, kind_name, verdict_name
+from .clock import now_ns, rfc3339_ns
+from .kernel.abi import Access, EvFlag, LifeOp, NetOp, kind_name, verdict_name
 from .manifest.syscall_table import SYSCALLS_X86_64
 
+__all__ = ["Event", "decode", "now_ns", "rfc3339_ns"]
+
 SYSCALL_NAMES = {nr: name for name, nr in SYSCALLS_X86_64.items()}
-ACCESS_NAMES = {c("ACC_READ"): "read", c("ACC_WRITE"): "write", c("ACC_EXEC"): "exec"}
-NET_OP_NAMES = {c("NET_CONNECT"): "connect", c("NET_SEND"): "send", c("NET_BIND"): "bind"}
-LIFE_NAMES = {c("LIFE_EXEC"): "exec", c("LIFE_EXIT"): "exit"}
 PROTO_NAMES = {0: "any", 6: "tcp", 17: "udp"}
-FLAG_NAMES = {c("EV_RELATIVE"): "relative", c("EV_DOTDOT"): "dotdot", c("EV_TRUNCATED"): "truncated",
-              c("EV_UNREADABLE"): "unreadable", c("EV_EMPTY_PATH"): "empty-path",
-              c("EV_HELD"): "held", c("EV_SECCOMP"): "seccomp", c("EV_AT_EXIT"): "at-exit",
-              c("EV_QUARANTINE"): "quarantine", c("EV_LSM"): "lsm"}
 
 # bpf_ktime_get_ns() is CLOCK_MONOTONIC; records carry wall-clock time.
 _MONO_TO_REAL = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
-def rfc3339_ns(epoch_ns: int) -> str:
-    sec, ns = divmod(epoch_ns, 1_000_000_000)
-    base = _dt.datetime.fromtimestamp(sec, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{ns:09d}Z"
+_ALL_FLAGS = sum(EvFlag)
 
 
-def now_ns() -> int:
-    return time.time_ns()
+def _name(enum: Any, value: int) -> str:
+    try:
+        return str(enum(value).name.lower())
+    except ValueError:
+        return str(value)
 
 
 @dataclass
@@ -70,10 +65,13 @@ class Event:
 
     @property
     def access(self) -> str:
-        return ACCESS_NAMES.get(self.op, str(self.op))
+        return _name(Access, self.op)
 
     def flag_names(self) -> list[str]:
-        return [n for bit, n in FLAG_NAMES.items() if self.flags & bit]
+        return EvFlag(self.flags & _ALL_FLAGS).labels()
+
+    def has(self, flag: EvFlag) -> bool:
+        return bool(self.flags & flag)
 
     def address(self) -> str:
         if self.family == 4:
@@ -88,7 +86,7 @@ class Event:
             if self.flag_names():
                 d["flags"] = self.flag_names()
         elif self.kind == "network":
-            d = {"op": NET_OP_NAMES.get(self.op, str(self.op)), "address": self.address(), "port": self.port,
+            d = {"op": _name(NetOp, self.op), "address": self.address(), "port": self.port,
                  "proto": PROTO_NAMES.get(self.proto, str(self.proto))}
             if self.flag_names():
                 d["flags"] = self.flag_names()
@@ -97,7 +95,7 @@ class Event:
             if self.flag_names():
                 d["flags"] = self.flag_names()
         elif self.kind == "lifecycle":
-            d = {"event": LIFE_NAMES.get(self.op, str(self.op))}
+            d = {"event": _name(LifeOp, self.op)}
             if self.path:
                 d["path"] = self.path
         else:

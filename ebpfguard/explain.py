@@ -5,12 +5,12 @@ one that was missing, the action taken, and the manifest line to add if the acce
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from .errors import EbpfguardError, ManifestError
 from .forensics import BadLine, read
 from .manifest.load import BUILTIN_PRIVILEGE, BUILTIN_SYSCALL, Manifest, field_name, parse
+from .statedir import StateDir
 
 
 def find(state_dir: str, seq: int) -> dict[str, Any]:
@@ -24,7 +24,7 @@ def _manifest(state_dir: str, rec: dict[str, Any]) -> Manifest:
     sha = rec.get("policy_sha256")
     if not sha:
         raise EbpfguardError(f"record {rec.get('seq')} names no policy")
-    path = Path(state_dir) / "policies" / str(sha)
+    path = StateDir.of(state_dir).policy(str(sha))
     try:
         raw = path.read_bytes()
     except OSError as err:
@@ -88,7 +88,8 @@ def explain(state_dir: str, seq: int) -> dict[str, Any]:
             out["fix"] = "-"
     elif kind == "resource":
         res = d.get("resource")
-        out["rule"] = f"{_where(m, 'spec', 'resources', res)} = {m.resources.get(res)} was reached ({d.get('event')})"
+        given = m.resources.given.get(res)
+        out["rule"] = f"{_where(m, 'spec', 'resources', res)} = {given} was reached ({d.get('event')})"
         out["fix"] = f"if the extension needs more, raise spec.resources.{res}"
     return out
 

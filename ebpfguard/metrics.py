@@ -40,6 +40,16 @@ class Stats:
                 # "cgroup.kill:escalation(3 in 60s)" -> "cgroup.kill": bounded label values
                 self.actions[a.split(":")[0] if a.startswith("cgroup.") else a] += 1
 
+    def observe(self, rec: dict[str, Any]) -> None:
+        """A durable record (a log.durable hook): violations and actions by their record, the
+        response time where the agent acted."""
+        if rec.get("kind") in ("lifecycle", "checkpoint"):
+            return
+        self.violation(rec.get("extension") or "?", str(rec.get("kind")), rec.get("verdict") or "?",
+                       rec.get("actions") or [])
+        if isinstance(rec.get("response_ns"), int):
+            self.response(rec["response_ns"] / 1e9)
+
     def response(self, seconds: float) -> None:
         with self.lock:
             i = next((i for i, b in enumerate(BUCKETS) if seconds <= b), len(BUCKETS))
@@ -115,7 +125,7 @@ class EngineCollector(Collector):
         info = GaugeMetricFamily("ebpfguard_policy_info", "Policies loaded (1), with their name, version and "
                                  "the sha256 of their exact bytes.", labels=["name", "version", "sha256"])
         seen: dict[str, Any] = {m.sha256: m for m in self.policies().values()}
-        for slot in list(eng.slots.values()):
+        for slot in eng.slots:
             seen.setdefault(slot.manifest.sha256, slot.manifest)
         for sha, m in sorted(seen.items()):
             info.add_metric([m.name, m.version, sha], 1)

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .statedir import StateDir
+
 WIDTH = 80
 
 
@@ -100,4 +102,4 @@ def follow(path: Path, from_start: bool, interval: float = 0.1) -> Iterator[dict
 
 
 def log_path(state_dir: str | os.PathLike[str]) -> Path:
-    return Path(state_dir) / "forensics" / "records.jsonl"
+    return StateDir.of(state_dir).records

@@ -23,6 +23,7 @@ import yaml
 from ..errors import ManifestError, Problem
 from ..kernel.abi import c
 from ..resources import schema_path
+from ..units import parse_duration, parse_size
 from .syscall_table import SYSCALLS_X86_64
 
 MAX_MANIFEST_BYTES = 256 * 1024
@@ -70,6 +71,38 @@ class NetRule:
         return self.proto == "any" or proto == "any" or proto == self.proto
 
 
+@dataclass(frozen=True)
+class Escalation:
+    """spec.response.escalation, parsed once: a window in seconds and the counts within it."""
+
+    window: float = 60.0
+    freeze_after: int | None = None
+    kill_after: int | None = None
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> Escalation:
+        return cls(parse_duration(str(raw.get("window", "60s"))), raw.get("freeze_after"), raw.get("kill_after"))
+
+    def __bool__(self) -> bool:
+        return self.freeze_after is not None or self.kill_after is not None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """spec.resources, parsed once: memory in bytes, cpu in cores, pids; ``given`` keeps the text."""
+
+    memory: int | None = None
+    cpu: float | None = None
+    pids: int | None = None
+    given: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> Resources:
+        return cls(parse_size(str(raw["memory"])) if "memory" in raw else None,
+                   float(raw["cpu"]) if "cpu" in raw else None,
+                   int(raw["pids"]) if "pids" in raw else None, dict(raw))
+
+
 @dataclass
 class Manifest:
     name: str
@@ -83,9 +116,9 @@ class Manifest:
     connect: list[NetRule]
     bind: list[NetRule]
     deny_syscalls: list[str]          # the manifest's own list, built-ins not included
-    resources: dict[str, Any]
+    resources: Resources
     response: dict[str, str]
-    escalation: dict[str, Any]
+    escalation: Escalation
     source: str
     raw: bytes = field(repr=False)
     quarantine: bool = False
@@ -360,7 +393,8 @@ def _build(data: dict[str, Any], raw: bytes, filename: str, lines: dict[tuple[An
         name=meta["name"], version=str(meta.get("version", "")), publisher=meta.get("publisher", ""),
         mode=spec.get("mode", "enforce"), user=user, read=paths["read"], write=paths["write"],
         exec=paths["exec"], connect=rules["connect"], bind=rules["bind"], deny_syscalls=deny,
-        resources=dict(spec.get("resources") or {}), response=response, escalation=escalation,
+        resources=Resources.parse(spec.get("resources") or {}), response=response,
+        escalation=Escalation.parse(escalation),
         quarantine=quarantine, home=home,
         source=filename, raw=raw, lines=lines,
     )

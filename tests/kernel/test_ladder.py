@@ -17,7 +17,7 @@ import pytest
 from ebpfguard.cgroups import frozen
 from ebpfguard.engine import Engine, Instance
 from ebpfguard.launcher import spawn
-from ebpfguard.manifest.load import parse
+from ebpfguard.manifest.load import Escalation, parse
 from ebpfguard.sandbox import Sandbox
 
 from .conftest import World
@@ -110,7 +110,7 @@ def test_kill_response_empties_the_cgroup(engine: Engine, world: World) -> None:
 def test_escalation_window_freezes(engine: Engine, world: World) -> None:
     """Response "alert" (record only, nothing denied) with escalation freeze_after: 2."""
     with instance(engine, world, "alert") as (inst, records):
-        inst.manifest.escalation = {"window": "60s", "freeze_after": 2}
+        inst.manifest.escalation = Escalation(window=60.0, freeze_after=2)
         count = world.out / f"ecount-{uuid.uuid4().hex[:6]}"
         launch(world, inst, ["violate-then-count", f"{world.secret}/s.txt", "2", str(count)])
         until(engine, lambda: inst.state == "frozen")
@@ -126,7 +126,7 @@ def test_escalation_window_freezes(engine: Engine, world: World) -> None:
 
 def test_escalation_window_kills(engine: Engine, world: World) -> None:
     with instance(engine, world, "alert") as (inst, records):
-        inst.manifest.escalation = {"window": "60s", "kill_after": 3}
+        inst.manifest.escalation = Escalation(window=60.0, kill_after=3)
         proc, _ = launch(world, inst, ["violate-then-count", f"{world.secret}/s.txt", "10",
                                        str(world.out / "kill-count")])
         until(engine, lambda: proc.poll() is not None)

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from ebpfguard.cli import main
 from ebpfguard.errors import ManifestError
 from ebpfguard.manifest import load, parse, parse_netrule
+from ebpfguard.manifest.load import Escalation
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = """apiVersion: ebpfguard.io/v1
@@ -104,7 +105,8 @@ def test_good_manifest_and_expansion() -> None:
     m = parse(GOOD.encode(), "m.yaml", home="/home/u")
     assert m.read == ["/usr/", "/home/u/.config/md-preview/"]
     assert m.response["exec"] == "kill" and m.response["privilege"] == "kill"  # default kept
-    assert m.escalation == {"window": "60s", "freeze_after": 5, "kill_after": 20}
+    assert m.escalation == Escalation(window=60.0, freeze_after=5, kill_after=20)
+    assert m.resources.memory == 256 << 20 and m.resources.pids == 32
     h = parse(GOOD.replace("/tmp/md-preview/", "'${HOME}/.cache/md/'").encode(), "m.yaml", home="/home/u")
     assert h.write == ["/home/u/.cache/md/"]
 

@@ -201,9 +201,11 @@ def test_forwarder_sends_every_record(tmp_path: Path, kind: str) -> None:
     assert log.forward is not None and log.forward.failed == 1 and verify(tmp_path).records == 2
 
 
-def test_parse_size() -> None:
-    assert parse_size("64M") == 64 << 20 and parse_size("512KiB") == 512 << 10 and parse_size("8192") == 8192
-    for bad in ("1K", "lots", "-5M"):
+def test_parse_size_is_the_manifest_grammar() -> None:
+    """--rotate-size speaks the manifest's quantities: Mi is 2^20, M is 10^6, wherever written."""
+    assert parse_size("64Mi") == 64 << 20 and parse_size("64M") == 64_000_000 and parse_size("8192") == 8192
+    assert parse_size("512Ki") == 512 << 10
+    for bad in ("1K", "lots", "-5M", "512KiB", "64mb"):
         with pytest.raises(ValueError):
             parse_size(bad)
 

@@ -1,0 +1,194 @@
+"""Stage 3, decide: pure. An event, the policy it ran under, what resolve found and the instance's
+ladder state give one Decision: the verdict, what the deciding layer already did, what the agent must
+do now, and why. Nothing here touches the kernel, a cgroup or a file, so every case is unit-tested.
+
+Verdicts tell the truth: ``denied`` only where the deciding layer refused the call (the kernel's
+verdict, or Landlock's ruleset on the real path); ``killed`` only once a kill was sent (settle()
+downgrades an agent kill that found no process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import Event
+from .kernel.abi import EvFlag, Verdict
+from .manifest.compile import CompiledPolicy
+from .manifest.load import Escalation, Manifest
+from .resolve import Resolution
+from .sandbox import landlock
+
+O_PATH = 0o10000000
+NEED = {"read": landlock.FS["read_file"] | landlock.FS["read_dir"],
+        "write": landlock.FS["write_file"] | landlock.FS["make_reg"] | landlock.FS["remove_file"],
+        "exec": landlock.FS["execute"]}
+
+# What act() can do. An action may carry a note after ":" (e.g. "cgroup.kill:escalation(3 in 60s)").
+RESUME = "resume"              # SIGCONT a process the kernel held for this decision (never recorded)
+SIGKILL_AGENT = "sigkill:agent"
+KILL = "cgroup.kill"
+FREEZE = "cgroup.freeze"
+THROTTLE = "throttle"
+QUARANTINE = "quarantine"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a decision needs of the policy an event ran under."""
+
+    manifest: Manifest
+    mode: str
+    compiled: CompiledPolicy | None = None
+
+
+@dataclass(frozen=True)
+class LadderState:
+    """What a decision needs of the instance: its ladder position and Landlock grants."""
+
+    mode: str
+    state: str = "running"
+    quarantined: bool = False
+    window: tuple[float, ...] = ()       # monotonic times of the violations inside the escalation window
+    landlock_grants: tuple[tuple[str, int], ...] = ()
+    landlock_handled: int = 0
+    live: bool = True                    # still bound: ladder steps apply
+
+
+@dataclass(frozen=True)
+class Decision:
+    record: bool                         # False: not a violation after all (a pending path inside the rules)
+    verdict: str | None = None
+    taken: tuple[str, ...] = ()          # what the deciding layer already did (eperm:kernel, eacces:landlock...)
+    todo: tuple[str, ...] = ()           # what act() must do now
+    detail: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    window: tuple[float, ...] | None = None  # the instance's escalation window after this event (None: unchanged)
+    violation: bool = False              # counts toward the instance's violations
+
+
+def decide(ev: Event, policy: Policy | None, inst: LadderState | None, res: Resolution, now: float) -> Decision:
+    detail = ev.detail()
+    todo: list[str] = []
+    taken: list[str] = []
+    verdict = ev.verdict
+    reason = "the kernel decided"
+    if verdict == Verdict.PENDING.label:
+        if ev.has(EvFlag.HELD):
+            todo.append(RESUME)
+        if res.path is not None:
+            if res.path != ev.path:
+                detail["raw_path"] = ev.path
+            detail["path"] = res.path
+            if policy is not None and policy.compiled is not None and policy.compiled.allows_path(res.path, ev.access):
+                return Decision(False, None, todo=tuple(todo), reason=f"{res.path} is inside the {ev.access} rules")
+        else:
+            detail["unresolved"] = res.unresolved
+        verdict, reason, agent_kill = _pending_verdict(ev.kind, policy)
+        if agent_kill:
+            todo = [SIGKILL_AGENT]  # a killed process is not resumed
+    if verdict == Verdict.DETECTED.label and inst is not None and res.real_path and landlock_denied(inst, ev, res):
+        verdict, reason = Verdict.DENIED.label, "the instance's Landlock ruleset grants no such access"
+        taken.append("eacces:landlock")
+    if not taken:
+        taken.extend(_kernel_actions(ev, verdict))
+    window = None
+    if ev.kind != "lifecycle" and inst is not None and policy is not None:
+        steps, window = ladder(policy.manifest, inst, ev.kind, now)
+        todo.extend(steps)
+    return Decision(True, verdict, tuple(taken), tuple(todo), detail, reason, window,
+                    violation=ev.kind != "lifecycle" and inst is not None)
+
+
+def _pending_verdict(kind: str, policy: Policy | None) -> tuple[str, str, bool]:
+    """The verdict user space gives a violation the kernel left pending: (verdict, reason, kill?)."""
+    if policy is None:
+        return Verdict.DETECTED.label, "no policy bound", False
+    step = policy.manifest.response.get(kind)
+    if policy.mode != "enforce" or step == "alert":
+        return Verdict.ALLOWED.label, "audit mode or an alert response: recorded only", False
+    if step == "kill":
+        return Verdict.KILLED.label, f"response {kind}: kill", True
+    return Verdict.DETECTED.label, "a tracepoint cannot refuse the call", False
+
+
+def _kernel_actions(ev: Event, verdict: str | None) -> list[str]:
+    """What the kernel layer did for the verdict it reported."""
+    seccomp = ev.has(EvFlag.SECCOMP)
+    if verdict == Verdict.KILLED.label and ev.verdict == Verdict.KILLED.label:
+        return ["sigsys:seccomp" if seccomp and not ev.has(EvFlag.AT_EXIT) else "sigkill:kernel"]
+    if verdict == Verdict.DENIED.label:
+        if ev.has(EvFlag.LSM):
+            return ["eacces:lsm" if ev.kind in ("file", "exec") else "eperm:lsm"]
+        return ["eperm:seccomp" if seccomp else "eperm:kernel"]
+    return []
+
+
+def landlock_denied(inst: LadderState, ev: Event, res: Resolution) -> bool:
+    """Did the instance's Landlock ruleset refuse this access? It decides on resolved objects: compare
+    the real path with the real paths of the grants. O_PATH opens are not checked by Landlock."""
+    real = res.real_path
+    if not inst.landlock_grants or ev.kind not in ("file", "exec") or not real:
+        return False
+    if ev.aux & O_PATH:
+        return False
+    need = NEED.get(ev.access, 0)
+    if not inst.landlock_handled & need:
+        return False
+    for path, rights in inst.landlock_grants:
+        covers = (real.startswith(path) or real == path.rstrip("/")) if path.endswith("/") else real == path
+        if covers and rights & need:
+            return False
+    return True
+
+
+# ---- the ladder ---------------------------------------------------------------------------------
+def ladder(m: Manifest, inst: LadderState, kind: str, now: float) -> tuple[list[str], tuple[float, ...] | None]:
+    """The user-space steps after a violation in enforce mode: the kind's response (freeze, kill,
+    throttle), the escalation window (freeze_after, kill_after) and network quarantine."""
+    if inst.mode != "enforce" or not inst.live:
+        return [], None
+    window = (*inst.window, now)
+    step = m.response.get(kind)
+    if step == "kill":
+        return [KILL], window
+    actions, window = escalate(m.escalation, inst.state, window, now)
+    if actions and actions[0].startswith(KILL):
+        return actions, window
+    state = "frozen" if actions else inst.state
+    if step == "freeze" and state != "frozen":
+        actions.append(FREEZE)
+    elif step == "throttle" and state == "running" and not actions:
+        actions.append(THROTTLE)
+    if m.quarantine and kind in ("network", "privilege") and not inst.quarantined:
+        actions.append(QUARANTINE)
+    return actions, window
+
+
+def escalate(esc: Escalation, state: str, window: Sequence[float], now: float) -> tuple[list[str], tuple[float, ...]]:
+    """The escalation window alone: kill_after, then freeze_after violations within it."""
+    kept = tuple(t for t in window if now - t <= esc.window)
+    n = len(kept)
+    if esc.kill_after is not None and n >= esc.kill_after:
+        return [f"{KILL}:escalation({n} in {esc.window:g}s)"], kept
+    if esc.freeze_after is not None and n >= esc.freeze_after and state != "frozen":
+        return [f"{FREEZE}:escalation({n} in {esc.window:g}s)"], kept
+    return [], kept
+
+
+def repeats(m: Manifest, inst: LadderState, count: int, now: float) -> tuple[list[str], tuple[float, ...] | None]:
+    """Identical repeats the kernel counted but did not record are violations too: they enter the
+    escalation window as if each had been recorded (at most as many as can matter)."""
+    esc = m.escalation
+    if inst.mode != "enforce" or not esc or not inst.live or count <= 0:
+        return [], None
+    limit = max(esc.kill_after or 0, esc.freeze_after or 0) + 1
+    return escalate(esc, inst.state, (*inst.window, *([now] * min(count, limit))), now)
+
+
+def settle(d: Decision, done: Iterable[str]) -> str | None:
+    """The verdict once act() has run: an agent kill that found no process leaves the call detected."""
+    if d.verdict == Verdict.KILLED.label and SIGKILL_AGENT in d.todo and SIGKILL_AGENT not in done:
+        return Verdict.DETECTED.label
+    return d.verdict

@@ -1,0 +1,23 @@
+"""The forensic log, as a package with one job per module:
+
+    chain       the canonical encoding that the hash chain and the signatures cover
+    keys        the host's Ed25519 key (STATE/keys), key ids
+    log         ForensicLog: append, group commit, checkpoints, rotation, torn tails, durable hooks
+    forward     Forwarder: durable records to journald or syslog
+    verify      read the log back; verify seq, chain, signatures and head.json
+    timefilter  --since/--until and a record's time
+    bundle      evidence bundles (export, unpack, the bundle's key)
+"""
+
+from .bundle import BUNDLE_FORMAT, bundle_public_key, export, unpack_bundle
+from .chain import FIELDS, GENESIS, canonical, digest
+from .forward import Forwarder
+from .keys import host_public_key, key_id, load_or_create_key, public_pem
+from .log import CHECKPOINT_EVERY, CHECKPOINT_SECONDS, CURRENT, MAX_BYTES, BadLine, ForensicLog, log_files
+from .timefilter import parse_when, record_ns
+from .verify import Verdict, read, verify
+
+__all__ = ["BUNDLE_FORMAT", "CHECKPOINT_EVERY", "CHECKPOINT_SECONDS", "CURRENT", "FIELDS", "GENESIS", "MAX_BYTES",
+           "BadLine", "ForensicLog", "Forwarder", "Verdict", "bundle_public_key", "canonical", "digest", "export",
+           "host_public_key", "key_id", "load_or_create_key", "log_files", "parse_when", "public_pem", "read",
+           "record_ns", "unpack_bundle", "verify"]

@@ -1,0 +1,128 @@
+"""Running extension instances: what each one is, its saved form under STATE/instances (so that a
+restarted agent can take it back), and the process facts (trees, liveness, argv) read through psutil.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .cgroups import Cgroup
+from .clock import now_ns, rfc3339_ns
+from .manifest.load import Manifest
+from .statedir import StateDir
+
+log = logging.getLogger("ebpfguard")
+
+
+@dataclass
+class Instance:
+    id: str
+    manifest: Manifest
+    mode: str
+    slot: int
+    cgroup: Cgroup
+    cgroup_id: int
+    started_ns: int = field(default_factory=now_ns)
+    leader_pid: int | None = None
+    argv: list[str] = field(default_factory=list)
+    violations: int = 0
+    launcher_done: bool = False
+    exit_status: int | None = None
+    sandbox: dict[str, Any] = field(default_factory=dict)  # what the launcher enforced (Sandbox.describe)
+    limits: dict[str, Any] = field(default_factory=dict)
+    resource_seen: dict[str, int] = field(default_factory=dict)
+    state: str = "running"        # running | throttled | frozen | killed (quarantine is shown apart)
+    quarantined: bool = False
+    recent: deque[float] = field(default_factory=deque)  # monotonic times of violations in the window
+    repeats_seen: int = 0  # identical repeats the kernel suppressed, as last counted
+    landlock_grants: list[tuple[str, int]] = field(default_factory=list)  # (real path, rights)
+    landlock_handled: int = 0
+    released: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        return {"instance": self.id, "extension": self.manifest.name, "version": self.manifest.version,
+                "mode": self.mode, "cgroup": str(self.cgroup.v2), "cgroup_id": self.cgroup_id,
+                "pid": self.leader_pid, "pids": self.cgroup.pids(),
+                "state": self.state + (", quarantined" if self.quarantined else ""),
+                "violations": self.violations, "started": rfc3339_ns(self.started_ns),
+                "layers": ["cgroup", "cgroup-sock-addr", "tracepoints", *self.sandbox.get("layers", [])],
+                "not_enforced": self.sandbox.get("not_enforced", []), "user": self.sandbox.get("user"),
+                "policy_sha256": self.manifest.sha256, "argv": self.argv}
+
+
+class InstanceStore:
+    """STATE/instances/<id>.json: the exact manifest bytes and what else a restarted agent needs."""
+
+    def __init__(self, state: StateDir):
+        self.state = state
+
+    def save(self, inst: Instance) -> None:
+        meta = {"id": inst.id, "manifest_text": inst.manifest.raw.decode(), "manifest_path": inst.manifest.source,
+                "home": inst.manifest.home, "mode": inst.mode, "leader_pid": inst.leader_pid, "argv": inst.argv,
+                "sandbox": inst.sandbox, "limits": inst.limits, "started_ns": inst.started_ns,
+                "owner_pid": os.getpid()}
+        path = self.state.instance(inst.id)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(meta))
+            os.replace(tmp, path)
+        except OSError as err:
+            log.error("failed to save instance %s: %s", inst.id, err.strerror)
+
+    def forget(self, inst_id: str) -> None:
+        self.state.instance(inst_id).unlink(missing_ok=True)
+
+    def saved(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """(file, its saved meta) for each instance left by an engine that is gone; a file that does
+        not parse is reported and skipped."""
+        d = self.state.instances
+        for path in sorted(d.glob("*.json")) if d.is_dir() else []:
+            try:
+                meta = json.loads(path.read_text())
+                if not isinstance(meta, dict):
+                    raise ValueError("not an object")
+            except (OSError, ValueError) as err:
+                log.error("cannot read saved instance %s: %s", path.name, err)
+                continue
+            if alive(meta.get("owner_pid")):
+                continue  # another live engine (a standalone run) owns it
+            yield path, meta
+
+
+# ---- processes ---------------------------------------------------------------------------------
+def process_tree(pid: int) -> list[int]:
+    """pid and every descendant; [] when pid is gone."""
+    try:
+        p = psutil.Process(pid)
+        return [pid, *(c.pid for c in p.children(recursive=True))]
+    except psutil.Error:
+        return []
+
+
+def alive(pid: Any) -> bool:
+    """A live process other than this one (a zombie counts as gone)."""
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return []

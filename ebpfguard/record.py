@@ -1,0 +1,67 @@
+"""Stage 5, record: every forensic record the engine writes is shaped here, in one envelope (which
+extension, instance, cgroup, mode and policy), then chained, signed and made durable by the log.
+Whoever wants records (the forwarder, live trace, metrics) hooks ``log.durable`` and hears of each
+one once it is fsync'd, never before.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .clock import now_ns, rfc3339_ns
+from .errors import EbpfguardError
+from .events import Event
+from .forensics import ForensicLog
+from .instances import Instance
+from .manifest.load import Manifest
+
+log = logging.getLogger("ebpfguard")
+
+
+class Recorder:
+    def __init__(self, forensic_log: ForensicLog):
+        self.log = forensic_log
+        self.errors = 0  # records that could not be written (besides the log's own count)
+
+    def write(self, inst: Instance | None, body: dict[str, Any], *, manifest: Manifest | None = None,
+              mode: str | None = None, cgroup_id: int | None = None) -> dict[str, Any] | None:
+        """The envelope, then ``body`` (kind, pid, detail, verdict, actions...)."""
+        m = inst.manifest if inst else manifest
+        rec = {"time": rfc3339_ns(now_ns()), "extension": m.name if m else None,
+               "instance": inst.id if inst else None, "cgroup_id": inst.cgroup_id if inst else cgroup_id,
+               "mode": inst.mode if inst else mode, "policy_sha256": m.sha256 if m else None, **body}
+        try:
+            return self.log.append(rec)
+        except EbpfguardError as err:
+            self.errors += 1
+            log.error("%s", err)
+            return None
+
+    def event(self, inst: Instance | None, ev: Event, verdict: str | None, detail: dict[str, Any],
+              actions: list[str], *, manifest: Manifest | None, mode: str | None,
+              response_ns: int | None = None) -> dict[str, Any] | None:
+        body: dict[str, Any] = {"kind": ev.kind, "pid": ev.pid, "tgid": ev.tgid, "uid": ev.uid, "comm": ev.comm,
+                                "detail": detail, "verdict": verdict, "actions": actions,
+                                "time": rfc3339_ns(ev.ts_ns)}
+        if response_ns is not None:
+            body["response_ns"] = response_ns  # detection (kernel timestamp) to action done
+        return self.write(inst, body, manifest=manifest, mode=mode, cgroup_id=ev.cgroup_id)
+
+    def lifecycle(self, inst: Instance, event: str, *, actions: list[str] | None = None,
+                  pid: int | None = None, comm: str | None = None, **detail: Any) -> dict[str, Any] | None:
+        """start, stop, adopted, readopted, escalation, and what an operator asked for."""
+        pid = inst.leader_pid if pid is None else pid
+        body: dict[str, Any] = {"kind": "lifecycle", "pid": pid, "tgid": pid, "detail": {"event": event, **detail},
+                                "verdict": None, "actions": actions or []}
+        if comm is not None:
+            body["comm"] = comm
+        return self.write(inst, body)
+
+    def resource(self, inst: Instance, resource: str, event: str, count: int, limit: Any) -> dict[str, Any] | None:
+        """A containment by a limit: an OOM kill inside the memory cap, or forks the pids cap refused."""
+        killed = event == "oom_kill"
+        return self.write(inst, {"kind": "resource", "pid": inst.leader_pid, "tgid": inst.leader_pid,
+                                 "detail": {"resource": resource, "event": event, "count": count, "limit": limit},
+                                 "verdict": "killed" if killed else "denied",
+                                 "actions": ["oom-kill:cgroup" if killed else "eagain:pids.max"]})

@@ -1,0 +1,64 @@
+"""Stage 2, resolve: what the kernel could not know, read from /proc while the process still holds
+it. A pending path (relative, "..", an unreadable user page, an fd exec) becomes the absolute path
+the process named; a file or exec event of a Landlock-confined instance gets the real path its
+ruleset decided on. Nothing is decided here."""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from .events import Event
+from .kernel.abi import EvFlag, Verdict
+
+AT_FDCWD = -100
+
+
+@dataclass(frozen=True)
+class Resolution:
+    path: str | None = None        # the absolute path of a pending event; None when it could not be read
+    unresolved: str | None = None  # why not
+    real_path: str | None = None   # symlinks resolved, for comparing with the Landlock grants
+
+
+def resolve(ev: Event, landlocked: bool) -> Resolution:
+    path: str | None = None
+    unresolved = None
+    if ev.verdict == Verdict.PENDING.label:
+        try:
+            path = full_path(ev)
+        except OSError as err:
+            unresolved = f"{err.strerror}: the process is gone or the fd is closed"
+    real = None
+    if landlocked and ev.kind in ("file", "exec"):
+        p = path or ev.path
+        if p.startswith("/"):
+            real = os.path.realpath(p)
+    return Resolution(path, unresolved, real)
+
+
+def full_path(ev: Event) -> str:
+    """The absolute, normalised path of a pending file or exec event, read through /proc."""
+    path = ev.path
+    if ev.has(EvFlag.UNREADABLE):
+        try:
+            with open(f"/proc/{ev.pid}/mem", "rb", buffering=0) as mem:
+                mem.seek(ev.uptr)
+                path = mem.read(4096).split(b"\0", 1)[0].decode(errors="surrogateescape")
+        except OSError:
+            # a held execve stops only once the new program is in place: the old memory is gone,
+            # and /proc/PID/exe is what it executed
+            if ev.kind != "exec":
+                raise
+            return os.readlink(f"/proc/{ev.tgid}/exe")
+        if not path:
+            if ev.kind == "exec":  # the new program's memory is at that address now: same answer
+                return os.readlink(f"/proc/{ev.tgid}/exe")
+            raise OSError(errno.EFAULT, "the path's user memory reads as empty")
+    if not path and ev.has(EvFlag.EMPTY_PATH):
+        return os.readlink(f"/proc/{ev.tgid}/fd/{ev.dirfd}")
+    if not path.startswith("/"):
+        base = os.readlink(f"/proc/{ev.pid}/cwd" if ev.dirfd == AT_FDCWD else f"/proc/{ev.tgid}/fd/{ev.dirfd}")
+        path = os.path.join(base, path)
+    return "/" + os.path.normpath(path).lstrip("/")  # normpath keeps a leading "//"

@@ -1,0 +1,54 @@
+"""The backend contract between the engine and the kernel: what a sensor must do. kernel/loader.py's
+Sensor is the real one (bcc, real programs and maps); ebpfguard.testing.FakeSensor satisfies the same
+contract in memory, so that the pipeline, the ladder and escalation are tested without root."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from .manifest.compile import CompiledPolicy
+
+
+class SensorLike(Protocol):
+    lsm: bool
+    gates: set[str]            # syscalls whose gate programs are attached
+    missing_gates: set[str]    # denied syscalls this kernel has no tracepoint for
+
+    def open_events(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback`` with each raw kernel event (an eg_event) that poll() or consume() reads."""
+
+    def poll(self, timeout_ms: int) -> None: ...
+
+    def consume(self) -> None:
+        """Read what is already in the ring buffer, without waiting."""
+
+    def write_policy(self, cp: CompiledPolicy) -> None: ...
+
+    def clear_policy(self, cp: CompiledPolicy) -> None: ...
+
+    def attach_cgroup(self, path: Path) -> None:
+        """Attach the network programs to a cgroup (they then decide for every process in it)."""
+
+    def detach_cgroup(self, path: Path) -> None: ...
+
+    def bind(self, cgroup_id: int, slot: int) -> None:
+        """Put a cgroup under a policy slot: the hooks start deciding for it."""
+
+    def unbind(self, cgroup_id: int) -> None:
+        """Forget a cgroup: slot, filter, quarantine, landlocked and repeat counts."""
+
+    def suppressed(self, cgroup_id: int) -> int:
+        """Identical repeats the kernel counted but did not record, for this cgroup, in total."""
+
+    def set_landlocked(self, cgroup_id: int, on: bool) -> None: ...
+
+    def quarantine(self, cgroup_id: int, on: bool) -> None: ...
+
+    def counters(self) -> dict[str, int]:
+        """events, drops, kills, denials, suppressed: the kernel's global counters."""
+
+    def program_stats(self) -> dict[str, tuple[int, int]]: ...
+
+    def close(self) -> None: ...

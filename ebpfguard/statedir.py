@@ -1,0 +1,65 @@
+"""The layout under STATE (``--state-dir``, /var/lib/ebpfguard by default), named in one place.
+
+    STATE/agent.sock                 the agent's control socket (root only)
+    STATE/forensics/records.jsonl    the forensic log, records-<seq>.jsonl once rotated, head.json
+    STATE/keys/forensics.ed25519     the host's signing key (PKCS#8 PEM, 0600)
+    STATE/instances/<id>.json        what a restarted agent needs to take a running instance back
+    STATE/policies/<sha256>          the exact manifest bytes each record's policy_sha256 names
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT = "/var/lib/ebpfguard"
+
+
+@dataclass(frozen=True)
+class StateDir:
+    root: Path
+
+    @classmethod
+    def of(cls, state: str | os.PathLike[str] | StateDir) -> StateDir:
+        return state if isinstance(state, StateDir) else cls(Path(state))
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "agent.sock"
+
+    @property
+    def forensics(self) -> Path:
+        return self.root / "forensics"
+
+    @property
+    def records(self) -> Path:
+        return self.forensics / "records.jsonl"
+
+    @property
+    def head(self) -> Path:
+        return self.forensics / "head.json"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.root / "keys" / "forensics.ed25519"
+
+    @property
+    def instances(self) -> Path:
+        return self.root / "instances"
+
+    def instance(self, instance_id: str) -> Path:
+        return self.instances / f"{instance_id}.json"
+
+    @property
+    def policies(self) -> Path:
+        return self.root / "policies"
+
+    def policy(self, sha256: str) -> Path:
+        return self.policies / sha256
