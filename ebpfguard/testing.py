@@ -45,6 +45,7 @@ class FakeSensor:
         self.repeats: dict[int, int] = {}        # cgroup id -> suppressed
         self.ring: list[Any] = []
         self.kernel_counters = {"events": 0, "drops": 0, "kills": 0, "denials": 0, "suppressed": 0}
+        self.prog_stats: dict[str, tuple[int, int]] = {}  # program -> (run ns, runs)
         self.closed = False
         self._callback: Callable[[Any], None] | None = None
 
@@ -97,7 +98,7 @@ class FakeSensor:
         return dict(self.kernel_counters)
 
     def program_stats(self) -> dict[str, tuple[int, int]]:
-        return {}
+        return dict(self.prog_stats)
 
     def close(self) -> None:
         self.closed = True

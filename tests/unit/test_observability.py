@@ -12,9 +12,11 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ebpfguard.cgroups import CgroupManager
 from ebpfguard.cli import main
-from ebpfguard.forensics import ForensicLog
-from ebpfguard.metrics import EngineCollector, Stats
+from ebpfguard.engine import Engine
+from ebpfguard.metrics import EngineCollector
+from ebpfguard.testing import FakeSensor
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "max", "min", "time", "le", "instance",
@@ -23,16 +25,18 @@ PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "max", "m
 
 def exported(tmp_path: Path) -> set[str]:
     """Every sample name the agent's collector and `verify --metrics-file` produce."""
-    sensor = SimpleNamespace(counters=lambda: {"events": 1, "drops": 0, "kills": 0, "denials": 0, "suppressed": 0},
-                             program_stats=lambda: {"syscalls__sys_enter_openat": (100, 1)})
-    stats = Stats()
-    stats.violation("x", "file", "denied", ["cgroup.freeze"])
-    stats.response(0.002)
-    engine = SimpleNamespace(sensor=sensor, stats=stats, log=ForensicLog(tmp_path), record_errors=0,
-                             instances={}, slots={})
+    cg = tmp_path / "cg"
+    for d in ("unified", "memory", "cpu", "pids", "freezer"):
+        (cg / d).mkdir(parents=True)
+        (cg / d / "cgroup.procs").write_text("")
+    sensor = FakeSensor()
+    sensor.prog_stats = {"syscalls__sys_enter_openat": (100, 1)}
+    engine = Engine(tmp_path, sensor=sensor, cgroups=CgroupManager(cg))
+    engine.stats.violation("x", "file", "denied", ["cgroup.freeze"])
+    engine.stats.response(0.002)
     reg = CollectorRegistry(auto_describe=False)
     policy = SimpleNamespace(name="x", version="1", sha256="ab" * 32)
-    reg.register(EngineCollector(engine, lambda: {"x": policy}))  # type: ignore[arg-type, dict-item, return-value]
+    reg.register(EngineCollector(engine, lambda: {"x": policy}))  # type: ignore[dict-item, return-value]
     names = {s.name for f in text_string_to_metric_families(generate_latest(reg).decode()) for s in f.samples}
     prom = tmp_path / "v.prom"
     CliRunner().invoke(main, ["forensics", "verify", "--state-dir", str(tmp_path), "--metrics-file", str(prom)])

@@ -1,0 +1,404 @@
+"""The decision pipeline without root: decide() on its own, and the whole path (decode -> resolve ->
+decide -> act -> record) through an Engine driven by the in-memory FakeSensor, on a fixture cgroup
+tree, with an injected clock. Every response x mode x kind, escalation windows, quarantine, held
+processes, the verdicts' truth and when hooks hear of a record."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ebpfguard.cgroups import CgroupManager
+from ebpfguard.decide import FREEZE, KILL, QUARANTINE, RESUME, SIGKILL_AGENT, THROTTLE, LadderState, Policy, decide
+from ebpfguard.engine import Engine, Instance
+from ebpfguard.events import decode
+from ebpfguard.forensics import read, verify
+from ebpfguard.kernel.abi import Access, EvFlag, Kind, NetOp, Verdict
+from ebpfguard.manifest.load import Manifest, parse
+from ebpfguard.resolve import Resolution
+from ebpfguard.sandbox import landlock
+from ebpfguard.testing import FakeSensor, raw_event
+
+KINDS = ["file", "exec", "network", "syscall", "privilege"]
+RESPONSES = ["alert", "block", "throttle", "freeze", "kill"]
+
+
+def manifest(*, mode: str = "enforce", response: dict[str, str] | None = None, escalation: str = "",
+             quarantine: bool = False, read_: str = "/usr/") -> Manifest:
+    resp = dict(response or {})
+    lines = [f"    {k}: {v}" for k, v in resp.items()]
+    if quarantine:
+        lines.append("    quarantine: true")
+    if escalation:
+        lines.append(f"    escalation: {escalation}")
+    text = f"""apiVersion: ebpfguard.io/v1
+kind: Extension
+metadata: {{name: t, version: "1", publisher: example.org}}
+spec:
+  mode: {mode}
+  filesystem: {{read: [{read_}], write: [], exec: [/usr/bin/true]}}
+""" + ("  response:\n" + "\n".join(lines) + "\n" if lines else "")
+    return parse(text.encode(), "t.yaml", home="/nonexistent")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def cgroot(tmp_path: Path) -> Path:
+    """A hybrid-layout fixture tree: v2 at unified/ (no cgroup.freeze: the v1 freezer file is used)."""
+    root = tmp_path / "cg"
+    for d in ("unified", "memory", "cpu", "pids", "freezer"):
+        (root / d).mkdir(parents=True)
+        (root / d / "cgroup.procs").write_text("")
+    return root
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def engine(tmp_path: Path, cgroot: Path, clock: Clock) -> Iterator[Engine]:
+    eng = Engine(tmp_path / "state", sensor=FakeSensor(), cgroups=CgroupManager(cgroot), clock=clock)
+    yield eng
+
+
+def sensor(eng: Engine) -> FakeSensor:
+    assert isinstance(eng.sensor, FakeSensor)
+    return eng.sensor
+
+
+def violation(inst: Instance, kind: str, verdict: Verdict = Verdict.DETECTED, **kw: Any) -> Any:
+    k = Kind[kind.upper()]
+    extra: dict[str, Any] = {}
+    if kind in ("file", "exec"):
+        extra = {"path": kw.pop("path", "/etc/shadow"), "op": int(Access.EXEC if kind == "exec" else Access.READ)}
+    elif kind == "network":
+        extra = {"op": int(NetOp.CONNECT), "family": 4, "port": 9, "addr": bytes([127, 0, 0, 1]), "proto": 6}
+    else:
+        extra = {"syscall_nr": 101}
+    extra.update(kw)
+    return raw_event(k, verdict, cgroup_id=inst.cgroup_id, slot=inst.slot, **extra)
+
+
+def records(eng: Engine) -> list[dict[str, Any]]:
+    return [r for r in read(eng.state) if isinstance(r, dict) and r.get("kind") != "checkpoint"]
+
+
+def one(eng: Engine, raw: Any) -> dict[str, Any] | None:
+    got: list[dict[str, Any]] = []
+    eng.subscribers.append(got.append)
+    sensor(eng).emit(raw)
+    eng.poll(0)
+    eng.subscribers.remove(got.append)
+    assert len(got) <= 1
+    return got[0] if got else None
+
+
+def freezer(inst: Instance) -> str:
+    p = inst.cgroup.v1["freezer"] / "freezer.state"
+    return p.read_text() if p.exists() else "THAWED"
+
+
+def killed(inst: Instance) -> bool:
+    return (inst.cgroup.v2 / "cgroup.kill").exists()
+
+
+# ---- every response x mode x kind, through the whole pipeline -------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("response", RESPONSES)
+@pytest.mark.parametrize("mode", ["audit", "enforce"])
+def test_response_mode_kind(engine: Engine, kind: str, response: str, mode: str) -> None:
+    inst = engine.prepare(manifest(mode=mode, response={kind: response}))
+    # what the kernel reports for it: audit and alert are allowed and recorded; enforce denies where the
+    # hook can (network), kills in the kernel on "kill", and leaves the rest detected
+    if mode == "audit" or response == "alert":
+        kv = Verdict.ALLOWED
+    elif response == "kill":
+        kv = Verdict.KILLED
+    else:
+        kv = Verdict.DENIED if kind == "network" else Verdict.DETECTED
+    rec = one(engine, violation(inst, kind, kv))
+    assert rec is not None and rec["kind"] == kind and rec["verdict"] == kv.label
+    want = {"kill": [KILL], "freeze": [FREEZE], "throttle": [THROTTLE]}.get(response, []) if mode == "enforce" else []
+    agent = [a for a in rec["actions"] if a in (KILL, FREEZE, THROTTLE)]
+    assert agent == want
+    assert killed(inst) == (KILL in want)
+    assert (freezer(inst) == "FROZEN") == (FREEZE in want)
+    assert inst.state == {KILL: "killed", FREEZE: "frozen", THROTTLE: "throttled"}.get(want[0] if want else "", "running")
+    if THROTTLE in want:
+        assert (inst.cgroup.v1["cpu"] / "cpu.cfs_quota_us").read_text() == "5000"
+    if kv == Verdict.KILLED:
+        assert rec["actions"][0] == "sigkill:kernel"
+    if kv == Verdict.DENIED:
+        assert rec["actions"][0] == "eperm:kernel"
+    assert inst.violations == 1
+    assert ("response_ns" in rec) == bool(want)
+
+
+# ---- the deciding layer's own actions -----------------------------------------------------------
+@pytest.mark.parametrize(("kind", "verdict", "flags", "action"), [
+    ("syscall", Verdict.KILLED, EvFlag.SECCOMP, "sigsys:seccomp"),
+    ("syscall", Verdict.KILLED, EvFlag.SECCOMP | EvFlag.AT_EXIT, "sigkill:kernel"),
+    ("syscall", Verdict.DENIED, EvFlag.SECCOMP | EvFlag.AT_EXIT, "eperm:seccomp"),
+    ("file", Verdict.DENIED, EvFlag.LSM, "eacces:lsm"),
+    ("exec", Verdict.DENIED, EvFlag.LSM, "eacces:lsm"),
+    ("privilege", Verdict.DENIED, EvFlag.LSM, "eperm:lsm"),
+    ("network", Verdict.DENIED, EvFlag.QUARANTINE, "eperm:kernel"),
+])
+def test_kernel_actions_name_the_layer(engine: Engine, kind: str, verdict: Verdict, flags: EvFlag,
+                                       action: str) -> None:
+    inst = engine.prepare(manifest(response={kind: "block"}))
+    rec = one(engine, violation(inst, kind, verdict, flags=flags))
+    assert rec is not None and rec["verdict"] == verdict.label and rec["actions"] == [action]
+
+
+# ---- pending paths, resolved through /proc of a real process ----------------------------------------
+@pytest.fixture
+def child() -> Iterator[subprocess.Popen[bytes]]:
+    p = subprocess.Popen(["sleep", "60"], cwd="/usr")
+    yield p
+    p.kill()
+    p.wait()
+
+
+def test_pending_inside_the_rules_is_no_violation_and_the_held_process_resumes(
+        engine: Engine, child: subprocess.Popen[bytes]) -> None:
+    inst = engine.prepare(manifest())
+    os.kill(child.pid, 19)  # as the kernel holds it
+    rec = one(engine, violation(inst, "file", Verdict.PENDING, path="bin/env", pid=child.pid,
+                                flags=EvFlag.RELATIVE | EvFlag.HELD))
+    assert rec is None and records(engine) == []
+    assert _state(child.pid) != "T"  # SIGCONT sent
+    assert inst.violations == 0
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize(("mode", "response", "verdict"), [
+    ("audit", "block", "allowed"), ("enforce", "alert", "allowed"), ("enforce", "block", "detected"),
+    ("enforce", "freeze", "detected")])
+def test_pending_outside_the_rules(engine: Engine, child: subprocess.Popen[bytes], mode: str, response: str,
+                                   verdict: str) -> None:
+    inst = engine.prepare(manifest(mode=mode, response={"file": response}))
+    rec = one(engine, violation(inst, "file", Verdict.PENDING, path="../etc/./shadow", pid=child.pid,
+                                flags=EvFlag.DOTDOT | EvFlag.RELATIVE | EvFlag.HELD))
+    assert rec is not None and rec["verdict"] == verdict
+    assert rec["detail"]["path"] == "/etc/shadow" and rec["detail"]["raw_path"] == "../etc/./shadow"
+    assert RESUME not in rec["actions"]
+    assert _state(child.pid) != "T"
+
+
+def test_pending_kill_is_killed_only_when_the_kill_landed(engine: Engine, child: subprocess.Popen[bytes]) -> None:
+    inst = engine.prepare(manifest(response={"exec": "kill"}))
+    rec = one(engine, violation(inst, "exec", Verdict.PENDING, path="./x", pid=child.pid,
+                                flags=EvFlag.RELATIVE | EvFlag.HELD))
+    assert rec is not None and rec["verdict"] == "killed" and rec["actions"][0] == SIGKILL_AGENT
+    assert child.wait(timeout=5) == -9
+
+
+def test_pending_kill_of_a_gone_process_is_recorded_as_detected_not_killed(engine: Engine) -> None:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    inst = engine.prepare(manifest(response={"exec": "kill"}))
+    rec = one(engine, violation(inst, "exec", Verdict.PENDING, path="./x", pid=p.pid,
+                                flags=EvFlag.RELATIVE | EvFlag.HELD))
+    assert rec is not None and rec["verdict"] == "detected" and SIGKILL_AGENT not in rec["actions"]
+    assert "unresolved" in rec["detail"]
+
+
+# ---- escalation windows, with the injected clock -------------------------------------------------
+def test_freeze_after_n_within_the_window(engine: Engine, clock: Clock) -> None:
+    inst = engine.prepare(manifest(escalation="{window: 10s, freeze_after: 3}"))
+    acts = []
+    for _ in range(3):
+        rec = one(engine, violation(inst, "file"))
+        assert rec is not None
+        acts.append(rec["actions"])
+        clock.t += 1
+    assert acts[:2] == [[], []] and acts[2] == ["cgroup.freeze:escalation(3 in 10s)"]
+    assert freezer(inst) == "FROZEN" and inst.state == "frozen"
+
+
+def test_violations_outside_the_window_do_not_escalate(engine: Engine, clock: Clock) -> None:
+    inst = engine.prepare(manifest(escalation="{window: 10s, freeze_after: 3}"))
+    for _ in range(6):
+        rec = one(engine, violation(inst, "file"))
+        assert rec is not None and rec["actions"] == []
+        clock.t += 6  # at most two inside any 10 s
+    assert inst.state == "running" and len(inst.recent) == 2
+
+
+def test_kill_after_overrides_freeze(engine: Engine, clock: Clock) -> None:
+    inst = engine.prepare(manifest(escalation="{window: 60s, freeze_after: 2, kill_after: 4}"))
+    steps = []
+    for _ in range(4):
+        rec = one(engine, violation(inst, "network", Verdict.DENIED))
+        assert rec is not None
+        steps.append([a.split(":")[0] for a in rec["actions"][1:]])
+    assert steps == [[], ["cgroup.freeze"], [], ["cgroup.kill"]]
+    assert killed(inst) and inst.state == "killed"
+
+
+def test_audit_mode_never_escalates(engine: Engine) -> None:
+    inst = engine.prepare(manifest(mode="audit", escalation="{window: 60s, freeze_after: 1, kill_after: 2}"))
+    for _ in range(5):
+        rec = one(engine, violation(inst, "file", Verdict.ALLOWED))
+        assert rec is not None and rec["actions"] == []
+    assert inst.state == "running" and not killed(inst) and inst.violations == 5
+
+
+def test_suppressed_repeats_count_toward_the_window(engine: Engine) -> None:
+    inst = engine.prepare(manifest(escalation="{window: 60s, kill_after: 50}"))
+    sensor(engine).repeats[inst.cgroup_id] = 49
+    engine.poll(0)
+    assert not killed(inst) and inst.violations == 49
+    sensor(engine).repeats[inst.cgroup_id] = 50
+    engine.poll(0)
+    assert killed(inst)
+    rec = records(engine)[-1]
+    assert rec["detail"] == {"event": "escalation", "repeats": 1} and rec["actions"][0].startswith("cgroup.kill")
+
+
+def test_thaw_clears_the_window(engine: Engine) -> None:
+    inst = engine.prepare(manifest(escalation="{window: 60s, freeze_after: 2}"))
+    one(engine, violation(inst, "file"))
+    one(engine, violation(inst, "file"))
+    assert inst.state == "frozen"
+    engine.operator(inst, "thaw")
+    assert inst.state == "running" and freezer(inst) == "THAWED" and not inst.recent
+    rec = one(engine, violation(inst, "file"))
+    assert rec is not None and rec["actions"] == []
+
+
+# ---- quarantine ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("kind", "verdict", "quarantined"), [
+    ("network", Verdict.DENIED, True), ("privilege", Verdict.DETECTED, True), ("file", Verdict.DETECTED, False),
+    ("exec", Verdict.DETECTED, False), ("syscall", Verdict.DETECTED, False)])
+def test_quarantine_on_network_and_privilege(engine: Engine, kind: str, verdict: Verdict, quarantined: bool) -> None:
+    inst = engine.prepare(manifest(quarantine=True, response={"privilege": "block"}))
+    rec = one(engine, violation(inst, kind, verdict))
+    assert rec is not None and (QUARANTINE in rec["actions"]) == quarantined
+    assert (inst.cgroup_id in sensor(engine).quarantined) == quarantined == inst.quarantined
+
+
+def test_quarantine_once_and_lifted_by_hand(engine: Engine) -> None:
+    inst = engine.prepare(manifest(quarantine=True))
+    one(engine, violation(inst, "network", Verdict.DENIED))
+    rec = one(engine, violation(inst, "network", Verdict.DENIED, port=10))
+    assert rec is not None and QUARANTINE not in rec["actions"]
+    engine.operator(inst, "lift")
+    assert inst.cgroup_id not in sensor(engine).quarantined
+    assert records(engine)[-1]["detail"] == {"event": "lift", "by": "operator"}
+
+
+# ---- Landlock's verdict, inferred on the real path -----------------------------------------------
+def _ll_state(grants: list[tuple[str, int]]) -> LadderState:
+    return LadderState("enforce", landlock_grants=tuple(grants), landlock_handled=landlock.FS["read_file"]
+                       | landlock.FS["read_dir"] | landlock.FS["write_file"])
+
+
+@pytest.mark.parametrize(("real", "aux", "verdict"), [
+    ("/etc/shadow", 0, "denied"),           # outside every grant: Landlock refused it
+    ("/usr/lib/os-release", 0, "detected"),  # inside a read grant
+    ("/etc/shadow", 0o10000000, "detected"),  # O_PATH: Landlock does not check it
+])
+def test_landlock_denials_are_inferred_on_the_real_path(real: str, aux: int, verdict: str) -> None:
+    m = manifest()
+    ev = decode(raw_event(Kind.FILE, Verdict.DETECTED, cgroup_id=7, path="/x/link", aux=aux))
+    d = decide(ev, Policy(m, "enforce"), _ll_state([("/usr/", landlock.FS["read_file"])]),
+               Resolution(real_path=real), 0.0)
+    assert d.verdict == verdict and (d.taken == ("eacces:landlock",)) == (verdict == "denied")
+
+
+def test_no_landlock_no_inference() -> None:
+    ev = decode(raw_event(Kind.FILE, Verdict.DETECTED, cgroup_id=7, path="/etc/shadow"))
+    d = decide(ev, Policy(manifest(), "enforce"), LadderState("enforce"), Resolution(real_path="/etc/shadow"), 0.0)
+    assert d.verdict == "detected" and d.taken == ()
+
+
+# ---- records, hooks, metrics -----------------------------------------------------------------------
+def test_hooks_hear_of_a_record_only_once_it_is_durable(engine: Engine) -> None:
+    inst = engine.prepare(manifest())
+    seen: list[int] = []
+    engine.subscribers.append(lambda r: seen.append(r["seq"]))
+    with engine.log.batch():
+        sensor(engine).emit(violation(inst, "file"))
+        sensor(engine).consume()
+        assert seen == [] and engine.log.written == 0
+    assert len(seen) == 1 and engine.log.written == 1
+
+
+def test_metrics_count_durable_records(engine: Engine) -> None:
+    inst = engine.prepare(manifest(response={"network": "freeze"}))
+    one(engine, violation(inst, "network", Verdict.DENIED))
+    violations, actions, buckets, _ = engine.stats.snapshot()
+    assert violations == {("t", "network", "denied"): 1}
+    assert actions == {"eperm:kernel": 1, "cgroup.freeze": 1} and sum(buckets) == 1
+
+
+def test_event_of_an_unknown_cgroup_is_not_recorded(engine: Engine) -> None:
+    sensor(engine).emit(raw_event(Kind.FILE, Verdict.DETECTED, cgroup_id=12345, slot=63, path="/etc/shadow"))
+    engine.poll(0)
+    assert records(engine) == []
+
+
+def test_lifecycle_events_are_recorded_without_a_verdict_or_the_ladder(engine: Engine) -> None:
+    inst = engine.prepare(manifest(escalation="{window: 60s, freeze_after: 1}"))
+    rec = one(engine, raw_event(Kind.LIFECYCLE, Verdict.NONE, cgroup_id=inst.cgroup_id, slot=inst.slot, op=1,
+                                path="/usr/bin/true"))
+    assert rec is not None and rec["verdict"] is None and rec["actions"] == []
+    assert rec["detail"] == {"event": "exec", "path": "/usr/bin/true"} and inst.violations == 0
+
+
+def test_record_envelope_and_chain(engine: Engine) -> None:
+    inst = engine.prepare(manifest())
+    engine.started(inst, os.getpid(), ["/usr/bin/true"], {"layers": []})
+    one(engine, violation(inst, "exec", path="/usr/bin/curl"))
+    engine.release(inst)
+    recs = records(engine)
+    assert [r["detail"]["event"] if r["kind"] == "lifecycle" else r["kind"] for r in recs] == ["start", "exec", "stop"]
+    for r in recs:
+        assert (r["extension"], r["instance"], r["cgroup_id"], r["mode"]) == ("t", inst.id, inst.cgroup_id, "enforce")
+        assert r["policy_sha256"] == inst.manifest.sha256
+    assert list(recs[1])[:5] == ["seq", "time", "extension", "instance", "cgroup_id"]
+    assert recs[2]["detail"]["violations"] == 1
+    assert verify(engine.state).ok
+    assert (engine.state.policy(inst.manifest.sha256)).read_bytes() == inst.manifest.raw
+
+
+def test_instances_are_saved_and_forgotten(engine: Engine) -> None:
+    inst = engine.prepare(manifest())
+    saved = json.loads(engine.state.instance(inst.id).read_text())
+    assert saved["id"] == inst.id and saved["manifest_text"] == inst.manifest.raw.decode()
+    assert inst.cgroup_id in sensor(engine).slots and str(inst.cgroup.v2) in sensor(engine).attached
+    engine.release(inst)
+    assert not engine.state.instance(inst.id).exists()
+    assert inst.cgroup_id not in sensor(engine).slots and not sensor(engine).attached
+    assert sensor(engine).policies == {}
+
+
+def test_one_slot_per_manifest_and_mode(engine: Engine) -> None:
+    m = manifest()
+    a, b, c = engine.prepare(m), engine.prepare(m), engine.prepare(m, "audit")
+    assert a.slot == b.slot != c.slot and len(engine.slots) == 2
+    engine.release(a)
+    assert len(engine.slots) == 2
+    engine.release(b)
+    assert len(engine.slots) == 1
