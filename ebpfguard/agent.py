@@ -21,7 +21,7 @@ from .engine import Engine, Instance
 from .errors import EbpfguardError, ManifestError
 from .events import now_ns, rfc3339_ns
 from .forensics import MAX_BYTES, ForensicLog, Forwarder
-from .kernel.probe import bpf_lsm_status
+from .kernel.features import bpf_lsm_status
 from .manifest.load import Manifest, load, parse
 
 log = logging.getLogger("ebpfguard")

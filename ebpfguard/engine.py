@@ -30,13 +30,13 @@ from .forensics import ForensicLog
 from .instances import Instance, InstanceStore, alive, cmdline, process_tree
 from .kernel.abi import EvFlag
 from .manifest.load import Manifest
-from .metrics import Stats
 from .record import Recorder
 from .resolve import Resolution, resolve
 from .sandbox import landlock
 from .sensor import SensorLike
 from .slots import Slots
 from .statedir import StateDir
+from .stats import Stats
 
 log = logging.getLogger("ebpfguard")
 

@@ -17,6 +17,7 @@ from ..errors import KernelError
 from ..manifest.compile import CompiledPolicy
 from ..resources import bpf_dir
 from .abi import c
+from .features import bpf_lsm_status
 
 SOURCES = ("lib.bpf.h", "files.bpf.c", "net.bpf.c", "syscalls.bpf.c", "lifecycle.bpf.c", "lsm.bpf.c")
 TRACEFS = Path("/sys/kernel/tracing")
@@ -58,8 +59,6 @@ class Sensor:
         if has_tracepoint("syscalls", "sys_enter_fchmodat2"):
             cflags.append("-DEG_HAVE_FCHMODAT2")
         if lsm is None:
-            from .probe import bpf_lsm_status  # noqa: PLC0415
-
             lsm = bpf_lsm_status()[0]
         self.lsm = lsm
         if lsm:

@@ -1,118 +1,21 @@
-"""What this host can do, probed at run time (never assumed from a kernel version).
-
-``python -m ebpfguard.kernel.probe --require`` loads the real programs once and exits 1 with the
-reason when eBPF cannot be loaded: CI runs it before the kernel tier so that tier never skips.
-"""
+"""``python -m ebpfguard.kernel.probe [--require]``: print what this host can do (kernel/features.py);
+with --require, load the real programs once and exit 1 with the reason when eBPF cannot be loaded.
+CI runs it before the kernel tier so that tier never skips."""
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
 import sys
-from pathlib import Path
-from typing import Any
 
+from ..errors import KernelError
+from .features import active_lsms, bpf_lsm_available, bpf_lsm_status, headers_match, landlock_abi, probe
+from .loader import Sensor
 
-def landlock_abi() -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
-    v = libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
-    return int(v) if v > 0 else 0
-
-
-def active_lsms() -> list[str]:
-    p = Path("/sys/kernel/security/lsm")
-    if not p.exists():
-        os.system("mount -t securityfs securityfs /sys/kernel/security 2>/dev/null")
-    try:
-        return p.read_text().strip().split(",")
-    except OSError:
-        return []
-
-
-_LSM_STATUS: tuple[bool, str] | None = None
-
-
-def headers_match() -> bool:
-    """Are /lib/modules/$(uname -r)/build this kernel's own headers (not a generic set linked in,
-    as make setup does when no package matches)? Programs that read kernel structs need them."""
-    release = os.uname().release
-    build = Path(f"/lib/modules/{release}/build")
-    if not (build / "include").exists():
-        return False
-    real = os.path.realpath(build)
-    return release in real or not build.is_symlink()
-
-
-def bpf_lsm_status() -> tuple[bool, str]:
-    """(usable, why not). BPF-LSM needs "bpf" among the active LSMs, BPF trampolines (known only by
-    loading an LSM program: it fails with EPERM on kernels that forbid text patching, as on these
-    machines) and, because the programs read kernel structs, the running kernel's own headers."""
-    global _LSM_STATUS
-    if _LSM_STATUS is None:
-        if "bpf" not in active_lsms():
-            _LSM_STATUS = (False, "bpf is not among the active LSMs (boot with lsm=...,bpf)")
-        elif os.geteuid() != 0:
-            _LSM_STATUS = (False, "unknown: probing needs root")
-        else:
-            saved = os.dup(2)
-            try:
-                from bcc import BPF  # noqa: PLC0415
-
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, 2)  # libbpf prints the expected refusal; the reason is returned instead
-                os.close(devnull)
-                b = BPF(text="LSM_PROBE(file_open, struct file *file) { return 0; }")
-                b.cleanup()
-                _LSM_STATUS = (True, "") if headers_match() else (
-                    False, f"the kernel headers are not {os.uname().release}'s own; the LSM programs read "
-                           "kernel structs")
-            except Exception as err:  # bcc raises bare Exception on load failures
-                msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-                if "super-user" in msg or "ermission" in msg:  # bcc's words for EPERM
-                    _LSM_STATUS = (False, "loading an LSM program fails with EPERM, as root: this kernel "
-                                          "forbids BPF trampolines")
-                else:
-                    _LSM_STATUS = (False, f"loading an LSM program fails: {msg}")
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-    return _LSM_STATUS
-
-
-def bpf_lsm_available() -> bool:
-    return bpf_lsm_status()[0]
-
-
-def probe() -> dict[str, Any]:
-    from ..cgroups import CgroupManager
-    from ..errors import CgroupError
-
-    release = os.uname().release
-    try:
-        cg_mode = CgroupManager().mode
-    except CgroupError as err:
-        cg_mode = f"unusable: {err}"
-    return {
-        "kernel": release,
-        "root": os.geteuid() == 0,
-        "btf": Path("/sys/kernel/btf/vmlinux").exists(),
-        "headers": Path(f"/lib/modules/{release}/build/include").exists(),
-        "cgroups": cg_mode,
-        "landlock_abi": landlock_abi(),
-        "lsm": active_lsms(),
-        # BPF-LSM needs "bpf" active *and* trampolines; the LSM backend probes the latter by loading.
-        "bpf_lsm_listed": "bpf" in active_lsms(),
-        "bpf_lsm": "usable" if bpf_lsm_available() else f"unavailable: {bpf_lsm_status()[1]}",
-        "headers_match": headers_match(),
-    }
+__all__ = ["active_lsms", "bpf_lsm_available", "bpf_lsm_status", "headers_match", "landlock_abi", "probe",
+           "require"]
 
 
 def require() -> int:
-    from ..errors import KernelError
-    from .loader import Sensor
-
     info = probe()
     for k, v in info.items():
         print(f"{k:>16}: {v}")

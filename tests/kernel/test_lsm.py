@@ -9,8 +9,8 @@ import errno
 import pytest
 
 from ebpfguard.engine import Engine
+from ebpfguard.kernel.features import bpf_lsm_status
 from ebpfguard.kernel.loader import program_source
-from ebpfguard.kernel.probe import bpf_lsm_status
 
 from .conftest import World, run_ext
 
