@@ -89,7 +89,7 @@ class Result:
     marker2: str | None
 
     def violations(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r["kind"] != "lifecycle"]
+        return [r for r in self.records if r["kind"] not in ("lifecycle", "checkpoint")]
 
     def rc_errno(self) -> tuple[int, int]:
         assert self.marker is not None, f"no marker: status {self.status}, records {self.records}"

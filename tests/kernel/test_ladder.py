@@ -68,7 +68,7 @@ def advancing(path: Path, seconds: float = 0.3) -> bool:
 
 
 def violations(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in records if r["kind"] not in ("lifecycle", "resource")]
+    return [r for r in records if r["kind"] not in ("lifecycle", "resource", "checkpoint")]
 
 
 def test_freeze_then_thaw(engine: Engine, world: World) -> None:
