@@ -2,8 +2,9 @@
 /*
  * events.h: every constant and struct shared by the kernel programs and the agent.
  *
- * One definition: bpf/guard.bpf.c includes this file, and ebpfguard/kernel/abi.py reads the
- * #define lines below (so keep them "#define NAME integer"). The structs are mirrored in
+ * One definition: bpf/lib.bpf.h includes this file (the loader compiles lib.bpf.h and every *.bpf.c
+ * family as one program), and ebpfguard/kernel/abi.py reads the #define lines below (so keep them
+ * "#define NAME integer"; Kind, Verdict and EvFlag there are built from them). The structs are mirrored in
  * ebpfguard/manifest/compile.py with struct.pack formats; tests/kernel/test_abi.py compares
  * those sizes with the compiled program's own map key/value types. Field types are the kernel's
  * u64/u32/u16/u8/s32 because bcc builds the Python event type from those names.
@@ -97,6 +98,18 @@
 #define EG_EV_AT_EXIT 128   /* seen at syscall exit: seccomp skipped the enter tracepoint */
 #define EG_EV_QUARANTINE 256 /* denied because the instance is in network quarantine */
 #define EG_EV_LSM 512       /* decided by a BPF-LSM hook on the resolved object (lsm.bpf.c) */
+
+/* signals, errnos and syscall numbers (x86-64) the programs use, named once */
+#define EG_SIGKILL 9
+#define EG_SIGSTOP 19
+#define EG_SIGSYS 31
+#define EG_SYS_SECCOMP 1   /* si_code of a SIGSYS sent by a seccomp filter */
+#define EG_EPERM 1
+#define EG_EACCES 13
+#define EG_NR_PTRACE 101
+#define EG_NR_UNSHARE 272
+/* CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME: what unshare() does, through clone() */
+#define EG_CLONE_NS 2114060416
 
 /* counters (per-CPU array index) */
 #define EG_CTR_EVENTS 0

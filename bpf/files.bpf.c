@@ -89,7 +89,7 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 	if (!e)
 		return 0;
 	if (pending && (pol->flags & EG_POL_ENFORCE)) {
-		bpf_send_signal(19);
+		bpf_send_signal(EG_SIGSTOP);
 		flags |= EG_EV_HELD;
 	}
 	e->verdict = verdict;

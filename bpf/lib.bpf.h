@@ -2,7 +2,7 @@
 /*
  * lib.bpf.h: maps and helpers shared by every hook family. The loader (ebpfguard/kernel/loader.py)
  * compiles this file first, then each *.bpf.c family, as one bcc program, so that all of them share
- * one set of maps. Every hook starts with current_policy(): for a task outside every extension cgroup
+ * one set of maps. Every hook starts with current_policy_cg(): for a task outside every extension cgroup
  * that is a cgroup-id read and one inlined array load, and the hook returns.
  */
 #include <uapi/linux/bpf.h>
@@ -14,9 +14,9 @@
 BPF_ARRAY(cgroup_filter, u64, EG_FILTER_SLOTS);
 BPF_HASH(cgroup_slot, u64, u32, EG_MAX_CGROUPS);
 BPF_HASH(quarantined, u64, u8, EG_MAX_CGROUPS);  /* network quarantine: deny every address */
-BPF_HASH(landlocked, u64, u8, EG_MAX_CGROUPS);
+BPF_HASH(landlocked, u64, u8, EG_MAX_CGROUPS);    /* Landlock decides files here: see check_path */
 BPF_TABLE("lru_hash", u64, struct eg_last, last_event, 16384);
-BPF_HASH(suppressed, u64, u64, EG_MAX_CGROUPS);   /* Landlock decides files here: see check_path */
+BPF_HASH(suppressed, u64, u64, EG_MAX_CGROUPS);
 BPF_ARRAY(ext_policy, struct eg_ext_policy, EG_MAX_SLOTS);
 BPF_LPM_TRIE(path_rules, struct eg_path_key, u8, 65536);
 BPF_LPM_TRIE(net_rules, struct eg_net_key, struct eg_net_value, 4096);
@@ -46,10 +46,13 @@ static __always_inline struct eg_ext_policy *current_policy_cg(u64 *cgp)
 	return ext_policy.lookup(slot);
 }
 
-static __always_inline struct eg_ext_policy *current_policy(void)
+
+/* Is a violation of this kind refused where the hook can refuse? Not in audit mode, not for "alert". */
+static __always_inline int deny_in_mode(struct eg_ext_policy *pol, u32 kind)
 {
-	u64 cg;
-	return current_policy_cg(&cg);
+	if (!(pol->flags & EG_POL_ENFORCE) || kind >= EG_KIND_MAX)
+		return 0;
+	return pol->response[kind] != EG_RESP_ALERT;
 }
 
 static __always_inline int should_kill(struct eg_ext_policy *pol, u32 kind)
@@ -59,8 +62,29 @@ static __always_inline int should_kill(struct eg_ext_policy *pol, u32 kind)
 	return pol->response[kind] == EG_RESP_KILL;
 }
 
-/* Reserve a record; a failed reservation is counted, never silent. */
-static __always_inline struct eg_event *new_event(struct eg_ext_policy *pol, u16 kind, s32 nr)
+/* SIGKILL the current task; it is delivered before the syscall returns to user space. Counted. */
+static __always_inline void kill_current(void)
+{
+	bpf_send_signal(EG_SIGKILL);
+	count(EG_CTR_KILLS);
+}
+
+/* The kind of violation syscall ``nr`` is for this policy (EG_KIND_SYSCALL, or EG_KIND_PRIVILEGE for
+ * those that escalate privilege), 0 when the policy allows it. */
+static __always_inline u16 syscall_kind(struct eg_ext_policy *pol, s32 nr)
+{
+	if (nr < 0 || nr >= EG_SYSCALL_WORDS * 64)
+		return 0;
+	u32 w = ((u32)nr >> 6) & (EG_SYSCALL_WORDS - 1);
+	u64 bit = 1ULL << (nr & 63);
+	if (!(pol->sys_deny[w] & bit))
+		return 0;
+	return (pol->sys_priv[w] & bit) ? EG_KIND_PRIVILEGE : EG_KIND_SYSCALL;
+}
+
+/* Reserve a record for the task in cgroup ``cg`` (read once by the hook); a failed reservation is
+ * counted, never silent. Violations reserve through new_violation(), lifecycle events here. */
+static __always_inline struct eg_event *new_event(struct eg_ext_policy *pol, u16 kind, s32 nr, u64 cg)
 {
 	struct eg_event *e = events.ringbuf_reserve(sizeof(struct eg_event));
 	if (!e) {
@@ -69,7 +93,7 @@ static __always_inline struct eg_event *new_event(struct eg_ext_policy *pol, u16
 	}
 	u64 id = bpf_get_current_pid_tgid();
 	e->ts_ns = bpf_ktime_get_ns();
-	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->cgroup_id = cg;
 	e->uptr = 0;
 	e->aux = 0;
 	e->pid = (u32)id;
@@ -160,7 +184,7 @@ static __always_inline struct eg_event *new_violation(struct eg_ext_policy *pol,
 		if (rep < 0)
 			return 0;
 	}
-	struct eg_event *e = new_event(pol, kind, nr);
+	struct eg_event *e = new_event(pol, kind, nr, cg);
 	if (!e) {
 		repeat_forget();
 		return 0;
@@ -173,11 +197,10 @@ static __always_inline struct eg_event *new_violation(struct eg_ext_policy *pol,
 /* Decide the verdict of a violation a tracepoint saw, and kill in the kernel if the policy says so. */
 static __always_inline u16 tracepoint_verdict(struct eg_ext_policy *pol, u32 kind)
 {
-	if (!(pol->flags & EG_POL_ENFORCE) || kind >= EG_KIND_MAX || pol->response[kind] == EG_RESP_ALERT)
+	if (!deny_in_mode(pol, kind))
 		return EG_V_ALLOWED;
 	if (should_kill(pol, kind)) {
-		bpf_send_signal(9);
-		count(EG_CTR_KILLS);
+		kill_current();
 		return EG_V_KILLED;
 	}
 	return EG_V_DETECTED;

@@ -3,10 +3,11 @@
 
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
-	struct eg_ext_policy *pol = current_policy();
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol)
 		return 0;
-	struct eg_event *e = new_event(pol, EG_KIND_LIFECYCLE, -1);
+	struct eg_event *e = new_event(pol, EG_KIND_LIFECYCLE, -1, cg);
 	if (!e)
 		return 0;
 	e->op = EG_LIFE_EXEC;
@@ -19,10 +20,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 {
 	if (!args->group_dead)
 		return 0;
-	struct eg_ext_policy *pol = current_policy();
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol)
 		return 0;
-	struct eg_event *e = new_event(pol, EG_KIND_LIFECYCLE, -1);
+	struct eg_event *e = new_event(pol, EG_KIND_LIFECYCLE, -1, cg);
 	if (!e)
 		return 0;
 	e->op = EG_LIFE_EXIT;

@@ -20,29 +20,33 @@
 #include <linux/binfmts.h>
 #include <linux/sched.h>
 
-#define EG_EACCES 13
-#define EG_EPERM 1
 #define EG_FMODE_WRITE 0x2
-#define EG_CLONE_NS (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x80)
 
-/* The LSM answer for a violation: deny unless audit mode or an `alert` response; kill if asked. */
+/* The LSM answer for a violation: deny unless audit mode or an `alert` response (deny_in_mode); kill
+ * if asked. A repeat (or a full ring) has no record and is answered all the same. */
 static __always_inline int lsm_answer(struct eg_ext_policy *pol, u32 kind, struct eg_event *e, int err)
 {
-	int deny = (pol->flags & EG_POL_ENFORCE) && kind < EG_KIND_MAX && pol->response[kind] != EG_RESP_ALERT;
+	int deny = deny_in_mode(pol, kind);
+	int killing = deny && should_kill(pol, kind);
+	if (killing)
+		kill_current();
 	if (e) {
-		e->verdict = deny ? EG_V_DENIED : EG_V_ALLOWED;
-		if (deny && should_kill(pol, kind)) {
-			bpf_send_signal(9);
-			count(EG_CTR_KILLS);
-			e->verdict = EG_V_KILLED;
-		}
+		e->verdict = killing ? EG_V_KILLED : deny ? EG_V_DENIED : EG_V_ALLOWED;
 		e->flags |= EG_EV_LSM;
 		events.ringbuf_submit(e, 0);
 	}
 	return deny ? -err : 0;
 }
 
-static __always_inline int lsm_path(struct eg_ext_policy *pol, struct path *p, u32 access, u16 kind, s32 nr)
+/* The verdict a violation of this kind will get, for new_violation's repeat gate (a kill is never a repeat). */
+static __always_inline u16 lsm_verdict(struct eg_ext_policy *pol, u32 kind)
+{
+	if (!deny_in_mode(pol, kind))
+		return EG_V_ALLOWED;
+	return should_kill(pol, kind) ? EG_V_KILLED : EG_V_DENIED;
+}
+
+static __always_inline int lsm_path(struct eg_ext_policy *pol, u64 cg, struct path *p, u32 access, u16 kind)
 {
 	u32 zero = 0;
 	struct eg_path_key *k = path_scratch.lookup(&zero);
@@ -55,10 +59,8 @@ static __always_inline int lsm_path(struct eg_ext_policy *pol, struct path *p, u
 	k->scope = (pol->slot << 8) | access;
 	if (n > 0 && path_rules.lookup(k))
 		return 0;
-	/* a repeat (or a full ring) yields no record, and is denied all the same */
-	u16 verdict = should_kill(pol, kind) ? EG_V_KILLED : EG_V_DENIED;  /* lsm_answer settles it */
 	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), k->path);
-	struct eg_event *e = new_violation(pol, kind, nr, verdict, h, bpf_get_current_cgroup_id());
+	struct eg_event *e = new_violation(pol, kind, -1, lsm_verdict(pol, kind), h, cg);
 	if (e) {
 		e->op = access;
 		__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
@@ -68,55 +70,54 @@ static __always_inline int lsm_path(struct eg_ext_policy *pol, struct path *p, u
 
 LSM_PROBE(file_open, struct file *file)
 {
-	struct eg_ext_policy *pol = current_policy();
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol)
 		return 0;
 	u32 access = (file->f_mode & EG_FMODE_WRITE) ? EG_ACC_WRITE : EG_ACC_READ;
-	return lsm_path(pol, &file->f_path, access, EG_KIND_FILE, -1);
+	return lsm_path(pol, cg, &file->f_path, access, EG_KIND_FILE);
 }
 
 LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)
 {
-	struct eg_ext_policy *pol = current_policy();
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol)
 		return 0;
-	return lsm_path(pol, &bprm->file->f_path, EG_ACC_EXEC, EG_KIND_EXEC, -1);
+	return lsm_path(pol, cg, &bprm->file->f_path, EG_ACC_EXEC, EG_KIND_EXEC);
 }
 
-static __always_inline int syscall_allowed(struct eg_ext_policy *pol, u32 nr)
+/* A syscall-level refusal decided on the object (ptrace, namespaces): recorded as syscall nr. */
+static __always_inline int lsm_syscall(struct eg_ext_policy *pol, u64 cg, s32 nr, u64 aux)
 {
-	u32 w = (nr / 64) & (EG_SYSCALL_WORDS - 1);
-	return !(pol->sys_deny[w] & (1ULL << (nr % 64)));
-}
-
-static __always_inline u16 syscall_kind(struct eg_ext_policy *pol, u32 nr)
-{
-	u32 w = (nr / 64) & (EG_SYSCALL_WORDS - 1);
-	return (pol->sys_priv[w] & (1ULL << (nr % 64))) ? EG_KIND_PRIVILEGE : EG_KIND_SYSCALL;
+	u16 kind = syscall_kind(pol, nr);
+	if (!kind)
+		return 0;
+	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), (u32)nr), aux);
+	struct eg_event *e = new_violation(pol, kind, nr, lsm_verdict(pol, kind), h, cg);
+	if (e)
+		e->aux = aux;
+	return lsm_answer(pol, kind, e, EG_EPERM);
 }
 
 LSM_PROBE(ptrace_access_check, struct task_struct *child, unsigned int mode)
 {
-	struct eg_ext_policy *pol = current_policy();
-	if (!pol || syscall_allowed(pol, 101 /* ptrace */))
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
+	if (!pol)
 		return 0;
-	u16 kind = syscall_kind(pol, 101);
-	struct eg_event *e = new_event(pol, kind, 101);
-	return lsm_answer(pol, kind, e, EG_EPERM);
+	return lsm_syscall(pol, cg, EG_NR_PTRACE, mode);
 }
 
 LSM_PROBE(task_alloc, struct task_struct *task, unsigned long clone_flags)
 {
 	if (!(clone_flags & EG_CLONE_NS))
 		return 0;
-	struct eg_ext_policy *pol = current_policy();
-	if (!pol || syscall_allowed(pol, 272 /* unshare */))
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
+	if (!pol)
 		return 0;
-	u16 kind = syscall_kind(pol, 272);
-	struct eg_event *e = new_event(pol, kind, 272);
-	if (e)
-		e->aux = clone_flags;
-	return lsm_answer(pol, kind, e, EG_EPERM);
+	return lsm_syscall(pol, cg, EG_NR_UNSHARE, clone_flags);
 }
 
 #endif /* EG_LSM */

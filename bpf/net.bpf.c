@@ -55,8 +55,7 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 	if (!quarantine && net_allows(pol, op, family, addr, port, proto))
 		return 1;
 
-	int enforce = pol->flags & EG_POL_ENFORCE;
-	int deny = quarantine || (enforce && pol->response[EG_KIND_NETWORK] != EG_RESP_ALERT);
+	int deny = quarantine || deny_in_mode(pol, EG_KIND_NETWORK);
 	u16 verdict = EG_V_ALLOWED;
 	if (deny) {
 		count(EG_CTR_DENIALS);
@@ -99,7 +98,8 @@ struct eg_user_sockaddr {
 
 static __always_inline int net_kill_check(const void *uaddr, u32 op)
 {
-	struct eg_ext_policy *pol = current_policy();
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol || !uaddr || !should_kill(pol, EG_KIND_NETWORK))
 		return 0;
 	struct eg_user_sockaddr sa = {};
@@ -112,10 +112,8 @@ static __always_inline int net_kill_check(const void *uaddr, u32 op)
 		__builtin_memcpy(addr, sa.v6, 16);
 	else
 		return 0;
-	if (!net_allows(pol, op, sa.family, addr, bpf_ntohs(sa.port), 0)) {
-		bpf_send_signal(9);
-		count(EG_CTR_KILLS);
-	}
+	if (!net_allows(pol, op, sa.family, addr, bpf_ntohs(sa.port), 0))
+		kill_current();
 	return 0;
 }
 
@@ -131,7 +129,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
 {
-	struct eg_ext_policy *pol = current_policy();
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol || !should_kill(pol, EG_KIND_NETWORK))
 		return 0;
 	void *name = 0;

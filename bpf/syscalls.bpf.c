@@ -11,10 +11,6 @@
  * from recording the same call twice when no seccomp filter is in force (an adopted process).
  */
 
-#define EG_EPERM 1
-#define EG_SIGSYS 31
-#define EG_SYS_SECCOMP 1
-
 BPF_TABLE("lru_hash", u64, u32, gate_seen, EG_MAX_THREADS);
 
 /* the common layout of every syscalls:sys_enter_* and sys_exit_* record */
@@ -32,30 +28,20 @@ struct eg_sys_exit_ctx {
 	s64 ret;
 };
 
-static __always_inline int denied_kind(struct eg_ext_policy *pol, s32 nr)
+/* The kind of violation syscall nr is for the current task, 0 when none; sets *polp and *cgp. */
+static __always_inline u16 gated(s32 nr, struct eg_ext_policy **polp, u64 *cgp)
 {
-	if (nr < 0 || nr >= EG_SYSCALL_WORDS * 64)
-		return 0;
-	u32 w = (u32)nr >> 6;
-	u64 bit = 1ULL << (nr & 63);
-	if (w >= EG_SYSCALL_WORDS || !(pol->sys_deny[w] & bit))
-		return 0;
-	return (pol->sys_priv[w] & bit) ? EG_KIND_PRIVILEGE : EG_KIND_SYSCALL;
-}
-
-/* The kind of violation syscall nr is for the current task, 0 when none; sets *polp. */
-static __always_inline int gated(s32 nr, struct eg_ext_policy **polp)
-{
-	struct eg_ext_policy *pol = current_policy();
+	struct eg_ext_policy *pol = current_policy_cg(cgp);
 	*polp = pol;
-	return pol ? denied_kind(pol, nr) : 0;
+	return pol ? syscall_kind(pol, nr) : 0;
 }
 
 int syscall_gate(struct eg_sys_enter_ctx *ctx)
 {
 	struct eg_ext_policy *pol;
+	u64 cg;
 	s32 nr = ctx->nr;
-	int kind = gated(nr, &pol);
+	u16 kind = gated(nr, &pol, &cg);
 	if (!kind || !pol)
 		return 0;
 	u64 id = bpf_get_current_pid_tgid();
@@ -63,7 +49,7 @@ int syscall_gate(struct eg_sys_enter_ctx *ctx)
 	gate_seen.update(&id, &n);
 	u16 verdict = tracepoint_verdict(pol, kind);
 	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), (u32)nr), verdict);
-	struct eg_event *e = new_violation(pol, kind, nr, verdict, h, bpf_get_current_cgroup_id());
+	struct eg_event *e = new_violation(pol, kind, nr, verdict, h, cg);
 	if (!e)
 		return 0;
 	events.ringbuf_submit(e, 0);
@@ -73,8 +59,9 @@ int syscall_gate(struct eg_sys_enter_ctx *ctx)
 int syscall_exit_gate(struct eg_sys_exit_ctx *ctx)
 {
 	struct eg_ext_policy *pol;
+	u64 cg;
 	s32 nr = ctx->nr;
-	int kind = gated(nr, &pol);
+	u16 kind = gated(nr, &pol, &cg);
 	if (!kind || !pol)
 		return 0;
 	u64 id = bpf_get_current_pid_tgid();
@@ -87,12 +74,11 @@ int syscall_exit_gate(struct eg_sys_exit_ctx *ctx)
 		return 0;
 	u16 verdict = EG_V_DENIED;
 	if (should_kill(pol, kind)) {
-		bpf_send_signal(9);
-		count(EG_CTR_KILLS);
+		kill_current();
 		verdict = EG_V_KILLED;
 	}
 	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), (u32)nr), verdict), EG_EV_AT_EXIT);
-	struct eg_event *e = new_violation(pol, kind, nr, verdict, h, bpf_get_current_cgroup_id());
+	struct eg_event *e = new_violation(pol, kind, nr, verdict, h, cg);
 	if (!e)
 		return 0;
 	e->flags = EG_EV_SECCOMP | EG_EV_AT_EXIT;
@@ -105,15 +91,18 @@ TRACEPOINT_PROBE(signal, signal_generate)
 {
 	if (args->sig != EG_SIGSYS || args->code != EG_SYS_SECCOMP)
 		return 0;
-	struct eg_ext_policy *pol = current_policy();
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol)
 		return 0;
 	s32 nr = args->errno;
-	int kind = denied_kind(pol, nr);
-	struct eg_event *e = new_event(pol, kind ? kind : EG_KIND_PRIVILEGE, nr);
+	u16 kind = syscall_kind(pol, nr);
+	if (!kind)
+		kind = EG_KIND_PRIVILEGE;  /* the filter's built-in kills are privilege syscalls */
+	u64 h = EG_FNV(EG_FNV(EG_FNV_BASIS, kind), (u32)nr);
+	struct eg_event *e = new_violation(pol, kind, nr, EG_V_KILLED, h, cg);
 	if (!e)
 		return 0;
-	e->verdict = EG_V_KILLED;
 	e->flags = EG_EV_SECCOMP;
 	events.ringbuf_submit(e, 0);
 	return 0;

@@ -24,9 +24,12 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from .errors import EbpfguardError
 from .launcher import spawn
@@ -34,6 +37,7 @@ from .manifest.load import parse
 from .peers import Auditd, Bpftrace, Peer
 from .resources import data_root
 from .sandbox import Sandbox
+from .statedir import StateDir
 
 WORKLOADS = {"open/close": 300_000, "stat walk": 20, "connect": 20_000, "fork+exec": 3_000, "untar+sha256": 4}
 TARGETS = {"outside": 1.03, "inside": 1.10, "vs_auditd": 0.10, "freeze_p99_ms": 10.0}
@@ -104,6 +108,35 @@ def _run(argv: list[str], procs_files: list[str] | None, eng: Any = None, sandbo
         return int(out.read())
 
 
+class PeerUsage:
+    """CPU and RSS of a peer's own process over the rounds that measured it, read through psutil (the
+    kernel's share, e.g. kauditd or the BPF programs, shows in the workloads' times instead)."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self.wall = 0.0
+        self.rss = 0
+
+    @contextmanager
+    def measuring(self, pid: int) -> Iterator[None]:
+        proc = psutil.Process(pid) if pid else None
+        c0 = sum(proc.cpu_times()[:2]) if proc else 0.0
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.wall += time.monotonic() - t0
+            if proc is not None:
+                try:
+                    self.cpu += sum(proc.cpu_times()[:2]) - c0
+                    self.rss = max(self.rss, proc.memory_info().rss)
+                except psutil.Error:
+                    pass
+
+    def summary(self) -> dict[str, float]:
+        return {"cpu_while_measured": self.cpu / self.wall if self.wall else 0.0, "rss_bytes": self.rss}
+
+
 def _self_usage() -> tuple[float, int]:
     """This process's CPU seconds (it hosts the engine: it is the agent here) and peak RSS in bytes."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -140,6 +173,7 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
         conds = ["base_outside", "base_inside", "outside", "inside", *[p.name for p in monitors]]
         times: dict[str, dict[str, list[int]]] = {w: {c: [] for c in conds} for w in WORKLOADS}
         agent_cpu = 0.0
+        peer_usage: dict[str, PeerUsage] = {}
         agent_wall = 0.0
         try:
             m = parse(MANIFEST.format(dir=tmp, bin=binary).encode(), "bench.yaml")
@@ -163,7 +197,8 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
                 for peer in monitors:
                     peer.start()
                     try:
-                        each(peer.name, None)
+                        with peer_usage.setdefault(peer.name, PeerUsage()).measuring(peer.pid()):
+                            each(peer.name, None)
                     finally:
                         peer.stop()
                 eng.sensor.attach_tracepoints(tps)
@@ -196,7 +231,8 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
                               "monitors": [p.name for p in monitors],
                               "unavailable": unavailable, "latency": latency, "flood": flood,
                               "agent": {"cpu_while_measured": agent_cpu / agent_wall if agent_wall else 0.0,
-                                        "peak_rss_bytes": rss}}
+                                        "peak_rss_bytes": rss},
+                              "peers": {name: u.summary() for name, u in peer_usage.items()}}
     for w, t in times.items():
         n = max(1, int(WORKLOADS[w] * scale))
         row: dict[str, Any] = {"iterations": n, "base_ns_per_op": statistics.median(t["base_outside"]) / n,
@@ -366,6 +402,9 @@ def format_table(res: dict[str, Any]) -> str:
     lines.append(f"agent: {ag['cpu_while_measured'] * 100:.1f}% of a core while the ebpfguard rounds ran, "
                  f"peak RSS {ag['peak_rss_bytes'] / 2**20:.0f} MiB; violations recorded by the workloads: "
                  f"{res['violations_inside']} (expected 0)")
+    for name, u in res.get("peers", {}).items():
+        lines.append(f"{name}: {u['cpu_while_measured'] * 100:.1f}% of a core while its rounds ran, "
+                     f"RSS {u['rss_bytes'] / 2**20:.0f} MiB")
     lat = res["latency"]
     for step, how in (("freeze", "user space: agent freezes the cgroup"), ("kill", "in the kernel: SIGKILL")):
         x = lat[step]
@@ -417,7 +456,7 @@ def run_log_bench(seconds: float = 5.0) -> dict[str, Any]:
             wall, cpu = time.monotonic() - t0, time.process_time() - c0
             out[label] = {"records": n, "per_second": n / wall, "cpu_per_second": cpu / wall,
                           "cpu_us_per_record": cpu / n * 1e6}
-        last = json.loads((Path(tmpdir) / "signedfsync" / "forensics" / "records.jsonl").read_text()
+        last = json.loads((StateDir(Path(tmpdir) / "signedfsync").records).read_text()
                           .splitlines()[-2])
         full = len(json.dumps(last, separators=(",", ":"), ensure_ascii=False)) + 1
         bare = len(json.dumps({k: v for k, v in last.items() if k not in CHAIN_FIELDS}, separators=(",", ":"),

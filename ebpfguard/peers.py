@@ -43,6 +43,10 @@ class Peer:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def pid(self) -> int:
+        """The process doing the peer's user-space work (0 when none), for its CPU and RSS."""
+        raise NotImplementedError
+
 
 class Auditd(Peer):
     name = "auditd"
@@ -76,6 +80,9 @@ class Auditd(Peer):
 
     def _daemon_pid(self) -> int:
         return int(self._status("pid") or 0)
+
+    def pid(self) -> int:
+        return self._daemon_pid()
 
     def start(self) -> None:
         ctl = self._tool("auditctl")
@@ -135,6 +142,9 @@ class Bpftrace(Peer):
         if shutil.which("bpftrace") is None:
             return "bpftrace is not installed (Debian package bpftrace; make setup installs it)"
         return None
+
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
 
     def script(self) -> str:
         prefix = str(self.watched).rstrip("/") + "/"

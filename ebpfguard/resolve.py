@@ -9,6 +9,8 @@ import errno
 import os
 from dataclasses import dataclass
 
+import psutil
+
 from .events import Event
 from .kernel.abi import EvFlag, Verdict
 
@@ -51,14 +53,28 @@ def full_path(ev: Event) -> str:
             # and /proc/PID/exe is what it executed
             if ev.kind != "exec":
                 raise
-            return os.readlink(f"/proc/{ev.tgid}/exe")
+            return _exe(ev.tgid)
         if not path:
             if ev.kind == "exec":  # the new program's memory is at that address now: same answer
-                return os.readlink(f"/proc/{ev.tgid}/exe")
+                return _exe(ev.tgid)
             raise OSError(errno.EFAULT, "the path's user memory reads as empty")
     if not path and ev.has(EvFlag.EMPTY_PATH):
         return os.readlink(f"/proc/{ev.tgid}/fd/{ev.dirfd}")
     if not path.startswith("/"):
-        base = os.readlink(f"/proc/{ev.pid}/cwd" if ev.dirfd == AT_FDCWD else f"/proc/{ev.tgid}/fd/{ev.dirfd}")
+        base = _cwd(ev.pid) if ev.dirfd == AT_FDCWD else os.readlink(f"/proc/{ev.tgid}/fd/{ev.dirfd}")
         path = os.path.join(base, path)
     return "/" + os.path.normpath(path).lstrip("/")  # normpath keeps a leading "//"
+
+
+def _exe(pid: int) -> str:
+    try:
+        return psutil.Process(pid).exe()
+    except psutil.Error as err:
+        raise OSError(errno.ESRCH, f"no executable for pid {pid} ({err.__class__.__name__})") from err
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return psutil.Process(pid).cwd()
+    except psutil.Error as err:
+        raise OSError(errno.ESRCH, f"no cwd for pid {pid} ({err.__class__.__name__})") from err

@@ -40,6 +40,7 @@ from .launcher import exit_status, spawn
 from .manifest.load import Manifest, parse
 from .manifest.syscall_table import SYSCALLS_X86_64
 from .resources import data_root
+from .statedir import StateDir
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -525,7 +526,7 @@ def _one(eng: Engine, w: World, m: Manifest, t: Technique, mode: str | None, sta
 
     def argv(inst: Any) -> list[str]:
         pids = inst.cgroup.v1.get("pids", inst.cgroup.v2) / "pids.max"
-        target = Target(state_log=str(Path(state) / "forensics" / "records.jsonl"), pids_max=str(pids))
+        target = Target(state_log=str(StateDir.of(state).records), pids_max=str(pids))
         return [str(w.helper), str(marker), *[a.replace("{marker2}", str(marker2)) for a in t.args(w, target)]]
 
     try:

@@ -11,6 +11,7 @@ import ctypes
 import os
 import struct
 
+from ..kernel.abi import c
 from ..manifest.syscall_table import SYSCALLS_X86_64
 
 AUDIT_ARCH_X86_64 = 0xC000003E
@@ -21,8 +22,8 @@ RET_ALLOW = 0x7FFF0000
 EPERM, ENOSYS = 1, 38
 LD_W_ABS, JEQ_K, JGE_K, JSET_K, RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
 OFF_NR, OFF_ARCH, OFF_ARG0 = 0, 4, 16  # struct seccomp_data; OFF_ARG0 is args[0]'s low word (little endian)
-# CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME: what unshare() would do, via clone()
-CLONE_NS_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x80
+# CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME (events.h, shared with lsm.bpf.c)
+CLONE_NS_FLAGS = c("CLONE_NS")
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 
 _INSN = struct.Struct("<HBBI")
