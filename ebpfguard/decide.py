@@ -167,8 +167,11 @@ def ladder(m: Manifest, inst: LadderState, kind: str, now: float) -> tuple[list[
 
 
 def escalate(esc: Escalation, state: str, window: Sequence[float], now: float) -> tuple[list[str], tuple[float, ...]]:
-    """The escalation window alone: kill_after, then freeze_after violations within it."""
-    kept = tuple(t for t in window if now - t <= esc.window)
+    """The escalation window alone: kill_after, then freeze_after violations within it. Only the last
+    max(kill_after, freeze_after) times can decide, so the window keeps no more (none without
+    escalation): deciding costs the same on the ten-thousandth violation as on the first."""
+    keep = max(esc.kill_after or 0, esc.freeze_after or 0)
+    kept = tuple(t for t in window[-keep:] if now - t <= esc.window) if keep else ()
     n = len(kept)
     if esc.kill_after is not None and n >= esc.kill_after:
         return [f"{KILL}:escalation({n} in {esc.window:g}s)"], kept

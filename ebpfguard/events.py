@@ -24,7 +24,7 @@ PROTO_NAMES = {0: "any", 6: "tcp", 17: "udp"}
 _MONO_TO_REAL = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
-_ALL_FLAGS = sum(EvFlag)
+_FLAG_LABELS = [(int(f), f.labels()[0]) for f in EvFlag]
 
 
 def _name(enum: Any, value: int) -> str:
@@ -68,10 +68,10 @@ class Event:
         return _name(Access, self.op)
 
     def flag_names(self) -> list[str]:
-        return EvFlag(self.flags & _ALL_FLAGS).labels()
+        return [label for bit, label in _FLAG_LABELS if self.flags & bit]
 
     def has(self, flag: EvFlag) -> bool:
-        return bool(self.flags & flag)
+        return bool(self.flags & flag.value)
 
     def address(self) -> str:
         if self.family == 4:
