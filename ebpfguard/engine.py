@@ -31,7 +31,7 @@ from .instances import Instance, InstanceStore, alive, cmdline, process_tree
 from .kernel.abi import EvFlag
 from .manifest.load import Manifest
 from .record import Recorder
-from .resolve import Resolution, resolve
+from .resolve import resolve
 from .sandbox import landlock
 from .sensor import SensorLike
 from .slots import Slots
@@ -325,4 +325,4 @@ class Engine:
         self.recorder.lifecycle(inst, action, by="operator", actions=[action])
 
 
-__all__ = ["Engine", "Instance", "Resolution"]
+__all__ = ["Engine", "Instance"]

@@ -33,7 +33,10 @@ def resolve(ev: Event, landlocked: bool) -> Resolution:
         except OSError as err:
             unresolved = f"{err.strerror}: the process is gone or the fd is closed"
     real = None
-    if landlocked and ev.kind in ("file", "exec"):
+    # only a call left "detected" is checked against the Landlock grants (decide.landlock_denied):
+    # an allowed, denied or killed one needs no realpath on the per-event path
+    may_be_detected = ev.verdict in (Verdict.PENDING.label, Verdict.DETECTED.label)
+    if landlocked and may_be_detected and ev.kind in ("file", "exec"):
         p = path or ev.path
         if p.startswith("/"):
             real = os.path.realpath(p)
