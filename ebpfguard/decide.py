@@ -21,6 +21,9 @@ from .resolve import Resolution
 from .sandbox import landlock
 
 O_PATH = 0o10000000
+# Calls the tracepoints watch that Landlock does not govern: a mode change succeeds under any ruleset,
+# so it is never recorded as refused by Landlock (it is "detected": the call went through).
+NOT_LANDLOCK = frozenset({"chmod", "fchmodat", "fchmodat2"})
 NEED = {"read": landlock.FS["read_file"] | landlock.FS["read_dir"],
         "write": landlock.FS["write_file"] | landlock.FS["make_reg"] | landlock.FS["remove_file"],
         "exec": landlock.FS["execute"]}
@@ -131,7 +134,7 @@ def landlock_denied(inst: LadderState, ev: Event, res: Resolution) -> bool:
     real = res.real_path
     if not inst.landlock_grants or ev.kind not in ("file", "exec") or not real:
         return False
-    if ev.aux & O_PATH:
+    if ev.aux & O_PATH or ev.syscall in NOT_LANDLOCK:
         return False
     need = NEED.get(ev.access, 0)
     if not inst.landlock_handled & need:

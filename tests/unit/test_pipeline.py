@@ -327,6 +327,18 @@ def test_landlock_denials_are_inferred_on_the_real_path(real: str, aux: int, ver
     assert d.verdict == verdict and (d.taken == ("eacces:landlock",)) == (verdict == "denied")
 
 
+@pytest.mark.parametrize("syscall", ["chmod", "fchmodat"])
+def test_a_mode_change_is_never_recorded_as_refused_by_landlock(syscall: str) -> None:
+    """Landlock does not govern chmod: the call succeeded, so the record must not say denied."""
+    from ebpfguard.manifest.syscall_table import SYSCALLS_X86_64
+
+    ev = decode(raw_event(Kind.FILE, Verdict.DETECTED, cgroup_id=7, path="/etc/shadow", op=int(Access.WRITE),
+                          syscall_nr=SYSCALLS_X86_64[syscall]))
+    d = decide(ev, Policy(manifest(), "enforce"), _ll_state([("/usr/", landlock.FS["read_file"])]),
+               Resolution(real_path="/etc/shadow"), 0.0)
+    assert d.verdict == "detected" and d.taken == ()
+
+
 def test_no_landlock_no_inference() -> None:
     ev = decode(raw_event(Kind.FILE, Verdict.DETECTED, cgroup_id=7, path="/etc/shadow"))
     d = decide(ev, Policy(manifest(), "enforce"), LadderState("enforce"), Resolution(real_path="/etc/shadow"), 0.0)
