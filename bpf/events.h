@@ -19,12 +19,16 @@
  *   quarantined   HASH      u64 cgroup id -> u8: this instance's network is denied whatever its rules
  *   last_event    LRU_HASH  u64 pid_tgid -> struct eg_last: the thread's last recorded violation (repeats)
  *   suppressed    HASH      u64 cgroup id -> u64: repeats suppressed in this cgroup, in total
+ *   mountns       HASH      u64 cgroup id -> u8: its processes run in the instance's own mount namespace,
+ *                           where the EG_ACC_UNIX_NS grants (the D-Bus proxy's socket) lead to the
+ *                           proxy and not to the real bus (net.bpf.c: unix_check)
  *   landlocked    HASH      u64 cgroup id -> u8: its processes run under a Landlock ruleset, which decides
  *                           every file access on the resolved object, so a plain relative path is
  *                           left to it: no event, no hold (files.bpf.c)
  *   ext_policy    ARRAY     u32 slot -> struct eg_ext_policy
  *   path_rules    LPM_TRIE  struct eg_path_key -> u8 (unused, 1)
- *                 data = u32 scope (slot << 8 | EG_ACC_*) then the path bytes.
+ *                 data = u32 scope (slot << 8 | EG_ACC_*) then the path bytes; EG_ACC_UNIX(_NS) scopes hold
+ *                 socket paths (spec.ipc.unix), matched against the kernel's copy of sun_path.
  *                 A tree "/usr/" is stored without its NUL, so it is a prefix of "/usr/bin/x";
  *                 an exact file "/etc/hosts" is stored with its NUL, so only that path matches.
  *                 prefixlen counts bits of scope + path: 32 + 8 * len(bytes).
@@ -60,11 +64,18 @@
 #define EG_ACC_READ 0
 #define EG_ACC_WRITE 1
 #define EG_ACC_EXEC 2
+#define EG_ACC_UNIX 3     /* a pathname unix socket the extension may connect or send to */
+#define EG_ACC_UNIX_NS 4  /* the same, granted only inside the instance's own mount namespace */
 
 /* network operations */
 #define EG_NET_CONNECT 0
 #define EG_NET_SEND 1
 #define EG_NET_BIND 2
+
+/* eg_event.family of a unix-socket event (4 and 6 are IPv4 and IPv6); eg_event.proto is then the socket
+ * type: SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_SEQPACKET 5 */
+#define EG_FAMILY_UNIX 1
+#define EG_UNIX_PATH_MAX 108 /* sizeof(sockaddr_un.sun_path) */
 
 /* lifecycle operations (eg_event.op when kind == EG_KIND_LIFECYCLE) */
 #define EG_LIFE_EXEC 1

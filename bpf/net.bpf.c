@@ -4,6 +4,9 @@
  * address and deny with EPERM; they are attached to each extension cgroup, so they hold even while
  * the agent is away. The syscall tracepoints exist only to kill: sock_addr programs cannot send a
  * signal, so when the response is "kill" the tracepoint sends SIGKILL before the syscall proceeds.
+ *
+ * Pathname unix sockets (kernel >= 6.7: BPF_CGROUP_UNIX_CONNECT and _SENDMSG) are decided the same way,
+ * on the socket path against the extension's EG_ACC_UNIX grants (spec.ipc.unix).
  */
 
 static __always_inline int net_allows(struct eg_ext_policy *pol, u32 op, u16 family, u8 *addr,
@@ -88,6 +91,113 @@ int eg_sendmsg6(struct bpf_sock_addr *ctx) { return sock_check(ctx, EG_NET_SEND,
 int eg_bind4(struct bpf_sock_addr *ctx) { return sock_check(ctx, EG_NET_BIND, AF_INET); }
 int eg_bind6(struct bpf_sock_addr *ctx) { return sock_check(ctx, EG_NET_BIND, AF_INET6); }
 
+/*
+ * The kernel's side of a sock_addr context (struct bpf_sock_addr_kern, include/linux/filter.h, 6.7+):
+ * the program's ctx points at it. The uapi view has no field for sun_path, and the kfuncs the kernel's
+ * selftests use to reach it (bpf_cast_to_kern_ctx) are not callable from bcc, so the two pointers and
+ * the length are read with bpf_probe_read_kernel (allowed to privileged programs). uaddr is the
+ * kernel's own copy of the address (move_addr_to_kernel), so what is checked is what the kernel uses;
+ * sun_path is not NUL-terminated there yet, so uaddrlen bounds it. tests/kernel checks the layout by
+ * its effect: a granted path connects, another does not.
+ */
+struct eg_sock_addr_kern {
+	void *sk;
+	void *uaddr;
+	u64 tmp_reg;
+	void *t_ctx;
+	u32 uaddrlen;
+};
+
+/* Is ``k->path`` (absolute, ".."-free) a socket this extension may reach? The _NS grants (the D-Bus
+ * proxy's socket, at the real bus's path) only hold inside the instance's own mount namespace. */
+static __always_inline int unix_allows(struct eg_ext_policy *pol, struct eg_path_key *k, u64 cg)
+{
+	k->prefixlen = 32 + EG_PATH_MAX * 8;
+	k->scope = (pol->slot << 8) | EG_ACC_UNIX;
+	if (path_rules.lookup(k))
+		return 1;
+	if (!mountns.lookup(&cg))
+		return 0;
+	k->scope = (pol->slot << 8) | EG_ACC_UNIX_NS;
+	return path_rules.lookup(k) != 0;
+}
+
+/* EG_EV_RELATIVE / EG_EV_DOTDOT for a socket path: neither can be decided on the string, so both are
+ * refused (a relative name resolves against a cwd the string does not show). */
+static __always_inline u32 unix_path_flags(struct eg_path_key *k, u32 n)
+{
+	if (k->path[0] != '/')
+		return EG_EV_RELATIVE;
+	for (int i = 0; i < EG_UNIX_PATH_MAX - 2; i++) {
+		if (i + 2 > n)
+			break;
+		if (k->path[i] == '.' && k->path[i + 1] == '.' && (i == 0 || k->path[i - 1] == '/') &&
+		    (k->path[i + 2] == '/' || k->path[i + 2] == 0))
+			return EG_EV_DOTDOT;
+	}
+	return 0;
+}
+
+static __always_inline int unix_check(struct bpf_sock_addr *ctx, u32 op)
+{
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
+	if (!pol)
+		return 1;
+	u32 zero = 0;
+	struct eg_path_key *k = path_scratch.lookup(&zero);
+	if (!k)
+		return 1;
+	struct eg_sock_addr_kern kern = {};
+	u32 flags = 0;
+	u32 n = 0;
+	if (bpf_probe_read_kernel(&kern, sizeof(kern), (void *)ctx) < 0 || !kern.uaddr) {
+		flags = EG_EV_UNREADABLE;
+		k->path[0] = 0;
+	} else {
+		n = kern.uaddrlen > 2 ? kern.uaddrlen - 2 : 0;
+		if (n > EG_UNIX_PATH_MAX)
+			n = EG_UNIX_PATH_MAX;
+		if (n == 0)
+			return 1; /* unnamed: nothing to reach */
+		if (bpf_probe_read_kernel(k->path, n & 127, (char *)kern.uaddr + 2) < 0) {
+			flags = EG_EV_UNREADABLE;
+			k->path[0] = 0;
+		} else {
+			if (k->path[0] == 0)
+				return 1; /* abstract: Landlock's abstract-unix scoping decides */
+			k->path[n & 127] = 0;
+			flags = unix_path_flags(k, n);
+		}
+	}
+	if (!flags && unix_allows(pol, k, cg))
+		return 1;
+
+	int deny = deny_in_mode(pol, EG_KIND_NETWORK);
+	u16 verdict = deny ? EG_V_DENIED : EG_V_ALLOWED;
+	if (deny) {
+		count(EG_CTR_DENIALS);
+		if (should_kill(pol, EG_KIND_NETWORK))
+			verdict = EG_V_KILLED; /* the connect/sendto tracepoint killed before this hook ran */
+	}
+	u8 type = (u8)ctx->type;
+	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), EG_FAMILY_UNIX), type),
+			  k->path);
+	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, verdict, h, cg);
+	if (e) {
+		e->flags = flags;
+		e->op = op;
+		e->family = EG_FAMILY_UNIX;
+		e->proto = type;
+		__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
+		events.ringbuf_submit(e, 0);
+	}
+	return deny ? 0 : 1;
+}
+
+int eg_connect_unix(struct bpf_sock_addr *ctx) { return unix_check(ctx, EG_NET_CONNECT); }
+int eg_sendmsg_unix(struct bpf_sock_addr *ctx) { return unix_check(ctx, EG_NET_SEND); }
+
 /* sockaddr_in / sockaddr_in6 as user space passes them */
 struct eg_user_sockaddr {
 	u16 family;
@@ -106,6 +216,20 @@ static __always_inline int net_kill_check(const void *uaddr, u32 op)
 	if (bpf_probe_read_user(&sa, sizeof(sa), uaddr) < 0)
 		return 0;
 	u8 addr[16] = {};
+	if (sa.family == AF_UNIX) {
+		if (op == EG_NET_BIND)
+			return 0;
+		u32 zero = 0;
+		struct eg_path_key *k = path_scratch.lookup(&zero);
+		if (!k)
+			return 0;
+		long n = bpf_probe_read_user_str(k->path, EG_UNIX_PATH_MAX, (const char *)uaddr + 2);
+		if (n <= 1 || k->path[0] == 0)
+			return 0; /* unnamed or abstract */
+		if (unix_path_flags(k, (u32)n) || !unix_allows(pol, k, cg))
+			kill_current();
+		return 0;
+	}
 	if (sa.family == AF_INET)
 		__builtin_memcpy(addr, &sa.v4_or_flowinfo, 4);
 	else if (sa.family == AF_INET6)

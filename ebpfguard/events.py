@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import now_ns, rfc3339_ns
-from .kernel.abi import Access, EvFlag, LifeOp, NetOp, kind_name, verdict_name
+from .kernel.abi import Access, EvFlag, LifeOp, NetOp, c, kind_name, verdict_name
 from .manifest.syscall_table import SYSCALLS_X86_64
 
 __all__ = ["Event", "decode", "now_ns", "rfc3339_ns"]
 
 SYSCALL_NAMES = {nr: name for name, nr in SYSCALLS_X86_64.items()}
 PROTO_NAMES = {0: "any", 6: "tcp", 17: "udp"}
+UNIX_TYPES = {1: "stream", 2: "dgram", 5: "seqpacket"}
+FAMILY_UNIX = c("FAMILY_UNIX")
 
 # bpf_ktime_get_ns() is CLOCK_MONOTONIC; records carry wall-clock time.
 _MONO_TO_REAL = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -83,6 +85,11 @@ class Event:
     def detail(self) -> dict[str, Any]:
         if self.kind in ("file", "exec"):
             d: dict[str, Any] = {"path": self.path, "access": self.access, "syscall": self.syscall}
+            if self.flag_names():
+                d["flags"] = self.flag_names()
+        elif self.kind == "network" and self.family == FAMILY_UNIX:
+            d = {"op": _name(NetOp, self.op), "socket": "unix", "path": self.path,
+                 "type": UNIX_TYPES.get(self.proto, str(self.proto))}
             if self.flag_names():
                 d["flags"] = self.flag_names()
         elif self.kind == "network":

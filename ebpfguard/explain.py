@@ -64,6 +64,22 @@ def explain(state_dir: str, seq: int) -> dict[str, Any]:
         out["fix"] = f"if this {access} is legitimate, add to spec.filesystem.{field}: \"{path}\""
         if access != "exec" and path.count("/") > 1:
             out["fix"] += f" (or the tree \"{os.path.dirname(path)}/\")"
+    elif kind == "network" and d.get("socket") == "unix":
+        path = str(d.get("path", ""))
+        if path[:1] != "/" or "dotdot" in (d.get("flags") or []):
+            out["rule"] = f"the socket path {path!r} is relative or has '..': it is refused, never guessed"
+            out["fix"] = "connect by the socket's absolute path, and grant that path in spec.ipc.unix"
+        else:
+            out["rule"] = f"no entry of {_where(m, 'spec', 'ipc', 'unix')} covers the socket {path!r}"
+            out["fix"] = f"if this peer is legitimate, add to spec.ipc.unix: \"{path}\""
+    elif kind == "ipc":
+        bus, name = d.get("bus", "session"), d.get("destination") or d.get("name", "")
+        verb = "own" if d.get("op") == "own" else "talk"
+        out["rule"] = (f"{_where(m, 'spec', 'ipc', 'dbus', bus)} lets the D-Bus proxy pass no "
+                       f"{d.get('op', 'call')} to {name!r}" + (f" ({d['member']})" if d.get("member") else ""))
+        out["fix"] = (f"if this is legitimate, add to spec.ipc.dbus.{bus}.{verb}: \"{name}\""
+                      + (f", or to .call: \"{name}={d['interface']}.{d['member']}@{d.get('path', '/')}\""
+                         if d.get("interface") and d.get("member") and verb == "talk" else ""))
     elif kind == "network":
         op = "bind" if d.get("op") == "bind" else "connect"
         addr, port, proto = d.get("address", ""), d.get("port"), d.get("proto", "tcp")

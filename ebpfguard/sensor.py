@@ -44,6 +44,9 @@ class SensorLike(Protocol):
 
     def set_landlocked(self, cgroup_id: int, on: bool) -> None: ...
 
+    def set_mountns(self, cgroup_id: int, on: bool) -> None:
+        """The cgroup's processes run in the instance's own mount namespace (its _NS unix grants hold)."""
+
     def quarantine(self, cgroup_id: int, on: bool) -> None: ...
 
     def counters(self) -> dict[str, int]:

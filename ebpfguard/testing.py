@@ -42,6 +42,7 @@ class FakeSensor:
         self.attached: set[str] = set()
         self.quarantined: set[int] = set()
         self.landlocked: set[int] = set()
+        self.mountns: set[int] = set()
         self.repeats: dict[int, int] = {}        # cgroup id -> suppressed
         self.ring: list[Any] = []
         self.kernel_counters = {"events": 0, "drops": 0, "kills": 0, "denials": 0, "suppressed": 0}
@@ -83,6 +84,7 @@ class FakeSensor:
         self.slots.pop(cgroup_id, None)
         self.quarantined.discard(cgroup_id)
         self.landlocked.discard(cgroup_id)
+        self.mountns.discard(cgroup_id)
         self.repeats.pop(cgroup_id, None)
 
     def suppressed(self, cgroup_id: int) -> int:
@@ -90,6 +92,9 @@ class FakeSensor:
 
     def set_landlocked(self, cgroup_id: int, on: bool) -> None:
         (self.landlocked.add if on else self.landlocked.discard)(cgroup_id)
+
+    def set_mountns(self, cgroup_id: int, on: bool) -> None:
+        (self.mountns.add if on else self.mountns.discard)(cgroup_id)
 
     def quarantine(self, cgroup_id: int, on: bool) -> None:
         (self.quarantined.add if on else self.quarantined.discard)(cgroup_id)

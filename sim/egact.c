@@ -18,6 +18,8 @@
  *   egact MARKER memfd | io-uring | unshare-user | clone-newuser | ptrace PID | kill PID SIG | cgroup-move PROCSFILE
  *   egact MARKER forkbomb N | membomb MB
  *   egact MARKER append PATH TEXT | whoami (rc = euid) | socket FAMILY TYPE PROTO | raise FILE VALUE
+ *   egact MARKER unix-connect PATH TEXT | unix-dgram PATH TEXT   (connect + send, or sendto, a pathname socket)
+ *   egact MARKER chmod PATH OCTAL | chown PATH UID GID | utimes PATH EPOCH | setxattr PATH NAME VALUE
  * The ladder: a process that lives on after its violations, so that its state can be observed:
  *   egact MARKER violate-then-count PATH N COUNTER   (N reads of PATH 20 ms apart, then COUNTER += 1
  *                                                     every 10 ms, forever)
@@ -32,6 +34,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/xattr.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -232,6 +237,27 @@ int main(int argc, char **argv)
 	} else if (!strcmp(act, "append") && argc > 4) {
 		int fd = open(argv[3], O_WRONLY | O_APPEND | O_CREAT, 0644);
 		rc = fd < 0 ? fd : write(fd, argv[4], strlen(argv[4]));
+	} else if ((!strcmp(act, "unix-connect") || !strcmp(act, "unix-dgram")) && argc > 4) {
+		int dgram = !strcmp(act, "unix-dgram");
+		struct sockaddr_un a = {.sun_family = AF_UNIX};
+		strncpy(a.sun_path, argv[3], sizeof(a.sun_path) - 1);
+		int s = socket(AF_UNIX, dgram ? SOCK_DGRAM : SOCK_STREAM, 0);
+		if (dgram) {
+			rc = sendto(s, argv[4], strlen(argv[4]), 0, (struct sockaddr *)&a, sizeof(a));
+		} else {
+			rc = connect(s, (struct sockaddr *)&a, sizeof(a));
+			if (rc == 0)
+				rc = write(s, argv[4], strlen(argv[4]));
+		}
+	} else if (!strcmp(act, "chmod") && argc > 4) {
+		rc = chmod(argv[3], strtol(argv[4], 0, 8));
+	} else if (!strcmp(act, "chown") && argc > 5) {
+		rc = chown(argv[3], atoi(argv[4]), atoi(argv[5]));
+	} else if (!strcmp(act, "utimes") && argc > 4) {
+		struct timespec ts[2] = {{.tv_sec = atol(argv[4])}, {.tv_sec = atol(argv[4])}};
+		rc = utimensat(AT_FDCWD, argv[3], ts, 0);
+	} else if (!strcmp(act, "setxattr") && argc > 5) {
+		rc = setxattr(argv[3], argv[4], argv[5], strlen(argv[5]), 0);
 	} else if (!strcmp(act, "whoami")) {
 		rc = geteuid();
 	} else if (!strcmp(act, "socket") && argc > 5) {

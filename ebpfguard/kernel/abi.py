@@ -82,6 +82,8 @@ class Access(IntEnum):
     READ = c("ACC_READ")
     WRITE = c("ACC_WRITE")
     EXEC = c("ACC_EXEC")
+    UNIX = c("ACC_UNIX")
+    UNIX_NS = c("ACC_UNIX_NS")
 
 
 class NetOp(IntEnum):

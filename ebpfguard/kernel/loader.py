@@ -23,6 +23,8 @@ SOURCES = ("lib.bpf.h", "files.bpf.c", "net.bpf.c", "syscalls.bpf.c", "lifecycle
 TRACEFS = Path("/sys/kernel/tracing")
 # syscalls whose SYSCALL_DEFINE (and so tracepoint) name differs from the x86-64 table's name
 TRACEPOINT_NAMES = {"umount2": "umount"}
+# enum bpf_attach_type (uapi/linux/bpf.h, 6.7+); bcc 0.26's BPFAttachType predates them
+UNIX_ATTACH = {"eg_connect_unix": 49, "eg_sendmsg_unix": 50}  # BPF_CGROUP_UNIX_CONNECT, _SENDMSG
 
 
 def ensure_tracefs() -> Path:
@@ -78,6 +80,18 @@ class Sensor:
                              for name, t in self._net_types.items()}
         except Exception as err:
             raise KernelError(f"failed to load the cgroup network programs: {err}") from err
+        # pathname unix sockets: kernel >= 6.7 (BPF_CGROUP_UNIX_CONNECT/_SENDMSG); older kernels refuse
+        # the attach type at load, and then only the mount namespace keeps sockets out of reach
+        self.unix_hooks: str | None = None
+        try:
+            for name, t in UNIX_ATTACH.items():
+                self._net_fns[name] = self.bpf.load_func(name, BPF.CGROUP_SOCK_ADDR, attach_type=t)
+                self._net_types[name] = t
+        except Exception as err:
+            for name in UNIX_ATTACH:
+                self._net_fns.pop(name, None)
+                self._net_types.pop(name, None)
+            self.unix_hooks = f"the kernel refused the cgroup unix-socket programs ({err}); needs Linux 6.7"
         self.gates: set[str] = set()
         self.missing_gates: set[str] = set()
         self._cgroup_fds: dict[str, int] = {}
@@ -147,6 +161,7 @@ class Sensor:
         self._set_filter(cgroup_id, False)
         self.quarantine(cgroup_id, False)
         self.set_landlocked(cgroup_id, False)
+        self.set_mountns(cgroup_id, False)
         self._flag("suppressed", cgroup_id, False)
         t = self.bpf["cgroup_slot"]
         try:
@@ -165,6 +180,10 @@ class Sensor:
     def set_landlocked(self, cgroup_id: int, on: bool) -> None:
         """Tell the file programs that Landlock decides for this cgroup, so they need not hold."""
         self._flag("landlocked", cgroup_id, on)
+
+    def set_mountns(self, cgroup_id: int, on: bool) -> None:
+        """Tell the unix-socket programs that this cgroup's processes run in their own mount namespace."""
+        self._flag("mountns", cgroup_id, on)
 
     def quarantine(self, cgroup_id: int, on: bool) -> None:
         self._flag("quarantined", cgroup_id, on)

@@ -5,6 +5,7 @@ sizes below against the compiled program's own map types.
 
     struct eg_ext_policy  "<II8s8Q8Q"  flags, slot, response[8] by kind, sys_deny[8], sys_priv[8]
     struct eg_path_key    "<II252s"    prefixlen (bits of scope+path), scope = slot<<8 | access, path
+                                       (access: read, write, exec, or unix / unix_ns for socket paths)
     struct eg_net_key     "<II16s"     prefixlen (32 + CIDR bits), scope = slot<<8 | op<<4 | 4|6, address
     struct eg_net_value   "<II" + 16 * "<HHB3x"   count, then (lo, hi, proto) port ranges
 
@@ -33,7 +34,20 @@ PORT_RANGE = struct.Struct("<HHB3x")
 NET_VALUE_HEAD = struct.Struct("<II")
 NET_VALUE_SIZE = NET_VALUE_HEAD.size + c("NET_RANGES") * PORT_RANGE.size
 
-ACCESS = {"read": c("ACC_READ"), "write": c("ACC_WRITE"), "exec": c("ACC_EXEC")}
+ACCESS = {"read": c("ACC_READ"), "write": c("ACC_WRITE"), "exec": c("ACC_EXEC"), "unix": c("ACC_UNIX"),
+          "unix_ns": c("ACC_UNIX_NS")}
+# Sockets every extension may reach: name-service lookups (glibc's nscd client and nss-systemd's
+# userdb), which answer what /etc/passwd and /etc/group already tell anyone. Refusing them would turn
+# every `ls -l` into a violation.
+BUILTIN_UNIX = ("/run/nscd/socket", "/var/run/nscd/socket", "/run/systemd/userdb/")
+SYSTEM_BUS = "/run/dbus/system_bus_socket"
+
+
+def bus_sockets(m: Manifest) -> dict[str, str]:
+    """bus -> the path where the instance's D-Bus proxy is mounted in its namespace: the real bus's path,
+    so that clients that ignore DBUS_SESSION_BUS_ADDRESS find the proxy too."""
+    where = {"session": f"{m.runtime_dir}/bus", "system": SYSTEM_BUS}
+    return {bus: where[bus] for bus in m.ipc.dbus}
 NET_OPS = {"connect": c("NET_CONNECT"), "send": c("NET_SEND"), "bind": c("NET_BIND")}
 RESPONSES = {"alert": c("RESP_ALERT"), "block": c("RESP_BLOCK"), "throttle": c("RESP_BLOCK"),
              "freeze": c("RESP_FREEZE"), "kill": c("RESP_KILL")}
@@ -89,6 +103,7 @@ class CompiledPolicy:
 
     # The same decisions in user space, for the paths the kernel side leaves pending.
     def allows_path(self, path: str, access: str) -> bool:
+        """Does a rule of ``access`` cover ``path``? (file, exec and unix-socket rules alike)"""
         return any(e.access == access and e.matches(path) for e in self.paths)
 
 
@@ -103,6 +118,9 @@ def _path_entries(m: Manifest) -> list[PathEntry]:
                     out[(access, p.rstrip("/"), True)] = None
             else:
                 out[(access, p, True)] = None
+    for access, paths in (("unix", [*BUILTIN_UNIX, *m.ipc.unix]), ("unix_ns", bus_sockets(m).values())):
+        for p in paths:
+            out[(access, p, not p.endswith("/"))] = None
     return [PathEntry(a, p, e) for a, p, e in out]
 
 

@@ -24,6 +24,7 @@ from ..errors import ManifestError, Problem
 from ..kernel.abi import c
 from ..resources import schema_path
 from ..units import parse_duration, parse_size
+from .ipc import BUSES, DBUS_VERBS, UNIX_PATH_MAX, DBusRules, Ipc, check_bus_name, check_rule
 from .syscall_table import SYSCALLS_X86_64
 
 MAX_MANIFEST_BYTES = 256 * 1024
@@ -123,6 +124,8 @@ class Manifest:
     raw: bytes = field(repr=False)
     quarantine: bool = False
     home: str = ""  # what ~ and ${HOME} expanded to
+    ipc: Ipc = field(default_factory=Ipc)
+    runtime_dir: str = ""  # what ${XDG_RUNTIME_DIR} expanded to
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
 
     @property
@@ -169,6 +172,17 @@ def default_home(user: str | None) -> str:
             except KeyError:
                 continue
     return os.path.expanduser("~")
+
+
+def default_runtime_dir(user: str | None) -> str:
+    """$XDG_RUNTIME_DIR of the extension's user (else the invoking user's): /run/user/UID."""
+    for name in (user, os.environ.get("SUDO_USER")):
+        if name:
+            try:
+                return f"/run/user/{pwd.getpwuid(int(name)).pw_uid if name.isdigit() else pwd.getpwnam(name).pw_uid}"
+            except KeyError:
+                continue
+    return f"/run/user/{os.getuid()}"
 
 
 def load(path: str | os.PathLike[str], *, home: str | None = None) -> Manifest:
@@ -311,12 +325,15 @@ def expand_path(p: str, home: str) -> str:
     return p.replace("${HOME}", home.rstrip("/"))
 
 
-def _check_path(p: str, home: str) -> str:
+def _check_path(p: str, home: str, runtime: str | None = None) -> str:
     out = expand_path(p, home)
+    if runtime is not None:
+        out = out.replace("${XDG_RUNTIME_DIR}", runtime)
     if not out.startswith("/"):
         raise ValueError("is not an absolute path (start it with /, ~ or ${HOME})")
     if "$" in out:
-        raise ValueError("only ${HOME} is expanded")
+        raise ValueError("only ${HOME} and ${XDG_RUNTIME_DIR} are expanded" if runtime is not None
+                         else "only ${HOME} is expanded")
     parts = out.split("/")
     if ".." in parts or "." in parts[1:-1] or "//" in out:
         raise ValueError("is not normalised (no '.', '..' or '//')")
@@ -373,6 +390,9 @@ def _build(data: dict[str, Any], raw: bytes, filename: str, lines: dict[tuple[An
             problem(("spec", "network", op), "at most 256 rules")
         rules[op] = parsed
 
+    runtime = default_runtime_dir(user)
+    ipc = _parse_ipc(spec.get("ipc") or {}, home, runtime, paths["write"], problem, unique)
+
     deny = list((spec.get("syscalls") or {}).get("deny") or [])
     for i, name in enumerate(deny):
         if name not in SYSCALLS_X86_64:
@@ -395,6 +415,49 @@ def _build(data: dict[str, Any], raw: bytes, filename: str, lines: dict[tuple[An
         exec=paths["exec"], connect=rules["connect"], bind=rules["bind"], deny_syscalls=deny,
         resources=Resources.parse(spec.get("resources") or {}), response=response,
         escalation=Escalation.parse(escalation),
-        quarantine=quarantine, home=home,
+        quarantine=quarantine, home=home, ipc=ipc, runtime_dir=runtime,
         source=filename, raw=raw, lines=lines,
     )
+
+
+def _parse_ipc(raw: dict[str, Any], home: str, runtime: str, write: list[str], problem: Any, unique: Any) -> Ipc:
+    """spec.ipc: socket paths expanded and checked; D-Bus names and rules checked."""
+    sockets: list[str] = []
+    for i, p in enumerate(raw.get("unix") or []):
+        where = ("spec", "ipc", "unix", i)
+        if not p:
+            problem(where, "must not be empty")
+            continue
+        try:
+            path = _check_path(p, home, runtime)
+        except ValueError as err:
+            problem(where, f"{p!r} {err}")
+            continue
+        if len(path.rstrip("/").encode()) > UNIX_PATH_MAX:
+            problem(where, f"{p!r} is longer than {UNIX_PATH_MAX} bytes, the most a unix socket path holds")
+            continue
+        inside = next((w for w in write if w.endswith("/") and path.startswith(w) or path == w), None)
+        if inside:
+            problem(where, f"{p!r} is inside the write tree {inside!r}: the extension could put a symlink "
+                           "to any socket there")
+            continue
+        sockets.append(path)
+    unique(("spec", "ipc", "unix"), sockets)
+    buses: dict[str, DBusRules] = {}
+    for bus in BUSES:
+        rules = (raw.get("dbus") or {}).get(bus)
+        if rules is None:
+            continue
+        parsed: dict[str, tuple[str, ...]] = {}
+        for verb in DBUS_VERBS:
+            check = check_rule if verb in ("call", "broadcast") else check_bus_name
+            good = []
+            for i, value in enumerate(rules.get(verb) or []):
+                try:
+                    good.append(check(value))
+                except ValueError as err:
+                    problem(("spec", "ipc", "dbus", bus, verb, i), f"{value!r}: {err}")
+            unique(("spec", "ipc", "dbus", bus, verb), good)
+            parsed[verb] = tuple(dict.fromkeys(good))
+        buses[bus] = DBusRules(**parsed)
+    return Ipc(tuple(dict.fromkeys(sockets)), buses)

@@ -1,0 +1,122 @@
+"""Desktop IPC and metadata against a launched extension: pathname unix sockets (the cgroup unix
+programs), the instance's own mount namespace (read-only outside the write trees, a private /tmp,
+socket folders holding only granted sockets). Each case is judged by its side effect: the peer
+received nothing, the file's mode, times and attributes are unchanged."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ebpfguard.engine import Engine
+
+from .conftest import World, run_ext
+from .test_containment import violation
+
+pytestmark = pytest.mark.kernel
+
+
+class Peer:
+    """A unix socket served outside every extension, as ssh-agent or the session bus are."""
+
+    def __init__(self, path: Path, kind: int) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, kind)
+        self.sock.bind(str(path))
+        os.chmod(path, 0o777)  # reachable by file permissions: what stops the extension is ebpfguard
+        if kind == socket.SOCK_STREAM:
+            self.sock.listen(8)
+        self.sock.settimeout(0.3)
+        self.kind = kind
+
+    def received(self) -> bytes:
+        """What reached the peer since the last call ("" when nothing did)."""
+        got = b""
+        try:
+            while True:
+                if self.kind == socket.SOCK_STREAM:
+                    conn, _ = self.sock.accept()
+                    conn.settimeout(0.3)
+                    got += conn.recv(4096)
+                    conn.close()
+                else:
+                    got += self.sock.recv(4096)
+        except (TimeoutError, OSError):
+            return got
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def peers(world: World) -> Iterator[dict[str, Peer]]:
+    d = world.base / "sockets"
+    d.mkdir(exist_ok=True)
+    d.chmod(0o755)
+    out = {"ok": Peer(d / "ok.sock", socket.SOCK_STREAM), "agent": Peer(d / "agent.sock", socket.SOCK_STREAM),
+           "log": Peer(d / "log.sock", socket.SOCK_DGRAM), "dgram_ok": Peer(d / "dgram-ok.sock", socket.SOCK_DGRAM)}
+    yield out
+    for p in out.values():
+        p.close()
+
+
+def ipc_manifest(world: World, peers: dict[str, Peer], response: str = "block") -> str:
+    grants = f'["{peers["ok"].path}", "{peers["dgram_ok"].path}"]'
+    return world.manifest(response, extra=f"  ipc: {{unix: {grants}}}\n")
+
+
+def test_a_granted_socket_works(engine: Engine, world: World, peers: dict[str, Peer]) -> None:
+    for name, act in (("ok", "unix-connect"), ("dgram_ok", "unix-dgram")):
+        res = run_ext(engine, world, ipc_manifest(world, peers), [act, str(peers[name].path), "hello"], sandbox=True)
+        assert res.rc_errno()[0] == 5 and res.violations() == [], res.violations()
+        assert peers[name].received() == b"hello"
+
+
+@pytest.mark.parametrize(("peer", "act", "sock_type"), [("agent", "unix-connect", "stream"),
+                                                         ("log", "unix-dgram", "dgram")])
+def test_an_ungranted_socket_is_refused_in_the_kernel(engine: Engine, world: World, peers: dict[str, Peer],
+                                                      peer: str, act: str, sock_type: str) -> None:
+    res = run_ext(engine, world, ipc_manifest(world, peers), [act, str(peers[peer].path), "steal"], sandbox=True)
+    assert res.rc_errno() == (-1, errno.EPERM)
+    assert peers[peer].received() == b""
+    rec = violation(res, "network", socket="unix", path=str(peers[peer].path), type=sock_type)
+    assert rec["verdict"] == "denied" and "eperm:kernel" in rec["actions"]
+    assert len(res.violations()) == 1
+
+
+def test_a_relative_socket_path_is_refused(engine: Engine, world: World, peers: dict[str, Peer]) -> None:
+    """Relative to a cwd the string does not show: refused, never guessed, even when it names a granted one."""
+    res = run_ext(engine, world, ipc_manifest(world, peers), ["unix-connect", "../sockets/ok.sock", "x"],
+                  sandbox=True)
+    assert res.rc_errno() == (-1, errno.EPERM) and peers["ok"].received() == b""
+    assert "relative" in violation(res, "network", socket="unix")["detail"]["flags"]
+
+
+def test_kill_response_kills_before_the_peer_hears(engine: Engine, world: World, peers: dict[str, Peer]) -> None:
+    res = run_ext(engine, world, ipc_manifest(world, peers, "kill"), ["unix-connect", str(peers["agent"].path), "x"],
+                  sandbox=True)
+    assert res.marker is None and res.status == 128 + 9
+    assert peers["agent"].received() == b""
+    assert violation(res, "network", socket="unix")["verdict"] == "killed"
+
+
+def test_audit_mode_lets_it_through_and_records_it(engine: Engine, world: World, peers: dict[str, Peer]) -> None:
+    res = run_ext(engine, world, ipc_manifest(world, peers), ["unix-connect", str(peers["agent"].path), "seen"],
+                  mode="audit")
+    assert res.rc_errno()[0] == 4 and peers["agent"].received() == b"seen"
+    assert violation(res, "network", socket="unix")["verdict"] == "allowed"
+
+
+def test_a_process_outside_every_extension_is_untouched(engine: Engine, world: World, peers: dict[str, Peer]) -> None:
+    with socket.socket(socket.AF_UNIX) as c:
+        c.connect(str(peers["agent"].path))
+        c.sendall(b"outside")
+    assert peers["agent"].received() == b"outside"
+    assert stat.S_ISSOCK(os.stat(peers["agent"].path).st_mode)
