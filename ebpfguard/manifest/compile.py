@@ -118,7 +118,7 @@ def _path_entries(m: Manifest) -> list[PathEntry]:
                     out[(access, p.rstrip("/"), True)] = None
             else:
                 out[(access, p, True)] = None
-    for access, paths in (("unix", [*BUILTIN_UNIX, *m.ipc.unix]), ("unix_ns", bus_sockets(m).values())):
+    for access, paths in (("unix", [*BUILTIN_UNIX, *m.ipc.unix]), ("unix_ns", list(bus_sockets(m).values()))):
         for p in paths:
             out[(access, p, not p.endswith("/"))] = None
     return [PathEntry(a, p, e) for a, p, e in out]
