@@ -207,6 +207,65 @@ TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat2)
 }
 #endif
 
+/* owner, times and extended attributes: Landlock does not govern them; the instance's read-only mount
+ * namespace refuses them outside the write trees (EROFS), and these record the attempt. A NULL name
+ * (futimens) acts on an fd, and is left to the mount. */
+TRACEPOINT_PROBE(syscalls, sys_enter_chown)
+{
+	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_lchown)
+{
+	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_fchownat)
+{
+	return check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_utime)
+{
+	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_utimes)
+{
+	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_futimesat)
+{
+	return args->filename ? check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0) : 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_utimensat)
+{
+	return args->filename ? check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0) : 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_setxattr)
+{
+	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_lsetxattr)
+{
+	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_removexattr)
+{
+	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_lremovexattr)
+{
+	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+}
+#ifdef EG_HAVE_SETXATTRAT
+TRACEPOINT_PROBE(syscalls, sys_enter_setxattrat)
+{
+	return args->pathname ? check_path(args->pathname, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0) : 0;
+}
+#endif
+#ifdef EG_HAVE_REMOVEXATTRAT
+TRACEPOINT_PROBE(syscalls, sys_enter_removexattrat)
+{
+	return args->pathname ? check_path(args->pathname, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0) : 0;
+}
+#endif
 TRACEPOINT_PROBE(syscalls, sys_enter_execve)
 {
 	EG_LSM_DECIDES();

@@ -21,9 +21,12 @@ from .resolve import Resolution
 from .sandbox import landlock
 
 O_PATH = 0o10000000
-# Calls the tracepoints watch that Landlock does not govern: a mode change succeeds under any ruleset,
+# Calls the tracepoints watch that Landlock does not govern: a mode, owner, time or attribute change
+# succeeds under any ruleset,
 # so it is never recorded as refused by Landlock (it is "detected": the call went through).
-NOT_LANDLOCK = frozenset({"chmod", "fchmodat", "fchmodat2"})
+NOT_LANDLOCK = frozenset({"chmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchownat", "utime", "utimes",
+                          "futimesat", "utimensat", "setxattr", "lsetxattr", "removexattr", "lremovexattr",
+                          "setxattrat", "removexattrat"})
 NEED = {"read": landlock.FS["read_file"] | landlock.FS["read_dir"],
         "write": landlock.FS["write_file"] | landlock.FS["make_reg"] | landlock.FS["remove_file"],
         "exec": landlock.FS["execute"]}
@@ -57,6 +60,7 @@ class LadderState:
     landlock_grants: tuple[tuple[str, int], ...] = ()
     landlock_handled: int = 0
     live: bool = True                    # still bound: ladder steps apply
+    mount_writable: tuple[str, ...] | None = None  # read-only mount namespace: where it can still write
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,10 @@ def decide(ev: Event, policy: Policy | None, inst: LadderState | None, res: Reso
         verdict, reason, agent_kill = _pending_verdict(ev.kind, policy)
         if agent_kill:
             todo = [SIGKILL_AGENT]  # a killed process is not resumed
-    if verdict == Verdict.DETECTED.label and inst is not None and res.real_path and landlock_denied(inst, ev, res):
+    if verdict == Verdict.DETECTED.label and inst is not None and readonly_denied(inst, ev, res):
+        verdict, reason = Verdict.DENIED.label, "read-only in the instance's mount namespace"
+        taken.append("erofs:mountns")
+    elif verdict == Verdict.DETECTED.label and inst is not None and res.real_path and landlock_denied(inst, ev, res):
         verdict, reason = Verdict.DENIED.label, "the instance's Landlock ruleset grants no such access"
         taken.append("eacces:landlock")
     if not taken:
@@ -126,6 +133,17 @@ def _kernel_actions(ev: Event, verdict: str | None) -> list[str]:
             return ["eacces:lsm" if ev.kind in ("file", "exec") else "eperm:lsm"]
         return ["eperm:seccomp" if seccomp else "eperm:kernel"]
     return []
+
+
+def readonly_denied(inst: LadderState, ev: Event, res: Resolution) -> bool:
+    """Did the read-only mount refuse this change? The VFS refuses any write, create, removal, mode,
+    owner, time or attribute change on a read-only mount (EROFS) before any LSM is asked."""
+    if inst.mount_writable is None or ev.kind != "file" or ev.access != "write":
+        return False
+    path = res.real_path or res.path or ev.path
+    if not path.startswith("/"):
+        return False
+    return not any(path == w or path.startswith(w.rstrip("/") + "/") for w in inst.mount_writable)
 
 
 def landlock_denied(inst: LadderState, ev: Event, res: Resolution) -> bool:

@@ -116,8 +116,10 @@ class Engine:
     def _ladder_state(self, inst: Instance | None) -> LadderState | None:
         if inst is None:
             return None
+        mount = inst.sandbox.get("mount") or {}
+        writable = tuple(mount.get("writable") or ()) if mount.get("readonly") else None
         return LadderState(inst.mode, inst.state, inst.quarantined, tuple(inst.recent), tuple(inst.landlock_grants),
-                           inst.landlock_handled, live=inst.cgroup_id in self.instances)
+                           inst.landlock_handled, live=inst.cgroup_id in self.instances, mount_writable=writable)
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Handle what the kernel reported; the records of one poll are one group commit."""
@@ -267,7 +269,10 @@ class Engine:
 
     def _note_landlock(self, inst: Instance) -> None:
         """What the instance's Landlock ruleset grants (to tell its denials apart), and the kernel flag
-        that spares its processes the hold for a pending path."""
+        that spares its processes the hold for a pending path. Also whether it runs in its own mount
+        namespace, where the D-Bus proxy's socket grants hold."""
+        if "mountns" in inst.sandbox.get("layers", []):
+            self.sensor.set_mountns(inst.cgroup_id, True)
         if "landlock-fs" not in inst.sandbox.get("layers", []):
             return
         ll = landlock.plan(inst.manifest, 5, inst.mode)

@@ -1,10 +1,10 @@
 """Start a command inside an extension cgroup, so that its first instruction already runs there, and
 under its sandbox (user, no_new_privs, Landlock, seccomp, rlimits) when one is given.
 
-Between fork and exec the child drops its privileges, joins the cgroup through fds the parent opened
-(the v2 one last), then confines itself (Landlock, seccomp). It opens nothing after joining, so the
-only checked action before exec is the exec itself. A failure in the child is written to a pipe, so
-the error says what failed and why.
+Between fork and exec the child enters a mount namespace of its own (as root), drops its privileges,
+joins the cgroup through fds the parent opened (the v2 one last), then confines itself (Landlock,
+seccomp). It opens nothing after joining, so the only checked action before exec is the exec itself.
+A failure in the child is written to a pipe, so the error says what failed and why.
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ def spawn(argv: Sequence[str], procs_files: Sequence[str], env: dict[str, str] |
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
 
     def child() -> None:
-        step = "drop privileges"
+        step = "set up the mount namespace"
         try:
             if sandbox is not None:
+                sandbox.isolate()
+                step = "drop privileges"
                 sandbox.drop()
             step = "join the extension cgroup"
             for fd in fds:

@@ -23,6 +23,7 @@ SOURCES = ("lib.bpf.h", "files.bpf.c", "net.bpf.c", "syscalls.bpf.c", "lifecycle
 TRACEFS = Path("/sys/kernel/tracing")
 # syscalls whose SYSCALL_DEFINE (and so tracepoint) name differs from the x86-64 table's name
 TRACEPOINT_NAMES = {"umount2": "umount"}
+OPTIONAL_TRACEPOINTS = ("fchmodat2", "setxattrat", "removexattrat")
 # enum bpf_attach_type (uapi/linux/bpf.h, 6.7+); bcc 0.26's BPFAttachType predates them
 UNIX_ATTACH = {"eg_connect_unix": 49, "eg_sendmsg_unix": 50}  # BPF_CGROUP_UNIX_CONNECT, _SENDMSG
 
@@ -58,8 +59,9 @@ class Sensor:
         d = directory or bpf_dir()
         ensure_tracefs()
         cflags = [f"-I{d}", "-Wno-macro-redefined", "-Wno-unused-function"]
-        if has_tracepoint("syscalls", "sys_enter_fchmodat2"):
-            cflags.append("-DEG_HAVE_FCHMODAT2")
+        for name in OPTIONAL_TRACEPOINTS:  # syscalls newer than the oldest kernel supported
+            if has_tracepoint("syscalls", f"sys_enter_{name}"):
+                cflags.append(f"-DEG_HAVE_{name.upper()}")
         if lsm is None:
             lsm = bpf_lsm_status()[0]
         self.lsm = lsm

@@ -376,4 +376,8 @@ SYSCALLS_X86_64: dict[str, int] = {
     "lsm_set_self_attr": 460,
     "lsm_list_modules": 461,
     "mseal": 462,
+    "setxattrat": 463,
+    "getxattrat": 464,
+    "listxattrat": 465,
+    "removexattrat": 466,
 }

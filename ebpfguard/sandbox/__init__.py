@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import EbpfguardError
 from ..manifest.load import NEVER_ALLOWED, Manifest
-from . import landlock, seccomp
+from . import landlock, mountns, seccomp
 
 
 class SandboxError(EbpfguardError):
@@ -36,10 +36,13 @@ class Sandbox:
     layers: list[str]
     not_enforced: list[str] = field(default_factory=list)
     landlock_abi: int = 0
+    mounts: mountns.MountPlan | None = None
 
     @classmethod
     def prepare(cls, m: Manifest, mode: str | None = None, *, allow_root: bool = False,
-                landlock_abi: int | None = None) -> Sandbox:
+                landlock_abi: int | None = None, proxies: dict[str, str] | None = None) -> Sandbox:
+        """``proxies``: where each D-Bus proxy socket of the instance must appear (the real bus's path)
+        -> the proxy's socket."""
         user = m.user or _invoking_user() or "nobody"
         try:
             pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
@@ -65,8 +68,22 @@ class Sandbox:
             if name in NEVER_ALLOWED or m.response.get(kind) != "alert"}
         layers.append("seccomp" if deny else "seccomp: none (audit)" if audit else "seccomp: none")
         rl = {resource.RLIMIT_CORE: (0, 0)}  # no core dumps: they would carry the extension's secrets
+        mounts = None
+        if audit:
+            not_enforced.append("mount namespace: audit mode changes nothing")
+        else:
+            mounts = mountns.plan(m, mode, pw.pw_uid, pw.pw_gid, proxies)
+            layers += mounts.describe()
+            not_enforced += [f"mount namespace: write tree {s} not bound" for s in mounts.skipped]
+            if not mounts.readonly:
+                not_enforced.append("mount namespace: not read-only (a write tree is / or file response is alert)")
         return cls(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, fd, seccomp.build(deny), rl, layers, not_enforced,
-                   abi)
+                   abi, mounts)
+
+    def isolate(self) -> None:
+        """In the child, first, as root: the instance's own mount namespace."""
+        if self.mounts is not None:
+            mountns.enter(self.mounts)
 
     def drop(self) -> None:
         """In the child, before it joins its cgroup: rlimits, no_new_privs and the user. Done outside
@@ -88,7 +105,11 @@ class Sandbox:
         seccomp.install(self.seccomp_prog)
 
     def describe(self) -> dict[str, Any]:
-        return {"user": self.user, "uid": self.uid, "layers": self.layers, "not_enforced": self.not_enforced}
+        out: dict[str, Any] = {"user": self.user, "uid": self.uid, "layers": self.layers,
+                               "not_enforced": self.not_enforced}
+        if self.mounts is not None:
+            out["mount"] = self.mounts.summary()
+        return out
 
     def close(self) -> None:
         if self.ruleset_fd is not None:

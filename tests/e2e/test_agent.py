@@ -269,7 +269,7 @@ def test_sigterm_stops_cleanly_with_a_running_extension(agent: Agent) -> None:
 
 
 def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Agent, tmp_path: Path) -> None:
-    secret = Path(tempfile.mkdtemp(prefix="ebpfguard-secret-", dir="/tmp"))
+    secret = Path(tempfile.mkdtemp(prefix="ebpfguard-secret-", dir="/var/lib"))  # /tmp is private to instances
     secret.chmod(0o755)
     (secret / "s.txt").write_text("SECRET-BYTES\n")
     (secret / "s.txt").chmod(0o644)  # readable by the extension's user: only ebpfguard stops it

@@ -102,7 +102,9 @@ def world() -> Iterator[World]:
     """Files an unprivileged extension user could reach by file permissions alone (the secret is
     world-readable): whatever stops it in these tests is ebpfguard's layers, not DAC."""
     _need_root()
-    base = Path(tempfile.mkdtemp(prefix="ebpfguard-kt-", dir="/tmp"))
+    # outside /tmp and /var/tmp, which each launched instance sees as private empty folders: what these
+    # tests check is what Landlock, seccomp and the programs do to paths the extension can see
+    base = Path(tempfile.mkdtemp(prefix="ebpfguard-kt-", dir="/var/lib"))
     base.chmod(0o755)
     w = World(base, base / "allowed", base / "secret", base / "out", base / "copy", base / "bin" / "egact",
               base / "copy" / "egact")

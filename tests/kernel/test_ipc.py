@@ -17,7 +17,7 @@ import pytest
 from ebpfguard.engine import Engine
 
 from .conftest import World, run_ext
-from .test_containment import violation
+from .test_containment import NOBODY, contained, violation
 
 pytestmark = pytest.mark.kernel
 
@@ -120,3 +120,63 @@ def test_a_process_outside_every_extension_is_untouched(engine: Engine, world: W
         c.sendall(b"outside")
     assert peers["agent"].received() == b"outside"
     assert stat.S_ISSOCK(os.stat(peers["agent"].path).st_mode)
+
+
+# ---- the mount namespace -------------------------------------------------------------------------
+@pytest.fixture
+def users_file(world: World) -> Iterator[Path]:
+    """A file of the extension's own user outside its write trees, as ~/.ssh/id_rsa is the desktop user's:
+    file permissions let its owner change mode, owner, times and attributes; only the mount refuses."""
+    d = world.base / "home" / ".ssh"
+    d.mkdir(parents=True, exist_ok=True)
+    f = d / "id_rsa"
+    f.write_text("KEY\n")
+    os.chown(d, NOBODY, NOBODY)
+    os.chown(f, NOBODY, NOBODY)
+    d.chmod(0o700)
+    f.chmod(0o600)
+    yield f
+    f.unlink(missing_ok=True)
+
+
+def _fingerprint(path: Path) -> tuple[int, int, int, int, list[str]]:
+    st = path.stat()
+    return st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, os.listxattr(path)
+
+
+@pytest.mark.parametrize("args", [["chmod", "644"], ["chown", str(NOBODY), str(NOBODY)], ["utimes", "86400"],
+                                  ["setxattr", "user.evil", "1"]])
+def test_metadata_outside_the_write_trees_fails_on_the_read_only_mount(engine: Engine, world: World, users_file: Path,
+                                                                        args: list[str]) -> None:
+    before = _fingerprint(users_file)
+    res = contained(engine, world, [args[0], str(users_file), *args[1:]])
+    assert res.rc_errno() == (-1, errno.EROFS)
+    assert _fingerprint(users_file) == before
+    rec = violation(res, "file", path=str(users_file), access="write")
+    assert rec["verdict"] == "denied" and rec["actions"] == ["erofs:mountns"], rec
+
+
+def test_metadata_inside_a_write_tree_still_works(engine: Engine, world: World) -> None:
+    target = world.out / "own.txt"
+    target.write_text("x")
+    os.chown(target, NOBODY, NOBODY)
+    res = contained(engine, world, ["chmod", str(target), "600"])
+    assert res.rc_errno()[0] == 0 and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert res.violations() == []
+
+
+def test_tmp_is_private(engine: Engine, world: World) -> None:
+    planted = Path(f"/tmp/ebpfguard-host-only-{os.getpid()}")
+    planted.write_text("host\n")
+    try:
+        res = contained(engine, world, ["read", str(planted)])
+        assert res.rc_errno() == (-1, errno.ENOENT)
+    finally:
+        planted.unlink()
+
+
+def test_nothing_leaks_back_to_the_host(engine: Engine, world: World) -> None:
+    """The namespace's mounts do not propagate: the host's /tmp and mount table are as before."""
+    before = Path("/proc/self/mountinfo").read_text()
+    contained(engine, world, ["noop"])
+    assert Path("/proc/self/mountinfo").read_text() == before

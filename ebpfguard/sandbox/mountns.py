@@ -1,0 +1,204 @@
+"""Each launched instance in a mount namespace of its own, set up by the root launcher before it drops
+privileges (the order bubblewrap follows: new namespace, no propagation back, masks, binds, then
+read-only).
+
+- Everything outside the write trees is read-only: chmod, chown, utimes, xattrs and writes fail with
+  EROFS in the VFS, on the object, for every descendant, whatever path or fd reaches it. Landlock does
+  not govern those calls; a read-only mount does.
+- Socket folders (``$XDG_RUNTIME_DIR``, ``/tmp/.X11-unix``, ``/tmp/.ICE-unix``, ``/run/dbus``) are
+  replaced by empty tmpfs holding only the sockets the manifest grants and the instance's D-Bus proxy,
+  mounted at the real bus's path.
+- ``/tmp`` and ``/var/tmp`` are private (empty tmpfs, as systemd's PrivateTmp=) unless a grant names
+  the folder itself or ``/``; granted paths under them are carried in.
+
+plan() is pure (manifest -> what to mount); enter() runs in the child, as root, between fork and the
+privilege drop. Mount, umount, pivot_root and setns stay killed by the seccomp filter afterwards, so the
+extension cannot undo any of it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import EbpfguardError
+from ..manifest.load import Manifest
+
+CLONE_NEWNS = 0x00020000
+MS_NOSUID, MS_NODEV, MS_REC, MS_SLAVE = 0x2, 0x4, 0x4000, 0x80000
+SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442
+OPEN_TREE_CLONE, AT_RECURSIVE, MOVE_MOUNT_F_EMPTY_PATH = 0x1, 0x8000, 0x4
+MOUNT_ATTR_RDONLY = 0x1
+AT_FDCWD = -100
+
+SOCKET_FOLDERS = ("/tmp/.X11-unix", "/tmp/.ICE-unix", "/run/dbus")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class MountNsError(EbpfguardError):
+    pass
+
+
+@dataclass(frozen=True)
+class Mask:
+    """An empty tmpfs over ``folder``."""
+
+    folder: str
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class Carry:
+    """``source`` (as the host sees it) mounted at ``target`` inside the namespace."""
+
+    source: str
+    target: str
+    writable: bool
+
+
+@dataclass
+class MountPlan:
+    masks: list[Mask] = field(default_factory=list)
+    carry: list[Carry] = field(default_factory=list)
+    writable: list[str] = field(default_factory=list)   # write trees outside every mask: bound rw
+    readonly: bool = False
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        """What records and decisions need: is it read-only, and where can it still write."""
+        return {"readonly": self.readonly,
+                "writable": sorted({*self.writable, *(m.folder for m in self.masks if m.writable)}),
+                "masked": [m.folder for m in self.masks]}
+
+    def describe(self) -> list[str]:
+        out = ["mountns"]
+        if self.readonly:
+            out.append("mountns-readonly")
+        out += [f"mountns-mask:{m.folder}" for m in self.masks]
+        return out
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def plan(m: Manifest, mode: str | None, uid: int, gid: int, proxies: dict[str, str] | None = None,
+         exists: object = os.path.lexists) -> MountPlan:
+    """What the namespace of an instance of ``m`` holds. ``proxies`` maps the path where a D-Bus proxy
+    must appear (the real bus's) to the proxy's socket."""
+    check = exists if callable(exists) else os.path.lexists
+    proxies = dict(proxies or {})
+    p = MountPlan(readonly=m.response.get("file") != "alert" and "/" not in m.write)
+    grants = [(path, path in m.write) for path in dict.fromkeys([*m.write, *m.read, *m.exec])]
+    for tmp in ("/tmp", "/var/tmp"):
+        if not any(_under(tmp, g.rstrip("/") or "/") for g, _ in grants):
+            p.masks.append(Mask(tmp, 0o1777, writable=True))
+    runtime = m.runtime_dir
+    if check(runtime):
+        p.masks.append(Mask(runtime, 0o700, uid, gid))
+    elif any(_under(t, runtime) for t in proxies) and check(os.path.dirname(runtime)):
+        p.masks.append(Mask(os.path.dirname(runtime), 0o755))
+    for folder in SOCKET_FOLDERS:
+        if check(folder) and not any(_under(folder, mk.folder) for mk in p.masks):
+            p.masks.append(Mask(folder, 0o1777 if folder.startswith("/tmp") else 0o755))
+    masked = [mk.folder for mk in p.masks]
+
+    def masked_by(path: str) -> bool:
+        return any(_under(path.rstrip("/") or "/", f) for f in masked)
+
+    for path, writable in grants:
+        real = path.rstrip("/") or "/"
+        if not check(real):
+            if writable:
+                p.skipped.append(f"{path} (does not exist)")
+            continue
+        if masked_by(path):
+            p.carry.append(Carry(real, real, writable))
+        elif writable and p.readonly:
+            p.writable.append(real)
+    for sock in m.ipc.unix:
+        real = sock.rstrip("/")
+        if masked_by(sock) and check(real):
+            p.carry.append(Carry(real, real, False))
+    for target, source in proxies.items():
+        p.carry.append(Carry(source, target, False))
+    if p.readonly:
+        p.writable += [c.target for c in p.carry if c.writable]
+    return p
+
+
+# ---- the child's side (root, between fork and the privilege drop) --------------------------------
+def _check(rc: int, what: str) -> None:
+    if rc < 0:
+        e = ctypes.get_errno()
+        raise MountNsError(f"{what}: {os.strerror(e)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    rc = _libc.mount(source.encode() if source else None, target.encode(), fstype.encode() if fstype else None,
+                     ctypes.c_ulong(flags), data.encode() if data else None)
+    _check(rc, f"mount {fstype or source or ''} on {target}")
+
+
+def _setattr(path: str, recursive: bool, attr_set: int = 0, attr_clr: int = 0) -> None:
+    attr = ctypes.create_string_buffer(struct.pack("<QQQQ", attr_set, attr_clr, 0, 0))
+    rc = _libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), ctypes.c_uint(AT_RECURSIVE if recursive else 0),
+                       attr, ctypes.c_size_t(32))
+    _check(int(rc), f"mount_setattr {path}")
+
+
+def _mountpoint(target: str, is_dir: bool) -> None:
+    if is_dir:
+        os.makedirs(target, exist_ok=True)
+        return
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if not os.path.lexists(target):
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+
+def enter(p: MountPlan) -> None:
+    """Unshare the mount namespace and set it up as planned. Runs in the child, as root."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = "/"
+    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _mount(None, "/", None, MS_REC | MS_SLAVE)  # nothing done here propagates back to the host
+    trees = []
+    # detached copies, taken before the masks hide their sources; parents before what they hold
+    for c in sorted(p.carry, key=lambda c: c.target.count("/")):
+        fd = int(_libc.syscall(SYS_OPEN_TREE, AT_FDCWD, c.source.encode(),
+                               ctypes.c_uint(OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC)))
+        _check(fd, f"open_tree {c.source}")
+        trees.append((fd, c, os.path.isdir(c.source)))
+    for w in p.writable:
+        if not any(c.target == w for c in p.carry):
+            _mount(w, w, None, 0x1000 | MS_REC)  # MS_BIND: its own mount, so that it can stay writable
+    for mk in p.masks:
+        _mount("tmpfs", mk.folder, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mk.mode:o},uid={mk.uid},gid={mk.gid}")
+    for fd, c, is_dir in trees:
+        _mountpoint(c.target, is_dir)
+        rc = _libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, c.target.encode(), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
+        _check(int(rc), f"move_mount {c.source} to {c.target}")
+        os.close(fd)
+    if p.readonly:
+        _setattr("/", True, attr_set=MOUNT_ATTR_RDONLY)
+        for w in dict.fromkeys(p.writable):
+            _setattr(w, True, attr_clr=MOUNT_ATTR_RDONLY)
+        for mk in p.masks:
+            if mk.writable:
+                _setattr(mk.folder, False, attr_clr=MOUNT_ATTR_RDONLY)
+    try:  # re-walk the cwd inside the namespace: the old one could reach what the masks hide
+        os.chdir(cwd)
+    except OSError as err:
+        if err.errno not in (errno.ENOENT, errno.EACCES, errno.ENOTDIR):
+            raise
+        os.chdir("/")
