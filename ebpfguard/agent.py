@@ -321,7 +321,7 @@ class Agent:
         conn.instances.append(inst.cgroup_id)
         return {"instance": inst.id, "procs_files": inst.cgroup.procs_files(), "cgroup": str(inst.cgroup.v2),
                 "manifest_text": m.raw.decode(), "manifest_path": m.source, "home": req.get("home"),
-                "allow_root": self.allow_root_extensions}
+                "allow_root": self.allow_root_extensions, "dbus_proxies": inst.proxy_folders()}
 
     def _op_attach(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         mode = req.get("mode")

@@ -23,7 +23,7 @@ from typing import Any
 from .act import Actuator
 from .cgroups import CgroupManager, resource_events, set_limits
 from .clock import now_ns
-from .decide import RESUME, LadderState, Policy, decide, repeats, settle
+from .decide import RESUME, LadderState, Policy, decide, ladder, repeats, settle
 from .errors import EbpfguardError
 from .events import Event, decode
 from .forensics import ForensicLog
@@ -44,7 +44,7 @@ log = logging.getLogger("ebpfguard")
 class Engine:
     def __init__(self, state_dir: str | os.PathLike[str] | StateDir, *, sensor: SensorLike | None = None,
                  cgroups: CgroupManager | None = None, log: ForensicLog | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, bus_addresses: dict[str, str] | None = None):
         self.state = StateDir.of(state_dir)
         self.state_dir = str(self.state)
         if sensor is None:
@@ -55,6 +55,7 @@ class Engine:
         self.cgroups = cgroups or CgroupManager()
         self.log = log or ForensicLog(self.state)
         self.clock = clock
+        self.bus_addresses = dict(bus_addresses or {})  # bus -> address; default: the user's own
         self.slots = Slots(self.sensor, self.state)
         self.store = InstanceStore(self.state)
         self.instances: dict[int, Instance] = {}
@@ -126,6 +127,7 @@ class Engine:
         with self.log.batch():
             self.sensor.poll(timeout_ms)
             self.count_repeats()
+            self.proxy_denials()
 
     def count_repeats(self) -> None:
         """Identical repeats the kernel did not record are still violations: they count toward the
@@ -146,6 +148,44 @@ class Engine:
             if done:
                 self.recorder.lifecycle(inst, "escalation", repeats=delta, actions=done)
 
+    def proxy_denials(self) -> None:
+        """Each call or signal an instance's D-Bus proxy refused: a record of kind ``ipc``, and a
+        violation for the ladder like any other."""
+        for inst in list(self.instances.values()):
+            for bus, proxy in inst.proxies.items():
+                for d in proxy.denials():
+                    state = self._ladder_state(inst)
+                    assert state is not None
+                    todo, window = ladder(inst.manifest, state, "ipc", self.clock())
+                    if window is not None:
+                        inst.recent = deque(window)
+                    inst.violations += 1
+                    done = self.act.apply(inst, todo, inst.leader_pid or 0)
+                    self.recorder.write(inst, {"kind": "ipc", "pid": inst.leader_pid, "tgid": inst.leader_pid,
+                                               "detail": {"bus": bus, **d}, "verdict": "denied",
+                                               "actions": ["accessdenied:xdg-dbus-proxy", *done]})
+
+    def start_proxies(self, inst: Instance) -> None:
+        """One xdg-dbus-proxy per bus the manifest names, as the extension's user (enforce mode)."""
+        from .dbusproxy import Proxy, default_address  # noqa: PLC0415
+        from .sandbox import extension_user  # noqa: PLC0415
+
+        m = inst.manifest
+        if inst.mode != "enforce" or not m.ipc.dbus:
+            return
+        pw = extension_user(m)
+        for bus, rules in m.ipc.dbus.items():
+            proxy = Proxy(inst.id, bus, self.bus_addresses.get(bus) or default_address(bus, m.runtime_dir), rules,
+                          pw.pw_uid, pw.pw_gid)
+            proxy.start()
+            inst.proxies[bus] = proxy
+
+    def stop_proxies(self, inst: Instance) -> None:
+        self.proxy_denials()
+        for proxy in inst.proxies.values():
+            proxy.stop()
+        inst.proxies.clear()
+
     def check_resources(self) -> None:
         """Record each containment by a limit since the last look: an OOM kill inside the
         instance's memory cap, or a fork its pids cap refused."""
@@ -161,7 +201,10 @@ class Engine:
                 self.recorder.resource(inst, resource, key, delta, limit)
 
     # ---- instances --------------------------------------------------------------------------------
-    def prepare(self, m: Manifest, mode: str | None = None) -> Instance:
+    def prepare(self, m: Manifest, mode: str | None = None, *, launch: bool = True) -> Instance:
+        """A new instance cgroup under ``m``, bound and attached. For a ``launch`` (not an adoption): its
+        D-Bus proxies running, and the kernel told that its processes will be in their own mount
+        namespace before the first of them runs."""
         mode = mode or m.mode
         slot = self.slots.acquire(m, mode)
         try:
@@ -182,6 +225,14 @@ class Engine:
         inst = Instance(cg.name, m, mode, slot.index, cg, cgid, limits=limits)
         self.instances[cgid] = inst
         self.store.save(inst)
+        if launch:
+            if (mode or m.mode) != "audit":
+                self.sensor.set_mountns(cgid, True)
+            try:
+                self.start_proxies(inst)
+            except EbpfguardError:
+                self.release(inst)
+                raise
         return inst
 
     def adopt(self, m: Manifest, pid: int, mode: str | None = None) -> Instance:
@@ -190,7 +241,7 @@ class Engine:
         status say so."""
         if not alive(pid):
             raise EbpfguardError(f"no process {pid}")
-        inst = self.prepare(m, mode)
+        inst = self.prepare(m, mode, launch=False)
         moved: list[int] = []
         try:
             for _ in range(3):  # a process may fork while we move its tree: go again until stable
@@ -213,7 +264,11 @@ class Engine:
         inst.sandbox = {"layers": [], "not_enforced": [
             "landlock: cannot be imposed on a running process from outside",
             "seccomp: cannot be imposed on a running process from outside",
-            "user and no_new_privs: the process keeps its own"]}
+            "user and no_new_privs: the process keeps its own",
+            "mount namespace: a running process cannot be moved into one; it can still change modes, owners, "
+            "times and attributes outside the write trees, and sees the real /tmp and socket folders",
+            *(["d-bus proxy: the process keeps its own bus connection; spec.ipc.dbus is not enforced"]
+              if m.ipc.dbus else [])]}
         self.store.save(inst)
         self.recorder.lifecycle(inst, "adopted", pid=pid, actions=["cgroup.procs"], pids=moved, argv=inst.argv,
                                 not_enforced=inst.sandbox["not_enforced"])
@@ -247,6 +302,10 @@ class Engine:
                             limits=meta.get("limits") or {}, started_ns=meta.get("started_ns") or now_ns())
             inst.resource_seen = resource_events(cg)
             inst.repeats_seen = self.sensor.suppressed(cg.id)
+            try:  # the old proxies exited with the old engine; new ones in the same folders
+                self.start_proxies(inst)
+            except EbpfguardError as err:
+                log.error("instance %s: %s", inst.id, err)
             self._note_landlock(inst)
             self.instances[cg.id] = inst
             for pid in cg.pids():
@@ -293,6 +352,7 @@ class Engine:
                 time.sleep(0.01)
         self.sensor.consume()  # attribute the last events while the cgroup is still bound
         self.check_resources()
+        self.stop_proxies(inst)
         suppressed = self.sensor.suppressed(inst.cgroup_id)
         self.sensor.unbind(inst.cgroup_id)
         self.sensor.detach_cgroup(inst.cgroup.v2)

@@ -47,6 +47,14 @@ class Instance:
     landlock_grants: list[tuple[str, int]] = field(default_factory=list)  # (real path, rights)
     landlock_handled: int = 0
     released: bool = False
+    proxies: dict[str, Any] = field(default_factory=dict)  # bus -> its running dbusproxy.Proxy
+
+    def proxy_folders(self) -> dict[str, str]:
+        """Where each D-Bus proxy must appear in the namespace (the real bus's path) -> its folder."""
+        from .manifest.compile import bus_sockets  # noqa: PLC0415
+
+        where = bus_sockets(self.manifest)
+        return {where[bus]: str(p.folder) for bus, p in self.proxies.items()}
 
     def summary(self) -> dict[str, Any]:
         return {"instance": self.id, "extension": self.manifest.name, "version": self.manifest.version,

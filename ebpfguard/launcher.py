@@ -63,6 +63,8 @@ def spawn(argv: Sequence[str], procs_files: Sequence[str], env: dict[str, str] |
             raise
 
     try:
+        if env is None and sandbox is not None:
+            env = sandbox.environ()
         proc = subprocess.Popen(list(argv), preexec_fn=child if fds or sandbox else None,  # noqa: PLW1509
                                 close_fds=True, env=env, stdout=stdout)
     except (OSError, subprocess.SubprocessError) as err:

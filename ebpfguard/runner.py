@@ -17,10 +17,11 @@ def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str |
     from .engine import Engine  # noqa: PLC0415
 
     argv = resolve(argv)
-    sandbox = Sandbox.prepare(m, mode)
+    Sandbox.prepare(m, mode).close()  # a manifest the launcher cannot enforce fails before anything loads
     eng = Engine(state_dir)
     try:
         inst = eng.prepare(m, mode)
+        sandbox = Sandbox.prepare(m, mode, proxies=inst.proxy_folders())
         # like a shell: the terminal's Ctrl-C goes to the command, which decides; we wait for it
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
@@ -64,7 +65,8 @@ def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
             ans = client.request("prepare", extension=extension, mode=mode)
         # the agent sends back the manifest it holds, and whether its config lets an extension run as root
         m = manifest or parse(ans["manifest_text"].encode(), ans["manifest_path"], home=ans.get("home"))
-        sandbox = Sandbox.prepare(m, mode, allow_root=bool(ans.get("allow_root")))
+        sandbox = Sandbox.prepare(m, mode, allow_root=bool(ans.get("allow_root")),
+                                  proxies=ans.get("dbus_proxies") or {})
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             proc = spawn(argv, ans["procs_files"], sandbox=sandbox)

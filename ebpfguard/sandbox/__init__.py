@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import EbpfguardError
+from ..manifest.compile import bus_sockets as bus_paths
 from ..manifest.load import NEVER_ALLOWED, Manifest
 from . import landlock, mountns, seccomp
 
@@ -37,17 +38,15 @@ class Sandbox:
     not_enforced: list[str] = field(default_factory=list)
     landlock_abi: int = 0
     mounts: mountns.MountPlan | None = None
+    bus_paths: dict[str, str] = field(default_factory=dict)  # bus -> where its proxy appears in the namespace
+    runtime_dir: str = ""
 
     @classmethod
     def prepare(cls, m: Manifest, mode: str | None = None, *, allow_root: bool = False,
                 landlock_abi: int | None = None, proxies: dict[str, str] | None = None) -> Sandbox:
         """``proxies``: where each D-Bus proxy socket of the instance must appear (the real bus's path)
         -> the proxy's socket."""
-        user = m.user or _invoking_user() or "nobody"
-        try:
-            pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-        except KeyError as err:
-            raise SandboxError(f"spec.user {user!r} does not exist on this host") from err
+        pw = extension_user(m)
         if pw.pw_uid == 0 and not (m.user in ("root", "0") and allow_root):
             raise SandboxError("refusing to run an extension as root: spec.user must name an unprivileged "
                                "user (root needs both spec.user: root and the agent's allow_root)")
@@ -77,8 +76,31 @@ class Sandbox:
             not_enforced += [f"mount namespace: write tree {s} not bound" for s in mounts.skipped]
             if not mounts.readonly:
                 not_enforced.append("mount namespace: not read-only (a write tree is / or file response is alert)")
+        if m.ipc.dbus and audit:
+            not_enforced.append("d-bus proxy: audit mode filters nothing")
+        elif m.ipc.dbus:
+            missing = [b for b, t in bus_paths(m).items() if t not in (proxies or {})]
+            if missing:
+                raise SandboxError(f"spec.ipc.dbus names the {', '.join(missing)} bus but no proxy was started "
+                                   "for it")
+            layers.append("dbus-proxy:" + ",".join(sorted(m.ipc.dbus)))
         return cls(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, fd, seccomp.build(deny), rl, layers, not_enforced,
-                   abi, mounts)
+                   abi, mounts, bus_paths(m) if not audit else {}, m.runtime_dir)
+
+    def environ(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The extension's environment: the bus addresses lead to its proxies (or are removed: the real
+        buses are out of reach), XDG_RUNTIME_DIR to its masked runtime folder."""
+        env = dict(os.environ if base is None else base)
+        if self.mounts is None:
+            return env
+        buses = {"session": "DBUS_SESSION_BUS_ADDRESS", "system": "DBUS_SYSTEM_BUS_ADDRESS"}
+        for bus, var in buses.items():
+            env.pop(var, None)
+            if bus in self.bus_paths:
+                env[var] = f"unix:path={self.bus_paths[bus]}"
+        if self.runtime_dir:
+            env["XDG_RUNTIME_DIR"] = self.runtime_dir
+        return env
 
     def isolate(self) -> None:
         """In the child, first, as root: the instance's own mount namespace."""
@@ -115,6 +137,15 @@ class Sandbox:
         if self.ruleset_fd is not None:
             os.close(self.ruleset_fd)
             self.ruleset_fd = None
+
+
+def extension_user(m: Manifest) -> pwd.struct_passwd:
+    """Who the extension runs as: spec.user, else the user who invoked sudo, else nobody."""
+    user = m.user or _invoking_user() or "nobody"
+    try:
+        return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError as err:
+        raise SandboxError(f"spec.user {user!r} does not exist on this host") from err
 
 
 def _invoking_user() -> str | None:

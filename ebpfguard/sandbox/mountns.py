@@ -69,6 +69,7 @@ class MountPlan:
     masks: list[Mask] = field(default_factory=list)
     carry: list[Carry] = field(default_factory=list)
     writable: list[str] = field(default_factory=list)   # write trees outside every mask: bound rw
+    links: list[tuple[str, str]] = field(default_factory=list)  # (symlink made in a mask, what it points to)
     readonly: bool = False
     skipped: list[str] = field(default_factory=list)
 
@@ -93,7 +94,8 @@ def _under(path: str, folder: str) -> bool:
 def plan(m: Manifest, mode: str | None, uid: int, gid: int, proxies: dict[str, str] | None = None,
          exists: object = os.path.lexists) -> MountPlan:
     """What the namespace of an instance of ``m`` holds. ``proxies`` maps the path where a D-Bus proxy
-    must appear (the real bus's) to the proxy's socket."""
+    must appear (the real bus's) to the proxy's folder: the folder is mounted beside that path and the
+    path is a symlink to its socket, so that a proxy restarted in the same folder is reached again."""
     check = exists if callable(exists) else os.path.lexists
     proxies = dict(proxies or {})
     p = MountPlan(readonly=m.response.get("file") != "alert" and "/" not in m.write)
@@ -128,8 +130,10 @@ def plan(m: Manifest, mode: str | None, uid: int, gid: int, proxies: dict[str, s
         real = sock.rstrip("/")
         if masked_by(sock) and check(real):
             p.carry.append(Carry(real, real, False))
-    for target, source in proxies.items():
-        p.carry.append(Carry(source, target, False))
+    for target, folder in proxies.items():
+        beside = f"{os.path.dirname(target)}/.ebpfguard-dbus-{os.path.basename(folder.rstrip('/'))}"
+        p.carry.append(Carry(folder, beside, False))
+        p.links.append((target, f"{os.path.basename(beside)}/bus"))
     if p.readonly:
         p.writable += [c.target for c in p.carry if c.writable]
     return p
@@ -189,6 +193,9 @@ def enter(p: MountPlan) -> None:
         rc = _libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, c.target.encode(), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
         _check(int(rc), f"move_mount {c.source} to {c.target}")
         os.close(fd)
+    for link, dest in p.links:
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(dest, link)
     if p.readonly:
         _setattr("/", True, attr_set=MOUNT_ATTR_RDONLY)
         for w in dict.fromkeys(p.writable):

@@ -9,12 +9,17 @@ import errno
 import os
 import socket
 import stat
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ebpfguard.engine import Engine
+from ebpfguard.manifest.load import parse
+from ebpfguard.simulate import execute
 
 from .conftest import World, run_ext
 from .test_containment import NOBODY, contained, violation
@@ -180,3 +185,91 @@ def test_nothing_leaks_back_to_the_host(engine: Engine, world: World) -> None:
     before = Path("/proc/self/mountinfo").read_text()
     contained(engine, world, ["noop"])
     assert Path("/proc/self/mountinfo").read_text() == before
+
+
+# ---- D-Bus through the instance's xdg-dbus-proxy -------------------------------------------------
+class SessionBus:
+    """A real dbus-daemon --session as the extension's user, with two dbus-test-tool services."""
+
+    ALLOWED, FORBIDDEN = "org.ebpfguard.Allowed", "org.ebpfguard.Forbidden"
+
+    def __init__(self, base: Path) -> None:
+        self.dir = base / "bus"
+        self.dir.mkdir(exist_ok=True)
+        os.chown(self.dir, NOBODY, NOBODY)
+        self.path = self.dir / "bus"
+        self.address = f"unix:path={self.path}"
+        env = {"PATH": "/usr/bin:/bin", "DBUS_SESSION_BUS_ADDRESS": self.address}
+        self.daemon = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--nopidfile",
+                                        f"--address={self.address}"], user=NOBODY, group=NOBODY, env=env)
+        deadline = time.monotonic() + 10
+        while not self.path.exists():
+            assert self.daemon.poll() is None and time.monotonic() < deadline, "dbus-daemon did not start"
+            time.sleep(0.05)
+        self.services = [subprocess.Popen(["dbus-test-tool", "echo", "--session", f"--name={name}"],
+                                          user=NOBODY, group=NOBODY, env=env) for name in (self.ALLOWED, self.FORBIDDEN)]
+        for name in (self.ALLOWED, self.FORBIDDEN):
+            while not self.owned(name):
+                assert time.monotonic() < deadline, f"{name} was not owned"
+                time.sleep(0.05)
+
+    def owned(self, name: str) -> bool:
+        out = subprocess.run(["dbus-send", "--session", "--print-reply", "--dest=org.freedesktop.DBus",
+                              "/org/freedesktop/DBus", "org.freedesktop.DBus.NameHasOwner", f"string:{name}"],
+                             env={"DBUS_SESSION_BUS_ADDRESS": self.address}, user=NOBODY, capture_output=True, text=True)
+        return "boolean true" in out.stdout
+
+    def close(self) -> None:
+        for p in [*self.services, self.daemon]:
+            p.terminate()
+            p.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def session_bus(world: World, engine: Engine) -> Iterator[SessionBus]:
+    bus = SessionBus(world.base)
+    engine.bus_addresses["session"] = bus.address
+    yield bus
+    engine.bus_addresses.pop("session", None)
+    bus.close()
+
+
+def dbus_manifest(world: World) -> str:
+    return world.manifest(extra=f"""  ipc:
+    dbus:
+      session:
+        talk: ["{SessionBus.ALLOWED}"]
+""").replace(f'exec: ["{world.helper}"]', f'exec: ["{world.helper}", "/usr/bin/dbus-send"]').replace(
+        f'read: ["{world.allowed}/"]', f'read: ["{world.allowed}/", "/usr/", "/lib/", "/lib64/", "/etc/"]')
+
+
+def dbus_send(engine: Engine, world: World, dest: str) -> tuple[int, list[dict[str, Any]]]:
+    m = parse(dbus_manifest(world).encode(), "dbus.yaml", home=str(world.base))
+    argv = ["/usr/bin/dbus-send", "--session", "--print-reply", f"--dest={dest}", "/org/ebpfguard/Test",
+            f"{dest}.Ping"]
+    status, _, records, _ = execute(engine, m, argv, sandbox=True)
+    return status, [r for r in records if r["kind"] not in ("lifecycle", "checkpoint")]
+
+
+def test_a_granted_bus_name_answers_through_the_proxy(engine: Engine, world: World, session_bus: SessionBus) -> None:
+    status, violations = dbus_send(engine, world, SessionBus.ALLOWED)
+    assert status == 0 and violations == [], [(r["kind"], r["verdict"], r["detail"]) for r in violations]
+
+
+def test_an_ungranted_bus_name_is_refused_by_the_proxy_and_recorded(engine: Engine, world: World,
+                                                                    session_bus: SessionBus) -> None:
+    status, violations = dbus_send(engine, world, SessionBus.FORBIDDEN)
+    assert status != 0
+    ipc = [r for r in violations if r["kind"] == "ipc"]
+    assert len(ipc) == 1, violations
+    d = ipc[0]["detail"]
+    assert (d["bus"], d["destination"], d["member"], d["path"]) == ("session", SessionBus.FORBIDDEN, "Ping",
+                                                                    "/org/ebpfguard/Test")
+    assert ipc[0]["verdict"] == "denied" and ipc[0]["actions"][0] == "accessdenied:xdg-dbus-proxy"
+    assert session_bus.owned(SessionBus.FORBIDDEN)  # the service itself is untouched
+
+
+def test_the_real_bus_is_out_of_reach(engine: Engine, world: World, session_bus: SessionBus) -> None:
+    res = run_ext(engine, world, dbus_manifest(world), ["unix-connect", str(session_bus.path), "AUTH"], sandbox=True)
+    assert res.rc_errno() == (-1, errno.EPERM)
+    assert violation(res, "network", socket="unix", path=str(session_bus.path))["verdict"] == "denied"
