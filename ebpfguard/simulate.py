@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import tempfile
@@ -178,6 +179,16 @@ def world() -> Iterator[World]:
             if kind == socket.SOCK_STREAM:
                 s.listen(16)
             w.listeners[name] = s
+        # unix sockets served outside every extension, as ssh-agent, the journal and docker.sock are
+        (base / "run").mkdir(mode=0o755)
+        for name, kind in (("agent.sock", socket.SOCK_STREAM), ("log.sock", socket.SOCK_DGRAM),
+                           ("docker.sock", socket.SOCK_STREAM)):
+            s = socket.socket(socket.AF_UNIX, kind)
+            s.bind(str(base / "run" / name))
+            os.chmod(base / "run" / name, 0o777)  # reachable by file permissions
+            if kind == socket.SOCK_STREAM:
+                s.listen(16)
+            w.listeners[name] = s
         w.procs["guard"] = subprocess.Popen(["sleep", "600"])  # a root process standing in for the agent
         yield w
     finally:
@@ -301,6 +312,23 @@ TECHNIQUES: list[Technique] = [
               lambda w, i: ["connect4", str(w.port("tcp4"))], lambda w, r: w.saw("tcp4")),
     Technique("exfil-tcp6", "exfiltration", "TCP connect over IPv6",
               lambda w, i: ["connect6", str(w.port("tcp6"))], lambda w, r: w.saw("tcp6")),
+    Technique("ipc-agent-socket", "ipc", "use an agent's unix socket (ssh-agent, gpg-agent)",
+              lambda w, i: ["unix-connect", str(w.base / "run/agent.sock"), "sign-this"],
+              lambda w, r: w.saw("agent.sock")),
+    Technique("ipc-root-helper", "ipc", "talk to a root helper's socket (a docker.sock-like one)",
+              lambda w, i: ["unix-connect", str(w.base / "run/docker.sock"), "POST /containers/create"],
+              lambda w, r: w.saw("docker.sock")),
+    Technique("ipc-log-dgram", "ipc", "a datagram to a log or notify socket",
+              lambda w, i: ["unix-dgram", str(w.base / "run/log.sock"), "<13>forged"], lambda w, r: w.saw("log.sock")),
+    Technique("meta-chmod-key", "metadata", "chmod 644 the user's private key (outside the write trees)",
+              lambda w, i: ["chmod", str(w.home / ".ssh/id_ed25519"), "644"],
+              lambda w, r: stat.S_IMODE((w.home / ".ssh/id_ed25519").stat().st_mode) == 0o644),
+    Technique("meta-backdate-rc", "metadata", "back-date ~/.bashrc (utimensat)",
+              lambda w, i: ["utimes", str(w.home / ".bashrc"), "86400"],
+              lambda w, r: int((w.home / ".bashrc").stat().st_mtime) == 86400),
+    Technique("meta-xattr-rc", "metadata", "set an extended attribute on ~/.bashrc",
+              lambda w, i: ["setxattr", str(w.home / ".bashrc"), "user.evil", "1"],
+              lambda w, r: "user.evil" in os.listxattr(w.home / ".bashrc")),
     Technique("exfil-udp", "exfiltration", "UDP datagram to a forbidden port",
               lambda w, i: ["udp4", str(w.port("udp"))], lambda w, r: w.saw("udp")),
     Technique("exfil-dns", "exfiltration", "data in a DNS query to a resolver it may not use",
@@ -507,6 +535,8 @@ def simulate(state_dir: str, ids: list[str] | None = None, manifest: Path | None
         sb = Sandbox.prepare(m, mode)
         sb.close()  # a same-user process outside the extension, for ptrace
         w.procs["sibling"] = subprocess.Popen(["sleep", "600"], user=sb.uid)
+        for f in [w.home, *w.home.rglob("*")]:  # the user's home is the user's own: DAC lets it chmod
+            os.chown(f, sb.uid, sb.gid)
         eng = Engine(state_dir)
         eng.log.checkpoint()  # the key and the log exist before the first technique: its timing is its own
         out: list[Outcome] = []

@@ -273,3 +273,95 @@ def test_the_real_bus_is_out_of_reach(engine: Engine, world: World, session_bus:
     res = run_ext(engine, world, dbus_manifest(world), ["unix-connect", str(session_bus.path), "AUTH"], sandbox=True)
     assert res.rc_errno() == (-1, errno.EPERM)
     assert violation(res, "network", socket="unix", path=str(session_bus.path))["verdict"] == "denied"
+
+
+# ---- X11 and ssh-agent, the real programs --------------------------------------------------------
+def tool_manifest(world: World, tool: str, unix: list[str]) -> str:
+    grants = ", ".join(f'"{u}"' for u in unix)
+    return world.manifest(extra=f"  ipc: {{unix: [{grants}]}}\n").replace(
+        f'exec: ["{world.helper}"]', f'exec: ["{world.helper}", "{tool}"]').replace(
+        f'read: ["{world.allowed}/"]',
+        f'read: ["{world.allowed}/", "/usr/", "/lib/", "/lib64/", "/etc/", "/proc/filesystems"]').replace(
+        f'write: ["{world.out}/"]', f'write: ["{world.out}/", "/dev/null"]')
+
+
+def run_tool(engine: Engine, world: World, manifest: str, argv: list[str]) -> tuple[int, list[dict[str, Any]]]:
+    m = parse(manifest.encode(), "tool.yaml", home=str(world.base))
+    status, _, records, _ = execute(engine, m, argv, sandbox=True)
+    return status, [r for r in records if r["kind"] not in ("lifecycle", "checkpoint")]
+
+
+@pytest.fixture(scope="module")
+def xserver() -> Iterator[str]:
+    """A real X server (Xvfb) with its socket in /tmp/.X11-unix, as a desktop session's is."""
+    n = next(i for i in range(90, 190) if not os.path.exists(f"/tmp/.X11-unix/X{i}") and not os.path.exists(f"/tmp/.X{i}-lock"))
+    # -nolisten local: no abstract socket. Landlock's scoping refuses an abstract connect out of the
+    # domain with EPERM, on which libxcb gives up instead of trying the path socket (README, blind spots)
+    proc = subprocess.Popen(["Xvfb", f":{n}", "-nolisten", "tcp", "-nolisten", "local", "-ac", "-screen", "0",
+                             "320x240x24"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(f"/tmp/.X11-unix/X{n}"):
+        assert proc.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
+        time.sleep(0.05)
+    yield f":{n}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_x11_window_listing_is_refused_without_a_grant(engine: Engine, world: World, xserver: str) -> None:
+    xwininfo = "/usr/bin/xwininfo"
+    status, violations = run_tool(engine, world, tool_manifest(world, xwininfo, []),
+                                  [xwininfo, "-root", "-tree", "-display", xserver])
+    assert status != 0
+    sock = f"/tmp/.X11-unix/X{xserver[1:]}"
+    assert [r["detail"]["path"] for r in violations if r["detail"].get("socket") == "unix"] == [sock]
+    assert all(r["verdict"] == "denied" for r in violations)
+    # outside every extension the same listing works: the X server itself is untouched
+    assert subprocess.run([xwininfo, "-root", "-display", xserver], capture_output=True).returncode == 0
+
+
+def test_x11_works_when_its_socket_is_granted(engine: Engine, world: World, xserver: str) -> None:
+    xwininfo = "/usr/bin/xwininfo"
+    sock = f"/tmp/.X11-unix/X{xserver[1:]}"
+    status, violations = run_tool(engine, world, tool_manifest(world, xwininfo, [sock]),
+                                  [xwininfo, "-root", "-display", xserver])
+    assert status == 0 and violations == [], [(r["kind"], r["verdict"], r["detail"]) for r in violations]
+
+
+@pytest.fixture(scope="module")
+def ssh_agent(world: World) -> Iterator[str]:
+    """A real ssh-agent of the extension's user holding a test key."""
+    d = world.base / "ssh-agent"
+    d.mkdir(exist_ok=True)
+    os.chown(d, NOBODY, NOBODY)
+    sock, key = d / "agent.sock", d / "id_ed25519"
+    env = {"PATH": "/usr/bin:/bin", "SSH_AUTH_SOCK": str(sock)}
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, user=NOBODY, env=env)
+    proc = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], user=NOBODY, group=NOBODY, env=env,
+                            stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "ssh-agent did not start"
+        time.sleep(0.05)
+    subprocess.run(["ssh-add", "-q", str(key)], check=True, user=NOBODY, env=env)
+    yield str(sock)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_ssh_agent_key_use_is_refused_without_a_grant(engine: Engine, world: World, ssh_agent: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSH_AUTH_SOCK", ssh_agent)
+    status, violations = run_tool(engine, world, tool_manifest(world, "/usr/bin/ssh-add", []),
+                                  ["/usr/bin/ssh-add", "-l"])
+    assert status == 2  # ssh-add: could not reach the agent
+    assert [(r["detail"]["path"], r["verdict"]) for r in violations] == [(ssh_agent, "denied")]
+
+
+def test_ssh_agent_works_when_granted(engine: Engine, world: World, ssh_agent: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSH_AUTH_SOCK", ssh_agent)
+    status, violations = run_tool(engine, world, tool_manifest(world, "/usr/bin/ssh-add", [ssh_agent]),
+                                  ["/usr/bin/ssh-add", "-l"])
+    assert status == 0 and violations == [], [(r["kind"], r["verdict"], r["detail"]) for r in violations]
