@@ -1,0 +1,109 @@
+"""spec.ipc: validation, the kernel entries it compiles to, the mount plan and the proxy's log."""
+
+from __future__ import annotations
+
+import pytest
+
+from ebpfguard.dbusproxy import parse_log
+from ebpfguard.errors import ManifestError
+from ebpfguard.manifest.compile import BUILTIN_UNIX, compile
+from ebpfguard.manifest.ipc import DBusRules, check_bus_name, check_rule
+from ebpfguard.manifest.load import parse
+from ebpfguard.sandbox import mountns
+
+HEAD = """apiVersion: ebpfguard.io/v1
+kind: Extension
+metadata: {name: t, version: "1"}
+spec:
+  user: nobody
+  filesystem: {write: [/srv/ext/], read: [/tmp/data/]}
+"""
+
+
+def manifest(ipc: str) -> str:
+    return HEAD + "  ipc:\n" + "".join(f"    {line}\n" for line in ipc.strip().splitlines())
+
+
+@pytest.mark.parametrize(("ipc", "message"), [
+    ('unix: [""]', "spec.ipc.unix[0]: must not be empty"),
+    ("unix: [relative.sock]", "is not an absolute path"),
+    ("unix: [/srv/ext/s.sock]", "inside the write tree '/srv/ext/'"),
+    (f"unix: [/{'a' * 120}]", "longer than 107 bytes"),
+    ("unix: [/a/../b]", "is not normalised"),
+    ("dbus: {session: {talk: [org]}}", "spec.ipc.dbus.session.talk[0]: 'org': is not a bus name"),
+    ('dbus: {session: {own: [":1.4"]}}', "unique names"),
+    ("dbus: {system: {call: [org.a.B]}}", "expected NAME=[METHOD][@PATH]"),
+    ('dbus: {session: {call: ["org.a.B=bad@/x"]}}', "'bad' is not '*', INTERFACE.* or INTERFACE.MEMBER"),
+    ('dbus: {session: {call: ["org.a.B=*@x"]}}', "is not an object path"),
+    ("dbus: {session: {shout: [org.a.B]}}", "spec.ipc.dbus.session.shout: unknown key"),
+])
+def test_bad_ipc_entries_get_precise_errors(ipc: str, message: str) -> None:
+    with pytest.raises(ManifestError) as err:
+        parse(manifest(ipc).encode(), "m.yaml")
+    assert message in str(err.value)
+    assert "m.yaml:" in str(err.value)
+
+
+def test_good_rules_and_runtime_expansion() -> None:
+    m = parse(manifest("""unix: ["${XDG_RUNTIME_DIR}/pipewire-0", /tmp/.X11-unix/]
+dbus: {session: {talk: [org.freedesktop.Notifications, org.mpris.MediaPlayer2.*],
+                 call: ["org.a.B=org.a.B.Open@/org/a/*", "org.a.B=*"]}}""").encode(), "m.yaml")
+    assert m.ipc.unix == (f"{m.runtime_dir}/pipewire-0", "/tmp/.X11-unix/")
+    assert m.ipc.unix_allows("/tmp/.X11-unix/X0") and not m.ipc.unix_allows("/tmp/x")
+    assert m.ipc.dbus["session"].proxy_args() == [
+        "--filter", "--talk=org.freedesktop.Notifications", "--talk=org.mpris.MediaPlayer2.*",
+        "--call=org.a.B=org.a.B.Open@/org/a/*", "--call=org.a.B=*"]
+
+
+def test_compiled_unix_entries() -> None:
+    m = parse(manifest("""unix: [/run/a.sock, /tmp/.X11-unix/]
+dbus: {session: {talk: [org.a.B]}}""").encode(), "m.yaml")
+    cp = compile(m, 3)
+    assert cp.allows_path("/run/a.sock", "unix") and not cp.allows_path("/run/a.sockx", "unix")
+    assert cp.allows_path("/tmp/.X11-unix/X1", "unix") and not cp.allows_path("/tmp/.X11-unix", "unix")
+    for builtin in BUILTIN_UNIX:
+        assert cp.allows_path(builtin.rstrip("/") + ("/x" if builtin.endswith("/") else ""), "unix")
+    # the proxy's path is granted only inside the namespace (scope unix_ns), never as a plain grant
+    assert cp.allows_path(f"{m.runtime_dir}/bus", "unix_ns") and not cp.allows_path(f"{m.runtime_dir}/bus", "unix")
+
+
+def test_check_helpers() -> None:
+    assert check_bus_name("org.a.B.*") == "org.a.B.*"
+    assert check_rule("org.a.B=@/x") == "org.a.B=@/x"
+    assert DBusRules().proxy_args() == ["--filter"]
+
+
+def test_mount_plan_masks_and_carries() -> None:
+    m = parse(manifest("unix: [/tmp/.X11-unix/X0]").encode(), "m.yaml")
+    existing = {"/tmp", "/var/tmp", "/srv/ext", "/tmp/data", "/tmp/.X11-unix", "/tmp/.X11-unix/X0", "/run/user",
+                "/run/dbus"}
+    p = mountns.plan(m, None, 65534, 65534, {f"{m.runtime_dir}/bus": "/run/ebpfguard/dbus/i/session"},
+                     exists=lambda path: path in existing)
+    assert p.readonly
+    assert [mk.folder for mk in p.masks] == ["/tmp", "/var/tmp", "/run/user", "/run/dbus"]
+    carried = {(c.source, c.target, c.writable) for c in p.carry}
+    assert ("/tmp/data", "/tmp/data", False) in carried
+    assert ("/tmp/.X11-unix/X0", "/tmp/.X11-unix/X0", False) in carried
+    assert ("/run/ebpfguard/dbus/i/session", f"{m.runtime_dir}/.ebpfguard-dbus-session", False) in carried
+    assert p.links == [(f"{m.runtime_dir}/bus", ".ebpfguard-dbus-session/bus")]
+    assert p.writable == ["/srv/ext"]
+
+
+def test_no_private_tmp_when_a_grant_names_it_and_no_readonly_for_alert() -> None:
+    text = HEAD.replace("read: [/tmp/data/]", "read: [/tmp/]") + "  response: {file: alert}\n"
+    p = mountns.plan(parse(text.encode(), "m.yaml"), None, 1, 1, exists=lambda path: True)
+    assert "/tmp" not in [mk.folder for mk in p.masks] and not p.readonly
+
+
+def test_proxy_log_denials() -> None:
+    lines = ["C1: -> org.freedesktop.DBus call org.freedesktop.DBus.Hello at /org/freedesktop/DBus",
+             "C2: -> org.ebpfguard.Forbidden call org.ebpfguard.Forbidden.Ping at /t",
+             "*HIDDEN* (ping)",
+             "C3: -> org.freedesktop.systemd1 call org.freedesktop.systemd1.Manager.StartTransientUnit at "
+             "/org/freedesktop/systemd1",
+             "*DENIED* (ping)"]
+    assert parse_log(lines) == [
+        {"op": "call", "destination": "org.ebpfguard.Forbidden", "interface": "org.ebpfguard.Forbidden",
+         "member": "Ping", "path": "/t", "proxy": "hidden"},
+        {"op": "call", "destination": "org.freedesktop.systemd1", "interface": "org.freedesktop.systemd1.Manager",
+         "member": "StartTransientUnit", "path": "/org/freedesktop/systemd1", "proxy": "denied"}]
