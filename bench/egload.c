@@ -4,6 +4,10 @@
  *
  *   egload open N PATH       N x open(PATH, O_RDONLY) + close
  *   egload connect N         N x TCP connect + accept + close on a 127.0.0.1 listener of its own
+ *   egload uconnect N PATH   N x unix stream connect(PATH) + close (the listener is `egload userve PATH`)
+ *   egload userve PATH       listen on the unix socket PATH (mode 0666), print "ready", accept + close until
+ *                            killed (the benchmark starts it outside the extension: a socket the extension
+ *                            may connect to cannot be one it may create)
  *   egload forkexec N SELF   N x fork + execv(SELF, "noop") + wait
  *   egload stat N DIR        N x a walk of the tree under DIR: lstat every entry (nftw, no symlinks)
  *   egload sh N CMD          N x /bin/sh -c CMD (a real job), status 0 required
@@ -18,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,6 +52,23 @@ int main(int argc, char **argv)
 		return 2;
 	if (!strcmp(argv[1], "noop"))
 		return 0;
+	if (!strcmp(argv[1], "userve") && argc > 2) {
+		struct sockaddr_un u = {.sun_family = AF_UNIX};
+		if (strlen(argv[2]) >= sizeof(u.sun_path))
+			return 2;
+		strcpy(u.sun_path, argv[2]);
+		unlink(argv[2]);
+		int l = socket(AF_UNIX, SOCK_STREAM, 0);
+		if (l < 0 || bind(l, (struct sockaddr *)&u, sizeof(u)) || chmod(argv[2], 0666) || listen(l, 4096))
+			return 3;
+		printf("ready\n");
+		fflush(stdout);
+		for (;;) {
+			int s = accept(l, 0, 0);
+			if (s >= 0)
+				close(s);
+		}
+	}
 	if (argc < 3)
 		return 2;
 	long n = atol(argv[2]);
@@ -74,6 +97,19 @@ int main(int argc, char **argv)
 				return 4;
 			int s = accept(l, 0, 0);
 			close(s);
+			close(c);
+		}
+		t1 = now();
+	} else if (!strcmp(argv[1], "uconnect") && argc > 3) {
+		struct sockaddr_un u = {.sun_family = AF_UNIX};
+		if (strlen(argv[3]) >= sizeof(u.sun_path))
+			return 2;
+		strcpy(u.sun_path, argv[3]);
+		t0 = now();
+		for (long i = 0; i < n; i++) {
+			int c = socket(AF_UNIX, SOCK_STREAM, 0);
+			if (c < 0 || connect(c, (struct sockaddr *)&u, sizeof(u)))
+				return 4;
 			close(c);
 		}
 		t1 = now();

@@ -6,13 +6,17 @@ Each round runs every workload under every monitor, back to back, in the same or
 
   none        no program attached anywhere (the base)
   ebpfguard   programs attached, the workload outside any extension (every host process pays this)
+  layers      programs detached, the workload inside the extension as launched: the kernel's own layers
+              alone (user, no_new_privs, Landlock, seccomp, mount namespace)
   ebpfguard   programs attached, the workload inside an extension whose manifest allows it
   auditd      ebpfguard detached; audit rules on the same syscalls and folder (peers.py)
   bpftrace    ebpfguard detached; bpftrace on the same tracepoints (peers.py)
 
 A ratio compares a round's run with that round's base in the same place (inside runs compare with the
-unloaded inside run, so the cost of being in a cgroup is shown apart). The table gives the median over
-the rounds and the spread (min-max): machine noise shows as spread, not as a number.
+unloaded inside run, so the cost of being in a cgroup is shown apart); "over layers" compares the inside
+run with the layers run of the same round: what the programs add to what the kernel's layers cost
+anyway. The table gives the median over the rounds and the spread (min-max): machine noise shows as
+spread, not as a number.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ from .resources import data_root
 from .sandbox import Sandbox
 from .statedir import StateDir
 
-WORKLOADS = {"open/close": 300_000, "stat walk": 20, "connect": 20_000, "fork+exec": 3_000, "untar+sha256": 4}
-TARGETS = {"outside": 1.03, "inside": 1.10, "vs_auditd": 0.10, "freeze_p99_ms": 10.0}
+WORKLOADS = {"open/close": 300_000, "stat walk": 20, "connect": 20_000, "unix connect": 20_000, "fork+exec": 3_000,
+             "untar+sha256": 4}
+TARGETS = {"outside": 1.03, "inside": 1.10, "vs_auditd": 0.10, "freeze_p99_ms": 10.0, "unix_over_layers": 1.03}
+UNIX_SOCKET = "ipc/bench.sock"  # under the bench folder; the listener runs outside the extension
 
 MANIFEST = """apiVersion: ebpfguard.io/v1
 kind: Extension
@@ -54,6 +60,8 @@ spec:
   network:
     connect: ["127.0.0.1/32:1-65535/tcp"]
     bind: ["127.0.0.1/32:0-65535/tcp"]
+  ipc:
+    unix: ["{dir}/ipc/bench.sock"]
 """
 
 
@@ -84,6 +92,8 @@ def _argv(workload: str, n: int, binary: Path, tmp: Path) -> list[str]:
         return [str(binary), "stat", str(n), str(tmp / "src")]
     if workload == "connect":
         return [str(binary), "connect", str(n)]
+    if workload == "unix connect":
+        return [str(binary), "uconnect", str(n), str(tmp / UNIX_SOCKET)]
     if workload == "fork+exec":
         return [str(binary), "forkexec", str(n), str(binary)]
     job = tmp / "work" / "job"
@@ -106,6 +116,30 @@ def _run(argv: list[str], procs_files: list[str] | None, eng: Any = None, sandbo
             raise EbpfguardError(f"workload {' '.join(argv[1:3])} failed with status {proc.returncode}")
         out.seek(0)
         return int(out.read())
+
+
+class UnixListener:
+    """The unix connect loop's listener, outside the extension (a socket the extension may connect to is
+    never one it may create), stopped by its pid."""
+
+    def __init__(self, binary: Path, path: Path) -> None:
+        self.binary, self.path = binary, path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.path.parent.mkdir(mode=0o755, exist_ok=True)
+        self.proc = subprocess.Popen([str(self.binary), "userve", str(self.path)], stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != b"ready":  # it prints "ready" once listening, or exits
+            self.stop()
+            raise EbpfguardError(f"the unix listener at {self.path} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        self.path.unlink(missing_ok=True)
 
 
 class PeerUsage:
@@ -170,12 +204,14 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
                 else:
                     monitors.append(peer)
         eng = Engine(str(tmp / "state"))
-        conds = ["base_outside", "base_inside", "outside", "inside", *[p.name for p in monitors]]
+        conds = ["base_outside", "base_inside", "layers", "outside", "inside", *[p.name for p in monitors]]
         times: dict[str, dict[str, list[int]]] = {w: {c: [] for c in conds} for w in WORKLOADS}
         agent_cpu = 0.0
         peer_usage: dict[str, PeerUsage] = {}
         agent_wall = 0.0
+        listener = UnixListener(binary, tmp / UNIX_SOCKET)
         try:
+            listener.start()
             m = parse(MANIFEST.format(dir=tmp, bin=binary).encode(), "bench.yaml")
             inst = eng.prepare(m)
             procs = inst.cgroup.procs_files()
@@ -194,6 +230,7 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
                 eng.sensor.detach_cgroup(inst.cgroup.v2)
                 each("base_outside", None)
                 each("base_inside", procs)
+                each("layers", procs, sb)
                 for peer in monitors:
                     peer.start()
                     try:
@@ -223,6 +260,7 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
             for peer in monitors:
                 peer.stop()
             eng.close()
+            listener.stop()
     cpu, rss = _self_usage()
     result: dict[str, Any] = {"rounds": rounds, "scale": scale, "workloads": {}, "targets": TARGETS,
                               "violations_inside": violations,
@@ -238,9 +276,12 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
         row: dict[str, Any] = {"iterations": n, "base_ns_per_op": statistics.median(t["base_outside"]) / n,
                                "cgroup_only": statistics.median(
                                    [i / o for i, o in zip(t["base_inside"], t["base_outside"], strict=True)])}
-        for cond in ("outside", "inside", *[p.name for p in monitors]):
-            base = t["base_inside"] if cond == "inside" else t["base_outside"]
-            ratios = [x / b for x, b in zip(t[cond], base, strict=True)]
+        for cond in ("outside", "inside", "layers", "over_layers", *[p.name for p in monitors]):
+            if cond == "over_layers":
+                ratios = [x / b for x, b in zip(t["inside"], t["layers"], strict=True)]
+            else:
+                base = t["base_inside"] if cond in ("inside", "layers") else t["base_outside"]
+                ratios = [x / b for x, b in zip(t[cond], base, strict=True)]
             row[cond] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
         result["workloads"][w] = row
     return result
@@ -379,8 +420,9 @@ def _flood_once(eng: Any, tmp: Path, seconds: float, action: str, target: str) -
 
 
 def format_table(res: dict[str, Any]) -> str:
-    mons = ["outside", "inside", *res["monitors"]]
-    head = {"outside": "ebpfguard outside", "inside": "ebpfguard inside"}
+    mons = ["outside", "inside", "layers", "over_layers", *res["monitors"]]
+    head = {"outside": "ebpfguard outside", "inside": "ebpfguard inside", "layers": "layers alone",
+            "over_layers": "inside over layers"}
     lines = [f"ebpfguard bench: {res['rounds']} interleaved rounds; ratio to no monitor in the same place, "
              "median [min-max]",
              f"{'workload':<13} {'base/op':>9} " + " ".join(f"{head.get(m, m):>21}" for m in mons)]
@@ -421,7 +463,8 @@ def format_table(res: dict[str, Any]) -> str:
                      f"written ({f['records_per_second']:.0f}/s), agent CPU {f['agent_cpu'] * 100:.0f}% of a core; "
                      f"all accounted for: {'yes' if f['accounted'] else 'NO'}")
     lines.append(f"targets: outside <= {TARGETS['outside']}, inside <= {TARGETS['inside']}, "
-                 f"overhead <= {TARGETS['vs_auditd']} x auditd's, freeze p99 <= {TARGETS['freeze_p99_ms']} ms")
+                 f"overhead <= {TARGETS['vs_auditd']} x auditd's, freeze p99 <= {TARGETS['freeze_p99_ms']} ms, "
+                 f"unix connect inside over layers <= {TARGETS['unix_over_layers']}")
     return "\n".join(lines)
 
 

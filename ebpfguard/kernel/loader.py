@@ -201,6 +201,11 @@ class Sensor:
                 pass
 
     # ---- cgroup network programs ----------------------------------------------------------------
+    @property
+    def cgroup_programs(self) -> list[str]:
+        """The cgroup sock_addr programs loaded (the unix ones only where the kernel accepts them)."""
+        return sorted(self._net_fns)
+
     def attach_cgroup(self, path: Path) -> None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

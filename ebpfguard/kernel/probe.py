@@ -28,8 +28,12 @@ def require() -> int:
         print(f"eBPF unavailable: {err}", file=sys.stderr)
         return 1
     n = len(s.bpf.tracepoint_fds)
+    net = len(s.cgroup_programs)
+    unix = s.unix_hooks
     s.close()
-    print(f"{'ebpf':>16}: loaded ({n} tracepoints, 6 cgroup sock_addr programs)")
+    print(f"{'ebpf':>16}: loaded ({n} tracepoints, {net} cgroup sock_addr programs)")
+    if unix:
+        print(f"{'unix sockets':>16}: not enforced in the kernel: {unix}")
     return 0
 
 
