@@ -135,6 +135,37 @@ static __always_inline u64 hash_path(u64 h, const u8 *p)
 }
 
 /*
+ * A ".." component within the first ``len`` bytes of the socket path ``p`` (8-byte aligned; p[len]
+ * readable: the NUL or the next byte). A path with one cannot be decided on its string: ".." resolves
+ * against what the link or mount under it really is. Eight bytes at a time, looking byte by byte only
+ * at a word that holds a '.' (most paths have one dot, in the file name): a few ns for a 100-byte path.
+ * check_path (files.bpf.c) scans 4 KiB paths with a plain loop instead, as this nested one over 4 KiB
+ * is more than the verifier will walk.
+ */
+#define EG_DOTS 0x2e2e2e2e2e2e2e2eULL
+#define EG_ONES 0x0101010101010101ULL
+#define EG_HIGHS 0x8080808080808080ULL
+static __always_inline int unix_has_dotdot(const char *p, long len)
+{
+	for (int w = 0; w < (EG_UNIX_PATH_MAX + 7) / 8; w++) {
+		if (w * 8 > len)
+			break;
+		u64 x = *(const u64 *)(p + w * 8) ^ EG_DOTS;
+		if (!((x - EG_ONES) & ~x & EG_HIGHS))
+			continue; /* no '.' in these eight bytes */
+		for (int j = 0; j < 8; j++) {
+			int i = w * 8 + j;
+			if (i >= len - 1)
+				break;
+			if (p[i] == '.' && p[i + 1] == '.' && (i == 0 || p[i - 1] == '/') &&
+			    (p[i + 2] == '/' || p[i + 2] == 0))
+				return 1;
+		}
+	}
+	return 0;
+}
+
+/*
  * Identical repeats: a thread that repeats the violation it last recorded (same hash ``h``) less than
  * EG_REPEAT_NS later is not recorded again. The repeat is counted (per cgroup in `suppressed`, and
  * globally) and -1 is returned; the caller reserves nothing. Otherwise it returns how many repeats were

@@ -128,14 +128,7 @@ static __always_inline u32 unix_path_flags(struct eg_path_key *k, u32 n)
 {
 	if (k->path[0] != '/')
 		return EG_EV_RELATIVE;
-	for (int i = 0; i < EG_UNIX_PATH_MAX - 2; i++) {
-		if (i + 2 > n)
-			break;
-		if (k->path[i] == '.' && k->path[i + 1] == '.' && (i == 0 || k->path[i - 1] == '/') &&
-		    (k->path[i + 2] == '/' || k->path[i + 2] == 0))
-			return EG_EV_DOTDOT;
-	}
-	return 0;
+	return unix_has_dotdot((const char *)k->path, n) ? EG_EV_DOTDOT : 0;
 }
 
 static __always_inline int unix_check(struct bpf_sock_addr *ctx, u32 op)

@@ -61,6 +61,7 @@ class LadderState:
     landlock_handled: int = 0
     live: bool = True                    # still bound: ladder steps apply
     mount_writable: tuple[str, ...] | None = None  # read-only mount namespace: where it can still write
+    mount_readonly: tuple[str, ...] = ()  # ... and read-only mounts inside those places
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,13 @@ def readonly_denied(inst: LadderState, ev: Event, res: Resolution) -> bool:
     path = res.real_path or res.path or ev.path
     if not path.startswith("/"):
         return False
-    return not any(path == w or path.startswith(w.rstrip("/") + "/") for w in inst.mount_writable)
+    # the deepest mount holding the path decides, as in the VFS
+    best, writable = -1, False
+    for mounts, rw in ((inst.mount_writable, True), (inst.mount_readonly, False)):
+        for w in mounts:
+            if (path == w or path.startswith(w.rstrip("/") + "/")) and len(w) > best:
+                best, writable = len(w), rw
+    return not writable
 
 
 def landlock_denied(inst: LadderState, ev: Event, res: Resolution) -> bool:

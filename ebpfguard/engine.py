@@ -120,7 +120,8 @@ class Engine:
         mount = inst.sandbox.get("mount") or {}
         writable = tuple(mount.get("writable") or ()) if mount.get("readonly") else None
         return LadderState(inst.mode, inst.state, inst.quarantined, tuple(inst.recent), tuple(inst.landlock_grants),
-                           inst.landlock_handled, live=inst.cgroup_id in self.instances, mount_writable=writable)
+                           inst.landlock_handled, live=inst.cgroup_id in self.instances, mount_writable=writable,
+                           mount_readonly=tuple(mount.get("readonly_within") or ()))
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Handle what the kernel reported; the records of one poll are one group commit."""

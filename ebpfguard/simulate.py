@@ -14,6 +14,12 @@ Outcome of a technique, decided by its side effect, never by exit codes alone:
   contained  the effect did not happen and the process was stopped (killed, frozen)
   detected   the effect happened, and a forensic record says so (audit mode, or an `alert` response)
   missed     the effect happened, and nothing recorded it
+  skipped    not run: a desktop service it needs (dbus-daemon, Xvfb, ssh-agent) is not installed
+
+The desktop techniques talk to real services from Debian that the simulator starts for them and stops
+afterwards: a session dbus-daemon (with dbus-test-tool services standing at org.freedesktop.systemd1
+and an ungranted name, and dbus-monitor to see what reaches them), an Xvfb display, an ssh-agent
+holding a fresh key.
 """
 
 from __future__ import annotations
@@ -86,12 +92,155 @@ def listener_saw(s: socket.socket, timeout: float = 0.0) -> bool:
 
 
 
+SYSTEMD_NAME, FORBIDDEN_NAME, GRANTED_NAME = "org.freedesktop.systemd1", "org.ebpfguard.Sim.Forbidden", \
+    "org.ebpfguard.Sim.Granted"
+POINTER_TARGET = (17, 29)
+DESKTOP_TOOLS = {  # what each desktop service needs, and its Debian package
+    "dbus": (("dbus-daemon", "dbus-daemon"), ("dbus-test-tool", "dbus-tests"), ("dbus-monitor", "dbus-bin"),
+             ("xdg-dbus-proxy", "xdg-dbus-proxy")),
+    "x11": (("Xvfb", "xvfb"), ("xdotool", "xdotool")),
+    "ssh-agent": (("ssh-agent", "openssh-client"), ("ssh-keygen", "openssh-client"), ("ssh-add", "openssh-client")),
+}
+
+
+class Desktop:
+    """The user's session services, the real programs, for the techniques that need them: the session
+    bus and its services and ssh-agent run as the extension's user (they are the user's), Xvfb as a
+    display server. Stopped by pid."""
+
+    def __init__(self, base: Path, uid: int, gid: int) -> None:
+        self.dir = base / "session"  # as /run/user/UID is
+        self.uid, self.gid = uid, gid
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.unavailable: dict[str, str] = {}
+        self.bus_path = self.dir / "bus"
+        self.bus_address = f"unix:path={self.bus_path}"
+        self.monitor_log = self.dir / "dbus-monitor.log"
+        self.agent_socket = self.dir / "ssh-agent.sock"
+        self.display = ""
+        self.x_socket = ""
+        self._mark = 0
+
+    def start(self, needs: set[str]) -> None:
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        os.chown(self.dir, self.uid, self.gid)
+        for need in sorted(needs):
+            missing = [f"{tool} (Debian package {pkg})" for tool, pkg in DESKTOP_TOOLS[need] if not shutil.which(tool)]
+            if missing:
+                self.unavailable[need] = "needs " + ", ".join(missing)
+                continue
+            try:
+                {"dbus": self._dbus, "x11": self._x11, "ssh-agent": self._agent}[need]()
+            except (OSError, subprocess.SubprocessError, EbpfguardError) as err:
+                self.unavailable[need] = f"{need} did not start: {err}"
+
+    def _user(self, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(self.dir), "DBUS_SESSION_BUS_ADDRESS": self.bus_address,
+               "SSH_AUTH_SOCK": str(self.agent_socket)}
+        p = subprocess.Popen(argv, user=self.uid, group=self.gid, extra_groups=[], env=env,
+                             stdin=subprocess.DEVNULL, **kw)
+        self.procs.append(p)
+        return p
+
+    def _wait(self, what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + 10
+        while not ready():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise EbpfguardError(f"{what} did not come up")
+            time.sleep(0.05)
+
+    def _dbus(self) -> None:
+        daemon = self._user(["dbus-daemon", "--session", "--nofork", "--nopidfile", f"--address={self.bus_address}"],
+                            stderr=subprocess.DEVNULL)
+        self._wait("dbus-daemon", self.bus_path.exists, daemon)
+        with self.monitor_log.open("wb") as out:
+            mon = self._user(["dbus-monitor", "--session"], stdout=out, stderr=subprocess.DEVNULL)
+        self._wait("dbus-monitor", lambda: self.monitor_log.stat().st_size > 0, mon)
+        for name in (SYSTEMD_NAME, FORBIDDEN_NAME, GRANTED_NAME):
+            svc = self._user(["dbus-test-tool", "echo", "--session", f"--name={name}"], stderr=subprocess.DEVNULL)
+            self._wait(f"dbus-test-tool for {name}", self._owned(name), svc)
+
+    def _owned(self, name: str) -> Callable[[], bool]:
+        """The monitor saw ``name`` get an owner (NameOwnerChanged)."""
+        return lambda: f'string "{name}"' in self._bus_log(0)
+
+    def _x11(self) -> None:
+        n = next(i for i in range(60, 160) if not os.path.exists(f"/tmp/.X11-unix/X{i}")
+                 and not os.path.exists(f"/tmp/.X{i}-lock"))
+        # -noreset: the pointer stays where a client put it after that client leaves; -nolisten local: no
+        # abstract socket (Landlock's scope refuses it, and libxcb then gives up on the path socket)
+        x = subprocess.Popen(["Xvfb", f":{n}", "-noreset", "-nolisten", "tcp", "-nolisten", "local", "-ac", "-screen",
+                              "0", "320x240x24"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        self.procs.append(x)
+        self.display, self.x_socket = f":{n}", f"/tmp/.X11-unix/X{n}"
+        self._wait("Xvfb", lambda: os.path.exists(self.x_socket), x)
+
+    def _agent(self) -> None:
+        key = self.dir / "id_ed25519"
+        keygen = self._user(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], stdout=subprocess.DEVNULL)
+        if keygen.wait(30) != 0:
+            raise EbpfguardError("ssh-keygen failed")
+        agent = self._user(["ssh-agent", "-D", "-a", str(self.agent_socket)], stdout=subprocess.DEVNULL)
+        self._wait("ssh-agent", self.agent_socket.exists, agent)
+        if self._user(["ssh-add", "-q", str(key)], stderr=subprocess.DEVNULL).wait(30) != 0:
+            raise EbpfguardError("ssh-add failed")
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self.procs.clear()
+
+    # -- what the techniques' effects are judged by
+    def _bus_log(self, start: int) -> str:
+        try:
+            with self.monitor_log.open("rb") as f:
+                f.seek(start)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def mark(self) -> None:
+        """Effects are looked for in what the monitor sees from now on."""
+        self._mark = self.monitor_log.stat().st_size if self.monitor_log.exists() else 0
+
+    def bus_saw(self, member: str, destination: str, wait: float = 0.5) -> bool:
+        """Did a call of ``member`` to ``destination`` reach the session bus since mark()?"""
+        deadline = time.monotonic() + wait
+        while True:
+            for line in self._bus_log(self._mark).splitlines():
+                if f"destination={destination} " in line and f"member={member}" in line:
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+    def pointer(self) -> tuple[int, int]:
+        out = subprocess.run(["xdotool", "getmouselocation", "--shell"], env={"DISPLAY": self.display},
+                             capture_output=True, text=True, timeout=10).stdout
+        v = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        return int(v.get("X", -1)), int(v.get("Y", -1))
+
+
 @dataclass
 class World:
     base: Path
     helper: Path
     listeners: dict[str, socket.socket] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    desktop: Desktop | None = None
+
+    @property
+    def session(self) -> Desktop:
+        if self.desktop is None:
+            raise EbpfguardError("the desktop services were not started")
+        return self.desktop
 
     @property
     def home(self) -> Path:
@@ -226,6 +375,7 @@ class Technique:
     effect: Callable[[World, Run], bool]          # did the escape's side effect happen?
     cleanup: Callable[[World], None] = lambda w: None
     layer: str = ""                               # what stops it when no record names an action
+    needs: str = ""                               # a desktop service (DESKTOP_TOOLS)
 
 
 def _leaked(w: World, r: Run) -> bool:
@@ -320,6 +470,25 @@ TECHNIQUES: list[Technique] = [
               lambda w, r: w.saw("docker.sock")),
     Technique("ipc-log-dgram", "ipc", "a datagram to a log or notify socket",
               lambda w, i: ["unix-dgram", str(w.base / "run/log.sock"), "<13>forged"], lambda w, r: w.saw("log.sock")),
+    Technique("ipc-dbus-systemd", "ipc", "ask systemd --user for a transient unit (StartTransientUnit)",
+              lambda w, i: ["dbus-call", "-", SYSTEMD_NAME, "/org/freedesktop/systemd1",
+                            "org.freedesktop.systemd1.Manager", "StartTransientUnit"],
+              lambda w, r: w.session.bus_saw("StartTransientUnit", SYSTEMD_NAME), needs="dbus"),
+    Technique("ipc-dbus-name", "ipc", "call a session-bus name the manifest does not grant",
+              lambda w, i: ["dbus-call", "-", FORBIDDEN_NAME, "/org/ebpfguard/Sim", FORBIDDEN_NAME, "Ping"],
+              lambda w, r: w.session.bus_saw("Ping", FORBIDDEN_NAME), needs="dbus"),
+    Technique("ipc-dbus-real-bus", "ipc", "connect to the real session bus socket, around the proxy",
+              lambda w, i: ["dbus-call", str(w.session.bus_path), SYSTEMD_NAME, "/org/freedesktop/systemd1",
+                            "org.freedesktop.systemd1.Manager", "StartTransientUnit"],
+              lambda w, r: w.session.bus_saw("StartTransientUnit", SYSTEMD_NAME), needs="dbus"),
+    Technique("ipc-x11-windows", "ipc", "list the windows of the user's X display",
+              lambda w, i: ["x11-list", w.session.x_socket], _rc_ok, needs="x11"),
+    Technique("ipc-x11-inject", "ipc", "inject input into the X display (XTEST pointer motion)",
+              lambda w, i: ["x11-move", w.session.x_socket, *map(str, POINTER_TARGET)],
+              lambda w, r: w.session.pointer() == POINTER_TARGET, needs="x11"),
+    Technique("ipc-ssh-agent", "ipc", "have the user's ssh-agent sign with the user's key",
+              lambda w, i: ["agent-sign", str(w.session.agent_socket)], lambda w, r: r.rc is not None and r.rc > 0,
+              needs="ssh-agent"),
     Technique("meta-chmod-key", "metadata", "chmod 644 the user's private key (outside the write trees)",
               lambda w, i: ["chmod", str(w.home / ".ssh/id_ed25519"), "644"],
               lambda w, r: stat.S_IMODE((w.home / ".ssh/id_ed25519").stat().st_mode) == 0o644),
@@ -503,12 +672,15 @@ def _parse_marker(path: Path) -> tuple[int | None, int, int, int, str]:
 
 def sim_manifest(w: World, manifest: Path | None) -> Manifest:
     """The simulator's typical plug-in, or the author's manifest (with HOME pointing at the
-    simulator's) plus what the simulation needs: its helpers' exec and its marker folder's write."""
+    simulator's) plus what the simulation needs: its helpers' exec and its marker folder's write.
+    The typical plug-in talks to one session-bus name of its own when the simulator runs a bus."""
     if manifest is None:
         raw = DEFAULT_MANIFEST.format(plugin=w.plugin, cache=w.cache, markers=w.base / "markers", helper=w.helper,
                                       setuid=w.bin / "egact-setuid",
                                       fcaps=w.bin / "egact-fcaps", allowed_port=w.port("allowed"), pids=PIDS_CAP,
                                       memory=MEMORY_CAP_MI)
+        if w.desktop is not None and w.desktop.bus_path.exists():
+            raw += f"  ipc:\n    dbus: {{session: {{talk: [{GRANTED_NAME}]}}}}\n"
         return parse(raw.encode(), "sim-plugin.yaml", home=str(w.home))
     parse(manifest.read_bytes(), str(manifest), home=str(w.home))  # its own errors, against its own lines
     import yaml  # noqa: PLC0415
@@ -537,16 +709,32 @@ def simulate(state_dir: str, ids: list[str] | None = None, manifest: Path | None
         w.procs["sibling"] = subprocess.Popen(["sleep", "600"], user=sb.uid)
         for f in [w.home, *w.home.rglob("*")]:  # the user's home is the user's own: DAC lets it chmod
             os.chown(f, sb.uid, sb.gid)
-        eng = Engine(state_dir)
-        eng.log.checkpoint()  # the key and the log exist before the first technique: its timing is its own
+        w.desktop = Desktop(w.base, sb.uid, sb.gid)
+        saved_bus = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+        eng = None
         out: list[Outcome] = []
         try:
+            w.desktop.start({t.needs for t in chosen if t.needs})
+            if w.desktop.bus_path.exists():
+                m = sim_manifest(w, manifest)
+            eng = Engine(state_dir, bus_addresses={"session": w.desktop.bus_address})
+            if w.desktop.bus_path.exists():  # as in a desktop session (the launcher rewrites or drops it)
+                os.environ["DBUS_SESSION_BUS_ADDRESS"] = w.desktop.bus_address
+            eng.log.checkpoint()  # the key and the log exist before the first technique: its timing is its own
             for t in chosen:
-                out.append(_one(eng, w, m, t, mode, state_dir))
+                why = w.desktop.unavailable.get(t.needs) if t.needs else None
+                out.append(Outcome(t.id, t.category, t.title, "skipped", why, None, None) if why
+                           else _one(eng, w, m, t, mode, state_dir))
                 if progress:
                     progress(out[-1])
         finally:
-            eng.close()
+            if saved_bus is None:
+                os.environ.pop("DBUS_SESSION_BUS_ADDRESS", None)
+            else:
+                os.environ["DBUS_SESSION_BUS_ADDRESS"] = saved_bus
+            if eng is not None:
+                eng.close()
+            w.desktop.stop()
     return out
 
 
@@ -559,6 +747,8 @@ def _one(eng: Engine, w: World, m: Manifest, t: Technique, mode: str | None, sta
         target = Target(state_log=str(StateDir.of(state).records), pids_max=str(pids))
         return [str(w.helper), str(marker), *[a.replace("{marker2}", str(marker2)) for a in t.args(w, target)]]
 
+    if w.desktop is not None:
+        w.desktop.mark()
     try:
         status, _, records, st = execute(eng, m, [], mode=mode, on_instance=argv)
         rc, err, t0, t1, output = _parse_marker(marker)
@@ -573,6 +763,7 @@ def format_table(results: list[Outcome]) -> str:
     for r in results:
         lat = f"{r.latency_us:.0f}us" if r.latency_us is not None else "-"
         lines.append(f"{r.id:<21} {r.outcome:<10} {lat:>10} {str(r.seq or '-'):>6}  {r.by}")
-    counts = {k: sum(1 for r in results if r.outcome == k) for k in ("blocked", "contained", "detected", "missed")}
+    counts = {k: sum(1 for r in results if r.outcome == k)
+              for k in ("blocked", "contained", "detected", "missed", "skipped")}
     lines.append(f"{len(results)} techniques: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     return "\n".join(lines)

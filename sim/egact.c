@@ -20,6 +20,9 @@
  *   egact MARKER append PATH TEXT | whoami (rc = euid) | socket FAMILY TYPE PROTO | raise FILE VALUE
  *   egact MARKER unix-connect PATH TEXT | unix-dgram PATH TEXT   (connect + send, or sendto, a pathname socket)
  *   egact MARKER chmod PATH OCTAL | chown PATH UID GID | utimes PATH EPOCH | setxattr PATH NAME VALUE
+ *   egact MARKER dbus-call ADDRESS DEST PATH IFACE MEMBER   (ADDRESS: a socket path, or - for the
+ *                                                            session bus address in the environment)
+ *   egact MARKER x11-list SOCKET | x11-move SOCKET X Y | agent-sign SOCKET   (desktop.h)
  * The ladder: a process that lives on after its violations, so that its state can be observed:
  *   egact MARKER violate-then-count PATH N COUNTER   (N reads of PATH 20 ms apart, then COUNTER += 1
  *                                                     every 10 ms, forever)
@@ -111,6 +114,8 @@ static long tcp_connect(int family, int port)
 	a6.sin6_addr = in6addr_loopback;
 	return connect(s, (struct sockaddr *)&a6, sizeof(a6));
 }
+
+#include "desktop.h"
 
 int main(int argc, char **argv)
 {
@@ -249,6 +254,14 @@ int main(int argc, char **argv)
 			if (rc == 0)
 				rc = write(s, argv[4], strlen(argv[4]));
 		}
+	} else if (!strcmp(act, "dbus-call") && argc > 7) {
+		rc = dbus_call(argv[3], argv[4], argv[5], argv[6], argv[7]);
+	} else if (!strcmp(act, "x11-list") && argc > 3) {
+		rc = x11_list(argv[3]);
+	} else if (!strcmp(act, "x11-move") && argc > 5) {
+		rc = x11_move(argv[3], atoi(argv[4]), atoi(argv[5]));
+	} else if (!strcmp(act, "agent-sign") && argc > 3) {
+		rc = agent_sign(argv[3]);
 	} else if (!strcmp(act, "chmod") && argc > 4) {
 		rc = chmod(argv[3], strtol(argv[4], 0, 8));
 	} else if (!strcmp(act, "chown") && argc > 5) {

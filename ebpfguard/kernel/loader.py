@@ -26,6 +26,10 @@ TRACEPOINT_NAMES = {"umount2": "umount"}
 OPTIONAL_TRACEPOINTS = ("fchmodat2", "setxattrat", "removexattrat")
 # enum bpf_attach_type (uapi/linux/bpf.h, 6.7+); bcc 0.26's BPFAttachType predates them
 UNIX_ATTACH = {"eg_connect_unix": 49, "eg_sendmsg_unix": 50}  # BPF_CGROUP_UNIX_CONNECT, _SENDMSG
+# The network tracepoints only kill (the cgroup programs decide and record): attached while some loaded
+# policy answers network violations with kill, so that no process pays for them otherwise
+NET_KILL_TRACEPOINTS = ("syscalls:sys_enter_connect", "syscalls:sys_enter_sendto", "syscalls:sys_enter_sendmsg",
+                        "syscalls:sys_enter_bind")
 
 
 def ensure_tracefs() -> Path:
@@ -96,6 +100,9 @@ class Sensor:
             self.unix_hooks = f"the kernel refused the cgroup unix-socket programs ({err}); needs Linux 6.7"
         self.gates: set[str] = set()
         self.missing_gates: set[str] = set()
+        self._net_kill_slots: set[int] = set()
+        self._net_kill_attached = True  # bcc attached every TRACEPOINT_PROBE at load
+        self._sync_net_kill()
         self._cgroup_fds: dict[str, int] = {}
         self._filter: dict[int, set[int]] = {}  # cgroup_filter index -> bound cgroup ids
         self._ring_open = False
@@ -128,8 +135,30 @@ class Sensor:
                     raise KernelError(f"failed to attach the syscall gate to {event}: {err}") from err
             self.gates.add(name)
 
+    def _sync_net_kill(self) -> None:
+        want = bool(self._net_kill_slots)
+        if want == self._net_kill_attached:
+            return
+        for tp in NET_KILL_TRACEPOINTS:
+            try:
+                if want:
+                    fn = f"tracepoint__{tp.replace(':', '__')}".encode()
+                    self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn)
+                else:
+                    self.bpf.detach_tracepoint(tp.encode())
+            except Exception as err:
+                raise KernelError(f"failed to {'attach' if want else 'detach'} {tp}: {err}") from err
+        self._net_kill_attached = want
+
+    @property
+    def net_kill_attached(self) -> bool:
+        """Are the network kill tracepoints attached (some policy kills on network violations)?"""
+        return self._net_kill_attached
+
     def write_policy(self, cp: CompiledPolicy) -> None:
         self.ensure_syscall_gates(cp.syscalls)
+        (self._net_kill_slots.add if cp.kills_network else self._net_kill_slots.discard)(cp.slot)
+        self._sync_net_kill()
         for k, v in cp.path_items():
             self._put("path_rules", k, v)
         for k, v in cp.net_items():
@@ -138,6 +167,8 @@ class Sensor:
         t[ctypes.c_int(cp.slot)] = t.Leaf.from_buffer_copy(cp.ext_policy)
 
     def clear_policy(self, cp: CompiledPolicy) -> None:
+        self._net_kill_slots.discard(cp.slot)
+        self._sync_net_kill()
         for k, _ in cp.path_items():
             self._delete("path_rules", k)
         for k, _ in cp.net_items():

@@ -94,6 +94,7 @@ class CompiledPolicy:
     paths: list[PathEntry]
     nets: list[NetEntry]
     syscalls: dict[str, str] = field(default_factory=dict)  # name -> kind
+    kills_network: bool = False  # enforce mode with response.network kill: the net tracepoints must run
 
     def path_items(self) -> list[tuple[bytes, bytes]]:
         return [(e.key(self.slot), b"\1") for e in self.paths]
@@ -169,4 +170,5 @@ def compile(m: Manifest, slot: int, mode: str | None = None) -> CompiledPolicy: 
             priv[nr >> 6] |= 1 << (nr & 63)
     flags = c("POL_ENFORCE") if enforce else 0
     blob = EXT_POLICY.pack(flags, slot, bytes(response), *deny, *priv)
-    return CompiledPolicy(slot, enforce, blob, _path_entries(m), _net_entries(m), syscalls)
+    return CompiledPolicy(slot, enforce, blob, _path_entries(m), _net_entries(m), syscalls,
+                          kills_network=enforce and m.response.get("network") == "kill")

@@ -75,8 +75,10 @@ class MountPlan:
 
     def summary(self) -> dict[str, object]:
         """What records and decisions need: is it read-only, and where can it still write."""
-        return {"readonly": self.readonly,
-                "writable": sorted({*self.writable, *(m.folder for m in self.masks if m.writable)}),
+        writable = {*self.writable, *(m.folder for m in self.masks if m.writable)}
+        return {"readonly": self.readonly, "writable": sorted(writable),
+                # read-only copies carried into a writable mask (a read grant under a private /tmp)
+                "readonly_within": sorted({c.target for c in self.carry if not c.writable} - writable),
                 "masked": [m.folder for m in self.masks]}
 
     def describe(self) -> list[str]:

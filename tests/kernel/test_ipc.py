@@ -104,12 +104,46 @@ def test_a_relative_socket_path_is_refused(engine: Engine, world: World, peers: 
     assert "relative" in violation(res, "network", socket="unix")["detail"]["flags"]
 
 
+@pytest.mark.parametrize("pad", [0, 55])
+def test_a_dotdot_socket_path_is_refused(engine: Engine, world: World, peers: dict[str, Peer], pad: int) -> None:
+    """"/granted/dir/../../x" names another socket than its string says: refused, wherever the ".." sits
+    (pad puts it in the last bytes of a path near sun_path's 108)."""
+    ok = peers["ok"].path
+    long_dir = ok.parent / ("d" * pad if pad else "sub")
+    long_dir.mkdir(exist_ok=True)
+    try:
+        path = f"{long_dir}/../{ok.name}"
+        assert len(path) < 108
+        res = run_ext(engine, world, ipc_manifest(world, peers), ["unix-connect", path, "x"], sandbox=True)
+        assert res.rc_errno() == (-1, errno.EPERM) and peers["ok"].received() == b""
+        assert "dotdot" in violation(res, "network", socket="unix")["detail"]["flags"]
+    finally:
+        long_dir.rmdir()
+
+
 def test_kill_response_kills_before_the_peer_hears(engine: Engine, world: World, peers: dict[str, Peer]) -> None:
     res = run_ext(engine, world, ipc_manifest(world, peers, "kill"), ["unix-connect", str(peers["agent"].path), "x"],
                   sandbox=True)
     assert res.marker is None and res.status == 128 + 9
     assert peers["agent"].received() == b""
     assert violation(res, "network", socket="unix")["verdict"] == "killed"
+
+
+def test_the_network_kill_tracepoints_run_only_while_a_policy_kills(engine: Engine, world: World,
+                                                                    peers: dict[str, Peer]) -> None:
+    """Every process on the host pays for a syscall tracepoint; the network ones only kill, so they are
+    attached while a loaded policy answers network violations with kill, and not otherwise."""
+    sensor: Any = engine.sensor
+    attached = lambda: b"syscalls:sys_enter_connect" in sensor.bpf.tracepoint_fds  # noqa: E731
+    blocking = engine.prepare(parse(ipc_manifest(world, peers).encode(), "b.yaml"))
+    try:
+        assert not attached()
+        killing = engine.prepare(parse(ipc_manifest(world, peers, "kill").encode(), "k.yaml"))
+        assert attached()
+        engine.release(killing, kill=True)
+        assert not attached()
+    finally:
+        engine.release(blocking, kill=True)
 
 
 def test_audit_mode_lets_it_through_and_records_it(engine: Engine, world: World, peers: dict[str, Peer]) -> None:
@@ -178,6 +212,26 @@ def test_tmp_is_private(engine: Engine, world: World) -> None:
         assert res.rc_errno() == (-1, errno.ENOENT)
     finally:
         planted.unlink()
+
+
+def test_a_read_grant_carried_into_the_private_tmp_stays_read_only(engine: Engine, world: World) -> None:
+    """/tmp is a private, writable tmpfs, but a folder under it that the manifest grants for reading is
+    carried in read-only: a write there fails with EROFS and the record names the mount, not Landlock."""
+    shared = Path(f"/tmp/ebpfguard-shared-{os.getpid()}")
+    shared.mkdir(mode=0o777)
+    notes = shared / "notes.txt"
+    notes.write_text("host\n")
+    notes.chmod(0o666)
+    try:
+        text = world.manifest().replace(f'read: ["{world.allowed}/"]', f'read: ["{world.allowed}/", "{shared}/"]')
+        res = run_ext(engine, world, text, ["write", str(notes)], sandbox=True)
+        assert res.rc_errno() == (-1, errno.EROFS)
+        assert notes.read_text() == "host\n"
+        rec = violation(res, "file", path=str(notes), access="write")
+        assert rec["verdict"] == "denied" and rec["actions"] == ["erofs:mountns"], rec
+    finally:
+        notes.unlink()
+        shared.rmdir()
 
 
 def test_nothing_leaks_back_to_the_host(engine: Engine, world: World) -> None:

@@ -87,6 +87,9 @@ def test_mount_plan_masks_and_carries() -> None:
     assert ("/run/ebpfguard/dbus/i/session", f"{m.runtime_dir}/.ebpfguard-dbus-session", False) in carried
     assert p.links == [(f"{m.runtime_dir}/bus", ".ebpfguard-dbus-session/bus")]
     assert p.writable == ["/srv/ext"]
+    summary = p.summary()
+    assert summary["writable"] == ["/srv/ext", "/tmp", "/var/tmp"]
+    assert "/tmp/data" in summary["readonly_within"] and "/tmp/.X11-unix/X0" in summary["readonly_within"]
 
 
 def test_no_private_tmp_when_a_grant_names_it_and_no_readonly_for_alert() -> None:

@@ -339,6 +339,21 @@ def test_a_mode_change_is_never_recorded_as_refused_by_landlock(syscall: str) ->
     assert d.verdict == "detected" and d.taken == ()
 
 
+@pytest.mark.parametrize(("real", "verdict"), [
+    ("/etc/passwd", "denied"),                 # read-only root
+    ("/tmp/scratch", "detected"),              # the private /tmp is writable
+    ("/tmp/shared/notes.txt", "denied"),       # a read grant carried into it stays read-only
+    ("/tmp/shared/out/log.txt", "detected"),   # a write tree carried below that read grant
+    ("/home/u/work/a.txt", "detected"),        # a write tree outside every mask
+])
+def test_read_only_mounts_decide_by_the_deepest_mount(real: str, verdict: str) -> None:
+    ev = decode(raw_event(Kind.FILE, Verdict.DETECTED, cgroup_id=7, path=real, op=int(Access.WRITE)))
+    st = LadderState("enforce", mount_writable=("/home/u/work", "/tmp", "/tmp/shared/out"),
+                     mount_readonly=("/tmp/shared",))
+    d = decide(ev, Policy(manifest(), "enforce"), st, Resolution(real_path=real), 0.0)
+    assert d.verdict == verdict and (d.taken == ("erofs:mountns",)) == (verdict == "denied")
+
+
 def test_no_landlock_no_inference() -> None:
     ev = decode(raw_event(Kind.FILE, Verdict.DETECTED, cgroup_id=7, path="/etc/shadow"))
     d = decide(ev, Policy(manifest(), "enforce"), LadderState("enforce"), Resolution(real_path="/etc/shadow"), 0.0)
