@@ -24,6 +24,7 @@ holding a fresh key.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -282,10 +283,16 @@ SECRETS = {  # under HOME: what credential thieves go for
 }
 
 
+WORLD_PARENT = Path("/var/lib/ebpfguard-sim")
+
+
 @contextmanager
 def world() -> Iterator[World]:
     """The simulator's throwaway world, removed on the way out."""
-    base = Path(tempfile.mkdtemp(prefix="ebpfguard-sim-", dir="/tmp"))
+    # Not under /tmp or /var/tmp: every instance sees those as private and empty, and the world's HOME must
+    # be what a real HOME is to an extension, reachable and read-only outside its write trees.
+    WORLD_PARENT.mkdir(mode=0o755, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="world-", dir=WORLD_PARENT))
     w = World(base, base / "bin" / "egact")
     try:
         base.chmod(0o755)
@@ -347,6 +354,8 @@ def world() -> Iterator[World]:
         for s in w.listeners.values():
             s.close()
         shutil.rmtree(base, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            WORLD_PARENT.rmdir()  # only when no other simulation is running
 
 
 # ---- techniques --------------------------------------------------------------------------------
