@@ -25,6 +25,12 @@
  *   landlocked    HASH      u64 cgroup id -> u8: its processes run under a Landlock ruleset, which decides
  *                           every file access on the resolved object, so a plain relative path is
  *                           left to it: no event, no hold (files.bpf.c)
+ *   cg_local      CGROUP_STORAGE  u64 cgroup id -> struct eg_cg_local: the cgroup sock_addr programs'
+ *                 view of the cgroup they are attached to (its slot, mount namespace and quarantine),
+ *                 one value shared by every program attached there. bpf_get_local_storage() returns it
+ *                 from the program's run context: no cgroup-id read and no hash lookup on every
+ *                 connect. The kernel creates it zeroed at attach; the loader creates the map before
+ *                 compiling (bcc declares no such table) and writes each value after attaching.
  *   ext_policy    ARRAY     u32 slot -> struct eg_ext_policy
  *   path_rules    LPM_TRIE  struct eg_path_key -> u8 (unused, 1)
  *                 data = u32 scope (slot << 8 | EG_ACC_*) then the path bytes; EG_ACC_UNIX(_NS) scopes hold
@@ -88,6 +94,8 @@
 #define EG_RESP_KILL 3
 
 /* eg_ext_policy.flags */
+#define EG_CG_MOUNTNS 1     /* eg_cg_local.flags: launched in the instance's own mount namespace */
+#define EG_CG_QUARANTINE 2  /* eg_cg_local.flags: the instance's network is quarantined */
 #define EG_POL_ENFORCE 1
 
 /* verdicts the kernel reached */
@@ -191,6 +199,11 @@ struct eg_event {
 	u8 addr[16];
 	char comm[16];
 	char path[EG_PATH_MAX];
+};
+
+struct eg_cg_local {
+	u32 slot1;  /* policy slot + 1; 0: no policy (not bound yet, or unbound) */
+	u32 flags;  /* EG_CG_* */
 };
 
 struct eg_last {

@@ -9,6 +9,18 @@
  * on the socket path against the extension's EG_ACC_UNIX grants (spec.ipc.unix).
  */
 
+/* The policy of the cgroup this program is attached to, and its EG_CG_* flags (events.h: cg_local). The
+ * cgroup id is read only when a violation is recorded. */
+static __always_inline struct eg_ext_policy *cgroup_policy(u32 *flags)
+{
+	struct eg_cg_local *l = bpf_get_local_storage((void *)bpf_pseudo_fd(1, EG_CG_LOCAL_FD), 0);
+	if (!l->slot1)
+		return 0;
+	*flags = l->flags;
+	u32 slot = l->slot1 - 1;
+	return ext_policy.lookup(&slot);
+}
+
 static __always_inline int net_allows(struct eg_ext_policy *pol, u32 op, u16 family, u8 *addr,
 				      u16 port, u8 proto)
 {
@@ -34,8 +46,8 @@ static __always_inline int net_allows(struct eg_ext_policy *pol, u32 op, u16 fam
 /* family is a constant in each caller, so each program reads only its own ctx fields */
 static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u16 family)
 {
-	u64 cg;
-	struct eg_ext_policy *pol = current_policy_cg(&cg);
+	u32 cgflags = 0;
+	struct eg_ext_policy *pol = cgroup_policy(&cgflags);
 	if (!pol)
 		return 1;
 	u8 addr[16] = {};
@@ -54,7 +66,7 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 	}
 	u16 port = bpf_ntohs((u16)ctx->user_port);
 	u8 proto = (u8)ctx->protocol;
-	int quarantine = quarantined.lookup(&cg) != 0;
+	int quarantine = (cgflags & EG_CG_QUARANTINE) != 0;
 	if (!quarantine && net_allows(pol, op, family, addr, port, proto))
 		return 1;
 
@@ -71,7 +83,7 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 	h = EG_FNV(EG_FNV(EG_FNV(h, quarantine), verdict), family);
 	for (int i = 0; i < 16; i++)
 		h = EG_FNV(h, addr[i]);
-	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, verdict, h, cg);
+	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, verdict, h, bpf_get_current_cgroup_id());
 	if (e) {
 		e->flags = quarantine ? EG_EV_QUARANTINE : 0;
 		e->op = op;
@@ -110,13 +122,13 @@ struct eg_sock_addr_kern {
 
 /* Is ``k->path`` (absolute, ".."-free) a socket this extension may reach? The _NS grants (the D-Bus
  * proxy's socket, at the real bus's path) only hold inside the instance's own mount namespace. */
-static __always_inline int unix_allows(struct eg_ext_policy *pol, struct eg_path_key *k, u64 cg)
+static __always_inline int unix_allows(struct eg_ext_policy *pol, struct eg_path_key *k, int own_mountns)
 {
 	k->prefixlen = 32 + EG_PATH_MAX * 8;
 	k->scope = (pol->slot << 8) | EG_ACC_UNIX;
 	if (path_rules.lookup(k))
 		return 1;
-	if (!mountns.lookup(&cg))
+	if (!own_mountns)
 		return 0;
 	k->scope = (pol->slot << 8) | EG_ACC_UNIX_NS;
 	return path_rules.lookup(k) != 0;
@@ -133,8 +145,8 @@ static __always_inline u32 unix_path_flags(struct eg_path_key *k, u32 n)
 
 static __always_inline int unix_check(struct bpf_sock_addr *ctx, u32 op)
 {
-	u64 cg;
-	struct eg_ext_policy *pol = current_policy_cg(&cg);
+	u32 cgflags = 0;
+	struct eg_ext_policy *pol = cgroup_policy(&cgflags);
 	if (!pol)
 		return 1;
 	u32 zero = 0;
@@ -163,7 +175,7 @@ static __always_inline int unix_check(struct bpf_sock_addr *ctx, u32 op)
 			flags = unix_path_flags(k, n);
 		}
 	}
-	if (!flags && unix_allows(pol, k, cg))
+	if (!flags && unix_allows(pol, k, cgflags & EG_CG_MOUNTNS))
 		return 1;
 
 	int deny = deny_in_mode(pol, EG_KIND_NETWORK);
@@ -176,7 +188,7 @@ static __always_inline int unix_check(struct bpf_sock_addr *ctx, u32 op)
 	u8 type = (u8)ctx->type;
 	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), EG_FAMILY_UNIX), type),
 			  k->path);
-	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, verdict, h, cg);
+	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, verdict, h, bpf_get_current_cgroup_id());
 	if (e) {
 		e->flags = flags;
 		e->op = op;
@@ -219,7 +231,7 @@ static __always_inline int net_kill_check(const void *uaddr, u32 op)
 		long n = bpf_probe_read_user_str(k->path, EG_UNIX_PATH_MAX, (const char *)uaddr + 2);
 		if (n <= 1 || k->path[0] == 0)
 			return 0; /* unnamed or abstract */
-		if (unix_path_flags(k, (u32)n) || !unix_allows(pol, k, cg))
+		if (unix_path_flags(k, (u32)n) || !unix_allows(pol, k, mountns.lookup(&cg) != 0))
 			kill_current();
 		return 0;
 	}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ TRACEPOINT_NAMES = {"umount2": "umount"}
 OPTIONAL_TRACEPOINTS = ("fchmodat2", "setxattrat", "removexattrat")
 # enum bpf_attach_type (uapi/linux/bpf.h, 6.7+); bcc 0.26's BPFAttachType predates them
 UNIX_ATTACH = {"eg_connect_unix": 49, "eg_sendmsg_unix": 50}  # BPF_CGROUP_UNIX_CONNECT, _SENDMSG
+BPF_MAP_TYPE_CGROUP_STORAGE = 19
 # The network tracepoints only kill (the cgroup programs decide and record): attached while some loaded
 # policy answers network violations with kill, so that no process pays for them otherwise
 NET_KILL_TRACEPOINTS = ("syscalls:sys_enter_connect", "syscalls:sys_enter_sendto", "syscalls:sys_enter_sendmsg",
@@ -42,6 +44,12 @@ def ensure_tracefs() -> Path:
 
 def has_tracepoint(category: str, event: str) -> bool:
     return (TRACEFS / "events" / category / event).is_dir()
+
+
+def _strerror(rc: int) -> str:
+    """libbpf returns -errno; older bcc wrappers return -1 and leave errno."""
+    err = -rc if rc < -1 else ctypes.get_errno()
+    return os.strerror(err) if err else "failed"
 
 
 def program_source(directory: Path | None = None) -> str:
@@ -62,7 +70,16 @@ class Sensor:
         self._BPF = BPF
         d = directory or bpf_dir()
         ensure_tracefs()
-        cflags = [f"-I{d}", "-Wno-macro-redefined", "-Wno-unused-function"]
+        from bcc import lib as libbcc  # noqa: PLC0415
+        self._lib = libbcc
+        # cg_local (events.h): bcc declares no cgroup-storage table, so the map is made here and the
+        # programs reach it by its fd. A u64 key (the cgroup id alone) shares one value among every
+        # program attached to a cgroup (Linux 5.9+).
+        self._cg_local_fd = libbcc.bcc_create_map(BPF_MAP_TYPE_CGROUP_STORAGE, b"cg_local", 8, 8, 0, 0)
+        if self._cg_local_fd < 0:
+            raise KernelError(f"cannot create the cgroup storage map: {_strerror(self._cg_local_fd)}")
+        cflags = [f"-I{d}", "-Wno-macro-redefined", "-Wno-unused-function",
+                  f"-DEG_CG_LOCAL_FD={self._cg_local_fd}"]
         for name in OPTIONAL_TRACEPOINTS:  # syscalls newer than the oldest kernel supported
             if has_tracepoint("syscalls", f"sys_enter_{name}"):
                 cflags.append(f"-DEG_HAVE_{name.upper()}")
@@ -74,6 +91,7 @@ class Sensor:
         try:
             self.bpf = BPF(text=program_source(d), cflags=cflags)
         except Exception as err:  # bcc raises bare Exception for compile and load failures
+            os.close(self._cg_local_fd)
             raise KernelError(f"failed to compile or load the eBPF programs: {err}") from err
         at = BPFAttachType
         self._net_types = {
@@ -104,6 +122,9 @@ class Sensor:
         self._net_kill_attached = True  # bcc attached every TRACEPOINT_PROBE at load
         self._sync_net_kill()
         self._cgroup_fds: dict[str, int] = {}
+        self._attached_ids: dict[int, str] = {}  # cgroup id -> path, while the cgroup programs are attached
+        self._cg_slot: dict[int, int] = {}  # what cg_local holds for each cgroup, written again at attach
+        self._cg_flags: dict[int, int] = {}
         self._filter: dict[int, set[int]] = {}  # cgroup_filter index -> bound cgroup ids
         self._ring_open = False
 
@@ -189,6 +210,8 @@ class Sensor:
         t = self.bpf["cgroup_slot"]
         t[t.Key(cgroup_id)] = t.Leaf(slot)
         self._set_filter(cgroup_id, True)
+        self._cg_slot[cgroup_id] = slot
+        self._sync_cg_local(cgroup_id)
 
     def unbind(self, cgroup_id: int) -> None:
         self._set_filter(cgroup_id, False)
@@ -201,6 +224,9 @@ class Sensor:
             del t[t.Key(cgroup_id)]
         except KeyError:
             pass
+        self._cg_slot.pop(cgroup_id, None)
+        self._sync_cg_local(cgroup_id)
+        self._cg_flags.pop(cgroup_id, None)
 
     def suppressed(self, cgroup_id: int) -> int:
         """Identical repeats the kernel suppressed for this cgroup (submit_violation in lib.bpf.h)."""
@@ -217,9 +243,32 @@ class Sensor:
     def set_mountns(self, cgroup_id: int, on: bool) -> None:
         """Tell the unix-socket programs that this cgroup's processes run in their own mount namespace."""
         self._flag("mountns", cgroup_id, on)
+        self._set_cg_flag(cgroup_id, c("CG_MOUNTNS"), on)
 
     def quarantine(self, cgroup_id: int, on: bool) -> None:
         self._flag("quarantined", cgroup_id, on)
+        self._set_cg_flag(cgroup_id, c("CG_QUARANTINE"), on)
+
+    def _set_cg_flag(self, cgroup_id: int, bit: int, on: bool) -> None:
+        old = self._cg_flags.get(cgroup_id, 0)
+        new = old | bit if on else old & ~bit
+        if new != old:
+            self._cg_flags[cgroup_id] = new
+            self._sync_cg_local(cgroup_id)
+
+    def _sync_cg_local(self, cgroup_id: int) -> None:
+        """Write the cgroup's cg_local value, if its programs are attached (the storage lives as long as
+        they are)."""
+        if cgroup_id not in self._attached_ids:
+            return
+        slot = self._cg_slot.get(cgroup_id)
+        value = struct.pack("<II", 0 if slot is None else slot + 1, self._cg_flags.get(cgroup_id, 0))
+        key = ctypes.c_uint64(cgroup_id)
+        buf = ctypes.create_string_buffer(value, len(value))
+        rc = self._lib.bpf_update_elem(self._cg_local_fd, ctypes.byref(key), buf, 0)
+        if rc < 0:
+            raise KernelError(f"cannot set the network programs' state of cgroup {cgroup_id} "
+                              f"({self._attached_ids[cgroup_id]}): {_strerror(rc)}")
 
     def _flag(self, table: str, cgroup_id: int, on: bool) -> None:
         t = self.bpf[table]
@@ -249,11 +298,15 @@ class Sensor:
             os.close(fd)
             raise KernelError(f"failed to attach network programs to {path}: {err}") from err
         self._cgroup_fds[str(path)] = fd
+        cgroup_id = os.fstat(fd).st_ino
+        self._attached_ids[cgroup_id] = str(path)
+        self._sync_cg_local(cgroup_id)
 
     def detach_cgroup(self, path: Path) -> None:
         fd = self._cgroup_fds.pop(str(path), None)
         if fd is None:
             return
+        self._attached_ids = {i: p for i, p in self._attached_ids.items() if p != str(path)}
         for name, fn in self._net_fns.items():
             try:
                 self.bpf.detach_func(fn, fd, self._net_types[name])
@@ -332,3 +385,4 @@ class Sensor:
         for path in list(self._cgroup_fds):
             self.detach_cgroup(Path(path))
         self.bpf.cleanup()
+        os.close(self._cg_local_fd)

@@ -154,3 +154,23 @@ def test_quarantine_denies_all_network_until_lifted(engine: Engine, world: World
         until(engine, lambda: proc.poll() is not None)
         assert proc.returncode == 0 and marker.read_text().startswith("0 0 ")
         assert world.saw_connection("tcp4_ok")
+
+
+def test_network_state_is_written_again_when_the_programs_are_reattached(engine: Engine, world: World) -> None:
+    """The cgroup programs read their cgroup's slot and quarantine from cgroup storage (events.h:
+    cg_local), which the kernel creates zeroed at every attach: re-attaching must not lift either."""
+    with instance(engine, world, "block") as (inst, _records):
+        engine.sensor.quarantine(inst.cgroup_id, True)
+        engine.sensor.detach_cgroup(inst.cgroup.v2)
+        engine.sensor.attach_cgroup(inst.cgroup.v2)
+        proc, marker = launch(world, inst, ["connect4", str(world.port("tcp4_ok"))])
+        until(engine, lambda: proc.poll() is not None)
+        assert marker.read_text().split()[:2] == ["-1", str(errno.EPERM)], "quarantine lost at re-attach"
+        assert not world.saw_connection("tcp4_ok")
+        engine.sensor.quarantine(inst.cgroup_id, False)
+        proc, marker = launch(world, inst, ["connect4", str(world.port("tcp4_bad"))])
+        until(engine, lambda: proc.poll() is not None)
+        assert marker.read_text().split()[:2] == ["-1", str(errno.EPERM)], "the policy was lost at re-attach"
+        proc, marker = launch(world, inst, ["connect4", str(world.port("tcp4_ok"))])
+        until(engine, lambda: proc.poll() is not None)
+        assert marker.read_text().startswith("0 0 ") and world.saw_connection("tcp4_ok")
