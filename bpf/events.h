@@ -24,7 +24,9 @@
  *                           proxy and not to the real bus (net.bpf.c: unix_check)
  *   landlocked    HASH      u64 cgroup id -> u8: its processes run under a Landlock ruleset, which decides
  *                           every file access on the resolved object, so a plain relative path is
- *                           left to it: no event, no hold (files.bpf.c)
+ *                           left to it: no event, no hold (files.bpf.c). EG_LL_REPORTS: Landlock also
+ *                           reports its denials to the agent (audit, kernel/laudit.py), so reads and
+ *                           execs are left to it entirely, unless the response must kill first
  *   cg_local      CGROUP_STORAGE  u64 cgroup id -> struct eg_cg_local: the cgroup sock_addr programs'
  *                 view of the cgroup they are attached to (its slot, mount namespace and quarantine),
  *                 one value shared by every program attached there. bpf_get_local_storage() returns it
@@ -94,6 +96,8 @@
 #define EG_RESP_KILL 3
 
 /* eg_ext_policy.flags */
+#define EG_LL_DECIDES 1     /* landlocked value: Landlock decides file access on the object */
+#define EG_LL_REPORTS 2     /* landlocked value: ... and reports each denial (audit): records come from it */
 #define EG_CG_MOUNTNS 1     /* eg_cg_local.flags: launched in the instance's own mount namespace */
 #define EG_CG_QUARANTINE 2  /* eg_cg_local.flags: the instance's network is quarantined */
 #define EG_POL_ENFORCE 1

@@ -40,6 +40,11 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol)
 		return 0;
+	u8 *ll = landlocked.lookup(&cg);
+	/* Landlock decides reads and execs on the object and reports what it refuses: nothing to copy, scan
+	 * or match here, unless the response must kill before the syscall returns */
+	if (ll && *ll == EG_LL_REPORTS && (access == EG_ACC_READ || kind == EG_KIND_EXEC) && !should_kill(pol, kind))
+		return 0;
 	u32 zero = 0;
 	struct eg_path_key *k = path_scratch.lookup(&zero);
 	if (!k)
@@ -81,7 +86,7 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 	if ((flags & EG_EV_EMPTY_PATH) && kind != EG_KIND_EXEC)
 		pending = 1;
 	u32 suspicious = flags & (EG_EV_DOTDOT | EG_EV_UNREADABLE | EG_EV_EMPTY_PATH);
-	if (pending && !suspicious && landlocked.lookup(&cg))
+	if (pending && !suspicious && ll)
 		return 0;
 	u16 verdict = pending ? EG_V_PENDING : tracepoint_verdict(pol, kind);
 	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), (u32)nr), k->path);
@@ -177,6 +182,28 @@ TRACEPOINT_PROBE(syscalls, sys_enter_linkat)
 {
 	check_path(args->oldname, args->olddfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+}
+
+/* a folder, fifo or device node made outside the write trees (EROFS on the read-only mount before
+ * Landlock is asked, or Landlock's make_* refusal in a writable mask such as the private /tmp) */
+TRACEPOINT_PROBE(syscalls, sys_enter_mkdir)
+{
+	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_mkdirat)
+{
+	return check_path(args->pathname, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_mknod)
+{
+	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_mknodat)
+{
+	return check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
 }
 
 /* a symlink's target is only a string; the link it creates is the write */

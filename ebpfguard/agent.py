@@ -179,15 +179,14 @@ class Agent:
                 for line in self.policies.scan():
                     log.info("%s", line)
                 self.engine.reap()
-                self._checkpoint(clean=False)
+                self._maybe_checkpoint()
         self.shutdown()
 
     def shutdown(self) -> None:
         n = len(self.engine.instances)
         if n:
             log.info("stopping: killing %d running extension instance(s)", n)
-        self.engine.close()
-        self._checkpoint(clean=True)
+        self.engine.close()  # ends with a checkpoint
         for conn in list(self.conns.values()):
             self._drop(conn)
         if self.listener:
@@ -204,9 +203,9 @@ class Agent:
             os.close(self._stats_fd)
         log.info("stopped: programs detached, cgroups removed")
 
-    def _checkpoint(self, clean: bool) -> None:
+    def _maybe_checkpoint(self) -> None:
         try:
-            self.engine.log.checkpoint() if clean else self.engine.log.maybe_checkpoint()
+            self.engine.log.maybe_checkpoint()
         except EbpfguardError as err:
             log.error("%s", err)
 

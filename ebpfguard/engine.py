@@ -22,13 +22,14 @@ from typing import Any
 
 from .act import Actuator
 from .cgroups import CgroupManager, resource_events, set_limits
-from .clock import now_ns
+from .clock import now_ns, rfc3339_ns
 from .decide import RESUME, LadderState, Policy, decide, ladder, repeats, settle
 from .errors import EbpfguardError
 from .events import Event, decode
 from .forensics import ForensicLog
 from .instances import Instance, InstanceStore, alive, cmdline, process_tree
 from .kernel.abi import EvFlag
+from .llreport import DomainMap, blockers_of, detail_of, errno_of, kind_of, ours
 from .manifest.load import Manifest
 from .record import Recorder
 from .resolve import resolve
@@ -44,9 +45,13 @@ log = logging.getLogger("ebpfguard")
 class Engine:
     def __init__(self, state_dir: str | os.PathLike[str] | StateDir, *, sensor: SensorLike | None = None,
                  cgroups: CgroupManager | None = None, log: ForensicLog | None = None,
-                 clock: Callable[[], float] = time.monotonic, bus_addresses: dict[str, str] | None = None):
+                 clock: Callable[[], float] = time.monotonic, bus_addresses: dict[str, str] | None = None,
+                 landlock_audit: bool | None = None):
+        """``landlock_audit``: record Landlock's own denial reports (kernel/laudit.py); by default
+        where the kernel has them (Landlock ABI 7+) and the sensor is the real one."""
         self.state = StateDir.of(state_dir)
         self.state_dir = str(self.state)
+        sensor_is_real = sensor is None
         if sensor is None:
             from .kernel.loader import Sensor  # noqa: PLC0415 - keep bcc out of pure imports
 
@@ -65,6 +70,22 @@ class Engine:
         self.handle_errors = 0
         self.log.durable.append(self.stats.observe)
         self.sensor.open_events(self._on_raw)
+        self.laudit: Any = None
+        self.laudit_status = "off"
+        self.domains = DomainMap()
+        if landlock_audit is None:
+            landlock_audit = sensor_is_real and landlock.abi() >= 7
+        if landlock_audit:
+            from .errors import KernelError  # noqa: PLC0415
+            from .kernel.laudit import LandlockAudit  # noqa: PLC0415
+
+            try:
+                self.laudit = LandlockAudit()
+                self.laudit_status = "on"
+            except KernelError as err:
+                self.laudit_status = f"unavailable: {err}"
+                logging.getLogger("ebpfguard").warning(
+                    "Landlock's denials are not recorded from its own reports: %s", err)
 
     @property
     def subscribers(self) -> list[Callable[[dict[str, Any]], None]]:
@@ -129,6 +150,8 @@ class Engine:
             self.sensor.poll(timeout_ms)
             self.count_repeats()
             self.proxy_denials()
+            self.landlock_denials()
+        self.sensor.idle_check()
 
     def count_repeats(self) -> None:
         """Identical repeats the kernel did not record are still violations: they count toward the
@@ -165,6 +188,69 @@ class Engine:
                     self.recorder.write(inst, {"kind": "ipc", "pid": inst.leader_pid, "tgid": inst.leader_pid,
                                                "detail": {"bus": bus, **d}, "verdict": "denied",
                                                "actions": ["accessdenied:xdg-dbus-proxy", *done]})
+
+    def landlock_denials(self, settle_s: float = 0.0) -> None:
+        """Each refusal Landlock reported for an instance's domain (llreport.py says which are this
+        layer's to record): a record, and a violation for the ladder. ``settle_s``: keep reading until
+        the audit queue has been quiet that long (the kernel's audit thread delivers asynchronously)."""
+        if self.laudit is None:
+            return
+        from .kernel.laudit import AUDIT_LANDLOCK_DOMAIN  # noqa: PLC0415
+
+        while True:
+            reports = self.laudit.read()
+            for rec in reports:
+                if rec.type == 0:
+                    self.stats.landlock_reports_lost += 1
+                    continue
+                dom = rec.fields.get("domain", "")
+                if rec.type == AUDIT_LANDLOCK_DOMAIN:
+                    if rec.fields.get("status") == "allocated":
+                        inst = self._instance_of_pid(int(rec.fields.get("pid", "0") or 0))
+                        for held in self.domains.learn(dom, inst.cgroup_id if inst else None):
+                            self._landlock_record(held, rec.ts_ns)
+                    continue
+                if dom in self.domains.known:
+                    self._landlock_record(rec.fields, rec.ts_ns)
+                else:
+                    self.domains.hold(rec.fields)
+            if not reports and settle_s <= 0:
+                return
+            if not reports:
+                time.sleep(settle_s)
+                settle_s = 0.0
+
+    def _instance_of_pid(self, pid: int) -> Instance | None:
+        for inst in self.instances.values():
+            if inst.leader_pid == pid:
+                return inst
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                v2 = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), None)
+        except OSError:
+            return None
+        return next((i for i in self.instances.values() if v2 and str(i.cgroup.v2).endswith(v2)), None)
+
+    def _landlock_record(self, fields: dict[str, str], ts_ns: int) -> None:
+        inst = self.instances.get(self.domains.known.get(fields.get("domain", ""), -1))
+        if inst is None:
+            return
+        blockers = blockers_of(fields)
+        kind = kind_of(blockers)
+        reads_to_landlock = inst.manifest.response.get(kind) != "kill"
+        if not ours(blockers, reads_to_landlock):
+            return
+        state = self._ladder_state(inst)
+        assert state is not None
+        todo, window = ladder(inst.manifest, state, kind, self.clock())
+        if window is not None:
+            inst.recent = deque(window)
+        inst.violations += 1
+        done = self.act.apply(inst, todo, inst.leader_pid or 0)
+        # the report names the domain, not the process: pid stays unknown rather than guessed
+        self.recorder.write(inst, {"kind": kind, "pid": None, "tgid": None, "detail": detail_of(fields, blockers),
+                                   "verdict": "denied", "actions": [f"{errno_of(blockers)}:landlock", *done],
+                                   "time": rfc3339_ns(ts_ns)})
 
     def start_proxies(self, inst: Instance) -> None:
         """One xdg-dbus-proxy per bus the manifest names, as the extension's user (enforce mode)."""
@@ -229,6 +315,10 @@ class Engine:
         if launch:
             if (mode or m.mode) != "audit":
                 self.sensor.set_mountns(cgid, True)
+            # Landlock will report this instance's denials: the file programs must leave reads and execs
+            # to it before its first process runs, or they would be recorded twice
+            if self.laudit is not None and (mode or m.mode) != "audit" and "fs" in landlock.plan(m, 7, mode).enforced:
+                self._set_landlocked(inst, reports=True)
             try:
                 self.start_proxies(inst)
             except EbpfguardError:
@@ -334,11 +424,19 @@ class Engine:
         if "mountns" in inst.sandbox.get("layers", []):
             self.sensor.set_mountns(inst.cgroup_id, True)
         if "landlock-fs" not in inst.sandbox.get("layers", []):
+            if inst.landlock_grants:  # predicted at prepare, but the launcher did not enforce it
+                inst.landlock_grants, inst.landlock_handled = [], 0
+                self.sensor.set_landlocked(inst.cgroup_id, False)
             return
+        self._set_landlocked(inst, reports=bool(inst.sandbox.get("landlock_reports", False)))
+
+    def _set_landlocked(self, inst: Instance, reports: bool) -> None:
         ll = landlock.plan(inst.manifest, 5, inst.mode)
         inst.landlock_grants = [(os.path.realpath(p) + ("/" if p.endswith("/") else ""), r) for p, r in ll.paths]
         inst.landlock_handled = ll.handled_fs
-        self.sensor.set_landlocked(inst.cgroup_id, True)
+        # Landlock reports its denials (ABI 7+, restricted with LOG_NEW_EXEC_ON): the file programs leave
+        # reads and execs to it
+        self.sensor.set_landlocked(inst.cgroup_id, True, reports=reports and self.laudit is not None)
 
     def leader_exited(self, inst: Instance, status: int) -> None:
         inst.exit_status = status
@@ -352,6 +450,7 @@ class Engine:
             while inst.cgroup.populated() and time.monotonic() < deadline:
                 time.sleep(0.01)
         self.sensor.consume()  # attribute the last events while the cgroup is still bound
+        self.landlock_denials(settle_s=0.02 if self.laudit is not None and inst.landlock_grants else 0.0)
         self.check_resources()
         self.stop_proxies(inst)
         suppressed = self.sensor.suppressed(inst.cgroup_id)
@@ -362,6 +461,7 @@ class Engine:
         except EbpfguardError as err:
             log.error("%s", err)
         self.instances.pop(inst.cgroup_id, None)
+        self.domains.forget(inst.cgroup_id)
         self.store.forget(inst.id)
         self.slots.release(inst.slot)
         self.recorder.lifecycle(inst, "stop", actions=["cgroup.kill"] if kill else [], exit_status=inst.exit_status,
@@ -377,7 +477,14 @@ class Engine:
     def close(self) -> None:
         for inst in list(self.instances.values()):
             self.release(inst, kill=True)
+        if self.laudit is not None:
+            self.laudit.close()
+            self.laudit = None
         self.sensor.close()
+        try:  # how far the log goes, signed: a run's tail cut off is then detected by verify
+            self.log.checkpoint()
+        except EbpfguardError as err:
+            log.error("%s", err)
 
     # ---- by hand ------------------------------------------------------------------------------------
     def kill(self, inst: Instance) -> None:

@@ -24,6 +24,9 @@ class SensorLike(Protocol):
     def consume(self) -> None:
         """Read what is already in the ring buffer, without waiting."""
 
+    def idle_check(self, now: float | None = None) -> None:
+        """Detach what nothing needs any more (the syscall tracepoints, once no cgroup is bound)."""
+
     def write_policy(self, cp: CompiledPolicy) -> None: ...
 
     def clear_policy(self, cp: CompiledPolicy) -> None: ...
@@ -42,7 +45,7 @@ class SensorLike(Protocol):
     def suppressed(self, cgroup_id: int) -> int:
         """Identical repeats the kernel counted but did not record, for this cgroup, in total."""
 
-    def set_landlocked(self, cgroup_id: int, on: bool) -> None: ...
+    def set_landlocked(self, cgroup_id: int, on: bool, reports: bool = False) -> None: ...
 
     def set_mountns(self, cgroup_id: int, on: bool) -> None:
         """The cgroup's processes run in the instance's own mount namespace (its _NS unix grants hold)."""

@@ -21,6 +21,7 @@ class Stats:
         self.actions: Counter[str] = Counter()
         self.response_buckets = [0] * (len(BUCKETS) + 1)
         self.response_sum = 0.0
+        self.landlock_reports_lost = 0  # the audit reader's socket overflowed (ENOBUFS): reports lost
 
     def violation(self, extension: str, kind: str, verdict: str, actions: Iterable[str]) -> None:
         with self.lock:

@@ -42,6 +42,7 @@ class FakeSensor:
         self.attached: set[str] = set()
         self.quarantined: set[int] = set()
         self.landlocked: set[int] = set()
+        self.landlock_reports: set[int] = set()
         self.mountns: set[int] = set()
         self.repeats: dict[int, int] = {}        # cgroup id -> suppressed
         self.ring: list[Any] = []
@@ -63,6 +64,9 @@ class FakeSensor:
     def consume(self) -> None:
         while self.ring and self._callback is not None:
             self._callback(self.ring.pop(0))
+
+    def idle_check(self, now: float | None = None) -> None:
+        pass
 
     def write_policy(self, cp: CompiledPolicy) -> None:
         self.gates |= set(cp.syscalls)
@@ -90,8 +94,9 @@ class FakeSensor:
     def suppressed(self, cgroup_id: int) -> int:
         return self.repeats.get(cgroup_id, 0)
 
-    def set_landlocked(self, cgroup_id: int, on: bool) -> None:
+    def set_landlocked(self, cgroup_id: int, on: bool, reports: bool = False) -> None:
         (self.landlocked.add if on else self.landlocked.discard)(cgroup_id)
+        (self.landlock_reports.add if on and reports else self.landlock_reports.discard)(cgroup_id)
 
     def set_mountns(self, cgroup_id: int, on: bool) -> None:
         (self.mountns.add if on else self.mountns.discard)(cgroup_id)

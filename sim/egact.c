@@ -20,6 +20,7 @@
  *   egact MARKER append PATH TEXT | whoami (rc = euid) | socket FAMILY TYPE PROTO | raise FILE VALUE
  *   egact MARKER unix-connect PATH TEXT | unix-dgram PATH TEXT   (connect + send, or sendto, a pathname socket)
  *   egact MARKER chmod PATH OCTAL | chown PATH UID GID | utimes PATH EPOCH | setxattr PATH NAME VALUE
+ *   egact MARKER mkdir PATH | mknod-fifo PATH
  *   egact MARKER dbus-call ADDRESS DEST PATH IFACE MEMBER   (ADDRESS: a socket path, or - for the
  *                                                            session bus address in the environment)
  *   egact MARKER x11-list SOCKET | x11-move SOCKET X Y | agent-sign SOCKET   (desktop.h)
@@ -262,6 +263,10 @@ int main(int argc, char **argv)
 		rc = x11_move(argv[3], atoi(argv[4]), atoi(argv[5]));
 	} else if (!strcmp(act, "agent-sign") && argc > 3) {
 		rc = agent_sign(argv[3]);
+	} else if (!strcmp(act, "mkdir") && argc > 3) {
+		rc = mkdir(argv[3], 0755);
+	} else if (!strcmp(act, "mknod-fifo") && argc > 3) {
+		rc = mknod(argv[3], S_IFIFO | 0644, 0);
 	} else if (!strcmp(act, "chmod") && argc > 4) {
 		rc = chmod(argv[3], strtol(argv[4], 0, 8));
 	} else if (!strcmp(act, "chown") && argc > 5) {

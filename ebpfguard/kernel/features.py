@@ -97,6 +97,7 @@ def probe() -> dict[str, Any]:
         "headers": Path(f"/lib/modules/{release}/build/include").exists(),
         "cgroups": cg_mode,
         "landlock_abi": landlock_abi(),
+        "landlock_reports": "audit (ABI 7+)" if landlock_abi() >= 7 else "none before Landlock ABI 7",
         "lsm": active_lsms(),
         # BPF-LSM needs "bpf" active *and* trampolines; the LSM backend probes the latter by loading.
         "bpf_lsm_listed": "bpf" in active_lsms(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ OPTIONAL_TRACEPOINTS = ("fchmodat2", "setxattrat", "removexattrat")
 # enum bpf_attach_type (uapi/linux/bpf.h, 6.7+); bcc 0.26's BPFAttachType predates them
 UNIX_ATTACH = {"eg_connect_unix": 49, "eg_sendmsg_unix": 50}  # BPF_CGROUP_UNIX_CONNECT, _SENDMSG
 BPF_MAP_TYPE_CGROUP_STORAGE = 19
+IDLE_DETACH_S = 10.0  # the syscall tracepoints go this long after the last instance (Sensor.idle_check)
 # The network tracepoints only kill (the cgroup programs decide and record): attached while some loaded
 # policy answers network violations with kill, so that no process pays for them otherwise
 NET_KILL_TRACEPOINTS = ("syscalls:sys_enter_connect", "syscalls:sys_enter_sendto", "syscalls:sys_enter_sendmsg",
@@ -120,7 +122,17 @@ class Sensor:
         self.missing_gates: set[str] = set()
         self._net_kill_slots: set[int] = set()
         self._net_kill_attached = True  # bcc attached every TRACEPOINT_PROBE at load
-        self._sync_net_kill()
+        # Once any syscall tracepoint is attached, every task on the host takes the slow syscall path, so
+        # the syscall families (files, gates, network kill) are attached only while a cgroup is bound, or
+        # was bound less than IDLE_DETACH_S ago
+        self._file_tps = [tp.decode() if isinstance(tp, bytes) else tp for tp in self.bpf.tracepoint_fds]
+        self._file_tps = [tp for tp in self._file_tps if tp.startswith("syscalls:") and tp not in NET_KILL_TRACEPOINTS]
+        self._bound: set[int] = set()
+        self._closer: Any = None
+        self._closing: list[Any] = []
+        self._watching = True  # bcc attached them at load; they go once nothing has been bound for a while
+        self._idle_since = time.monotonic()
+        self._sync_net_kill()  # no policy kills yet
         self._cgroup_fds: dict[str, int] = {}
         self._attached_ids: dict[int, str] = {}  # cgroup id -> path, while the cgroup programs are attached
         self._cg_slot: dict[int, int] = {}  # what cg_local holds for each cgroup, written again at attach
@@ -149,26 +161,96 @@ class Sensor:
                 # not built into this kernel (the call returns ENOSYS), or has no tracepoint
                 self.missing_gates.add(name)
                 continue
-            for event, fn in ((f"sys_enter_{tp}", b"syscall_gate"), (f"sys_exit_{tp}", b"syscall_exit_gate")):
-                try:
-                    self.bpf.attach_tracepoint(tp=f"syscalls:{event}".encode(), fn_name=fn)
-                except Exception as err:
-                    raise KernelError(f"failed to attach the syscall gate to {event}: {err}") from err
+            if self._watching:
+                self._attach_gate(tp)
             self.gates.add(name)
 
+    def _attach_gate(self, tp: str) -> None:
+        self._wait_closes()
+        for event, fn in ((f"sys_enter_{tp}", b"syscall_gate"), (f"sys_exit_{tp}", b"syscall_exit_gate")):
+            try:
+                self.bpf.attach_tracepoint(tp=f"syscalls:{event}".encode(), fn_name=fn)
+            except Exception as err:
+                raise KernelError(f"failed to attach the syscall gate to {event}: {err}") from err
+
+    def idle_check(self, now: float | None = None) -> None:
+        """Detach the syscall tracepoints once no cgroup has been bound for IDLE_DETACH_S (so that a
+        run of short instances does not attach and detach each time); call it now and then."""
+        now = time.monotonic() if now is None else now
+        if self._watching and not self._bound and now - self._idle_since >= IDLE_DETACH_S:
+            self._sync_watch(force_off=True)
+
+    def _wait_closes(self) -> None:
+        """A tracepoint cannot take the same program twice: pending closes finish before an attach."""
+        for f in self._closing:
+            f.result()
+        self._closing = []
+
+    def _sync_watch(self, force_off: bool = False) -> None:
+        """Attach the syscall tracepoints when a cgroup is bound; detach them when asked to, with none."""
+        want = bool(self._bound)
+        if not want:
+            self._idle_since = time.monotonic()
+            if not force_off:
+                return
+        if want == self._watching:
+            return
+        gate_tps = [TRACEPOINT_NAMES.get(n, n) for n in sorted(self.gates)]
+        try:
+            if want:
+                self.attach_tracepoints(self._file_tps)
+                for tp in gate_tps:
+                    self._attach_gate(tp)
+            else:
+                gates = [f"syscalls:sys_{d}_{g}" for g in gate_tps for d in ("enter", "exit")]
+                self._detach_many([*self._file_tps, *gates])
+        except KernelError:
+            raise
+        except Exception as err:
+            raise KernelError(f"failed to {'attach' if want else 'detach'} the syscall tracepoints: {err}") from err
+        self._watching = want
+        self._sync_net_kill()
+
+    def _detach_many(self, tps: list[str]) -> None:
+        """Detach tracepoints without waiting: each close waits for an RCU grace period (~70 ms here),
+        which one after another makes seconds. The fds leave bcc's table at once (a new attach of the
+        same tracepoint is a new perf event); their closes run on worker threads (ctypes drops the GIL),
+        and close() waits for them."""
+        fds = [self.bpf.tracepoint_fds.pop(tp.encode()) for tp in tps if tp.encode() in self.bpf.tracepoint_fds]
+        if not fds:
+            return
+        if self._closer is None:
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+            self._closer = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ebpfguard-detach")
+        for fd in fds:
+            self._closing.append(self._closer.submit(self._lib.bpf_close_perf_event_fd, fd))
+        self._closing = [f for f in self._closing if not f.done()]
+
+    @property
+    def syscall_tracepoints(self) -> list[str]:
+        """The file family's syscall tracepoints, attached while some cgroup is bound."""
+        return list(self._file_tps)
+
+    @property
+    def watching(self) -> bool:
+        """Are the syscall tracepoints attached (some cgroup is bound)?"""
+        return self._watching
+
     def _sync_net_kill(self) -> None:
-        want = bool(self._net_kill_slots)
+        want = bool(self._net_kill_slots) and self._watching
         if want == self._net_kill_attached:
             return
-        for tp in NET_KILL_TRACEPOINTS:
-            try:
-                if want:
+        if not want:
+            self._detach_many(list(NET_KILL_TRACEPOINTS))
+        else:
+            self._wait_closes()
+            for tp in NET_KILL_TRACEPOINTS:
+                try:
                     fn = f"tracepoint__{tp.replace(':', '__')}".encode()
                     self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn)
-                else:
-                    self.bpf.detach_tracepoint(tp.encode())
-            except Exception as err:
-                raise KernelError(f"failed to {'attach' if want else 'detach'} {tp}: {err}") from err
+                except Exception as err:
+                    raise KernelError(f"failed to attach {tp}: {err}") from err
         self._net_kill_attached = want
 
     @property
@@ -207,6 +289,8 @@ class Sensor:
 
     def bind(self, cgroup_id: int, slot: int) -> None:
         """Put a cgroup under a policy slot: the slot first, then the filter that lets hooks look."""
+        self._bound.add(cgroup_id)
+        self._sync_watch()  # before the slot: nothing the instance does goes unwatched
         t = self.bpf["cgroup_slot"]
         t[t.Key(cgroup_id)] = t.Leaf(slot)
         self._set_filter(cgroup_id, True)
@@ -227,6 +311,8 @@ class Sensor:
         self._cg_slot.pop(cgroup_id, None)
         self._sync_cg_local(cgroup_id)
         self._cg_flags.pop(cgroup_id, None)
+        self._bound.discard(cgroup_id)
+        self._sync_watch()
 
     def suppressed(self, cgroup_id: int) -> int:
         """Identical repeats the kernel suppressed for this cgroup (submit_violation in lib.bpf.h)."""
@@ -236,9 +322,14 @@ class Sensor:
         except KeyError:
             return 0
 
-    def set_landlocked(self, cgroup_id: int, on: bool) -> None:
-        """Tell the file programs that Landlock decides for this cgroup, so they need not hold."""
-        self._flag("landlocked", cgroup_id, on)
+    def set_landlocked(self, cgroup_id: int, on: bool, reports: bool = False) -> None:
+        """Tell the file programs that Landlock decides for this cgroup, so they need not hold; with
+        ``reports``, that Landlock's own denial reports are recorded, so reads and execs are left to it."""
+        t = self.bpf["landlocked"]
+        if on:
+            t[t.Key(cgroup_id)] = t.Leaf(c("LL_REPORTS") if reports else c("LL_DECIDES"))
+        else:
+            self._flag("landlocked", cgroup_id, False)
 
     def set_mountns(self, cgroup_id: int, on: bool) -> None:
         """Tell the unix-socket programs that this cgroup's processes run in their own mount namespace."""
@@ -371,6 +462,7 @@ class Sensor:
         return tps
 
     def attach_tracepoints(self, tps: list[str]) -> None:
+        self._wait_closes()
         for tp in tps:
             category, event = tp.split(":")
             gated = {TRACEPOINT_NAMES.get(n, n) for n in self.gates}
@@ -384,5 +476,9 @@ class Sensor:
     def close(self) -> None:
         for path in list(self._cgroup_fds):
             self.detach_cgroup(Path(path))
+        # every tracepoint at once (bcc's cleanup would close them one grace period after another)
+        self._detach_many([tp.decode() if isinstance(tp, bytes) else tp for tp in list(self.bpf.tracepoint_fds)])
+        if self._closer is not None:
+            self._closer.shutdown(wait=True)
         self.bpf.cleanup()
         os.close(self._cg_local_fd)

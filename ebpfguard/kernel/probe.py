@@ -28,12 +28,22 @@ def require() -> int:
         print(f"eBPF unavailable: {err}", file=sys.stderr)
         return 1
     n = len(s.bpf.tracepoint_fds)
+    files = len(s.syscall_tracepoints)
     net = len(s.cgroup_programs)
     unix = s.unix_hooks
     s.close()
-    print(f"{'ebpf':>16}: loaded ({n} tracepoints, {net} cgroup sock_addr programs)")
+    print(f"{'ebpf':>16}: loaded ({n} tracepoints attached now, {files} syscall tracepoints attached while an "
+          f"extension runs, {net} cgroup sock_addr programs)")
     if unix:
         print(f"{'unix sockets':>16}: not enforced in the kernel: {unix}")
+    if info["landlock_abi"] >= 7:
+        from .laudit import LandlockAudit  # noqa: PLC0415
+
+        try:
+            LandlockAudit().close()
+            print(f"{'landlock audit':>16}: readable (its denials are recorded from its own reports)")
+        except KernelError as err:
+            print(f"{'landlock audit':>16}: unavailable: {err}")
     return 0
 
 

@@ -123,7 +123,7 @@ class Sandbox:
         """In the child, inside its cgroup, right before exec: Landlock, then seccomp last, so that it
         cannot deny the steps before it."""
         if self.ruleset_fd is not None:
-            landlock.restrict_self(self.ruleset_fd)
+            landlock.restrict_self(self.ruleset_fd, self.landlock_abi)
         seccomp.install(self.seccomp_prog)
 
     def describe(self) -> dict[str, Any]:
@@ -131,6 +131,8 @@ class Sandbox:
                                "not_enforced": self.not_enforced}
         if self.mounts is not None:
             out["mount"] = self.mounts.summary()
+        if "landlock-fs" in self.layers and self.landlock_abi >= 7:
+            out["landlock_reports"] = True  # restricted with LOG_NEW_EXEC_ON: its denials reach audit
         return out
 
     def close(self) -> None:

@@ -25,6 +25,9 @@ FS = {name: 1 << i for i, name in enumerate((
     "execute", "write_file", "read_file", "read_dir", "remove_dir", "remove_file", "make_char", "make_dir",
     "make_reg", "make_sock", "make_fifo", "make_block", "make_sym", "refer", "truncate", "ioctl_dev"))}
 SCOPE_ABSTRACT_UNIX, SCOPE_SIGNAL = 1, 2
+# landlock_restrict_self() flags (ABI 7): keep reporting denials to audit after execve, which is when the
+# extension itself starts (by default Landlock reports only until the restricting program execs)
+RESTRICT_SELF_LOG_NEW_EXEC_ON = 1 << 1
 
 # the filesystem rights each ABI knows
 ABI_FS = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1, 5: (1 << 16) - 1}
@@ -199,9 +202,11 @@ def build(p: Plan) -> tuple[int, list[str]]:
     return fd, skipped
 
 
-def restrict_self(fd: int) -> None:
-    """In the child, after no_new_privs: enforce the ruleset on this process and its descendants."""
-    if _libc.syscall(SYS_RESTRICT, fd, ctypes.c_uint32(0)) != 0:
+def restrict_self(fd: int, abi_version: int = 0) -> None:
+    """In the child, after no_new_privs: enforce the ruleset on this process and its descendants; from
+    ABI 7 on, its denials are reported to audit (kernel/laudit.py reads them) after the exec too."""
+    flags = RESTRICT_SELF_LOG_NEW_EXEC_ON if abi_version >= 7 else 0
+    if _libc.syscall(SYS_RESTRICT, fd, ctypes.c_uint32(flags)) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"landlock_restrict_self: {os.strerror(e)}")
 

@@ -351,3 +351,20 @@ def test_cgroup_filter_collisions_fall_back_to_the_hash(engine: Engine, world: W
         engine.sensor.unbind(twin)
         engine.release(inst, kill=True)
     assert filt[idx].value == 0
+
+
+def test_syscall_tracepoints_are_detached_while_no_extension_runs(engine: Engine, world: World) -> None:
+    """Any attached syscall tracepoint sends every task on the host down the slow syscall path: with
+    no instance for IDLE_DETACH_S, none stays; the next instance gets them back before it runs."""
+    from ebpfguard.kernel.loader import IDLE_DETACH_S
+
+    sensor: Any = engine.sensor
+    syscall_tps = lambda: [tp for tp in sensor.bpf.tracepoint_fds if tp.startswith(b"syscalls:")]  # noqa: E731
+    assert not engine.instances
+    sensor.idle_check(time.monotonic() + IDLE_DETACH_S + 1)
+    assert syscall_tps() == [] and not sensor.watching
+    res = run_ext(engine, world, world.manifest(), ["read", f"{world.secret}/s.txt"])  # no launcher layers
+    assert res.rc_errno()[0] >= 0  # the eBPF layer alone detects (file block without Landlock)
+    rec = only(res, "file")
+    assert rec["detail"]["path"] == f"{world.secret}/s.txt" and rec["verdict"] == "detected"
+    assert sensor.watching and len(syscall_tps()) >= len(sensor.syscall_tracepoints)
