@@ -40,7 +40,7 @@ from .launcher import spawn
 from .manifest.load import parse
 from .peers import Auditd, Bpftrace, Peer
 from .resources import data_root
-from .sandbox import Sandbox
+from .sandbox import Sandbox, landlock_reports
 from .statedir import StateDir
 
 WORKLOADS = {"open/close": 300_000, "stat walk": 20, "connect": 20_000, "unix connect": 20_000, "fork+exec": 3_000,
@@ -204,7 +204,7 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
                 else:
                     monitors.append(peer)
         eng = Engine(str(tmp / "state"))
-        conds = ["base_outside", "base_inside", "layers", "outside", "inside", *[p.name for p in monitors]]
+        conds = ["base_outside", "base_inside", "layers", "idle", "outside", "inside", *[p.name for p in monitors]]
         times: dict[str, dict[str, list[int]]] = {w: {c: [] for c in conds} for w in WORKLOADS}
         agent_cpu = 0.0
         peer_usage: dict[str, PeerUsage] = {}
@@ -213,7 +213,7 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
         try:
             listener.start()
             m = parse(MANIFEST.format(dir=tmp, bin=binary).encode(), "bench.yaml")
-            inst = eng.prepare(m)
+            inst = eng.prepare(m, landlock_reports=landlock_reports(m))  # "inside" runs are sandboxed
             procs = inst.cgroup.procs_files()
             sb = Sandbox.prepare(m)  # inside runs are launched as `ebpfguard run` launches: every layer
             eng.started(inst, 0, [str(binary)], sb.describe())
@@ -238,7 +238,11 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
                             each(peer.name, None)
                     finally:
                         peer.stop()
-                eng.sensor.attach_tracepoints(tps)
+                # what a process pays while the agent runs and no extension does: the syscall
+                # tracepoints are gone then (Sensor.idle_check), the others stay
+                eng.sensor.attach_tracepoints([tp for tp in tps if not tp.startswith("syscalls:")])
+                each("idle", None)
+                eng.sensor.attach_tracepoints([tp for tp in tps if tp.startswith("syscalls:")])
                 eng.sensor.attach_cgroup(inst.cgroup.v2)
                 cpu0, t0 = _self_usage()[0], time.monotonic()
                 each("outside", None)
@@ -276,7 +280,7 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
         row: dict[str, Any] = {"iterations": n, "base_ns_per_op": statistics.median(t["base_outside"]) / n,
                                "cgroup_only": statistics.median(
                                    [i / o for i, o in zip(t["base_inside"], t["base_outside"], strict=True)])}
-        for cond in ("outside", "inside", "layers", "over_layers", *[p.name for p in monitors]):
+        for cond in ("idle", "outside", "inside", "layers", "over_layers", *[p.name for p in monitors]):
             if cond == "over_layers":
                 ratios = [x / b for x, b in zip(t["inside"], t["layers"], strict=True)]
             else:
@@ -420,9 +424,10 @@ def _flood_once(eng: Any, tmp: Path, seconds: float, action: str, target: str) -
 
 
 def format_table(res: dict[str, Any]) -> str:
-    mons = ["outside", "inside", "layers", "over_layers", *res["monitors"]]
-    head = {"outside": "ebpfguard outside", "inside": "ebpfguard inside", "layers": "layers alone",
-            "over_layers": "inside over layers"}
+    mons = [*(["idle"] if "idle" in next(iter(res["workloads"].values()), {}) else []),
+            "outside", "inside", "layers", "over_layers", *res["monitors"]]
+    head = {"idle": "outside, no extension", "outside": "ebpfguard outside", "inside": "ebpfguard inside",
+            "layers": "layers alone", "over_layers": "inside over layers"}
     lines = [f"ebpfguard bench: {res['rounds']} interleaved rounds; ratio to no monitor in the same place, "
              "median [min-max]",
              f"{'workload':<13} {'base/op':>9} " + " ".join(f"{head.get(m, m):>21}" for m in mons)]

@@ -237,7 +237,7 @@ class Engine:
             return
         blockers = blockers_of(fields)
         kind = kind_of(blockers)
-        reads_to_landlock = inst.manifest.response.get(kind) != "kill"
+        reads_to_landlock = inst.landlock_reports and inst.manifest.response.get(kind) != "kill"
         if not ours(blockers, reads_to_landlock):
             return
         state = self._ladder_state(inst)
@@ -248,9 +248,12 @@ class Engine:
         inst.violations += 1
         done = self.act.apply(inst, todo, inst.leader_pid or 0)
         # the report names the domain, not the process: pid stays unknown rather than guessed
-        self.recorder.write(inst, {"kind": kind, "pid": None, "tgid": None, "detail": detail_of(fields, blockers),
-                                   "verdict": "denied", "actions": [f"{errno_of(blockers)}:landlock", *done],
-                                   "time": rfc3339_ns(ts_ns)})
+        body: dict[str, Any] = {"kind": kind, "pid": None, "tgid": None, "detail": detail_of(fields, blockers),
+                                "verdict": "denied", "actions": [f"{errno_of(blockers)}:landlock", *done],
+                                "time": rfc3339_ns(ts_ns)}
+        if done:
+            body["response_ns"] = max(0, now_ns() - ts_ns)  # the report's time (ms) to the action done
+        self.recorder.write(inst, body)
 
     def start_proxies(self, inst: Instance) -> None:
         """One xdg-dbus-proxy per bus the manifest names, as the extension's user (enforce mode)."""
@@ -288,7 +291,8 @@ class Engine:
                 self.recorder.resource(inst, resource, key, delta, limit)
 
     # ---- instances --------------------------------------------------------------------------------
-    def prepare(self, m: Manifest, mode: str | None = None, *, launch: bool = True) -> Instance:
+    def prepare(self, m: Manifest, mode: str | None = None, *, launch: bool = True,
+                landlock_reports: bool = False) -> Instance:
         """A new instance cgroup under ``m``, bound and attached. For a ``launch`` (not an adoption): its
         D-Bus proxies running, and the kernel told that its processes will be in their own mount
         namespace before the first of them runs."""
@@ -315,9 +319,10 @@ class Engine:
         if launch:
             if (mode or m.mode) != "audit":
                 self.sensor.set_mountns(cgid, True)
-            # Landlock will report this instance's denials: the file programs must leave reads and execs
-            # to it before its first process runs, or they would be recorded twice
-            if self.laudit is not None and (mode or m.mode) != "audit" and "fs" in landlock.plan(m, 7, mode).enforced:
+            # ``landlock_reports``: the launcher will restrict it with a Landlock ruleset that reports its
+            # denials (sandbox.landlock_reports): the file programs must leave reads and execs to Landlock
+            # before the first process runs, or a refusal would be recorded twice
+            if landlock_reports and self.laudit is not None:
                 self._set_landlocked(inst, reports=True)
             try:
                 self.start_proxies(inst)
@@ -425,7 +430,7 @@ class Engine:
             self.sensor.set_mountns(inst.cgroup_id, True)
         if "landlock-fs" not in inst.sandbox.get("layers", []):
             if inst.landlock_grants:  # predicted at prepare, but the launcher did not enforce it
-                inst.landlock_grants, inst.landlock_handled = [], 0
+                inst.landlock_grants, inst.landlock_handled, inst.landlock_reports = [], 0, False
                 self.sensor.set_landlocked(inst.cgroup_id, False)
             return
         self._set_landlocked(inst, reports=bool(inst.sandbox.get("landlock_reports", False)))
@@ -436,7 +441,8 @@ class Engine:
         inst.landlock_handled = ll.handled_fs
         # Landlock reports its denials (ABI 7+, restricted with LOG_NEW_EXEC_ON): the file programs leave
         # reads and execs to it
-        self.sensor.set_landlocked(inst.cgroup_id, True, reports=reports and self.laudit is not None)
+        inst.landlock_reports = reports and self.laudit is not None
+        self.sensor.set_landlocked(inst.cgroup_id, True, reports=inst.landlock_reports)
 
     def leader_exited(self, inst: Instance, status: int) -> None:
         inst.exit_status = status

@@ -46,6 +46,7 @@ class Instance:
     repeats_seen: int = 0  # identical repeats the kernel suppressed, as last counted
     landlock_grants: list[tuple[str, int]] = field(default_factory=list)  # (real path, rights)
     landlock_handled: int = 0
+    landlock_reports: bool = False  # the file programs leave reads and execs to Landlock's reports
     released: bool = False
     proxies: dict[str, Any] = field(default_factory=dict)  # bus -> its running dbusproxy.Proxy
 

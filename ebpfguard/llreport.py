@@ -84,7 +84,8 @@ class DomainMap:
 
     known: dict[str, int] = field(default_factory=dict)
     held: OrderedDict[str, list[dict[str, str]]] = field(default_factory=OrderedDict)
-    dropped: int = 0
+    dropped: int = 0  # held reports pushed out before their domain was known
+    foreign: int = 0  # reports of domains that are no instance's (a sandbox some other program made)
 
     def hold(self, fields: dict[str, str]) -> None:
         dom = fields.get("domain", "")
@@ -101,7 +102,7 @@ class DomainMap:
         """The domain is ``key``'s (None: no instance's); returns its held reports, to record if ours."""
         held = self.held.pop(domain, [])
         if key is None:
-            self.dropped += len(held)
+            self.foreign += len(held)
             return []
         self.known[domain] = key
         return held

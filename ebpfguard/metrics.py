@@ -56,6 +56,10 @@ class EngineCollector(Collector):
                                   value=eng.log.written)
         yield CounterMetricFamily("ebpfguard_records_failed", "Forensic records that could not be written.",
                                   value=eng.log.failed + eng.record_errors)
+        yield CounterMetricFamily("ebpfguard_landlock_reports_lost", "Landlock denial reports lost before they "
+                                  "became records: the audit reader's socket overflowed, or a report's domain "
+                                  "was never tied to an instance.",
+                                  value=eng.stats.landlock_reports_lost + eng.domains.dropped)
         cumulative, acc = [], 0
         for bound, n in zip([*map(str, BUCKETS), "+Inf"], buckets, strict=True):
             acc += n

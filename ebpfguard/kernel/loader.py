@@ -456,9 +456,10 @@ class Sensor:
         return [(tp.decode() if isinstance(tp, bytes) else tp, "") for tp in self.bpf.tracepoint_fds]
 
     def detach_tracepoints(self) -> list[str]:
+        """Detach every tracepoint and wait until none runs any more; returns them, to attach again."""
         tps = [tp.decode() if isinstance(tp, bytes) else tp for tp in list(self.bpf.tracepoint_fds)]
-        for tp in tps:
-            self.bpf.detach_tracepoint(tp)
+        self._detach_many(tps)
+        self._wait_closes()
         return tps
 
     def attach_tracepoints(self, tps: list[str]) -> None:

@@ -141,6 +141,13 @@ class Sandbox:
             self.ruleset_fd = None
 
 
+def landlock_reports(m: Manifest, mode: str | None = None) -> bool:
+    """Will the launcher restrict an instance of ``m`` with a Landlock ruleset that reports its denials
+    to audit (ABI 7+, files handled, not audit mode)? Sandbox.describe() says the same after the fact."""
+    abi = landlock.abi()
+    return abi >= 7 and (mode or m.mode) != "audit" and "fs" in landlock.plan(m, abi, mode).enforced
+
+
 def extension_user(m: Manifest) -> pwd.struct_passwd:
     """Who the extension runs as: spec.user, else the user who invoked sudo, else nobody."""
     user = m.user or _invoking_user() or "nobody"

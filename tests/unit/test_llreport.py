@@ -62,9 +62,9 @@ def test_reports_before_their_domain_is_known_wait_and_are_bounded() -> None:
     dm.hold({"domain": "ab", "blockers": "fs.read_file"})
     assert dm.learn("ab", 42) == [{"domain": "ab", "blockers": "fs.read_file"}] and dm.known == {"ab": 42}
     dm.hold({"domain": "cd"})
-    assert dm.learn("cd", None) == [] and dm.dropped == 1 and "cd" not in dm.known
+    assert dm.learn("cd", None) == [] and dm.foreign == 1 and dm.dropped == 0 and "cd" not in dm.known
     for _ in range(HOLD_REPORTS + 5):
         dm.hold({"domain": "ef"})
-    assert len(dm.held["ef"]) == HOLD_REPORTS and dm.dropped == 6
+    assert len(dm.held["ef"]) == HOLD_REPORTS and dm.dropped == 5
     dm.forget(42)
     assert dm.known == {}
