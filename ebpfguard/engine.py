@@ -40,6 +40,7 @@ from .statedir import StateDir
 from .stats import Stats
 
 log = logging.getLogger("ebpfguard")
+MAKE_SYSCALLS = frozenset({"mkdir", "mkdirat", "mknod", "mknodat"})
 
 
 class Engine:
@@ -73,6 +74,7 @@ class Engine:
         self.laudit: Any = None
         self.laudit_status = "off"
         self.domains = DomainMap()
+        self._laudit_checked = 0.0
         if landlock_audit is None:
             landlock_audit = sensor_is_real and landlock.abi() >= 7
         if landlock_audit:
@@ -117,6 +119,13 @@ class Engine:
         policy = Policy(m, mode, slot.compiled if slot else None)
         try:
             res = resolve(ev, landlocked=bool(inst and inst.landlock_grants))
+            if ev.syscall() in MAKE_SYSCALLS and ev.verdict != "killed":
+                made = res.path or (ev.path if ev.path.startswith("/") else None)
+                if made and os.path.lexists(made):
+                    # mkdir -p on an existing parent: EEXIST, before any layer was asked; not a refusal
+                    if ev.has(EvFlag.HELD):
+                        self.act.resume(ev.tgid)
+                    return None
             d = decide(ev, policy, self._ladder_state(inst), res, self.clock())
         except BaseException:
             if ev.has(EvFlag.HELD):
@@ -196,6 +205,14 @@ class Engine:
         if self.laudit is None:
             return
         from .kernel.laudit import AUDIT_LANDLOCK_DOMAIN  # noqa: PLC0415
+
+        now = time.monotonic()
+        if now - self._laudit_checked >= 1.0:  # an audit daemon that started meanwhile owns audit now
+            self._laudit_checked = now
+            try:
+                self.laudit.maintain()
+            except EbpfguardError as err:
+                log.warning("audit: %s", err)
 
         while True:
             reports = self.laudit.read()

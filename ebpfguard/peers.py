@@ -98,6 +98,9 @@ class Auditd(Peer):
                 time.sleep(0.05)
             self.started_daemon = self._daemon_pid()
         subprocess.run([ctl, "-e", "1"], check=True, capture_output=True)
+        # ebpfguard's never,task rule (kernel/laudit.py) would keep these syscall rules from matching, as
+        # a real auditd's rule loading (auditctl -D) removes it; it is put back at stop
+        self.removed_never_task = subprocess.run([ctl, "-d", "never,task"], capture_output=True).returncode == 0
         file_rule = [ctl, "-a", "always,exit", "-F", "arch=b64"]
         for sc in FILE_SYSCALLS:
             file_rule += ["-S", sc]
@@ -113,6 +116,9 @@ class Auditd(Peer):
         for line in rules.splitlines():
             if line.startswith("-a "):
                 subprocess.run([ctl, "-d", *line[3:].split()], capture_output=True)
+        if getattr(self, "removed_never_task", False):
+            subprocess.run([ctl, "-a", "never,task"], capture_output=True)
+            self.removed_never_task = False
         if self.was_enabled:
             subprocess.run([ctl, "-e", self.was_enabled], capture_output=True)
             self.was_enabled = None

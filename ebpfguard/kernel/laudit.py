@@ -17,6 +17,7 @@ context (no audit work on any syscall); an audit configuration someone else made
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -88,6 +89,7 @@ class LandlockAudit:
 
     def __init__(self) -> None:
         self._seq = 0
+        self._daemon_seen = False
         os.makedirs(os.path.dirname(LOCK), mode=0o755, exist_ok=True)
         self._lock = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_SH)
@@ -188,6 +190,15 @@ class LandlockAudit:
     def enabled_by_us(self) -> bool:
         return os.path.exists(MARKER)
 
+    def maintain(self) -> None:
+        """Once an audit daemon registers, its syscall rules must work: our never,task rule would keep
+        them from ever matching (a daemon's rule loading, auditctl -D, removes it too)."""
+        if self._daemon_seen or not os.path.exists(MARKER) or not self.status()["pid"]:
+            return
+        self._daemon_seen = True
+        with contextlib.suppress(KernelError):
+            self._request(AUDIT_DEL_RULE, self._rule)
+
     def close(self) -> None:
         """The last reader out puts audit back as it was found (off, no rule) if a reader turned it on."""
         try:
@@ -196,12 +207,16 @@ class LandlockAudit:
         except BlockingIOError:
             last = False
         if last and os.path.exists(MARKER):
-            for step in (lambda: self._set(AUDIT_STATUS_ENABLED, enabled=0),
-                         lambda: self._request(AUDIT_DEL_RULE, self._rule)):
-                try:
-                    step()
-                except KernelError:
-                    pass
+            try:
+                daemon = self.status()["pid"]
+            except KernelError:
+                daemon = 0
+            # audit was off before ebpfguard: off again, unless a daemon now runs, whose it is then
+            if not daemon:
+                with contextlib.suppress(KernelError):
+                    self._set(AUDIT_STATUS_ENABLED, enabled=0)
+            with contextlib.suppress(KernelError):
+                self._request(AUDIT_DEL_RULE, self._rule)
             os.unlink(MARKER)
         self.reader.close()
         self.ctl.close()

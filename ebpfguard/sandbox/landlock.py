@@ -140,7 +140,9 @@ def plan(m: Manifest, abi_version: int, mode: str | None = None) -> Plan:
     for path in m.read:
         rights[path] = rights.get(path, 0) | READ
     for path in m.write:
-        rights[path] = rights.get(path, 0) | WRITE
+        # a device the extension may write it may also ask what it is: isatty() on /dev/null is an ioctl
+        # (TCGETS), which Landlock's ioctl_dev right (ABI 5) would refuse and report
+        rights[path] = rights.get(path, 0) | WRITE | (FS["ioctl_dev"] if path.startswith("/dev/") else 0)
     for path in m.exec:
         rights[path] = rights.get(path, 0) | EXEC
         interps = _interpreters_in(path) if path.endswith("/") else {_interpreter(path) or ""} - {""}

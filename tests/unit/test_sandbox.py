@@ -82,6 +82,9 @@ def test_landlock_plan_rights_and_downgrade() -> None:
     assert not old.handled_fs & (fs["refer"] | fs["truncate"]) and old.scoped == 0
     assert any("ABI 6" in g for g in old.not_enforced) and any("truncate" in g for g in old.not_enforced)
     assert landlock.plan(m, 0).not_enforced == ["landlock: not available in this kernel"]
+    dev = parse(M.replace('write: [', 'write: [/dev/null, ').encode(), "t.yaml", home="/h")
+    assert dict(landlock.plan(dev, 7).paths)["/dev/null"] & fs["ioctl_dev"]  # isatty() on a granted device
+    assert not rights["/tmp/t/"] & fs["ioctl_dev"]
 
 
 def test_landlock_plan_follows_mode_and_alert_responses() -> None:
