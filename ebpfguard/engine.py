@@ -119,7 +119,7 @@ class Engine:
         policy = Policy(m, mode, slot.compiled if slot else None)
         try:
             res = resolve(ev, landlocked=bool(inst and inst.landlock_grants))
-            if ev.syscall() in MAKE_SYSCALLS and ev.verdict != "killed":
+            if ev.syscall in MAKE_SYSCALLS and ev.verdict != "killed":
                 made = res.path or (ev.path if ev.path.startswith("/") else None)
                 if made and os.path.lexists(made):
                     # mkdir -p on an existing parent: EEXIST, before any layer was asked; not a refusal

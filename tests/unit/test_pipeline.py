@@ -429,3 +429,13 @@ def test_one_slot_per_manifest_and_mode(engine: Engine) -> None:
     assert len(engine.slots) == 2
     engine.release(b)
     assert len(engine.slots) == 1
+
+
+def test_mkdir_of_an_existing_path_is_not_a_refusal(engine: Engine, tmp_path: Path) -> None:
+    """`mkdir -p` asks for every parent: one that exists fails with EEXIST before any layer is asked, so
+    no record; a folder that does not exist outside the write trees is a violation."""
+    inst = engine.prepare(manifest())
+    write = int(Access.WRITE)
+    assert one(engine, violation(inst, "file", path=str(tmp_path), op=write, syscall_nr=83)) is None
+    rec = one(engine, violation(inst, "file", path=str(tmp_path / "new"), op=write, syscall_nr=83))
+    assert rec is not None and rec["detail"]["path"] == str(tmp_path / "new") and rec["detail"]["syscall"] == "mkdir"
