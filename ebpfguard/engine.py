@@ -29,7 +29,7 @@ from .events import Event, decode
 from .forensics import ForensicLog
 from .instances import Instance, InstanceStore, alive, cmdline, process_tree
 from .kernel.abi import EvFlag
-from .llreport import DomainMap, blockers_of, detail_of, errno_of, kind_of, ours
+from .llreport import DomainMap, Repeats, blockers_of, detail_of, errno_of, kind_of, ours
 from .manifest.load import Manifest
 from .record import Recorder
 from .resolve import resolve
@@ -74,6 +74,7 @@ class Engine:
         self.laudit: Any = None
         self.laudit_status = "off"
         self.domains = DomainMap()
+        self.landlock_repeats = Repeats()
         self._laudit_checked = 0.0
         if landlock_audit is None:
             landlock_audit = sensor_is_real and landlock.abi() >= 7
@@ -257,6 +258,14 @@ class Engine:
         reads_to_landlock = inst.landlock_reports and inst.manifest.response.get(kind) != "kill"
         if not ours(blockers, reads_to_landlock):
             return
+        detail = detail_of(fields, blockers)
+        key = (inst.cgroup_id, tuple(blockers), detail.get("path"), detail.get("target_pid"), detail.get("address"),
+               detail.get("port"))
+        carried = self.landlock_repeats.seen(key, ts_ns)
+        if carried is None:
+            inst.landlock_repeats += 1
+        elif carried:
+            detail["repeats_suppressed"] = carried
         state = self._ladder_state(inst)
         assert state is not None
         todo, window = ladder(inst.manifest, state, kind, self.clock())
@@ -264,8 +273,10 @@ class Engine:
             inst.recent = deque(window)
         inst.violations += 1
         done = self.act.apply(inst, todo, inst.leader_pid or 0)
+        if carried is None:
+            return  # a repeat: counted toward the ladder, and in the stop record
         # the report names the domain, not the process: pid stays unknown rather than guessed
-        body: dict[str, Any] = {"kind": kind, "pid": None, "tgid": None, "detail": detail_of(fields, blockers),
+        body: dict[str, Any] = {"kind": kind, "pid": None, "tgid": None, "detail": detail,
                                 "verdict": "denied", "actions": [f"{errno_of(blockers)}:landlock", *done],
                                 "time": rfc3339_ns(ts_ns)}
         if done:
@@ -488,7 +499,8 @@ class Engine:
         self.store.forget(inst.id)
         self.slots.release(inst.slot)
         self.recorder.lifecycle(inst, "stop", actions=["cgroup.kill"] if kill else [], exit_status=inst.exit_status,
-                                violations=inst.violations, repeats_suppressed=suppressed, killed_by_agent=kill)
+                                violations=inst.violations, repeats_suppressed=suppressed + inst.landlock_repeats,
+                                killed_by_agent=kill)
 
     def reap(self) -> None:
         """Release every instance whose launcher is done and whose cgroup has emptied."""

@@ -47,6 +47,7 @@ class Instance:
     landlock_grants: list[tuple[str, int]] = field(default_factory=list)  # (real path, rights)
     landlock_handled: int = 0
     landlock_reports: bool = False  # the file programs leave reads and execs to Landlock's reports
+    landlock_repeats: int = 0  # identical Landlock reports counted, not recorded (llreport.Repeats)
     released: bool = False
     proxies: dict[str, Any] = field(default_factory=dict)  # bus -> its running dbusproxy.Proxy
 

@@ -110,3 +110,26 @@ class DomainMap:
     def forget(self, key: int) -> None:
         for dom in [d for d, k in self.known.items() if k == key]:
             del self.known[dom]
+
+
+REPEAT_WINDOW_NS = 1_000_000_000  # as the kernel's repeat gate (lib.bpf.h): one record a second per violation
+
+
+@dataclass
+class Repeats:
+    """Identical Landlock reports (same instance, blockers and object) within REPEAT_WINDOW_NS of the
+    last recorded one are counted, not recorded; the next record says how many it stands for."""
+
+    last: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    pending: dict[tuple[Any, ...], int] = field(default_factory=dict)
+
+    def seen(self, key: tuple[Any, ...], ts_ns: int) -> int | None:
+        """None: a repeat, counted; else record it, carrying this many suppressed repeats."""
+        t = self.last.get(key)
+        if t is not None and 0 <= ts_ns - t < REPEAT_WINDOW_NS:
+            self.pending[key] = self.pending.get(key, 0) + 1
+            return None
+        self.last[key] = ts_ns
+        if len(self.last) > 4096:  # forget what is older than the window
+            self.last = {k: v for k, v in self.last.items() if ts_ns - v < REPEAT_WINDOW_NS}
+        return self.pending.pop(key, 0)

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from ebpfguard.kernel.laudit import AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN, decode, parse
-from ebpfguard.llreport import HOLD_REPORTS, DomainMap, blockers_of, detail_of, errno_of, kind_of, ours
+from ebpfguard.llreport import (
+    HOLD_REPORTS,
+    REPEAT_WINDOW_NS,
+    DomainMap,
+    Repeats,
+    blockers_of,
+    detail_of,
+    errno_of,
+    kind_of,
+    ours,
+)
 
 
 def test_an_access_report_is_parsed_with_its_quoted_and_hex_fields() -> None:
@@ -68,3 +78,12 @@ def test_reports_before_their_domain_is_known_wait_and_are_bounded() -> None:
     assert len(dm.held["ef"]) == HOLD_REPORTS and dm.dropped == 5
     dm.forget(42)
     assert dm.known == {}
+
+
+def test_identical_reports_within_a_second_are_counted_not_recorded() -> None:
+    r = Repeats()
+    k = (1, ("fs.read_file",), "/etc/shadow")
+    assert r.seen(k, 10) == 0
+    assert r.seen(k, 20) is None and r.seen(k, 30) is None
+    assert r.seen((1, ("fs.read_file",), "/etc/passwd"), 40) == 0  # another object is another violation
+    assert r.seen(k, 10 + REPEAT_WINDOW_NS) == 2  # the next record carries the two it stands for
