@@ -122,8 +122,9 @@ class Engine:
             res = resolve(ev, landlocked=bool(inst and inst.landlock_grants))
             if ev.syscall in MAKE_SYSCALLS and ev.verdict != "killed":
                 made = res.path or (ev.path if ev.path.startswith("/") else None)
-                if made and os.path.lexists(made):
-                    # mkdir -p on an existing parent: EEXIST, before any layer was asked; not a refusal
+                if made and (os.path.lexists(made) or not os.path.isdir(os.path.dirname(made.rstrip("/")) or "/")):
+                    # EEXIST (mkdir -p on an existing parent) or ENOENT (no parent): the path lookup failed
+                    # before any layer was asked; not a refusal
                     if ev.has(EvFlag.HELD):
                         self.act.resume(ev.tgid)
                     return None

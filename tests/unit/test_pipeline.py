@@ -437,5 +437,6 @@ def test_mkdir_of_an_existing_path_is_not_a_refusal(engine: Engine, tmp_path: Pa
     inst = engine.prepare(manifest())
     write = int(Access.WRITE)
     assert one(engine, violation(inst, "file", path=str(tmp_path), op=write, syscall_nr=83)) is None
+    assert one(engine, violation(inst, "file", path=str(tmp_path / "no" / "x"), op=write, syscall_nr=83)) is None
     rec = one(engine, violation(inst, "file", path=str(tmp_path / "new"), op=write, syscall_nr=83))
     assert rec is not None and rec["detail"]["path"] == str(tmp_path / "new") and rec["detail"]["syscall"] == "mkdir"
