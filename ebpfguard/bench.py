@@ -220,10 +220,25 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
             eng.subscribers.append(seen.append)
             violations_before = inst.violations
 
+            fdir = tmp / "state" / "forensics"
+            per_exec = {"execs": 0, "bytes": 0, "records": 0, "cpu_s": 0.0}
+
+            def log_bytes() -> int:
+                return sum(f.stat().st_size for f in fdir.glob("*.jsonl")) if fdir.is_dir() else 0
+
             def each(cond: str, procs_files: list[str] | None, sandbox: Any = None) -> None:
                 for w, n in WORKLOADS.items():
                     argv = _argv(w, max(1, int(n * scale)), binary, tmp)
+                    lifecycle = cond == "inside" and w == "fork+exec"
+                    if lifecycle:  # what a benign exec inside costs the log and the agent
+                        b0, r0, c0 = log_bytes(), eng.log.written, _self_usage()[0]
                     times[w][cond].append(_run(argv, procs_files, eng, sandbox))
+                    if lifecycle:
+                        eng.poll(0)
+                        per_exec["execs"] += max(1, int(n * scale))
+                        per_exec["bytes"] += log_bytes() - b0
+                        per_exec["records"] += eng.log.written - r0
+                        per_exec["cpu_s"] += _self_usage()[0] - c0
 
             for r in range(rounds):
                 tps = eng.sensor.detach_tracepoints()
@@ -274,7 +289,11 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
                               "unavailable": unavailable, "latency": latency, "flood": flood,
                               "agent": {"cpu_while_measured": agent_cpu / agent_wall if agent_wall else 0.0,
                                         "peak_rss_bytes": rss},
-                              "peers": {name: u.summary() for name, u in peer_usage.items()}}
+                              "peers": {name: u.summary() for name, u in peer_usage.items()},
+                              "per_exec": {"execs": per_exec["execs"],
+                                           "records": per_exec["records"] / max(1, per_exec["execs"]),
+                                           "bytes": per_exec["bytes"] / max(1, per_exec["execs"]),
+                                           "agent_cpu_us": per_exec["cpu_s"] * 1e6 / max(1, per_exec["execs"])}}
     for w, t in times.items():
         n = max(1, int(WORKLOADS[w] * scale))
         row: dict[str, Any] = {"iterations": n, "base_ns_per_op": statistics.median(t["base_outside"]) / n,
@@ -446,6 +465,10 @@ def format_table(res: dict[str, Any]) -> str:
     for name, why in res["unavailable"].items():
         lines.append(f"{name}: not measured: {why}")
     ag = res["agent"]
+    pe = res.get("per_exec")
+    if pe and pe["execs"]:
+        lines.append(f"benign exec inside (fork+exec loop, {pe['execs']} execs): {pe['records']:.2f} records, "
+                     f"{pe['bytes']:.0f} bytes of log and {pe['agent_cpu_us']:.0f} us of agent CPU per exec")
     lines.append(f"agent: {ag['cpu_while_measured'] * 100:.1f}% of a core while the ebpfguard rounds ran, "
                  f"peak RSS {ag['peak_rss_bytes'] / 2**20:.0f} MiB; violations recorded by the workloads: "
                  f"{res['violations_inside']} (expected 0)")
