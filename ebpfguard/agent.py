@@ -293,6 +293,7 @@ class Agent:
                       "state_dir": self.state_dir, "cgroup_mode": self.engine.cgroups.mode,
                       "counters": sensor.counters(), "records_written": self.engine.log.written,
                       "records_failed": self.engine.log.failed + self.engine.record_errors,
+                      "landlock_reports": self.engine.laudit_status,
                       "syscall_gates": sorted(sensor.gates), "syscalls_not_in_kernel": sorted(sensor.missing_gates),
                       "layers": ["cgroup-sock-addr (deny)", "tracepoints (detect, kill, hold)",
                                  "launcher: user, no_new_privs, landlock, seccomp, rlimits", "cgroup caps",

@@ -186,10 +186,6 @@ class LandlockAudit:
                 off += (length + 3) & ~3
         return out
 
-    @property
-    def enabled_by_us(self) -> bool:
-        return os.path.exists(MARKER)
-
     def maintain(self) -> None:
         """Once an audit daemon registers, its syscall rules must work: our never,task rule would keep
         them from ever matching (a daemon's rule loading, auditctl -D, removes it too)."""

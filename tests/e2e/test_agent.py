@@ -95,6 +95,7 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
 def test_status_lists_policies_and_instances(agent: Agent) -> None:
     st = agent.status()
     assert st["agent"]["state"] == "enforcing" and [p["name"] for p in st["policies"]] == ["shell-tool"]
+    assert st["agent"]["landlock_reports"] == ("on" if LANDLOCK_REPORTS else "off")
     runner = subprocess.Popen([*EG, "run", "--state-dir", str(agent.state), "-e", "shell-tool", "--", "sleep", "3"])
     try:
         deadline = time.monotonic() + 10
