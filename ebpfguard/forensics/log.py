@@ -11,10 +11,15 @@ files. Readers take the rotated files in seq order, then records.jsonl.
 
 Chain and signature: ``digest(r)`` is the SHA-256 of r's canonical JSON (sorted keys, ASCII, no
 spaces) without its ``signature``. Each record carries ``prev_sha256 = digest(previous)`` (64 zeros
-for the first), ``key_id`` (the first 16 hex digits of SHA-256 of the raw public key) and
-``signature = base64(Ed25519(canonical JSON without signature))``. Because the chain does not cover
-the signature, verify() can tell a modified record (its successor's prev_sha256 no longer matches)
-from a bad signature (content intact, signature wrong).
+for the first) and ``key_id`` (the first 16 hex digits of SHA-256 of the raw public key). The line on
+disk is that canonical JSON, plus ``signature = base64(Ed25519(canonical JSON))`` on the last record of
+each group commit: one signature per group, not per record. Because every record's digest is in its
+successor's prev_sha256, the signature of a group's last record covers the whole group (and
+everything before it). A group is written with one write() and counts as written only once it is
+signed and fsync'd; a writer that finds unsigned records at the end of the log (its predecessor died
+in mid-group) cuts them off like a torn line and keeps their bytes in a record of its own. Because the
+chain does not cover the signature, verify() can tell a modified record (its successor's prev_sha256
+no longer matches) from a bad signature (content intact, signature wrong).
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from .keys import key_id, load_or_create_key
 if TYPE_CHECKING:
     from .forward import Forwarder
 
-CHECKPOINT_EVERY = 100      # records
+CHECKPOINT_EVERY = 100      # records (in a group commit: at its end, once)
+GROUP_MAX = 512             # records signed together at most (what a writer may have to cut after a crash)
 CHECKPOINT_SECONDS = 10.0   # at most this long between checkpoints while records arrive
 MAX_BYTES = 64 << 20        # rotate records.jsonl at this size
 CURRENT = "records.jsonl"
@@ -77,11 +83,12 @@ def log_files(forensics_dir: str | os.PathLike[str]) -> list[Path]:
 @dataclass
 class _Batch:
     fd: int | None = None
-    pending: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)  # written and signed, not yet fsync'd
 
 
 class ForensicLog:
-    """Appends chained, signed records. Every CHECKPOINT_EVERY records, every CHECKPOINT_SECONDS (the
+    """Appends chained, signed records. Every CHECKPOINT_EVERY records (a group commit past that many
+    ends with one), every CHECKPOINT_SECONDS (the
     agent calls maybe_checkpoint()) and at clean shutdown it writes a checkpoint: a chained record of
     kind "checkpoint", mirrored in a signed head.json beside the log, so that cutting records off the
     end of the log up to the last checkpoint is detected."""
@@ -111,6 +118,8 @@ class ForensicLog:
         self.written = 0
         self.failed = 0
         self._batch: _Batch | None = None
+        self._unwritten: list[tuple[dict[str, Any], bytes]] = []  # chained, not yet signed nor written
+        self._unwritten_bytes = 0
 
     def _signer(self) -> Ed25519PrivateKey:
         if self._key is None:
@@ -154,9 +163,9 @@ class ForensicLog:
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         rec = self._append(record)
         self._since_checkpoint += 1
-        if self._where[2] >= self.max_bytes:
+        if self._where[2] + self._unwritten_bytes >= self.max_bytes:
             self.checkpoint(rotate=True)
-        elif self._since_checkpoint >= CHECKPOINT_EVERY:
+        elif self._since_checkpoint >= CHECKPOINT_EVERY and self._batch is None:
             self.checkpoint()
         return rec
 
@@ -198,6 +207,8 @@ class ForensicLog:
         self._batch = _Batch()
         try:
             yield
+            if self._since_checkpoint >= CHECKPOINT_EVERY:
+                self.checkpoint()  # one per group at most: a checkpoint costs two fsyncs
         finally:
             self._commit(close=True)
             self._batch = None
@@ -207,11 +218,15 @@ class ForensicLog:
         if b is None or b.fd is None:
             return
         try:
+            self._flush(b.fd)
             if b.pending and self.fsync:
                 os.fsync(b.fd)
         except OSError as err:
-            self.failed += len(b.pending)
+            self.failed += len(b.pending)  # the unwritten ones included: they are pending too
             b.pending.clear()
+            self._unwritten.clear()
+            self._unwritten_bytes = 0
+            self._where = (-1, -1, -1)
             raise ForensicsError(f"failed to write records to {self.path}: {err.strerror}") from err
         finally:
             if close:
@@ -240,13 +255,16 @@ class ForensicLog:
                 self._last_digest = digest(last) if last else GENESIS
                 self._where = (st.st_dev, st.st_ino, size)
                 if torn:  # keep what a crashed writer left half-written, as data of a record of its own
-                    done.append(self._write(key, fd, {
+                    done.append(self._chain({
                         "kind": "lifecycle", "verdict": None,
                         "detail": {"event": "torn-tail", "bytes": len(torn),
                                    "data_b64": base64.b64encode(torn[:4096]).decode(),
                                    "why": "a writer was killed while writing; this record was never counted "
                                           "as written"}}))
-            rec = self._write(key, fd, record)
+                    self._flush(fd)
+            rec = self._chain(record)
+            if b is None or head or rotate or len(self._unwritten) >= GROUP_MAX:
+                self._flush(fd)
             done.append(rec)
             if b is not None:
                 b.pending.extend(done)
@@ -270,6 +288,9 @@ class ForensicLog:
                     b.fd = None
         except OSError as err:
             self.failed += len(done) or 1
+            self._unwritten.clear()
+            self._unwritten_bytes = 0
+            self._where = (-1, -1, -1)  # what is on disk is unknown: read it again
             raise ForensicsError(f"failed to write a record to {self.path}: {err.strerror}") from err
         finally:
             if b is None:
@@ -279,8 +300,9 @@ class ForensicLog:
             self._forwarding(r)
         return rec
 
-    def _write(self, key: Ed25519PrivateKey, fd: int, record: dict[str, Any]) -> dict[str, Any]:
-        """Chain, sign and append one record (the lock is held; the caller makes it durable)."""
+    def _chain(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Give a record its seq, time, key and place in the chain (the lock is held); _flush() writes it."""
+        self._signer()
         rec = {k: record.get(k) for k in FIELDS}
         rec.update({k: v for k, v in record.items() if k not in rec})
         if rec.get("time") is None:
@@ -289,15 +311,33 @@ class ForensicLog:
         rec["seq"] = seq
         rec["prev_sha256"] = self._last_digest
         rec["key_id"] = self._key_id
-        signed = canonical(rec)  # what the signature covers is also what the chain hashes
-        rec["signature"] = base64.b64encode(key.sign(signed)).decode()
-        line = (json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
-        os.write(fd, line)
+        rec["signature"] = None
+        body = canonical(rec)  # what the chain hashes is what the group's signature covers
+        self._unwritten.append((rec, body))
+        self._unwritten_bytes += len(body) + 1
         self._last_seq = seq
-        self._last_digest = hashlib.sha256(signed).hexdigest()
-        dev, ino, size = self._where
-        self._where = (dev, ino, size + len(line))
+        self._last_digest = hashlib.sha256(body).hexdigest()
         return rec
+
+    def _flush(self, fd: int) -> None:
+        """Sign the last chained record and write the group with one write() (the caller fsyncs)."""
+        if not self._unwritten:
+            return
+        key = self._signer()
+        last, body = self._unwritten[-1]
+        sig = base64.b64encode(key.sign(body)).decode()
+        last["signature"] = sig
+        parts = [b + b"\n" for _, b in self._unwritten[:-1]]
+        parts.append(body[:-1] + b',"signature":"' + sig.encode() + b'"}\n')
+        data = b"".join(parts)
+        self._unwritten.clear()
+        self._unwritten_bytes = 0
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        dev, ino, size = self._where
+        self._where = (dev, ino, size + len(data))
 
     def _forwarding(self, rec: dict[str, Any]) -> None:
         for hook in list(self.durable):
@@ -305,18 +345,23 @@ class ForensicLog:
 
     @staticmethod
     def _cut_torn_tail(fd: int, size: int) -> bytes:
-        """A writer killed inside write() can leave a line without its newline. It was never fsync'd
-        nor counted; cut it off (so the chain goes on from the last whole record) and return it."""
-        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        """A writer killed inside write() can leave a line without its newline, or a group whose
+        signed last record never made it. It was never fsync'd nor counted; cut it off (so the chain goes
+        on from the last signed record) and return it."""
+        if size == 0:
             return b""
         pos = size
-        while pos > 0:
-            start = max(0, pos - 65536)
-            nl = os.pread(fd, pos - start, start).rfind(b"\n")
-            if nl >= 0:
-                pos = start + nl + 1
-                break
-            pos = start
+        if os.pread(fd, 1, size - 1) != b"\n":
+            while pos > 0:
+                start = max(0, pos - 65536)
+                nl = os.pread(fd, pos - start, start).rfind(b"\n")
+                if nl >= 0:
+                    pos = start + nl + 1
+                    break
+                pos = start
+        pos = _signed_end(fd, pos)
+        if pos == size:
+            return b""
         torn = os.pread(fd, size - pos, pos)
         os.ftruncate(fd, pos)
         os.fsync(fd)
@@ -341,3 +386,28 @@ def _tail(fd: int, size: int) -> dict[str, Any] | None:
             if isinstance(rec, dict) and isinstance(rec.get("seq"), int):
                 return rec
     return None
+
+
+def _signed_end(fd: int, end: int) -> int:
+    """Where the last signed record among the file's first ``end`` bytes ends (``end`` is at a line's
+    end): the whole lines after it belong to a group that was never signed."""
+    cur = end
+    bstart, buf = end, b""  # buf holds the file's bytes [bstart, cur)
+    while cur > 0:
+        nl = buf.rfind(b"\n", 0, len(buf) - 1)
+        if nl < 0 and bstart > 0:
+            start = max(0, bstart - 65536)
+            buf = os.pread(fd, bstart - start, start) + buf
+            bstart = start
+            continue
+        line = buf[nl + 1:-1]
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                return cur  # not a record: verify() names it, nothing is cut
+            if not isinstance(rec, dict) or rec.get("signature"):
+                return cur
+        cur = bstart + nl + 1
+        buf = buf[:nl + 1]
+    return 0

@@ -64,9 +64,10 @@ class Verdict:
 
 
 def verify(state_dir: str | os.PathLike[str] | StateDir, pubkeys: list[Ed25519PublicKey] | None = None) -> Verdict:
-    """Check the whole log, across rotated files: gapless seq, the hash chain, and every signature
-    against the trusted keys (by default the host's own), then the signed head.json. Returns the first
-    bad record and why."""
+    """Check the whole log, across rotated files: gapless seq, the hash chain, every signature against
+    the trusted keys (by default the host's own), that the log ends with a signed record (a group's
+    records are bound to its signed last one by the chain), then the signed head.json. Returns the
+    first bad record and why."""
     state = StateDir.of(state_dir)
     fdir = state.forensics
     head_path = state.head
@@ -77,6 +78,7 @@ def verify(state_dir: str | os.PathLike[str] | StateDir, pubkeys: list[Ed25519Pu
     prev: dict[str, Any] | None = None
     prev_at: tuple[str, int] = (CURRENT, 0)
     pending_sig: tuple[str, int, int] | None = None  # (file, lineno, seq) whose signature failed
+    unsigned: tuple[str, int, int] | None = None  # the first record of a group not yet closed by a signature
 
     def bad(n: int, at: tuple[str, int] | None, seq: int | None, reason: str) -> Verdict:
         return Verdict(False, n, at[1] if at else None, seq, reason, at[0] if at else "head.json", len(files))
@@ -105,14 +107,23 @@ def verify(state_dir: str | os.PathLike[str] | StateDir, pubkeys: list[Ed25519Pu
         kid = rec.get("key_id")
         if kid not in trusted:
             return bad(n, at, seq, f"unknown key {kid!r}: signed by a key this verifier does not trust")
-        try:
-            trusted[kid].verify(base64.b64decode(rec.get("signature") or "", validate=True), canonical(rec))
-        except (InvalidSignature, ValueError):
-            pending_sig = (fname, lineno, seq)  # decided by the next record: modified, or bad signature
+        if rec.get("signature") is None:
+            # inside a group: the chain binds it to the group's signed last record
+            unsigned = unsigned or (fname, lineno, seq)
+        else:
+            unsigned = None
+            try:
+                trusted[kid].verify(base64.b64decode(rec["signature"] or "", validate=True), canonical(rec))
+            except (InvalidSignature, ValueError, TypeError):
+                pending_sig = (fname, lineno, seq)  # decided by the next record: modified, or bad signature
         prev, prev_at = rec, at
         n += 1
     if pending_sig:
         return bad(n, pending_sig[:2], pending_sig[2], "bad signature (or modified: it is the last record)")
+    if unsigned:
+        last = prev["seq"] if prev else unsigned[2]
+        return bad(n, unsigned[:2], unsigned[2], f"unsigned: records {unsigned[2]}..{last} end the log with no "
+                   "signed record after them (appended, or their group commit never finished)")
     if head_path.exists():
         try:
             head = json.loads(head_path.read_text())

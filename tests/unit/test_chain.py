@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ebpfguard.cli import main
-from ebpfguard.forensics import GENESIS, ForensicLog, canonical, key_id, verify
+from ebpfguard.forensics import GENESIS, ForensicLog, canonical, digest, key_id, verify
 
 
 def write_log(tmp: Path, n: int = 6) -> Path:
@@ -166,3 +166,45 @@ def test_verify_never_creates_a_key(tmp_path: Path) -> None:
     from ebpfguard.forensics import host_public_key
 
     assert verify(copy, [host_public_key(tmp_path)]).ok
+
+
+def test_one_signature_per_group_binds_the_whole_group(tmp_path: Path) -> None:
+    log = ForensicLog(tmp_path)
+    with log.batch():
+        for i in range(5):
+            log.append({"kind": "file", "detail": {"path": f"/secret/{i}"}})
+    path = tmp_path / "forensics" / "records.jsonl"
+    recs = lines(path)
+    assert [r.get("signature") is not None for r in recs] == [False] * 4 + [True]
+    assert path.read_bytes().splitlines()[0] == canonical(recs[0])  # the line is the signed encoding
+    assert verify(tmp_path).ok
+    recs[1]["detail"]["path"] = "/innocent"  # an unsigned record changed: the chain names it
+    rewrite(path, recs)
+    v = verify(tmp_path)
+    assert not v.ok and v.seq == 2 and v.reason.startswith("modified")
+
+
+def test_unsigned_records_appended_at_the_end_are_named(tmp_path: Path) -> None:
+    path = write_log(tmp_path, 3)
+    recs = lines(path)
+    forged = {**recs[-1], "seq": 4, "prev_sha256": digest(recs[-1]), "detail": {"path": "/forged"}}
+    forged.pop("signature")
+    rewrite(path, [*recs, forged])
+    v = verify(tmp_path)
+    assert not v.ok and v.seq == 4 and v.reason.startswith("unsigned: records 4..4")
+
+
+def test_a_writer_cuts_a_group_its_predecessor_never_signed(tmp_path: Path) -> None:
+    path = write_log(tmp_path, 2)
+    log = ForensicLog(tmp_path)
+    with log.batch():
+        for i in range(3):
+            log.append({"kind": "file", "detail": {"path": f"/late/{i}"}})
+    data = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(data[:4]))  # the group's signed last record never reached the disk
+    assert not verify(tmp_path).ok
+    rec = ForensicLog(tmp_path).append({"kind": "lifecycle"})
+    recs = lines(path)
+    assert [r["seq"] for r in recs] == [1, 2, 3, 4] and rec["seq"] == 4
+    assert recs[2]["detail"]["event"] == "torn-tail" and recs[2]["detail"]["bytes"] == len(b"".join(data[2:4]))
+    assert verify(tmp_path).ok

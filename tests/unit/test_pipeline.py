@@ -404,7 +404,7 @@ def test_record_envelope_and_chain(engine: Engine) -> None:
     for r in recs:
         assert (r["extension"], r["instance"], r["cgroup_id"], r["mode"]) == ("t", inst.id, inst.cgroup_id, "enforce")
         assert r["policy_sha256"] == inst.manifest.sha256
-    assert list(recs[1])[:5] == ["seq", "time", "extension", "instance", "cgroup_id"]
+    assert {"seq", "time", "extension", "instance", "cgroup_id"} <= set(recs[1])
     assert recs[2]["detail"]["violations"] == 1
     assert verify(engine.state).ok
     assert (engine.state.policy(inst.manifest.sha256)).read_bytes() == inst.manifest.raw

@@ -27,7 +27,7 @@ def test_log_appends_with_gapless_seq_across_writers(tmp_path: Path) -> None:
         t.join()
     recs = [r for r in read(tmp_path) if not isinstance(r, BadLine)]
     assert [r["seq"] for r in recs] == list(range(1, 201))
-    assert list(recs[0])[: len(FIELDS)] == list(FIELDS)
+    assert set(FIELDS) <= set(recs[0])  # every record has every field, null where it does not apply
     assert recs[0]["prev_sha256"] == GENESIS and recs[0]["signature"]
     assert verify(tmp_path).ok, verify(tmp_path)  # four writers, one intact chain
 
