@@ -27,6 +27,11 @@
  *                           left to it: no event, no hold (files.bpf.c). EG_LL_REPORTS: Landlock also
  *                           reports its denials to the agent (audit, kernel/laudit.py), so reads and
  *                           execs are left to it entirely, unless the response must kill first
+ *   share         HASH      u64 cgroup id -> struct eg_share: records this cgroup reserved, and those it could
+ *                           not because its share of the ring buffer was in use (new_event in lib.bpf.h)
+ *   consumed      HASH      u64 cgroup id -> u64: records of this cgroup the agent has taken from the ring
+ *                           buffer (written by the agent only, after each poll); reserved - consumed is
+ *                           what the cgroup holds in the ring buffer now
  *   cg_local      CGROUP_STORAGE  u64 cgroup id -> struct eg_cg_local: the cgroup sock_addr programs'
  *                 view of the cgroup they are attached to (its slot, mount namespace and quarantine),
  *                 one value shared by every program attached there. bpf_get_local_storage() returns it
@@ -56,7 +61,10 @@
 #define EG_PATH_MAX 252
 #define EG_SYSCALL_WORDS 8
 #define EG_NET_RANGES 16
-#define EG_RINGBUF_PAGES 256
+#define EG_RINGBUF_PAGES 1024 /* 4 MiB: about 11 000 records */
+/* Records one cgroup may hold in the ring buffer at once (a fifth of it): one extension's flood cannot
+ * fill it and drop another extension's records; what is over its share is counted for that cgroup. */
+#define EG_CG_SHARE 2048
 
 /* violation kinds (index into eg_ext_policy.response) */
 #define EG_KIND_FILE 1
@@ -140,7 +148,8 @@
 #define EG_CTR_KILLS 2
 #define EG_CTR_DENIALS 3
 #define EG_CTR_SUPPRESSED 4 /* identical repeats within EG_REPEAT_NS, not recorded (lib.bpf.h: repeat_gate) */
-#define EG_CTR_MAX 5
+#define EG_CTR_OVER_SHARE 5 /* records a cgroup could not reserve: its share of the ring buffer was in use */
+#define EG_CTR_MAX 6
 
 /* A thread repeating the same violation is recorded once per EG_REPEAT_NS; the record after carries how
  * many were suppressed in between, and the per-cgroup `suppressed` map the total. */
@@ -208,6 +217,11 @@ struct eg_event {
 struct eg_cg_local {
 	u32 slot1;  /* policy slot + 1; 0: no policy (not bound yet, or unbound) */
 	u32 flags;  /* EG_CG_* */
+};
+
+struct eg_share {
+	u64 reserved;
+	u64 over; /* not reserved: the cgroup held EG_CG_SHARE records in the ring buffer already */
 };
 
 struct eg_last {

@@ -18,6 +18,8 @@ BPF_HASH(landlocked, u64, u8, EG_MAX_CGROUPS);
 BPF_HASH(mountns, u64, u8, EG_MAX_CGROUPS);       /* launched in its own mount namespace: see unix_check */    /* Landlock decides files here: see check_path */
 BPF_TABLE("lru_hash", u64, struct eg_last, last_event, 16384);
 BPF_HASH(suppressed, u64, u64, EG_MAX_CGROUPS);
+BPF_HASH(share, u64, struct eg_share, EG_MAX_CGROUPS);
+BPF_HASH(consumed, u64, u64, EG_MAX_CGROUPS);
 BPF_ARRAY(ext_policy, struct eg_ext_policy, EG_MAX_SLOTS);
 BPF_LPM_TRIE(path_rules, struct eg_path_key, u8, 65536);
 BPF_LPM_TRIE(net_rules, struct eg_net_key, struct eg_net_value, 4096);
@@ -83,15 +85,33 @@ static __always_inline u16 syscall_kind(struct eg_ext_policy *pol, s32 nr)
 	return (pol->sys_priv[w] & bit) ? EG_KIND_PRIVILEGE : EG_KIND_SYSCALL;
 }
 
-/* Reserve a record for the task in cgroup ``cg`` (read once by the hook); a failed reservation is
- * counted, never silent. Violations reserve through new_violation(), lifecycle events here. */
-static __always_inline struct eg_event *new_event(struct eg_ext_policy *pol, u16 kind, s32 nr, u64 cg)
+/*
+ * Reserve a record for the task in cgroup ``cg`` (read once by the hook); a failed reservation is
+ * counted, never silent. Violations reserve through new_violation(), lifecycle events here. With
+ * ``shared``, the cgroup's share of the ring buffer applies: a cgroup that already holds EG_CG_SHARE
+ * records there (reserved, not yet consumed by the agent) gets none, counted for it and globally. The
+ * count is read without a lock, so a cgroup may pass its share by the records being reserved on other
+ * CPUs at that instant: a few, not a ring buffer's worth.
+ */
+static __always_inline struct eg_event *reserve_event(struct eg_ext_policy *pol, u16 kind, s32 nr, u64 cg,
+						      int shared)
 {
+	struct eg_share *sh = share.lookup(&cg);
+	if (sh && shared) {
+		u64 *done = consumed.lookup(&cg);
+		if (sh->reserved - (done ? *done : 0) >= EG_CG_SHARE) {
+			__sync_fetch_and_add(&sh->over, 1);
+			count(EG_CTR_OVER_SHARE);
+			return 0;
+		}
+	}
 	struct eg_event *e = events.ringbuf_reserve(sizeof(struct eg_event));
 	if (!e) {
 		count(EG_CTR_DROPS);
 		return 0;
 	}
+	if (sh)
+		__sync_fetch_and_add(&sh->reserved, 1);
 	u64 id = bpf_get_current_pid_tgid();
 	e->ts_ns = bpf_ktime_get_ns();
 	e->cgroup_id = cg;
@@ -118,6 +138,11 @@ static __always_inline struct eg_event *new_event(struct eg_ext_policy *pol, u16
 	e->path[0] = 0;
 	count(EG_CTR_EVENTS);
 	return e;
+}
+
+static __always_inline struct eg_event *new_event(struct eg_ext_policy *pol, u16 kind, s32 nr, u64 cg)
+{
+	return reserve_event(pol, kind, nr, cg, 1);
 }
 
 #define EG_FNV(h, v) (((h) ^ (u64)(v)) * 1099511628211ULL)
@@ -204,8 +229,8 @@ static __always_inline void repeat_forget(void)
 
 /*
  * Reserve the record of a violation with verdict ``verdict`` and repeat hash ``h``: NULL when it is an
- * identical repeat (counted by repeat_gate) or the ring buffer is full (counted by new_event). Pending
- * and killing decisions are never treated as repeats.
+ * identical repeat (counted by repeat_gate), over the cgroup's share or the ring buffer is full (counted
+ * by reserve_event). Pending and killing decisions are never treated as repeats.
  */
 static __always_inline struct eg_event *new_violation(struct eg_ext_policy *pol, u16 kind, s32 nr, u16 verdict,
 						      u64 h, u64 cg)
@@ -216,7 +241,9 @@ static __always_inline struct eg_event *new_violation(struct eg_ext_policy *pol,
 		if (rep < 0)
 			return 0;
 	}
-	struct eg_event *e = new_event(pol, kind, nr, cg);
+	/* a held (pending) or killed process cannot flood: it is stopped or dead; its record is outside
+	 * the share, so that a flood of its own cannot keep the agent from deciding on it */
+	struct eg_event *e = reserve_event(pol, kind, nr, cg, verdict != EG_V_PENDING && verdict != EG_V_KILLED);
 	if (!e) {
 		repeat_forget();
 		return 0;

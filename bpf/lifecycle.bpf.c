@@ -1,5 +1,27 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* lifecycle.bpf.c: exec and exit of processes inside extension cgroups (not threads, not forks). */
+/*
+ * lifecycle.bpf.c: exec and exit of processes inside extension cgroups (not threads, not forks), for
+ * the lineage the agent writes (ebpfguard/lineage.py). With an exec, aux is the parent's pid; with an
+ * exit, the exit code in the wait status layout. Both come from tracepoint fields, never from struct
+ * offsets (the headers bcc compiles against may not be the running kernel's):
+ *   parent_of  a fork inside an extension cgroup: the child's pid -> the forking process's pid
+ *   ending     how a process is ending, as last seen: exit_group()/exit() with its status, or a
+ *              signal delivered with its default, fatal action
+ */
+
+BPF_TABLE("lru_hash", u32, u32, parent_of, EG_MAX_THREADS);
+BPF_TABLE("lru_hash", u32, u32, ending, EG_MAX_THREADS);
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	u64 cg;
+	if (!current_policy_cg(&cg))
+		return 0;
+	u32 child = args->child_pid;
+	u32 parent = bpf_get_current_pid_tgid() >> 32;
+	parent_of.update(&child, &parent);
+	return 0;
+}
 
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
@@ -11,23 +33,62 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	if (!e)
 		return 0;
 	e->op = EG_LIFE_EXEC;
+	u32 tgid = e->tgid;
+	u32 *parent = parent_of.lookup(&tgid);
+	e->aux = parent ? *parent : 0; /* 0: forked before it joined the cgroup (the agent looks it up) */
 	TP_DATA_LOC_READ_STR(e->path, filename, EG_PATH_MAX);
 	events.ringbuf_submit(e, 0);
 	return 0;
 }
 
+static __always_inline int ending_status(u32 status)
+{
+	u64 cg;
+	if (!current_policy_cg(&cg))
+		return 0;
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	ending.update(&tgid, &status);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
+{
+	return ending_status((args->error_code & 0xff) << 8);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_exit)
+{
+	return ending_status((args->error_code & 0xff) << 8);
+}
+
+/* Signals whose default action ends the process: all but SIGCHLD, SIGCONT, the stop signals, SIGURG
+ * and SIGWINCH (17-23, 28). */
+TRACEPOINT_PROBE(signal, signal_deliver)
+{
+	int sig = args->sig;
+	if (args->sa_handler != 0 || sig <= 0 || sig > 64 || (sig >= 17 && sig <= 23) || sig == 28)
+		return 0;
+	return ending_status(sig);
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
-	if (!args->group_dead)
-		return 0;
 	u64 cg;
 	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol)
+		return 0;
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id, tgid = id >> 32;
+	parent_of.delete(&tid);
+	if (!args->group_dead)
 		return 0;
 	struct eg_event *e = new_event(pol, EG_KIND_LIFECYCLE, -1, cg);
 	if (!e)
 		return 0;
 	e->op = EG_LIFE_EXIT;
+	u32 *status = ending.lookup(&tgid);
+	e->aux = status ? *status : 0;
+	ending.delete(&tgid);
 	events.ringbuf_submit(e, 0);
 	return 0;
 }

@@ -37,6 +37,7 @@ import psutil
 
 from .errors import EbpfguardError
 from .launcher import spawn
+from .lineage import exits
 from .manifest.load import parse
 from .peers import Auditd, Bpftrace, Peer
 from .resources import data_root
@@ -373,11 +374,11 @@ def run_latency(eng: Any, tmp: Path, runs: int) -> dict[str, Any]:
             else:
                 if marker.exists():
                     after_kill += 1
-                exits = [r for r in records if (r.get("detail") or {}).get("event") == "exit"]
-                if v and exits:
+                ends = [ns for _, ns in exits(records)]
+                if v and ends:
                     from .forensics import record_ns  # noqa: PLC0415
 
-                    lat.append(((record_ns(exits[-1]) or 0) - (record_ns(v[0]) or 0)) / 1e6)
+                    lat.append((max(ends) - (record_ns(v[0]) or 0)) / 1e6)
         out[step] = {"measured": len(lat), "p50_ms": _percentile(lat, 50) if lat else None,
                      "p99_ms": _percentile(lat, 99) if lat else None, "max_ms": max(lat) if lat else None}
         if step == "kill":
@@ -531,10 +532,11 @@ def run_log_bench(seconds: float = 5.0) -> dict[str, Any]:
         lines = [json.loads(x) for x in grouped.read_text().splitlines()]
         plain = [r for r in lines if r.get("kind") != "checkpoint"]
         out["bytes_per_record"] = grouped.stat().st_size / len(lines)
-        out["overhead_bytes"] = sum(
-            len(json.dumps(r, separators=(",", ":"))) - len(json.dumps({k: v for k, v in r.items()
-                                                                       if k not in CHAIN_FIELDS}, separators=(",", ":")))
-            for r in plain) / len(plain)
+        def size(r: dict[str, Any]) -> int:
+            return len(json.dumps(r, separators=(",", ":")))
+
+        out["overhead_bytes"] = sum(size(r) - size({k: v for k, v in r.items() if k not in CHAIN_FIELDS})
+                                    for r in plain) / len(plain)
         out["checkpoint_every"] = 100
     out["device"] = "/var/tmp"
     return out

@@ -27,8 +27,8 @@ from .decide import RESUME, LadderState, Policy, decide, ladder, repeats, settle
 from .errors import EbpfguardError
 from .events import Event, decode
 from .forensics import ForensicLog
-from .instances import Instance, InstanceStore, alive, cmdline, process_tree
-from .kernel.abi import EvFlag
+from .instances import Instance, InstanceStore, alive, cmdline, parent_pid, process_tree
+from .kernel.abi import EvFlag, LifeOp, c
 from .llreport import DomainMap, Repeats, blockers_of, detail_of, errno_of, kind_of, ours
 from .manifest.load import Manifest
 from .record import Recorder
@@ -41,6 +41,8 @@ from .stats import Stats
 
 log = logging.getLogger("ebpfguard")
 MAKE_SYSCALLS = frozenset({"mkdir", "mkdirat", "mknod", "mknodat"})
+OVER_SHARE_EVERY_S = 1.0  # at most one over-share record a second per instance (and one at its stop)
+OVER_SHARE_RECORDS = c("CG_SHARE")  # records one cgroup may hold in the ring buffer at once
 
 
 class Engine:
@@ -110,6 +112,11 @@ class Engine:
     def handle(self, ev: Event) -> dict[str, Any] | None:
         """One kernel event, from decoded to recorded."""
         inst = self.instances.get(ev.cgroup_id)
+        if inst is not None and ev.kind == "lifecycle":
+            if ev.op == LifeOp.EXEC and not ev.aux:  # forked before it joined the cgroup: the launcher's child
+                ev.aux = (inst.leader_ppid if ev.tgid == inst.leader_pid else None) or parent_pid(ev.tgid) or 0
+            self.recorder.process(inst, ev, self.clock())
+            return None
         slot = self.slots.get(ev.slot)
         if inst is None and slot is None:
             log.warning("event from unknown cgroup %d (pid %d): %s", ev.cgroup_id, ev.pid, ev.detail())
@@ -160,6 +167,11 @@ class Engine:
         with self.log.batch():
             self.sensor.poll(timeout_ms)
             self.count_repeats()
+            self.count_over_share()
+            now = self.clock()
+            for inst in list(self.instances.values()):
+                if inst.lineage.due(now):
+                    self.recorder.lineage(inst)
             self.proxy_denials()
             self.landlock_denials()
         self.sensor.idle_check()
@@ -182,6 +194,23 @@ class Engine:
             done = self.act.apply(inst, todo, inst.leader_pid or 0)
             if done:
                 self.recorder.lifecycle(inst, "escalation", repeats=delta, actions=done)
+
+    def count_over_share(self, inst: Instance | None = None) -> None:
+        """Records an instance's cgroup could not reserve because it held its share of the ring buffer
+        (its own flood): one record of how many, at most once a second per instance (and at its stop),
+        so that what was not recorded is still on the record."""
+        now = time.monotonic()
+        for it in [inst] if inst is not None else list(self.instances.values()):
+            if inst is None and now - it.over_share_at < OVER_SHARE_EVERY_S:
+                continue
+            n = self.sensor.over_share(it.cgroup_id)
+            if n <= it.over_share_seen:
+                continue
+            delta, it.over_share_seen, it.over_share_at = n - it.over_share_seen, n, now
+            self.recorder.lifecycle(it, "over-share", records=delta, total=n, share=OVER_SHARE_RECORDS,
+                                    why="not recorded: this instance already held its share of the kernel's "
+                                        "ring buffer (its own flood); other instances' records were not "
+                                        "affected")
 
     def proxy_denials(self) -> None:
         """Each call or signal an instance's D-Bus proxy refused: a record of kind ``ipc``, and a
@@ -442,6 +471,7 @@ class Engine:
     def started(self, inst: Instance, pid: int, argv: list[str], sandbox: dict[str, Any] | None = None) -> None:
         """The launcher started ``argv`` as ``pid`` inside the instance; ``sandbox`` says what it enforced."""
         inst.leader_pid = pid
+        inst.leader_ppid = parent_pid(pid)
         inst.argv = list(argv)
         inst.sandbox = dict(sandbox or {})
         self._note_landlock(inst)
@@ -489,6 +519,7 @@ class Engine:
         self.check_resources()
         self.stop_proxies(inst)
         suppressed = self.sensor.suppressed(inst.cgroup_id)
+        self.count_over_share(inst)
         self.sensor.unbind(inst.cgroup_id)
         self.sensor.detach_cgroup(inst.cgroup.v2)
         try:
@@ -501,7 +532,7 @@ class Engine:
         self.slots.release(inst.slot)
         self.recorder.lifecycle(inst, "stop", actions=["cgroup.kill"] if kill else [], exit_status=inst.exit_status,
                                 violations=inst.violations, repeats_suppressed=suppressed + inst.landlock_repeats,
-                                killed_by_agent=kill)
+                                over_share=inst.over_share_seen, killed_by_agent=kill)
 
     def reap(self) -> None:
         """Release every instance whose launcher is done and whose cgroup has emptied."""

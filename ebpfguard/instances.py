@@ -17,6 +17,7 @@ import psutil
 
 from .cgroups import Cgroup
 from .clock import now_ns, rfc3339_ns
+from .lineage import Lineage
 from .manifest.load import Manifest
 from .statedir import StateDir
 
@@ -33,6 +34,7 @@ class Instance:
     cgroup_id: int
     started_ns: int = field(default_factory=now_ns)
     leader_pid: int | None = None
+    leader_ppid: int | None = None  # who launched it (the kernel's lineage starts inside the cgroup)
     argv: list[str] = field(default_factory=list)
     violations: int = 0
     launcher_done: bool = False
@@ -44,6 +46,9 @@ class Instance:
     quarantined: bool = False
     recent: deque[float] = field(default_factory=deque)  # monotonic times of violations in the window
     repeats_seen: int = 0  # identical repeats the kernel suppressed, as last counted
+    over_share_seen: int = 0  # records the kernel could not reserve over the cgroup's share, as last recorded
+    over_share_at: float = 0.0  # monotonic time of that record
+    lineage: Lineage = field(default_factory=Lineage)  # execs and exits not yet in a processes record
     landlock_grants: list[tuple[str, int]] = field(default_factory=list)  # (real path, rights)
     landlock_handled: int = 0
     landlock_reports: bool = False  # the file programs leave reads and execs to Landlock's reports
@@ -129,6 +134,14 @@ def alive(pid: Any) -> bool:
         return False
     except psutil.Error:
         return True
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of a live (or not yet reaped) process."""
+    try:
+        return int(psutil.Process(pid).ppid())
+    except psutil.Error:
+        return None
 
 
 def cmdline(pid: int) -> list[str]:

@@ -60,6 +60,17 @@ class EngineCollector(Collector):
                                   "became records: the audit reader's socket overflowed, or a report's domain "
                                   "was never tied to an instance.",
                                   value=eng.stats.landlock_reports_lost + eng.domains.dropped)
+        over = CounterMetricFamily("ebpfguard_records_over_share", "Records an extension's instance could not "
+                                   "reserve because it already held its share of the kernel's ring buffer (its own "
+                                   "flood; other extensions' records are not affected). Each is also in an "
+                                   "over-share record.", labels=["extension"])
+        with eng.stats.lock:
+            for ext, n in sorted(eng.stats.over_share.items()):
+                over.add_metric([ext], n)
+        yield over
+        yield CounterMetricFamily("ebpfguard_kernel_over_share", "Records the kernel programs did not reserve "
+                                  "because the cgroup held its share of the ring buffer, all extensions.",
+                                  value=ctr["over_share"])
         cumulative, acc = [], 0
         for bound, n in zip([*map(str, BUCKETS), "+Inf"], buckets, strict=True):
             acc += n

@@ -14,6 +14,7 @@ from .errors import EbpfguardError
 from .events import Event
 from .forensics import ForensicLog
 from .instances import Instance
+from .kernel.abi import LifeOp
 from .manifest.load import Manifest
 
 log = logging.getLogger("ebpfguard")
@@ -27,6 +28,8 @@ class Recorder:
     def write(self, inst: Instance | None, body: dict[str, Any], *, manifest: Manifest | None = None,
               mode: str | None = None, cgroup_id: int | None = None) -> dict[str, Any] | None:
         """The envelope, then ``body`` (kind, pid, detail, verdict, actions...)."""
+        if inst is not None and inst.lineage and body.get("detail", {}).get("event") != "processes":
+            self.lineage(inst)  # the processes behind this record are on the log before it
         m = inst.manifest if inst else manifest
         rec = {"time": rfc3339_ns(now_ns()), "extension": m.name if m else None,
                "instance": inst.id if inst else None, "cgroup_id": inst.cgroup_id if inst else cgroup_id,
@@ -57,6 +60,23 @@ class Recorder:
         if comm is not None:
             body["comm"] = comm
         return self.write(inst, body)
+
+    def process(self, inst: Instance, ev: Event, now: float) -> None:
+        """A kernel exec or exit event: gathered into the instance's lineage, not a record of its own."""
+        if ev.op == LifeOp.EXEC:
+            inst.lineage.exec(ev.tgid, int(ev.aux), ev.path, ev.ts_ns, now)
+        else:
+            inst.lineage.exit(ev.tgid, int(ev.aux), ev.ts_ns, now)
+        if inst.lineage.due(now):
+            self.lineage(inst)
+
+    def lineage(self, inst: Instance) -> dict[str, Any] | None:
+        """One ``processes`` record of what the instance's lineage gathered (lineage.py)."""
+        procs = inst.lineage.take()
+        if not procs:
+            return None
+        return self.write(inst, {"kind": "lifecycle", "pid": inst.leader_pid, "tgid": inst.leader_pid,
+                                 "detail": {"event": "processes", "procs": procs}, "verdict": None, "actions": []})
 
     def resource(self, inst: Instance, resource: str, event: str, count: int, limit: Any) -> dict[str, Any] | None:
         """A containment by a limit: an OOM kill inside the memory cap, or forks the pids cap refused."""

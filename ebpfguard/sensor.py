@@ -45,6 +45,9 @@ class SensorLike(Protocol):
     def suppressed(self, cgroup_id: int) -> int:
         """Identical repeats the kernel counted but did not record, for this cgroup, in total."""
 
+    def over_share(self, cgroup_id: int) -> int:
+        """Records this cgroup could not reserve because it held its share of the ring buffer, in total."""
+
     def set_landlocked(self, cgroup_id: int, on: bool, reports: bool = False) -> None: ...
 
     def set_mountns(self, cgroup_id: int, on: bool) -> None:
@@ -53,7 +56,7 @@ class SensorLike(Protocol):
     def quarantine(self, cgroup_id: int, on: bool) -> None: ...
 
     def counters(self) -> dict[str, int]:
-        """events, drops, kills, denials, suppressed: the kernel's global counters."""
+        """events, drops, kills, denials, suppressed, over_share: the kernel's global counters."""
 
     def program_stats(self) -> dict[str, tuple[int, int]]: ...
 

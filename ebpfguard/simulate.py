@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import EbpfguardError, ManifestError
 from .launcher import exit_status, spawn
+from .lineage import exits
 from .manifest.load import Manifest, parse
 from .manifest.syscall_table import SYSCALLS_X86_64
 from .resources import data_root
@@ -654,9 +655,9 @@ def judge(t: Technique, w: World, r: Run) -> Outcome:
     elif killed and first is not None and first.get("kind") != "resource":
         # the kernel's violation timestamp to the kernel's exit event (a resource record is written
         # after the fact, so it has no attempt time)
-        exits = [rec for rec in r.records if (rec.get("detail") or {}).get("event") == "exit"]
-        if exits:
-            latency = (_ns(exits[-1]) - _ns(first)) / 1e3
+        ends = [ns for _, ns in exits(r.records)]
+        if ends:
+            latency = (max(ends) - _ns(first)) / 1e3
     elif first is not None and "response_ns" in first:
         latency = first["response_ns"] / 1e3
     detail = "; ".join(f"{x['kind']} {x['verdict']} {json.dumps(x.get('detail'), sort_keys=True)[:80]}" for x in v[:2])

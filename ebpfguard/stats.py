@@ -22,6 +22,7 @@ class Stats:
         self.response_buckets = [0] * (len(BUCKETS) + 1)
         self.response_sum = 0.0
         self.landlock_reports_lost = 0  # the audit reader's socket overflowed (ENOBUFS): reports lost
+        self.over_share: Counter[str] = Counter()  # extension -> records over its cgroups' ring-buffer share
 
     def violation(self, extension: str, kind: str, verdict: str, actions: Iterable[str]) -> None:
         with self.lock:
@@ -34,6 +35,10 @@ class Stats:
         """A durable record (a log.durable hook): violations and actions by their record, the
         response time where the agent acted."""
         if rec.get("kind") in ("lifecycle", "checkpoint"):
+            detail = rec.get("detail") or {}
+            if detail.get("event") == "over-share":
+                with self.lock:
+                    self.over_share[rec.get("extension") or "?"] += int(detail.get("records") or 0)
             return
         self.violation(rec.get("extension") or "?", str(rec.get("kind")), rec.get("verdict") or "?",
                        rec.get("actions") or [])

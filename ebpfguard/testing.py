@@ -45,8 +45,10 @@ class FakeSensor:
         self.landlock_reports: set[int] = set()
         self.mountns: set[int] = set()
         self.repeats: dict[int, int] = {}        # cgroup id -> suppressed
+        self.over: dict[int, int] = {}           # cgroup id -> records over its share
         self.ring: list[Any] = []
-        self.kernel_counters = {"events": 0, "drops": 0, "kills": 0, "denials": 0, "suppressed": 0}
+        self.kernel_counters = {"events": 0, "drops": 0, "kills": 0, "denials": 0, "suppressed": 0,
+                                "over_share": 0}
         self.prog_stats: dict[str, tuple[int, int]] = {}  # program -> (run ns, runs)
         self.closed = False
         self._callback: Callable[[Any], None] | None = None
@@ -90,9 +92,13 @@ class FakeSensor:
         self.landlocked.discard(cgroup_id)
         self.mountns.discard(cgroup_id)
         self.repeats.pop(cgroup_id, None)
+        self.over.pop(cgroup_id, None)
 
     def suppressed(self, cgroup_id: int) -> int:
         return self.repeats.get(cgroup_id, 0)
+
+    def over_share(self, cgroup_id: int) -> int:
+        return self.over.get(cgroup_id, 0)
 
     def set_landlocked(self, cgroup_id: int, on: bool, reports: bool = False) -> None:
         (self.landlocked.add if on else self.landlocked.discard)(cgroup_id)

@@ -11,6 +11,7 @@
  *   egact MARKER flood-distinct N DIR      (opens of DIR/0 .. DIR/N-1: N different violations)
  *   egact MARKER floodfor SECONDS PATH     (opens of PATH for SECONDS; rc = how many)
  *   egact MARKER floodfor-distinct SECONDS DIR   (opens of DIR/0, DIR/1, ... for SECONDS)
+ *   egact MARKER spaced-distinct N DIR MS        (N opens of DIR/0 ... DIR/N-1, MS milliseconds apart)
  *   egact MARKER noop
  * Escape techniques (the containment tier); reads append what they read to MARKER:
  *   egact MARKER symlink-read TARGET LINK | hardlink-read TARGET LINK | opath-reopen PATH
@@ -336,6 +337,17 @@ int main(int argc, char **argv)
 			int fd = open(p, O_RDONLY);
 			if (fd >= 0)
 				close(fd);
+		}
+	} else if (!strcmp(act, "spaced-distinct") && argc > 5) {
+		long n = atol(argv[3]);
+		long ms = atol(argv[5]);
+		char p[300];
+		for (long i = 0; i < n; i++) {
+			snprintf(p, sizeof(p), "%s/%ld", argv[4], i);
+			int fd = open(p, O_RDONLY);
+			if (fd >= 0)
+				close(fd);
+			usleep(ms * 1000);
 		}
 	} else if (!strcmp(act, "flood") && argc > 4) {
 		long n = atol(argv[3]);

@@ -238,7 +238,7 @@ class ForensicLog:
             self._forwarding(rec)
 
     def _append(self, record: dict[str, Any], head: bool = False, rotate: bool = False) -> dict[str, Any]:
-        key = self._signer()
+        self._signer()
         b = self._batch
         fd = b.fd if b is not None and b.fd is not None else self._open_locked()
         if b is not None:

@@ -11,6 +11,7 @@ import ctypes
 import os
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ IDLE_DETACH_S = 10.0  # the syscall tracepoints go this long after the last inst
 # policy answers network violations with kill, so that no process pays for them otherwise
 NET_KILL_TRACEPOINTS = ("syscalls:sys_enter_connect", "syscalls:sys_enter_sendto", "syscalls:sys_enter_sendmsg",
                         "syscalls:sys_enter_bind")
+
+
+POLL_MAX = 2048  # records one poll takes at most (one group commit, then the agent's other duties)
 
 
 def ensure_tracefs() -> Path:
@@ -136,6 +140,8 @@ class Sensor:
         self._cgroup_fds: dict[str, int] = {}
         self._attached_ids: dict[int, str] = {}  # cgroup id -> path, while the cgroup programs are attached
         self._cg_slot: dict[int, int] = {}  # what cg_local holds for each cgroup, written again at attach
+        self._consumed: dict[int, int] = {}  # records of each bound cgroup taken from the ring buffer
+        self._taken: Counter[int] = Counter()  # ... in this poll, not yet told to the kernel
         self._cg_flags: dict[int, int] = {}
         self._filter: dict[int, set[int]] = {}  # cgroup_filter index -> bound cgroup ids
         self._ring_open = False
@@ -296,6 +302,11 @@ class Sensor:
         self._set_filter(cgroup_id, True)
         self._cg_slot[cgroup_id] = slot
         self._sync_cg_local(cgroup_id)
+        if cgroup_id not in self._consumed:  # a share of the ring buffer, from nothing reserved
+            self._consumed[cgroup_id] = 0
+            sh, done = self.bpf["share"], self.bpf["consumed"]
+            done[done.Key(cgroup_id)] = done.Leaf(0)
+            sh[sh.Key(cgroup_id)] = sh.Leaf(0, 0)
 
     def unbind(self, cgroup_id: int) -> None:
         self._set_filter(cgroup_id, False)
@@ -303,6 +314,13 @@ class Sensor:
         self.set_landlocked(cgroup_id, False)
         self.set_mountns(cgroup_id, False)
         self._flag("suppressed", cgroup_id, False)
+        for name in ("share", "consumed"):
+            t = self.bpf[name]
+            try:
+                del t[t.Key(cgroup_id)]
+            except KeyError:
+                pass
+        self._consumed.pop(cgroup_id, None)
         t = self.bpf["cgroup_slot"]
         try:
             del t[t.Key(cgroup_id)]
@@ -313,6 +331,14 @@ class Sensor:
         self._cg_flags.pop(cgroup_id, None)
         self._bound.discard(cgroup_id)
         self._sync_watch()
+
+    def over_share(self, cgroup_id: int) -> int:
+        """Records this cgroup could not reserve: it held its share of the ring buffer (lib.bpf.h)."""
+        t = self.bpf["share"]
+        try:
+            return int(t[t.Key(cgroup_id)].over)
+        except KeyError:
+            return 0
 
     def suppressed(self, cgroup_id: int) -> int:
         """Identical repeats the kernel suppressed for this cgroup (submit_violation in lib.bpf.h)."""
@@ -409,25 +435,46 @@ class Sensor:
     def open_events(self, callback: Callable[[Any], None]) -> None:
         events = self.bpf["events"]
 
+        taken = self._taken
+
         def _cb(_ctx: Any, data: Any, _size: int) -> int:
-            callback(events.event(data))
-            return 0
+            raw = events.event(data)
+            taken[raw.cgroup_id] += 1
+            callback(raw)
+            # libbpf reads on for as long as records keep coming: a flood would keep one poll (and its
+            # group commit, and every periodic duty) from ever ending. A negative return stops it.
+            return -1 if sum(taken.values()) >= POLL_MAX else 0
 
         events.open_ring_buffer(_cb)
         self._ring_open = True
 
+    def _hand_back(self) -> None:
+        """Tell the kernel how many records of each cgroup were taken: its share frees up."""
+        done = self.bpf["consumed"]
+        for cg, n in self._taken.items():
+            if cg in self._consumed:
+                self._consumed[cg] += n
+                done[done.Key(cg)] = done.Leaf(self._consumed[cg])
+        self._taken.clear()
+
     def poll(self, timeout_ms: int) -> None:
         if self._ring_open:
             self.bpf.ring_buffer_poll(timeout_ms)
+            self._hand_back()
 
     def consume(self) -> None:
-        if self._ring_open:
+        """Read everything the ring buffer holds now (in polls of at most POLL_MAX records)."""
+        while self._ring_open:
             self.bpf.ring_buffer_consume()
+            full = sum(self._taken.values()) >= POLL_MAX
+            self._hand_back()
+            if not full:
+                break
 
     def counters(self) -> dict[str, int]:
         t = self.bpf["counters"]
         names = {"events": c("CTR_EVENTS"), "drops": c("CTR_DROPS"), "kills": c("CTR_KILLS"),
-                 "denials": c("CTR_DENIALS"), "suppressed": c("CTR_SUPPRESSED")}
+                 "denials": c("CTR_DENIALS"), "suppressed": c("CTR_SUPPRESSED"), "over_share": c("CTR_OVER_SHARE")}
         return {n: int(t.sum(t.Key(i)).value) for n, i in names.items()}
 
     def program_stats(self) -> dict[str, tuple[int, int]]:

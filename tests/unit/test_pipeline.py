@@ -17,9 +17,11 @@ import pytest
 from ebpfguard.cgroups import CgroupManager
 from ebpfguard.decide import FREEZE, KILL, QUARANTINE, RESUME, SIGKILL_AGENT, THROTTLE, LadderState, Policy, decide
 from ebpfguard.engine import Engine, Instance
+from ebpfguard.events import _MONO_TO_REAL as _MONO
 from ebpfguard.events import decode
 from ebpfguard.forensics import read, verify
-from ebpfguard.kernel.abi import Access, EvFlag, Kind, NetOp, Verdict
+from ebpfguard.kernel.abi import Access, EvFlag, Kind, LifeOp, NetOp, Verdict
+from ebpfguard.lineage import LINEAGE_EVERY_S
 from ebpfguard.manifest.load import Manifest, parse
 from ebpfguard.resolve import Resolution
 from ebpfguard.sandbox import landlock
@@ -386,12 +388,42 @@ def test_event_of_an_unknown_cgroup_is_not_recorded(engine: Engine) -> None:
     assert records(engine) == []
 
 
-def test_lifecycle_events_are_recorded_without_a_verdict_or_the_ladder(engine: Engine) -> None:
+def _life(inst: Instance, op: LifeOp, pid: int, aux: int, path: str = "", ts_ns: int = 0) -> Any:
+    return raw_event(Kind.LIFECYCLE, Verdict.NONE, cgroup_id=inst.cgroup_id, slot=inst.slot, op=int(op), pid=pid,
+                     path=path, aux=aux, ts_ns=ts_ns)
+
+
+def test_execs_and_exits_become_one_processes_record_without_a_verdict_or_the_ladder(
+        engine: Engine, clock: Clock) -> None:
     inst = engine.prepare(manifest(escalation="{window: 60s, freeze_after: 1}"))
-    rec = one(engine, raw_event(Kind.LIFECYCLE, Verdict.NONE, cgroup_id=inst.cgroup_id, slot=inst.slot, op=1,
-                                path="/usr/bin/true"))
-    assert rec is not None and rec["verdict"] is None and rec["actions"] == []
-    assert rec["detail"] == {"event": "exec", "path": "/usr/bin/true"} and inst.violations == 0
+    for pid in (100, 101):
+        sensor(engine).emit(_life(inst, LifeOp.EXEC, pid, aux=99, path="/usr/bin/true", ts_ns=pid))
+        sensor(engine).emit(_life(inst, LifeOp.EXIT, pid, aux=1 << 8, ts_ns=pid + 10))
+    sensor(engine).emit(_life(inst, LifeOp.EXIT, 102, aux=9, ts_ns=200))  # a fork that never ran exec, killed
+    engine.poll(0)
+    assert records(engine) == []  # gathered, not yet due
+    clock.t += LINEAGE_EVERY_S
+    engine.poll(0)
+    (rec,) = records(engine)
+    assert rec["kind"] == "lifecycle" and rec["verdict"] is None and rec["actions"] == [] and inst.violations == 0
+    assert inst.state == "running"
+    assert rec["detail"]["procs"] == [
+        {"pid": 100, "ppid": 99, "exe": "/usr/bin/true", "exec_ns": 100 + _MONO, "exit": 1, "exit_ns": 110 + _MONO},
+        {"pid": 101, "ppid": 99, "exe": "/usr/bin/true", "exec_ns": 101 + _MONO, "exit": 1, "exit_ns": 111 + _MONO},
+        {"pid": 102, "signal": "SIGKILL", "exit_ns": 200 + _MONO}]
+
+
+def test_a_violations_lineage_is_on_the_log_before_it_and_the_stop_after_all(engine: Engine) -> None:
+    inst = engine.prepare(manifest())
+    sensor(engine).emit(_life(inst, LifeOp.EXEC, 100, aux=1, path="/usr/bin/cat"))
+    sensor(engine).emit(violation(inst, "file", pid=100))
+    sensor(engine).emit(_life(inst, LifeOp.EXIT, 100, aux=0))
+    engine.poll(0)
+    engine.release(inst)
+    recs = records(engine)
+    assert [r["detail"].get("event", r["kind"]) for r in recs] == ["processes", "file", "processes", "stop"]
+    assert recs[0]["detail"]["procs"][0]["exe"] == "/usr/bin/cat" and recs[2]["detail"]["procs"] == [
+        {"pid": 100, "exit": 0, "exit_ns": recs[2]["detail"]["procs"][0]["exit_ns"]}]
 
 
 def test_record_envelope_and_chain(engine: Engine) -> None:
