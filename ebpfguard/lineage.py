@@ -17,8 +17,9 @@ An exec and the exit of the same process gathered together are one entry::
 ``exit`` is the exit status of a process that exited, ``signal`` the name of the signal that ended one
 that was killed; ``ppid`` is missing where it is unknown (a process forked before it joined the
 cgroup and gone before the agent could ask); ``*_ns`` are kernel timestamps (ns since the epoch). A
-process that forked without exec has an exit entry only; one that ran exec twice has two entries. What an agent that crashes has
-gathered and not yet written (at most LINEAGE_EVERY_S of it) is lost with it.
+process that forked without exec has an exit entry only; one that ran exec twice has two entries.
+What an agent that crashes has gathered and not yet written (at most LINEAGE_EVERY_S of it) is lost
+with it.
 """
 
 from __future__ import annotations
