@@ -255,6 +255,11 @@ class Engine:
                 if rec.type == AUDIT_LANDLOCK_DOMAIN:
                     if rec.fields.get("status") == "allocated":
                         inst = self._instance_of_pid(int(rec.fields.get("pid", "0") or 0))
+                        if inst is not None and dom not in inst.landlock_domains:
+                            # the kernel says "allocated" once per domain: an agent that restarts
+                            # learns it from the instance's saved state
+                            inst.landlock_domains.append(dom)
+                            self.store.save(inst)
                         for held in self.domains.learn(dom, inst.cgroup_id if inst else None):
                             self._landlock_record(held, rec.ts_ns)
                     continue
@@ -456,11 +461,18 @@ class Engine:
                             limits=meta.get("limits") or {}, started_ns=meta.get("started_ns") or now_ns())
             inst.resource_seen = resource_events(cg)
             inst.repeats_seen = self.sensor.suppressed(cg.id)
+            inst.landlock_domains = [str(d) for d in meta.get("landlock_domains") or []]
+            for dom in inst.landlock_domains:
+                self.domains.learn(dom, cg.id)
             try:  # the old proxies exited with the old engine; new ones in the same folders
                 self.start_proxies(inst)
             except EbpfguardError as err:
                 log.error("instance %s: %s", inst.id, err)
             self._note_landlock(inst)
+            if inst.landlock_reports and not inst.landlock_domains:
+                # its domain never reported a denial to an agent (the kernel names a domain once): its
+                # reports cannot be told apart, so the file programs record its refusals again
+                self._set_landlocked(inst, reports=False)
             self.instances[cg.id] = inst
             for pid in cg.pids():
                 self.act.resume(pid)

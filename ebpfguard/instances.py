@@ -49,6 +49,7 @@ class Instance:
     over_share_seen: int = 0  # records the kernel could not reserve over the cgroup's share, as last recorded
     over_share_at: float = 0.0  # monotonic time of that record
     lineage: Lineage = field(default_factory=Lineage)  # execs and exits not yet in a processes record
+    landlock_domains: list[str] = field(default_factory=list)  # its Landlock domain ids, as learned
     landlock_grants: list[tuple[str, int]] = field(default_factory=list)  # (real path, rights)
     landlock_handled: int = 0
     landlock_reports: bool = False  # the file programs leave reads and execs to Landlock's reports
@@ -84,6 +85,7 @@ class InstanceStore:
         meta = {"id": inst.id, "manifest_text": inst.manifest.raw.decode(), "manifest_path": inst.manifest.source,
                 "home": inst.manifest.home, "mode": inst.mode, "leader_pid": inst.leader_pid, "argv": inst.argv,
                 "sandbox": inst.sandbox, "limits": inst.limits, "started_ns": inst.started_ns,
+                "landlock_domains": inst.landlock_domains,
                 "owner_pid": os.getpid()}
         path = self.state.instance(inst.id)
         try:

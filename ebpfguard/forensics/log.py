@@ -12,11 +12,11 @@ files. Readers take the rotated files in seq order, then records.jsonl.
 Chain and signature: ``digest(r)`` is the SHA-256 of r's canonical JSON (sorted keys, ASCII, no
 spaces) without its ``signature``. Each record carries ``prev_sha256 = digest(previous)`` (64 zeros
 for the first) and ``key_id`` (the first 16 hex digits of SHA-256 of the raw public key). The line on
-disk is that canonical JSON, plus ``signature = base64(Ed25519(canonical JSON))`` on the last record of
-each group commit: one signature per group, not per record. Because every record's digest is in its
-successor's prev_sha256, the signature of a group's last record covers the whole group (and
-everything before it). A group is written with one write() and counts as written only once it is
-signed and fsync'd; a writer that finds unsigned records at the end of the log (its predecessor died
+disk is that canonical JSON plus ``signature``: ``base64(Ed25519(canonical JSON))`` on the last
+record of each group commit, null on the others: one signature per group, not per record. Because
+every record's digest is in its successor's prev_sha256, the signature of a group's last record
+covers the whole group (and everything before it). A group is written with one write() and counts
+as written only once it is signed and fsync'd; a writer that finds unsigned records at the end of the log (its predecessor died
 in mid-group) cuts them off like a torn line and keeps their bytes in a record of its own. Because the
 chain does not cover the signature, verify() can tell a modified record (its successor's prev_sha256
 no longer matches) from a bad signature (content intact, signature wrong).
@@ -327,7 +327,7 @@ class ForensicLog:
         last, body = self._unwritten[-1]
         sig = base64.b64encode(key.sign(body)).decode()
         last["signature"] = sig
-        parts = [b + b"\n" for _, b in self._unwritten[:-1]]
+        parts = [b[:-1] + b',"signature":null}\n' for _, b in self._unwritten[:-1]]
         parts.append(body[:-1] + b',"signature":"' + sig.encode() + b'"}\n')
         data = b"".join(parts)
         self._unwritten.clear()

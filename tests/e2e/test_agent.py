@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from ebpfguard.lineage import processes
 from ebpfguard.sandbox import landlock
 
 pytestmark = pytest.mark.e2e
@@ -135,7 +136,13 @@ def test_run_through_the_agent_records_and_returns_the_status(agent: Agent, tmp_
         assert files[0]["comm"] == "cat" and files[0]["pid"] != start["pid"]
     assert files[0]["cgroup_id"] == start["cgroup_id"]
     events = [x["detail"].get("event") for x in recs if x["kind"] == "lifecycle"]
-    assert {"start", "exec"} <= set(events) and events[-1] == "stop"  # exec may be seen before "started"
+    assert {"start", "processes"} <= set(events) and events[-1] == "stop"
+    # the lineage: the leader ran a shell that ran cat, which failed; the leader exited 7
+    procs = processes(recs)
+    cat = next(p for p in procs if p.get("exe", "").endswith("/cat"))
+    inner = next(p for p in procs if p["pid"] == cat["ppid"])
+    assert inner["exe"].endswith("sh") and inner["ppid"] == start["pid"] and cat["exit"] == 1
+    assert [p["exit"] for p in procs if p["pid"] == start["pid"] and "exit" in p] == [7]
     assert recs[-1]["detail"]["exit_status"] == 7
     v = eg("forensics", "verify", state=agent.state)
     assert v.returncode == 0 and "chain and signatures intact" in v.stdout
@@ -458,8 +465,11 @@ def test_sigkill_loop_loses_no_record_counted_as_written(tmp_path: Path) -> None
     agent = Agent(tmp_path, *extra)
     m = tmp_path / "noisy.yaml"
     m.write_text(MANIFEST.format(name="noisy", file="block"))
+    # distinct refusals (an identical one is recorded once a second), more than 30 in a few seconds
+    files = " ".join(f"/etc/{f}" for f in ("hostname", "passwd", "group", "hosts", "os-release", "issue", "shells",
+                                           "profile", "debian_version", "nsswitch.conf", "services", "protocols"))
     runner = subprocess.Popen([*EG, "run", "--state-dir", str(agent.state), "-m", str(m), "--", "sh", "-c",
-                               "while true; do cat /etc/hostname 2>/dev/null; sleep 0.02; done"],
+                               f"while true; do for f in {files}; do cat $f 2>/dev/null; sleep 0.1; done; done"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lives = 4
     try:
