@@ -16,10 +16,11 @@ disk is that canonical JSON plus ``signature``: ``base64(Ed25519(canonical JSON)
 record of each group commit, null on the others: one signature per group, not per record. Because
 every record's digest is in its successor's prev_sha256, the signature of a group's last record
 covers the whole group (and everything before it). A group is written with one write() and counts
-as written only once it is signed and fsync'd; a writer that finds unsigned records at the end of the log (its predecessor died
-in mid-group) cuts them off like a torn line and keeps their bytes in a record of its own. Because the
-chain does not cover the signature, verify() can tell a modified record (its successor's prev_sha256
-no longer matches) from a bad signature (content intact, signature wrong).
+as written only once it is signed and fsync'd; a writer that finds unsigned records at the end of the
+log (its predecessor died in mid-group) cuts them off like a torn line and keeps their bytes in a
+record of its own. Because the chain does not cover the signature, verify() can tell a modified
+record (its successor's prev_sha256 no longer matches) from a bad signature (content intact,
+signature wrong).
 """
 
 from __future__ import annotations
