@@ -236,6 +236,8 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
                     times[w][cond].append(_run(argv, procs_files, eng, sandbox))
                     if lifecycle:
                         eng.poll(0)
+                        with eng.log.batch():  # what the lineage gathered, written now rather than when due
+                            eng.recorder.lineage(inst)
                         per_exec["execs"] += max(1, int(n * scale))
                         per_exec["bytes"] += log_bytes() - b0
                         per_exec["records"] += eng.log.written - r0
@@ -406,21 +408,37 @@ def run_flood(eng: Any, tmp: Path, seconds: float) -> dict[str, Any]:
 
 
 def _flood_once(eng: Any, tmp: Path, seconds: float, action: str, target: str) -> dict[str, Any]:
+    """One flood. With distinct violations, a second instance of the same extension makes QUIET_N
+    different violations 2 ms apart while the first floods: each must be recorded (the flooder is held
+    to its cgroup's share of the ring buffer)."""
     from .launcher import exit_status  # noqa: PLC0415
 
     helper = tmp / "egact"
     m = parse(FLOOD_MANIFEST.format(dir=tmp, bin=helper).encode(), "bench-flood.yaml")
     inst = eng.prepare(m)
+    quiet = eng.prepare(m) if action == "floodfor-distinct" else None
+    quiet_paths: set[str] = set()
+
+    def quiet_hook(rec: dict[str, Any]) -> None:
+        if quiet is not None and rec.get("instance") == quiet.id and rec.get("kind") == "file":
+            quiet_paths.add(str((rec.get("detail") or {}).get("path")))
+
+    eng.subscribers.append(quiet_hook)
     marker = tmp / "markers" / action
     before = eng.sensor.counters()
     written0 = eng.log.written
     cpu0 = _self_usage()[0]
     t0 = time.monotonic()
+    qproc = None
     try:
         proc = spawn([str(helper), str(marker), action, str(seconds), target], inst.cgroup.procs_files())
         eng.started(inst, proc.pid, [str(helper)])
-        while proc.poll() is None:
+        while proc.poll() is None or (qproc is not None and qproc.poll() is None):
             eng.poll(10)
+            if quiet is not None and qproc is None and time.monotonic() - t0 >= min(1.0, seconds / 3):
+                qproc = spawn([str(helper), str(tmp / "markers" / "quiet"), "spaced-distinct", str(QUIET_N),
+                               str(tmp / "secret" / "quiet"), "2"], quiet.cgroup.procs_files())
+                eng.started(quiet, qproc.pid, [str(helper)])
         eng.leader_exited(inst, exit_status(proc.returncode))
         idle_since = time.monotonic()
         last = eng.log.written
@@ -432,15 +450,24 @@ def _flood_once(eng: Any, tmp: Path, seconds: float, action: str, target: str) -
         cpu = _self_usage()[0] - cpu0
     finally:
         eng.release(inst, kill=True)
+        if quiet is not None:
+            eng.release(quiet, kill=True)
+        eng.subscribers.remove(quiet_hook)
     after = eng.sensor.counters()
     attempts = int(marker.read_text().split()[0]) if marker.exists() else 0
-    d = {k: after[k] - before[k] for k in ("events", "drops", "suppressed")}
+    d = {k: after[k] - before[k] for k in ("events", "drops", "suppressed", "over_share")}
     records = eng.log.written - written0
-    return {"seconds": seconds, "attempts": attempts, "kernel_events": d["events"], "ringbuf_drops": d["drops"],
-            "suppressed": d["suppressed"], "records_written": records, "records_per_second": records / wall,
-            "attempts_per_second": attempts / wall, "agent_cpu": cpu / wall,
-            # + 2: the helper's exec and exit
-            "accounted": d["events"] + d["drops"] + d["suppressed"] >= attempts}
+    out = {"seconds": seconds, "attempts": attempts, "kernel_events": d["events"], "ringbuf_drops": d["drops"],
+           "over_share": d["over_share"], "suppressed": d["suppressed"], "records_written": records,
+           "records_per_second": records / wall, "attempts_per_second": attempts / wall, "agent_cpu": cpu / wall,
+           "accounted": d["events"] + d["drops"] + d["suppressed"] + d["over_share"] >= attempts}
+    if quiet is not None:
+        out["quiet"] = {"sent": QUIET_N if qproc is not None and qproc.returncode == 0 else 0,
+                        "recorded": len(quiet_paths)}
+    return out
+
+
+QUIET_N = 300
 
 
 def format_table(res: dict[str, Any]) -> str:
@@ -488,9 +515,14 @@ def format_table(res: dict[str, Any]) -> str:
     for label, f in res["flood"].items():
         lines.append(f"flood ({label} violation) {f['seconds']:g} s: {f['attempts']} attempts "
                      f"({f['attempts_per_second']:.0f}/s) = {f['kernel_events']} events + {f['suppressed']} "
-                     f"suppressed repeats + {f['ringbuf_drops']} ring-buffer drops; {f['records_written']} records "
-                     f"written ({f['records_per_second']:.0f}/s), agent CPU {f['agent_cpu'] * 100:.0f}% of a core; "
-                     f"all accounted for: {'yes' if f['accounted'] else 'NO'}")
+                     f"suppressed repeats + {f.get('over_share', 0)} over its share + {f['ringbuf_drops']} "
+                     f"ring-buffer drops; {f['records_written']} records written ({f['records_per_second']:.0f}/s), "
+                     f"agent CPU {f['agent_cpu'] * 100:.0f}% of a core; all accounted for: "
+                     f"{'yes' if f['accounted'] else 'NO'}")
+        if "quiet" in f:
+            q = f["quiet"]
+            lines.append(f"  meanwhile a second instance: {q['recorded']} of its {q['sent']} different violations "
+                         "recorded")
     lines.append(f"targets: outside <= {TARGETS['outside']}, inside <= {TARGETS['inside']}, "
                  f"overhead <= {TARGETS['vs_auditd']} x auditd's, freeze p99 <= {TARGETS['freeze_p99_ms']} ms, "
                  f"unix connect inside over layers <= {TARGETS['unix_over_layers']}")

@@ -32,8 +32,18 @@ def detail_text(rec: dict[str, Any]) -> str:
             return "start " + " ".join(d.get("argv") or [])
         if ev == "stop":
             return f"stop status={d.get('exit_status')} violations={d.get('violations')}"
+        if ev == "processes":
+            return "processes " + " ".join(_proc_text(p) for p in d.get("procs") or [] if isinstance(p, dict))
+        if ev == "over-share":
+            return f"over-share: {d.get('records')} not recorded (its own flood)"
         return f"{ev} {d.get('path', '')}".rstrip()
     return json.dumps(d)
+
+
+def _proc_text(p: dict[str, Any]) -> str:
+    """One lineage entry: pid, binary, how it ended ("4711:/usr/bin/cat=1", "4712:=SIGKILL")."""
+    end = p.get("signal") or p.get("exit")
+    return f"{p.get('pid')}:{p.get('exe', '')}" + (f"={end}" if end is not None else "")
 
 
 def format_line(rec: dict[str, Any]) -> str:

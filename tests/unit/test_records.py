@@ -74,6 +74,10 @@ def test_trace_lines_fit_80_columns() -> None:
     net = format_line({**rec, "kind": "network", "detail": {"op": "connect", "address": "::1", "port": 9,
                                                              "proto": "tcp"}})
     assert net.endswith("connect [::1]:9/tcp")
+    procs = format_line({**rec, "kind": "lifecycle", "verdict": None, "detail": {"event": "processes", "procs": [
+        {"pid": 5, "ppid": 1, "exe": "/bin/cat", "exec_ns": 1, "exit": 1, "exit_ns": 2},
+        {"pid": 6, "signal": "SIGKILL", "exit_ns": 3}]}})
+    assert len(procs) <= WIDTH and "processes 5:/bin/cat=1 6" in procs
     json.dumps(rec)
 
 
