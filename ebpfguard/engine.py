@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -25,15 +25,15 @@ from .cgroups import CgroupManager, resource_events, set_limits
 from .clock import now_ns, rfc3339_ns
 from .decide import RESUME, LadderState, Policy, decide, ladder, repeats, settle
 from .errors import EbpfguardError
-from .events import Event, decode
+from .events import SYSCALL_NAMES, Event, decode
 from .forensics import ForensicLog
 from .instances import Instance, InstanceStore, alive, cmdline, parent_pid, process_tree
-from .kernel.abi import EvFlag, LifeOp, c
+from .kernel.abi import EvFlag, LifeOp, Verdict, c
 from .llreport import DomainMap, Repeats, blockers_of, detail_of, errno_of, kind_of, ours
 from .manifest.load import Manifest
 from .record import Recorder
 from .resolve import resolve
-from .sandbox import landlock
+from .sandbox import landlock, seccomp_denied
 from .sensor import SensorLike
 from .slots import Slots
 from .statedir import StateDir
@@ -41,6 +41,8 @@ from .stats import Stats
 
 log = logging.getLogger("ebpfguard")
 MAKE_SYSCALLS = frozenset({"mkdir", "mkdirat", "mknod", "mknodat"})
+PID_MEMORY = 8192  # processes whose cgroup the engine remembers after their exec or exit
+SECCOMP_RET_ACTION_FULL, SECCOMP_RET_ERRNO = 0xFFFF0000, 0x00050000
 OVER_SHARE_EVERY_S = 1.0  # at most one over-share record a second per instance (and one at its stop)
 OVER_SHARE_RECORDS = c("CG_SHARE")  # records one cgroup may hold in the ring buffer at once
 
@@ -77,6 +79,7 @@ class Engine:
         self.laudit_status = "off"
         self.domains = DomainMap()
         self.landlock_repeats = Repeats()
+        self._pid_cgroup: OrderedDict[int, int] = OrderedDict()  # pid -> cgroup id, from execs and exits
         self._laudit_checked = 0.0
         if landlock_audit is None:
             landlock_audit = sensor_is_real and landlock.abi() >= 7
@@ -113,6 +116,9 @@ class Engine:
         """One kernel event, from decoded to recorded."""
         inst = self.instances.get(ev.cgroup_id)
         if inst is not None and ev.kind == "lifecycle":
+            self._pid_cgroup[ev.tgid] = ev.cgroup_id  # for reports about a process that is gone
+            if len(self._pid_cgroup) > PID_MEMORY:
+                self._pid_cgroup.popitem(last=False)
             if ev.op == LifeOp.EXEC and not ev.aux:  # forked before it joined the cgroup: the launcher's child
                 ev.aux = (inst.leader_ppid if ev.tgid == inst.leader_pid else None) or parent_pid(ev.tgid) or 0
             self.recorder.process(inst, ev, self.clock())
@@ -235,7 +241,7 @@ class Engine:
         the audit queue has been quiet that long (the kernel's audit thread delivers asynchronously)."""
         if self.laudit is None:
             return
-        from .kernel.laudit import AUDIT_LANDLOCK_DOMAIN  # noqa: PLC0415
+        from .kernel.laudit import AUDIT_LANDLOCK_DOMAIN, AUDIT_SECCOMP  # noqa: PLC0415
 
         now = time.monotonic()
         if now - self._laudit_checked >= 1.0:  # an audit daemon that started meanwhile owns audit now
@@ -250,6 +256,9 @@ class Engine:
             for rec in reports:
                 if rec.type == 0:
                     self.stats.landlock_reports_lost += 1
+                    continue
+                if rec.type == AUDIT_SECCOMP:
+                    self._seccomp_report(rec.fields, rec.ts_ns)
                     continue
                 dom = rec.fields.get("domain", "")
                 if rec.type == AUDIT_LANDLOCK_DOMAIN:
@@ -273,6 +282,30 @@ class Engine:
                 time.sleep(settle_s)
                 settle_s = 0.0
 
+    def _seccomp_report(self, fields: dict[str, str], ts_ns: int) -> None:
+        """A call the launcher's seccomp filter refused with EPERM, from the kernel's own report: one
+        record, as the syscall gate would have written it, for an instance whose filter reports. A
+        call it killed is recorded by the SIGSYS it raised (syscalls.bpf.c), not here."""
+        try:
+            code, nr, pid = int(fields.get("code", ""), 16), int(fields.get("syscall", "")), int(fields.get("pid", ""))
+        except ValueError:
+            self.stats.landlock_reports_lost += 1
+            return
+        if code & SECCOMP_RET_ACTION_FULL != SECCOMP_RET_ERRNO:
+            return
+        inst = self._instance_of_pid(pid)
+        if inst is None or not inst.seccomp_reports:
+            if inst is None:
+                self.stats.landlock_reports_lost += 1
+            return
+        kind = inst.manifest.all_denied_syscalls().get(SYSCALL_NAMES.get(nr, ""), "syscall")
+        uid = fields.get("uid", "")
+        ev = Event(ts_ns=ts_ns, cgroup_id=inst.cgroup_id, pid=pid, tgid=pid, uid=int(uid) if uid.isdigit() else 0,
+                   slot=inst.slot, kind=kind, verdict=Verdict.DENIED.label, syscall_nr=nr,
+                   flags=int(EvFlag.SECCOMP | EvFlag.AT_EXIT), dirfd=0, op=0, comm=fields.get("comm", "")[:15],
+                   aux=-(code & 0xFFFF))
+        self.handle(ev)
+
     def _instance_of_pid(self, pid: int) -> Instance | None:
         for inst in self.instances.values():
             if inst.leader_pid == pid:
@@ -281,8 +314,11 @@ class Engine:
             with open(f"/proc/{pid}/cgroup") as f:
                 v2 = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), None)
         except OSError:
-            return None
-        return next((i for i in self.instances.values() if v2 and str(i.cgroup.v2).endswith(v2)), None)
+            v2 = None
+        found = next((i for i in self.instances.values() if v2 and str(i.cgroup.v2).endswith(v2)), None)
+        if found is None and pid in self._pid_cgroup:  # gone already: its exec or exit named its cgroup
+            found = self.instances.get(self._pid_cgroup[pid])
+        return found
 
     def _landlock_record(self, fields: dict[str, str], ts_ns: int) -> None:
         inst = self.instances.get(self.domains.known.get(fields.get("domain", ""), -1))
@@ -366,9 +402,13 @@ class Engine:
         except EbpfguardError:
             self.slots.release(slot.index)
             raise
+        # the launcher's seccomp filter reports what it refuses where the audit reader runs: no syscall
+        # gate for those (sandbox.seccomp_denied); the rest are recorded by the gates, attached first
+        reported = set(seccomp_denied(m, mode)) if launch and landlock_reports and self.laudit is not None else set()
         try:
             limits = set_limits(cg, m.resources)
             cgid = cg.id
+            self.sensor.ensure_syscall_gates(set(slot.compiled.syscalls) - reported)
             self.sensor.attach_cgroup(cg.v2)
             self.sensor.bind(cgid, slot.index)
         except EbpfguardError:
@@ -376,7 +416,7 @@ class Engine:
             cg.remove()
             self.slots.release(slot.index)
             raise
-        inst = Instance(cg.name, m, mode, slot.index, cg, cgid, limits=limits)
+        inst = Instance(cg.name, m, mode, slot.index, cg, cgid, limits=limits, seccomp_reports=bool(reported))
         self.instances[cgid] = inst
         self.store.save(inst)
         if launch:
@@ -451,6 +491,9 @@ class Engine:
                     continue
                 m = parse(meta["manifest_text"].encode(), meta["manifest_path"], home=meta.get("home") or None)
                 slot = self.slots.acquire(m, meta["mode"])
+                reports = bool((meta.get("sandbox") or {}).get("seccomp_reports")) and self.laudit is not None
+                reported = set(seccomp_denied(m, meta["mode"])) if reports else set()
+                self.sensor.ensure_syscall_gates(set(slot.compiled.syscalls) - reported)
                 self.sensor.attach_cgroup(cg.v2)
                 self.sensor.bind(cg.id, slot.index)
             except (OSError, ValueError, KeyError, EbpfguardError) as err:
@@ -461,6 +504,7 @@ class Engine:
                             limits=meta.get("limits") or {}, started_ns=meta.get("started_ns") or now_ns())
             inst.resource_seen = resource_events(cg)
             inst.repeats_seen = self.sensor.suppressed(cg.id)
+            inst.seccomp_reports = bool(reported)
             inst.landlock_domains = [str(d) for d in meta.get("landlock_domains") or []]
             for dom in inst.landlock_domains:
                 self.domains.learn(dom, cg.id)

@@ -50,6 +50,7 @@ class Instance:
     over_share_at: float = 0.0  # monotonic time of that record
     lineage: Lineage = field(default_factory=Lineage)  # execs and exits not yet in a processes record
     landlock_domains: list[str] = field(default_factory=list)  # its Landlock domain ids, as learned
+    seccomp_reports: bool = False  # its seccomp filter reports refusals to audit: recorded from there
     landlock_grants: list[tuple[str, int]] = field(default_factory=list)  # (real path, rights)
     landlock_handled: int = 0
     landlock_reports: bool = False  # the file programs leave reads and execs to Landlock's reports

@@ -4,7 +4,7 @@ contract in memory, so that the pipeline, the ladder and escalation are tested w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +28,10 @@ class SensorLike(Protocol):
         """Detach what nothing needs any more (the syscall tracepoints, once no cgroup is bound)."""
 
     def write_policy(self, cp: CompiledPolicy) -> None: ...
+
+    def ensure_syscall_gates(self, names: Iterable[str]) -> None:
+        """Record these denied syscalls at sys_enter/sys_exit (for instances whose seccomp filter does
+        not report its refusals: adopted, audit mode, alert responses, no audit reader)."""
 
     def clear_policy(self, cp: CompiledPolicy) -> None: ...
 

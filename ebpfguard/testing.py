@@ -6,7 +6,7 @@ use it too."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -71,8 +71,10 @@ class FakeSensor:
         pass
 
     def write_policy(self, cp: CompiledPolicy) -> None:
-        self.gates |= set(cp.syscalls)
         self.policies[cp.slot] = cp
+
+    def ensure_syscall_gates(self, names: Iterable[str]) -> None:
+        self.gates |= set(names)
 
     def clear_policy(self, cp: CompiledPolicy) -> None:
         self.policies.pop(cp.slot, None)

@@ -32,6 +32,7 @@ NETLINK_AUDIT = 9
 AUDIT_NLGRP_READLOG = 1
 AUDIT_GET, AUDIT_SET, AUDIT_ADD_RULE, AUDIT_DEL_RULE = 1000, 1001, 1011, 1012
 AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN = 1423, 1424
+AUDIT_SECCOMP = 1326  # a seccomp filter installed with SECCOMP_FILTER_FLAG_LOG refused a call
 AUDIT_STATUS_ENABLED, AUDIT_STATUS_BACKLOG_LIMIT = 0x1, 0x10
 AUDIT_FILTER_TASK, AUDIT_NEVER = 0x01, 0
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
@@ -162,7 +163,7 @@ class LandlockAudit:
         return self.reader.fileno()
 
     def read(self, limit: int = 4096) -> list[AuditRecord]:
-        """The Landlock records waiting on the reader, without blocking."""
+        """The Landlock and seccomp records waiting on the reader, without blocking."""
         out: list[AuditRecord] = []
         while len(out) < limit:
             try:
@@ -179,7 +180,7 @@ class LandlockAudit:
                 length, typ = struct.unpack_from("<IH", data, off)
                 if length < 16:
                     break
-                if typ in (AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN):
+                if typ in (AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN, AUDIT_SECCOMP):
                     rec = parse(typ, data[off + 16:off + length])
                     if rec is not None:
                         out.append(rec)

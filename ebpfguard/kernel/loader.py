@@ -182,8 +182,9 @@ class Sensor:
             pass
 
     def ensure_syscall_gates(self, names: Iterable[str]) -> None:
-        """Attach the syscall gates to sys_enter_<name> and sys_exit_<name> for each denied syscall
-        not yet covered."""
+        """Attach the syscall gates to sys_enter_<name> and sys_exit_<name> for each syscall an
+        instance needs them for (Engine.prepare: what its seccomp filter does not report), not yet
+        covered. They stay until the syscall tracepoints go idle."""
         for name in sorted(set(names) - self.gates - self.missing_gates):
             tp = TRACEPOINT_NAMES.get(name, name)
             if not has_tracepoint("syscalls", f"sys_enter_{tp}"):
@@ -233,6 +234,7 @@ class Sensor:
             else:
                 gates = [f"syscalls:sys_{d}_{g}" for g in gate_tps for d in ("enter", "exit")]
                 self._detach_many([*self._file_tps, *gates])
+                self.gates.clear()  # the next instance asks again for the gates it needs
         except KernelError:
             raise
         except Exception as err:
@@ -288,7 +290,6 @@ class Sensor:
         return self._net_kill_attached
 
     def write_policy(self, cp: CompiledPolicy) -> None:
-        self.ensure_syscall_gates(cp.syscalls)
         (self._net_kill_slots.add if cp.kills_network else self._net_kill_slots.discard)(cp.slot)
         self._sync_net_kill()
         for k, v in cp.path_items():

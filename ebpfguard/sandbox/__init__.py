@@ -40,6 +40,7 @@ class Sandbox:
     mounts: mountns.MountPlan | None = None
     bus_paths: dict[str, str] = field(default_factory=dict)  # bus -> where its proxy appears in the namespace
     runtime_dir: str = ""
+    seccomp_log: bool = False  # installed with SECCOMP_FILTER_FLAG_LOG: its refusals reach audit
 
     @classmethod
     def prepare(cls, m: Manifest, mode: str | None = None, *, allow_root: bool = False,
@@ -61,11 +62,10 @@ class Sandbox:
             layers += [f"landlock-abi{abi}"] + [f"landlock-{x}" for x in plan.enforced]
             not_enforced += [f"landlock: {s} not granted" for s in skipped]
         # seccomp denies what the manifest wants denied; "alert" kinds and audit mode are recorded only
-        kinds = m.all_denied_syscalls()
-        deny = {} if audit else {
-            name: ("kill" if name in NEVER_ALLOWED else "errno") for name, kind in kinds.items()
-            if name in NEVER_ALLOWED or m.response.get(kind) != "alert"}
-        layers.append("seccomp" if deny else "seccomp: none (audit)" if audit else "seccomp: none")
+        deny = seccomp_denied(m, mode)
+        reports = bool(deny) and abi >= 7 and "fs" in plan.enforced  # as audit_reports() says
+        layers.append(("seccomp-reports" if reports else "seccomp") if deny else
+                      "seccomp: none (audit)" if audit else "seccomp: none")
         rl = {resource.RLIMIT_CORE: (0, 0)}  # no core dumps: they would carry the extension's secrets
         mounts = None
         if audit:
@@ -85,7 +85,7 @@ class Sandbox:
                                    "for it")
             layers.append("dbus-proxy:" + ",".join(sorted(m.ipc.dbus)))
         return cls(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, fd, seccomp.build(deny), rl, layers, not_enforced,
-                   abi, mounts, bus_paths(m) if not audit else {}, m.runtime_dir)
+                   abi, mounts, bus_paths(m) if not audit else {}, m.runtime_dir, reports)
 
     def environ(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The extension's environment: the bus addresses lead to its proxies (or are removed: the real
@@ -124,7 +124,7 @@ class Sandbox:
         cannot deny the steps before it."""
         if self.ruleset_fd is not None:
             landlock.restrict_self(self.ruleset_fd, self.landlock_abi)
-        seccomp.install(self.seccomp_prog)
+        seccomp.install(self.seccomp_prog, log=self.seccomp_log)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"user": self.user, "uid": self.uid, "layers": self.layers,
@@ -133,6 +133,8 @@ class Sandbox:
             out["mount"] = self.mounts.summary()
         if "landlock-fs" in self.layers and self.landlock_abi >= 7:
             out["landlock_reports"] = True  # restricted with LOG_NEW_EXEC_ON: its denials reach audit
+        if self.seccomp_log:
+            out["seccomp_reports"] = True
         return out
 
     def close(self) -> None:
@@ -143,9 +145,21 @@ class Sandbox:
 
 def landlock_reports(m: Manifest, mode: str | None = None) -> bool:
     """Will the launcher restrict an instance of ``m`` with a Landlock ruleset that reports its denials
-    to audit (ABI 7+, files handled, not audit mode)? Sandbox.describe() says the same after the fact."""
+    to audit (ABI 7+, files handled, not audit mode)? Its seccomp filter then reports its refusals too.
+    Sandbox.describe() says the same after the fact."""
     abi = landlock.abi()
     return abi >= 7 and (mode or m.mode) != "audit" and "fs" in landlock.plan(m, abi, mode).enforced
+
+
+def seccomp_denied(m: Manifest, mode: str | None = None) -> dict[str, str]:
+    """What the launcher's seccomp filter refuses: syscall name -> "kill" (the never-allowed ones, and
+    kinds whose response is kill: the call never runs) or "errno" (EPERM). Nothing in audit mode;
+    "alert" kinds are recorded only (by the syscall gates), never refused."""
+    if (mode or m.mode) == "audit":
+        return {}
+    return {name: ("kill" if name in NEVER_ALLOWED or m.response.get(kind) == "kill" else "errno")
+            for name, kind in m.all_denied_syscalls().items()
+            if name in NEVER_ALLOWED or m.response.get(kind) != "alert"}
 
 
 def extension_user(m: Manifest) -> pwd.struct_passwd:

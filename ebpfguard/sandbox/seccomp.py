@@ -75,10 +75,23 @@ def no_new_privs() -> None:
         raise OSError(e, f"PR_SET_NO_NEW_PRIVS: {os.strerror(e)}")
 
 
-def install(prog: bytes) -> None:
-    """In the child, after no_new_privs."""
+SYS_SECCOMP = 317  # x86-64
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_LOG = 2
+
+
+def install(prog: bytes, log: bool = False) -> None:
+    """In the child, after no_new_privs. With ``log`` (SECCOMP_FILTER_FLAG_LOG), each call the filter
+    refuses is also reported to audit (an AUDIT_SECCOMP record: pid, syscall, action), which the
+    agent's audit reader records: the refusing layer's own report, with nothing attached to the
+    syscall tracepoints for it."""
     buf = ctypes.create_string_buffer(prog, len(prog))
     fprog = ctypes.create_string_buffer(struct.pack("<H6xQ", len(prog) // 8, ctypes.addressof(buf)))
+    if log:
+        if _libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_LOG, fprog) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_LOG): {os.strerror(e)}")
+        return
     if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprog, 0, 0) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"PR_SET_SECCOMP: {os.strerror(e)}")

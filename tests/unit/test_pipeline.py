@@ -472,3 +472,30 @@ def test_mkdir_of_an_existing_path_is_not_a_refusal(engine: Engine, tmp_path: Pa
     assert one(engine, violation(inst, "file", path=str(tmp_path / "no" / "x"), op=write, syscall_nr=83)) is None
     rec = one(engine, violation(inst, "file", path=str(tmp_path / "new"), op=write, syscall_nr=83))
     assert rec is not None and rec["detail"]["path"] == str(tmp_path / "new") and rec["detail"]["syscall"] == "mkdir"
+
+
+def test_a_seccomp_report_is_recorded_once_as_the_gate_would_record_it(engine: Engine) -> None:
+    inst = engine.prepare(manifest())
+    inst.leader_pid, inst.seccomp_reports = 4242, True
+    report = {"pid": "4242", "uid": "65534", "comm": "x", "syscall": "101", "code": "0x50001", "arch": "c000003e"}
+    with engine.log.batch():
+        engine._seccomp_report(report, 1_700_000_000_000_000_000)
+        engine._seccomp_report({**report, "syscall": "165", "code": "0x80000000"}, 1)  # a kill: its SIGSYS records it
+    (rec,) = [r for r in records(engine) if r["kind"] != "lifecycle"]
+    assert (rec["kind"], rec["verdict"], rec["actions"], rec["pid"]) == ("syscall", "denied", ["eperm:seccomp"], 4242)
+    assert rec["detail"]["syscall"] == "ptrace" and inst.violations == 1
+    inst.seccomp_reports = False  # the gates record this instance's refusals: not twice
+    with engine.log.batch():
+        engine._seccomp_report(report, 2)
+    assert len([r for r in records(engine) if r["kind"] != "lifecycle"]) == 1
+
+
+def test_gates_only_for_what_the_seccomp_filter_does_not_report(engine: Engine) -> None:
+    engine.laudit = object()  # type: ignore[assignment]  # an audit reader runs
+    engine.prepare(manifest(response={"privilege": "alert"}), landlock_reports=True)
+    gates = sensor(engine).gates
+    # ptrace is refused and reported by seccomp; setuid (alert) is recorded by its gate only; mount is never
+    # allowed (killed by seccomp, recorded from its SIGSYS)
+    assert "ptrace" not in gates and "setuid" in gates and "mount" not in gates
+    engine.prepare(manifest(), launch=False)  # an adoption: no filter of ours
+    assert "ptrace" in sensor(engine).gates
