@@ -64,8 +64,7 @@ class Sandbox:
         # seccomp denies what the manifest wants denied; "alert" kinds and audit mode are recorded only
         deny = seccomp_denied(m, mode)
         reports = bool(deny) and abi >= 7 and "fs" in plan.enforced  # as audit_reports() says
-        layers.append(("seccomp-reports" if reports else "seccomp") if deny else
-                      "seccomp: none (audit)" if audit else "seccomp: none")
+        layers.append("seccomp" if deny else "seccomp: none (audit)" if audit else "seccomp: none")
         rl = {resource.RLIMIT_CORE: (0, 0)}  # no core dumps: they would carry the extension's secrets
         mounts = None
         if audit:
