@@ -27,6 +27,8 @@
  *                           left to it: no event, no hold (files.bpf.c). EG_LL_REPORTS: Landlock also
  *                           reports its denials to the agent (audit, kernel/laudit.py), so reads and
  *                           execs are left to it entirely, unless the response must kill first
+ *   seccomp_reports HASH    u64 cgroup id -> u8: its seccomp filter reports each refusal to audit, where
+ *                           the agent records it: the sys_exit gate does not record those again
  *   share         HASH      u64 cgroup id -> struct eg_share: records this cgroup reserved, and those it could
  *                           not because its share of the ring buffer was in use (new_event in lib.bpf.h)
  *   consumed      HASH      u64 cgroup id -> u64: records of this cgroup the agent has taken from the ring

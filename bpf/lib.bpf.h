@@ -15,6 +15,7 @@ BPF_ARRAY(cgroup_filter, u64, EG_FILTER_SLOTS);
 BPF_HASH(cgroup_slot, u64, u32, EG_MAX_CGROUPS);
 BPF_HASH(quarantined, u64, u8, EG_MAX_CGROUPS);  /* network quarantine: deny every address */
 BPF_HASH(landlocked, u64, u8, EG_MAX_CGROUPS);
+BPF_HASH(seccomp_reports, u64, u8, EG_MAX_CGROUPS); /* its seccomp filter reports refusals: see syscalls.bpf.c */
 BPF_HASH(mountns, u64, u8, EG_MAX_CGROUPS);       /* launched in its own mount namespace: see unix_check */    /* Landlock decides files here: see check_path */
 BPF_TABLE("lru_hash", u64, struct eg_last, last_event, 16384);
 BPF_HASH(suppressed, u64, u64, EG_MAX_CGROUPS);

@@ -8,7 +8,9 @@
  * never returns. So that such attempts are still recorded, syscall_exit_gate sees the denied ones at
  * sys_exit (where the return value is -EPERM), and seccomp_kill sees the SIGSYS of a killed one (the
  * filter puts the syscall number in the signal's errno). gate_seen keeps the enter and exit gates
- * from recording the same call twice when no seccomp filter is in force (an adopted process).
+ * from recording the same call twice when no seccomp filter is in force (an adopted process). Where
+ * the filter reports its refusals to audit (seccomp_reports), the agent records them from there and
+ * syscall_exit_gate leaves them alone; the gates are then attached only for another instance's sake.
  */
 
 BPF_TABLE("lru_hash", u64, u32, gate_seen, EG_MAX_THREADS);
@@ -70,7 +72,7 @@ int syscall_exit_gate(struct eg_sys_exit_ctx *ctx)
 		gate_seen.delete(&id);
 		return 0;
 	}
-	if (ctx->ret != -EG_EPERM)
+	if (ctx->ret != -EG_EPERM || seccomp_reports.lookup(&cg))
 		return 0;
 	u16 verdict = EG_V_DENIED;
 	if (should_kill(pol, kind)) {

@@ -409,6 +409,7 @@ class Engine:
             limits = set_limits(cg, m.resources)
             cgid = cg.id
             self.sensor.ensure_syscall_gates(set(slot.compiled.syscalls) - reported)
+            self.sensor.set_seccomp_reports(cgid, bool(reported))
             self.sensor.attach_cgroup(cg.v2)
             self.sensor.bind(cgid, slot.index)
         except EbpfguardError:
@@ -494,6 +495,7 @@ class Engine:
                 reports = bool((meta.get("sandbox") or {}).get("seccomp_reports")) and self.laudit is not None
                 reported = set(seccomp_denied(m, meta["mode"])) if reports else set()
                 self.sensor.ensure_syscall_gates(set(slot.compiled.syscalls) - reported)
+                self.sensor.set_seccomp_reports(cg.id, bool(reported))
                 self.sensor.attach_cgroup(cg.v2)
                 self.sensor.bind(cg.id, slot.index)
             except (OSError, ValueError, KeyError, EbpfguardError) as err:

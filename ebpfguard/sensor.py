@@ -54,6 +54,9 @@ class SensorLike(Protocol):
 
     def set_landlocked(self, cgroup_id: int, on: bool, reports: bool = False) -> None: ...
 
+    def set_seccomp_reports(self, cgroup_id: int, on: bool) -> None:
+        """The cgroup's seccomp filter reports its refusals to audit: the sys_exit gate skips them."""
+
     def set_mountns(self, cgroup_id: int, on: bool) -> None:
         """The cgroup's processes run in the instance's own mount namespace (its _NS unix grants hold)."""
 

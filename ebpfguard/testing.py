@@ -44,6 +44,7 @@ class FakeSensor:
         self.landlocked: set[int] = set()
         self.landlock_reports: set[int] = set()
         self.mountns: set[int] = set()
+        self.seccomp_reports: set[int] = set()
         self.repeats: dict[int, int] = {}        # cgroup id -> suppressed
         self.over: dict[int, int] = {}           # cgroup id -> records over its share
         self.ring: list[Any] = []
@@ -93,6 +94,7 @@ class FakeSensor:
         self.quarantined.discard(cgroup_id)
         self.landlocked.discard(cgroup_id)
         self.mountns.discard(cgroup_id)
+        self.seccomp_reports.discard(cgroup_id)
         self.repeats.pop(cgroup_id, None)
         self.over.pop(cgroup_id, None)
 
@@ -101,6 +103,9 @@ class FakeSensor:
 
     def over_share(self, cgroup_id: int) -> int:
         return self.over.get(cgroup_id, 0)
+
+    def set_seccomp_reports(self, cgroup_id: int, on: bool) -> None:
+        (self.seccomp_reports.add if on else self.seccomp_reports.discard)(cgroup_id)
 
     def set_landlocked(self, cgroup_id: int, on: bool, reports: bool = False) -> None:
         (self.landlocked.add if on else self.landlocked.discard)(cgroup_id)

@@ -338,6 +338,7 @@ class Sensor:
         self.set_landlocked(cgroup_id, False)
         self.set_mountns(cgroup_id, False)
         self._flag("suppressed", cgroup_id, False)
+        self._flag("seccomp_reports", cgroup_id, False)
         for name in ("share", "consumed"):
             t = self.bpf[name]
             try:
@@ -380,6 +381,10 @@ class Sensor:
             t[t.Key(cgroup_id)] = t.Leaf(c("LL_REPORTS") if reports else c("LL_DECIDES"))
         else:
             self._flag("landlocked", cgroup_id, False)
+
+    def set_seccomp_reports(self, cgroup_id: int, on: bool) -> None:
+        """This cgroup's seccomp filter reports its refusals (audit): the sys_exit gate skips them."""
+        self._flag("seccomp_reports", cgroup_id, on)
 
     def set_mountns(self, cgroup_id: int, on: bool) -> None:
         """Tell the unix-socket programs that this cgroup's processes run in their own mount namespace."""
