@@ -104,7 +104,7 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 	e->uptr = (u64)upath;
 	e->aux = oflags;
 	__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
-	events.ringbuf_submit(e, 0);
+	events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	return 0;
 }
 

@@ -231,7 +231,8 @@ static __always_inline void repeat_forget(void)
 /*
  * Reserve the record of a violation with verdict ``verdict`` and repeat hash ``h``: NULL when it is an
  * identical repeat (counted by repeat_gate), over the cgroup's share or the ring buffer is full (counted
- * by reserve_event). Pending and killing decisions are never treated as repeats.
+ * by reserve_event). Pending and killing decisions are never treated as repeats. Its caller submits it
+ * with BPF_RB_FORCE_WAKEUP (see lifecycle.bpf.c for why not the default).
  */
 static __always_inline struct eg_event *new_violation(struct eg_ext_policy *pol, u16 kind, s32 nr, u16 verdict,
 						      u64 h, u64 cg)

@@ -7,6 +7,10 @@
  *   parent_of  a fork inside an extension cgroup: the child's pid -> the forking process's pid
  *   ending     how a process is ending, as last seen: exit_group()/exit() with its status, or a
  *              signal delivered with its default, fatal action
+ * Their records are submitted without a wakeup: lineage is not urgent, and waking the agent for each
+ * exec and exit made a fork+exec loop inside 1.34x slower than under the kernel's layers alone (1.03x
+ * without). The agent takes them at its next poll (Sensor.poll consumes after waiting); violations
+ * force a wakeup, since one submitted behind unconsumed records would otherwise wake nobody.
  */
 
 BPF_TABLE("lru_hash", u32, u32, parent_of, EG_MAX_THREADS);
@@ -37,7 +41,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	u32 *parent = parent_of.lookup(&tgid);
 	e->aux = parent ? *parent : 0; /* 0: forked before it joined the cgroup (the agent looks it up) */
 	TP_DATA_LOC_READ_STR(e->path, filename, EG_PATH_MAX);
-	events.ringbuf_submit(e, 0);
+	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	return 0;
 }
 
@@ -89,6 +93,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	u32 *status = ending.lookup(&tgid);
 	e->aux = status ? *status : 0;
 	ending.delete(&tgid);
-	events.ringbuf_submit(e, 0);
+	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	return 0;
 }

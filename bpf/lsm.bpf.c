@@ -33,7 +33,7 @@ static __always_inline int lsm_answer(struct eg_ext_policy *pol, u32 kind, struc
 	if (e) {
 		e->verdict = killing ? EG_V_KILLED : deny ? EG_V_DENIED : EG_V_ALLOWED;
 		e->flags |= EG_EV_LSM;
-		events.ringbuf_submit(e, 0);
+		events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	}
 	return deny ? -err : 0;
 }

@@ -91,7 +91,7 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 		e->port = port;
 		e->proto = proto;
 		__builtin_memcpy(e->addr, addr, 16);
-		events.ringbuf_submit(e, 0);
+		events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	}
 	return deny ? 0 : 1;
 }
@@ -195,7 +195,7 @@ static __always_inline int unix_check(struct bpf_sock_addr *ctx, u32 op)
 		e->family = EG_FAMILY_UNIX;
 		e->proto = type;
 		__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
-		events.ringbuf_submit(e, 0);
+		events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	}
 	return deny ? 0 : 1;
 }

@@ -54,7 +54,7 @@ int syscall_gate(struct eg_sys_enter_ctx *ctx)
 	struct eg_event *e = new_violation(pol, kind, nr, verdict, h, cg);
 	if (!e)
 		return 0;
-	events.ringbuf_submit(e, 0);
+	events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	return 0;
 }
 
@@ -85,7 +85,7 @@ int syscall_exit_gate(struct eg_sys_exit_ctx *ctx)
 		return 0;
 	e->flags = EG_EV_SECCOMP | EG_EV_AT_EXIT;
 	e->aux = (u64)ctx->ret;
-	events.ringbuf_submit(e, 0);
+	events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	return 0;
 }
 
@@ -106,6 +106,6 @@ TRACEPOINT_PROBE(signal, signal_generate)
 	if (!e)
 		return 0;
 	e->flags = EG_EV_SECCOMP;
-	events.ringbuf_submit(e, 0);
+	events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	return 0;
 }

@@ -495,7 +495,7 @@ def format_table(res: dict[str, Any]) -> str:
     ag = res["agent"]
     pe = res.get("per_exec")
     if pe and pe["execs"]:
-        lines.append(f"benign exec inside (fork+exec loop, {pe['execs']} execs): {pe['records']:.2f} records, "
+        lines.append(f"benign exec inside (fork+exec loop, {pe['execs']} execs): {pe['records']:.3f} records, "
                      f"{pe['bytes']:.0f} bytes of log and {pe['agent_cpu_us']:.0f} us of agent CPU per exec")
     lines.append(f"agent: {ag['cpu_while_measured'] * 100:.1f}% of a core while the ebpfguard rounds ran, "
                  f"peak RSS {ag['peak_rss_bytes'] / 2**20:.0f} MiB; violations recorded by the workloads: "

@@ -489,6 +489,8 @@ class Sensor:
     def poll(self, timeout_ms: int) -> None:
         if self._ring_open:
             self.bpf.ring_buffer_poll(timeout_ms)
+            if sum(self._taken.values()) < POLL_MAX:
+                self.bpf.ring_buffer_consume()  # what was submitted without a wakeup (lifecycle.bpf.c)
             self._hand_back()
 
     def consume(self) -> None:
