@@ -13,6 +13,7 @@ call poll() in their loop.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -291,14 +292,19 @@ class Engine:
         except ValueError:
             self.stats.landlock_reports_lost += 1
             return
-        if code & SECCOMP_RET_ACTION_FULL != SECCOMP_RET_ERRNO:
-            return
+        if code & SECCOMP_RET_ACTION_FULL != SECCOMP_RET_ERRNO or code & 0xFFFF != errno.EPERM:
+            return  # clone3's ENOSYS sends libc back to clone(), whose flags the filter can read: no refusal
         inst = self._instance_of_pid(pid)
         if inst is None or not inst.seccomp_reports:
             if inst is None:
                 self.stats.landlock_reports_lost += 1
             return
-        kind = inst.manifest.all_denied_syscalls().get(SYSCALL_NAMES.get(nr, ""), "syscall")
+        denied = inst.manifest.all_denied_syscalls()
+        name = SYSCALL_NAMES.get(nr, "")
+        # clone() is refused only with a CLONE_NEW* flag, as unshare() by the other door
+        kind = denied.get(name) or (denied.get("unshare") if name == "clone" else None)
+        if kind is None:
+            return
         uid = fields.get("uid", "")
         ev = Event(ts_ns=ts_ns, cgroup_id=inst.cgroup_id, pid=pid, tgid=pid, uid=int(uid) if uid.isdigit() else 0,
                    slot=inst.slot, kind=kind, verdict=Verdict.DENIED.label, syscall_nr=nr,

@@ -484,10 +484,15 @@ def test_a_seccomp_report_is_recorded_once_as_the_gate_would_record_it(engine: E
     (rec,) = [r for r in records(engine) if r["kind"] != "lifecycle"]
     assert (rec["kind"], rec["verdict"], rec["actions"], rec["pid"]) == ("syscall", "denied", ["eperm:seccomp"], 4242)
     assert rec["detail"]["syscall"] == "ptrace" and inst.violations == 1
+    with engine.log.batch():
+        engine._seccomp_report({**report, "syscall": "435", "code": "0x50026"}, 3)  # clone3: ENOSYS, libc falls back
+        engine._seccomp_report({**report, "syscall": "56", "code": "0x50001"}, 4)  # clone(CLONE_NEWUSER): as unshare
+    clone = [r for r in records(engine) if r["kind"] != "lifecycle"][1:]
+    assert [(r["kind"], r["detail"]["syscall"]) for r in clone] == [("privilege", "clone")]
     inst.seccomp_reports = False  # the gates record this instance's refusals: not twice
     with engine.log.batch():
         engine._seccomp_report(report, 2)
-    assert len([r for r in records(engine) if r["kind"] != "lifecycle"]) == 1
+    assert len([r for r in records(engine) if r["kind"] != "lifecycle"]) == 2
 
 
 def test_gates_only_for_what_the_seccomp_filter_does_not_report(engine: Engine) -> None:
