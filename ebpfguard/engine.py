@@ -292,8 +292,10 @@ class Engine:
         except ValueError:
             self.stats.landlock_reports_lost += 1
             return
-        if code & SECCOMP_RET_ACTION_FULL != SECCOMP_RET_ERRNO or code & 0xFFFF != errno.EPERM:
-            return  # clone3's ENOSYS sends libc back to clone(), whose flags the filter can read: no refusal
+        # the report carries the action, not its errno: the filter's only errno other than EPERM is clone3's
+        # ENOSYS, which sends libc back to clone(), whose flags it can read; that is no refusal
+        if code & SECCOMP_RET_ACTION_FULL != SECCOMP_RET_ERRNO or SYSCALL_NAMES.get(nr) == "clone3":
+            return
         inst = self._instance_of_pid(pid)
         if inst is None or not inst.seccomp_reports:
             if inst is None:
@@ -309,7 +311,7 @@ class Engine:
         ev = Event(ts_ns=ts_ns, cgroup_id=inst.cgroup_id, pid=pid, tgid=pid, uid=int(uid) if uid.isdigit() else 0,
                    slot=inst.slot, kind=kind, verdict=Verdict.DENIED.label, syscall_nr=nr,
                    flags=int(EvFlag.SECCOMP | EvFlag.AT_EXIT), dirfd=0, op=0, comm=fields.get("comm", "")[:15],
-                   aux=-(code & 0xFFFF))
+                   aux=-errno.EPERM)
         self.handle(ev)
 
     def _instance_of_pid(self, pid: int) -> Instance | None:
