@@ -82,6 +82,21 @@ def test_relative_dirfd_and_dotdot_are_resolved(engine: Engine, world: World, ho
     assert rec[0]["detail"]["raw_path"] == bad[-1]
 
 
+@pytest.mark.parametrize("pad", [1, 2, 3, 4, 5, 6, 7, 8, 150])
+def test_dotdot_is_seen_wherever_it_falls_in_the_scan(engine: Engine, world: World, pad: int) -> None:
+    """The kernel scans for '..' eight bytes at a time, stepping four (files.bpf.c: path_has_dotdot):
+    a '..' at every offset against those windows, and far into a long path, still sends the path to
+    be resolved; a string match alone would take it for a read inside the allowed tree."""
+    sub = world.allowed / ("d" * pad)
+    sub.mkdir(exist_ok=True)
+    try:
+        res = run_ext(engine, world, world.manifest(), ["read", f"{sub}/../../secret/s.txt"])
+    finally:
+        sub.rmdir()
+    rec = [r for r in res.violations() if r["detail"]["path"] == f"{world.secret}/s.txt"]
+    assert len(rec) == 1 and "dotdot" in rec[0]["detail"].get("flags", []), res.violations()
+
+
 def test_pending_path_with_kill_response_is_killed_while_held(engine: Engine, world: World) -> None:
     res = run_ext(engine, world, world.manifest("kill"), ["chdir-read", str(world.secret), "s.txt"])
     rec = only(res, "file")
