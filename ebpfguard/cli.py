@@ -187,7 +187,8 @@ def status(state_dir: str, as_json: bool) -> None:
     a = ans["agent"]
     ctr = a["counters"]
     click.echo(f"agent pid {a['pid']} {a['state']} since {a['started']} (cgroups: {a['cgroup_mode']})")
-    click.echo(f"  kernel: {ctr['events']} events, {ctr['drops']} dropped, {ctr['denials']} denied, "
+    click.echo(f"  kernel: {ctr['events']} events, {ctr['drops']} dropped, {ctr.get('over_share', 0)} over a "
+               f"cgroup's share, {ctr['denials']} denied, "
                f"{ctr['kills']} killed; records written {a['records_written']}, failed {a['records_failed']}")
     click.echo(f"  layers: {', '.join(a['layers'])}")
     click.echo(f"policies ({len(ans['policies'])}):")
