@@ -436,7 +436,7 @@ def _flood_once(eng: Any, tmp: Path, seconds: float, action: str, target: str) -
         while proc.poll() is None or (qproc is not None and qproc.poll() is None):
             eng.poll(10)
             if quiet is not None and qproc is None and time.monotonic() - t0 >= min(1.0, seconds / 3):
-                qproc = spawn([str(helper), str(tmp / "markers" / "quiet"), "spaced-distinct", str(QUIET_N),
+                qproc = spawn([str(helper), str(tmp / "markers" / "quiet"), "flood-distinct", str(QUIET_N),
                                str(tmp / "secret" / "quiet"), "2"], quiet.cgroup.procs_files())
                 eng.started(quiet, qproc.pid, [str(helper)])
         eng.leader_exited(inst, exit_status(proc.returncode))

@@ -8,10 +8,9 @@
  *   egact MARKER connect4|connect6 PORT | udp4 PORT | bind4 PORT
  *   egact MARKER sys NR [A0 [A1 [A2 [A3]]]]
  *   egact MARKER flood N PATH              (N opens of PATH, for the drop accounting test)
- *   egact MARKER flood-distinct N DIR      (opens of DIR/0 .. DIR/N-1: N different violations)
+ *   egact MARKER flood-distinct N DIR [MS] (opens of DIR/0 .. DIR/N-1: N different violations, MS ms apart)
  *   egact MARKER floodfor SECONDS PATH     (opens of PATH for SECONDS; rc = how many)
  *   egact MARKER floodfor-distinct SECONDS DIR   (opens of DIR/0, DIR/1, ... for SECONDS)
- *   egact MARKER spaced-distinct N DIR MS        (N opens of DIR/0 ... DIR/N-1, MS milliseconds apart)
  *   egact MARKER noop
  * Escape techniques (the containment tier); reads append what they read to MARKER:
  *   egact MARKER symlink-read TARGET LINK | hardlink-read TARGET LINK | opath-reopen PATH
@@ -331,23 +330,15 @@ int main(int argc, char **argv)
 		}
 	} else if (!strcmp(act, "flood-distinct") && argc > 4) {
 		long n = atol(argv[3]);
+		long ms = argc > 5 ? atol(argv[5]) : 0;
 		char p[300];
 		for (long i = 0; i < n; i++) {
 			snprintf(p, sizeof(p), "%s/%ld", argv[4], i);
 			int fd = open(p, O_RDONLY);
 			if (fd >= 0)
 				close(fd);
-		}
-	} else if (!strcmp(act, "spaced-distinct") && argc > 5) {
-		long n = atol(argv[3]);
-		long ms = atol(argv[5]);
-		char p[300];
-		for (long i = 0; i < n; i++) {
-			snprintf(p, sizeof(p), "%s/%ld", argv[4], i);
-			int fd = open(p, O_RDONLY);
-			if (fd >= 0)
-				close(fd);
-			usleep(ms * 1000);
+			if (ms)
+				usleep(ms * 1000);
 		}
 	} else if (!strcmp(act, "flood") && argc > 4) {
 		long n = atol(argv[3]);

@@ -357,21 +357,20 @@ class Sensor:
         self._bound.discard(cgroup_id)
         self._sync_watch()
 
-    def over_share(self, cgroup_id: int) -> int:
-        """Records this cgroup could not reserve: it held its share of the ring buffer (lib.bpf.h)."""
-        t = self.bpf["share"]
+    def _cg_count(self, table: str, cgroup_id: int, name: str) -> int:
+        t = self.bpf[table]
         try:
-            return int(t[t.Key(cgroup_id)].over)
+            return int(getattr(t[t.Key(cgroup_id)], name))
         except KeyError:
             return 0
 
+    def over_share(self, cgroup_id: int) -> int:
+        """Records this cgroup could not reserve: it held its share of the ring buffer (lib.bpf.h)."""
+        return self._cg_count("share", cgroup_id, "over")
+
     def suppressed(self, cgroup_id: int) -> int:
-        """Identical repeats the kernel suppressed for this cgroup (submit_violation in lib.bpf.h)."""
-        t = self.bpf["suppressed"]
-        try:
-            return int(t[t.Key(cgroup_id)].value)
-        except KeyError:
-            return 0
+        """Identical repeats the kernel suppressed for this cgroup (repeat_gate in lib.bpf.h)."""
+        return self._cg_count("suppressed", cgroup_id, "value")
 
     def set_landlocked(self, cgroup_id: int, on: bool, reports: bool = False) -> None:
         """Tell the file programs that Landlock decides for this cgroup, so they need not hold; with

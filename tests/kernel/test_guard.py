@@ -371,7 +371,7 @@ def test_one_extensions_flood_does_not_drop_anothers_records(engine: Engine, wor
         t0 = time.monotonic()
         while time.monotonic() - t0 < 1.0:
             engine.poll(5)
-        b = spawn([str(world.helper), str(world.out / "flood-b"), "spaced-distinct", str(n), str(world.secret / "b"),
+        b = spawn([str(world.helper), str(world.out / "flood-b"), "flood-distinct", str(n), str(world.secret / "b"),
                    "2"], quiet.cgroup.procs_files())
         if len(cpus) > 1:
             os.sched_setaffinity(b.pid, {cpus[1]})
