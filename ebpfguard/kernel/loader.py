@@ -165,6 +165,7 @@ class Sensor:
         self._cg_slot: dict[int, int] = {}  # what cg_local holds for each cgroup, written again at attach
         self._consumed: dict[int, int] = {}  # records of each bound cgroup taken from the ring buffer
         self._taken: Counter[int] = Counter()  # ... in this poll, not yet told to the kernel
+        self._in_poll = 0  # records taken in this poll, all cgroups
         self._cg_flags: dict[int, int] = {}
         self._filter: dict[int, set[int]] = {}  # cgroup_filter index -> bound cgroup ids
         self._ring_open = False
@@ -468,10 +469,11 @@ class Sensor:
         def _cb(_ctx: Any, data: Any, _size: int) -> int:
             raw = events.event(data)
             taken[raw.cgroup_id] += 1
+            self._in_poll += 1
             callback(raw)
             # libbpf reads on for as long as records keep coming: a flood would keep one poll (and its
             # group commit, and every periodic duty) from ever ending. A negative return stops it.
-            return -1 if sum(taken.values()) >= POLL_MAX else 0
+            return -1 if self._in_poll >= POLL_MAX else 0
 
         events.open_ring_buffer(_cb)
         self._ring_open = True
@@ -484,11 +486,12 @@ class Sensor:
                 self._consumed[cg] += n
                 done[done.Key(cg)] = done.Leaf(self._consumed[cg])
         self._taken.clear()
+        self._in_poll = 0
 
     def poll(self, timeout_ms: int) -> None:
         if self._ring_open:
             self.bpf.ring_buffer_poll(timeout_ms)
-            if sum(self._taken.values()) < POLL_MAX:
+            if self._in_poll < POLL_MAX:
                 self.bpf.ring_buffer_consume()  # what was submitted without a wakeup (lifecycle.bpf.c)
             self._hand_back()
 
@@ -496,7 +499,7 @@ class Sensor:
         """Read everything the ring buffer holds now (in polls of at most POLL_MAX records)."""
         while self._ring_open:
             self.bpf.ring_buffer_consume()
-            full = sum(self._taken.values()) >= POLL_MAX
+            full = self._in_poll >= POLL_MAX
             self._hand_back()
             if not full:
                 break
