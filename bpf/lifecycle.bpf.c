@@ -7,11 +7,41 @@
  *   parent_of  a fork inside an extension cgroup: the child's pid -> the forking process's pid
  *   ending     how a process is ending, as last seen: exit_group()/exit() with its status, or a
  *              signal delivered with its default, fatal action
+ * Whether an exiting thread is its process's last: the tracepoint's group_dead where it has one (6.13+:
+ * EG_HAVE_GROUP_DEAD, from its format file); else the task's live-thread count, where the headers are the
+ * running kernel's own (EG_KERNEL_STRUCTS: do_exit has decremented it before the tracepoint, so 0 means
+ * the group is dead; two threads racing to the end may both see 0, and the agent keeps one exit per pid);
+ * else the leader's exit stands for the process's.
  * Their records are submitted without a wakeup: lineage is not urgent, and waking the agent for each
  * exec and exit made a fork+exec loop inside 1.34x slower than under the kernel's layers alone (1.03x
  * without). The agent takes them at its next poll (Sensor.poll consumes after waiting); violations
  * force a wakeup, since one submitted behind unconsumed records would otherwise wake nobody.
  */
+
+#if !defined(EG_HAVE_GROUP_DEAD) && defined(EG_KERNEL_STRUCTS)
+#include <linux/sched.h>
+#include <linux/sched/signal.h>
+#endif
+
+#if defined(EG_HAVE_GROUP_DEAD)
+#define EG_GROUP_DEAD(args, tid, tgid) ((args)->group_dead)
+#else
+#define EG_GROUP_DEAD(args, tid, tgid) group_dead_now(tid, tgid)
+static __always_inline int group_dead_now(u32 tid, u32 tgid)
+{
+#if defined(EG_KERNEL_STRUCTS)
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct signal_struct *sig = 0;
+	int live = 1;
+	bpf_probe_read_kernel(&sig, sizeof(sig), &task->signal);
+	if (sig)
+		bpf_probe_read_kernel(&live, sizeof(live), &sig->live.counter);
+	return live == 0;
+#else
+	return tid == tgid;
+#endif
+}
+#endif
 
 BPF_TABLE("lru_hash", u32, u32, parent_of, EG_MAX_THREADS);
 BPF_TABLE("lru_hash", u32, u32, ending, EG_MAX_THREADS);
@@ -84,7 +114,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id, tgid = id >> 32;
 	parent_of.delete(&tid);
-	if (!args->group_dead)
+	if (!EG_GROUP_DEAD(args, tid, tgid))
 		return 0;
 	struct eg_event *e = new_event(pol, EG_KIND_LIFECYCLE, -1, cg);
 	if (!e)

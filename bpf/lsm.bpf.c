@@ -5,7 +5,9 @@
  * struct linux_binprm and struct task_struct fields). LSM hooks decide on resolved objects, for every
  * process of an extension cgroup, launched or adopted:
  *
- *   file_open             the opened file's real path (bpf_d_path) against the read/write tries
+ *   file_open             the opened file's real path (bpf_d_path) against the read/write tries; an
+ *                         exec open (FMODE_EXEC: the binary, its ELF interpreter) passes with exec or
+ *                         read permission, and bprm_check_security decides the exec itself
  *   bprm_check_security   the executable's real path against the exec trie (renamed copies, memfds,
  *                         symlinks: the resolved file is what is checked)
  *   ptrace_access_check   ptrace from inside an extension, unless its manifest allows the syscall
@@ -21,6 +23,7 @@
 #include <linux/sched.h>
 
 #define EG_FMODE_WRITE 0x2
+#define EG_FMODE_EXEC_FLAG 0x20  /* __FMODE_EXEC: FMODE_EXEC carried in the open flags */
 
 /* The LSM answer for a violation: deny unless audit mode or an `alert` response (deny_in_mode); kill
  * if asked. A repeat (or a full ring) has no record and is answered all the same. */
@@ -46,7 +49,20 @@ static __always_inline u16 lsm_verdict(struct eg_ext_policy *pol, u32 kind)
 	return should_kill(pol, kind) ? EG_V_KILLED : EG_V_DENIED;
 }
 
-static __always_inline int lsm_path(struct eg_ext_policy *pol, u64 cg, struct path *p, u32 access, u16 kind)
+/* Is access (or alt, if not 0) granted to this path? k->path holds it. */
+static __always_inline int path_granted(struct eg_ext_policy *pol, struct eg_path_key *k, u32 access, u32 alt)
+{
+	k->scope = (pol->slot << 8) | access;
+	if (path_rules.lookup(k))
+		return 1;
+	if (!alt)
+		return 0;
+	k->scope = (pol->slot << 8) | alt;
+	return path_rules.lookup(k) != 0;
+}
+
+static __always_inline int lsm_path(struct eg_ext_policy *pol, u64 cg, struct path *p, u32 access, u32 alt,
+				    u16 kind)
 {
 	u32 zero = 0;
 	struct eg_path_key *k = path_scratch.lookup(&zero);
@@ -56,8 +72,7 @@ static __always_inline int lsm_path(struct eg_ext_policy *pol, u64 cg, struct pa
 	if (n < 0)  /* unnamed or too long to name: refusing to guess is the safe side */
 		k->path[0] = 0;
 	k->prefixlen = 32 + EG_PATH_MAX * 8;
-	k->scope = (pol->slot << 8) | access;
-	if (n > 0 && path_rules.lookup(k))
+	if (n > 0 && path_granted(pol, k, access, alt))
 		return 0;
 	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), k->path);
 	struct eg_event *e = new_violation(pol, kind, -1, lsm_verdict(pol, kind), h, cg);
@@ -74,8 +89,12 @@ LSM_PROBE(file_open, struct file *file)
 	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol)
 		return 0;
+	if ((file->f_mode & FMODE_EXEC) || (file->f_flags & EG_FMODE_EXEC_FLAG))
+		/* execve and the ELF loader open the binary and its interpreter with FMODE_EXEC (6.1 sets it
+		 * in f_flags as __FMODE_EXEC by the time this hook runs, not yet in f_mode) */
+		return lsm_path(pol, cg, &file->f_path, EG_ACC_EXEC, EG_ACC_READ, EG_KIND_EXEC);
 	u32 access = (file->f_mode & EG_FMODE_WRITE) ? EG_ACC_WRITE : EG_ACC_READ;
-	return lsm_path(pol, cg, &file->f_path, access, EG_KIND_FILE);
+	return lsm_path(pol, cg, &file->f_path, access, 0, EG_KIND_FILE);
 }
 
 LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)
@@ -84,7 +103,7 @@ LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)
 	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol)
 		return 0;
-	return lsm_path(pol, cg, &bprm->file->f_path, EG_ACC_EXEC, EG_KIND_EXEC);
+	return lsm_path(pol, cg, &bprm->file->f_path, EG_ACC_EXEC, 0, EG_KIND_EXEC);
 }
 
 /* A syscall-level refusal decided on the object (ptrace, namespaces): recorded as syscall nr. */

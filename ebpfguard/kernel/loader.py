@@ -20,7 +20,7 @@ from ..errors import KernelError
 from ..manifest.compile import CompiledPolicy
 from ..resources import bpf_dir
 from .abi import c
-from .features import bpf_lsm_status
+from .features import bpf_lsm_status, headers_match
 
 SOURCES = ("lib.bpf.h", "files.bpf.c", "net.bpf.c", "syscalls.bpf.c", "lifecycle.bpf.c", "lsm.bpf.c")
 TRACEFS = Path("/sys/kernel/tracing")
@@ -75,6 +75,15 @@ def has_tracepoint(category: str, event: str) -> bool:
     return (TRACEFS / "events" / category / event).is_dir()
 
 
+def tracepoint_has_field(category: str, event: str, name: str) -> bool:
+    """Does the tracepoint's format (tracefs) have this field? Fields come and go between kernels."""
+    try:
+        fmt = (TRACEFS / "events" / category / event / "format").read_text()
+    except OSError:
+        return False
+    return any(f" {name};" in line for line in fmt.splitlines() if line.strip().startswith("field:"))
+
+
 def _strerror(rc: int) -> str:
     """libbpf returns -errno; older bcc wrappers return -1 and leave errno."""
     err = -rc if rc < -1 else ctypes.get_errno()
@@ -112,6 +121,10 @@ class Sensor:
         for name in OPTIONAL_TRACEPOINTS:  # syscalls newer than the oldest kernel supported
             if has_tracepoint("syscalls", f"sys_enter_{name}"):
                 cflags.append(f"-DEG_HAVE_{name.upper()}")
+        if tracepoint_has_field("sched", "sched_process_exit", "group_dead"):  # 6.13+
+            cflags.append("-DEG_HAVE_GROUP_DEAD")
+        if headers_match():  # the programs may read kernel structs (lifecycle.bpf.c, lsm.bpf.c)
+            cflags.append("-DEG_KERNEL_STRUCTS")
         if lsm is None:
             lsm = bpf_lsm_status()[0]
         self.lsm = lsm

@@ -15,25 +15,37 @@ __all__ = ["active_lsms", "bpf_lsm_available", "bpf_lsm_status", "headers_match"
            "require"]
 
 
-def require() -> int:
+def require(lsm: bool = False) -> int:
+    """Exit status for --require: 1 when the programs cannot be loaded (and, with ``lsm``, when the
+    BPF-LSM programs cannot: the VM tier's BPF-LSM guest must fail, not skip, without them)."""
     info = probe()
     for k, v in info.items():
         print(f"{k:>16}: {v}")
     if not info["root"]:
         print("eBPF unavailable: the kernel tier needs root", file=sys.stderr)
         return 1
+    if lsm and not bpf_lsm_available():
+        print(f"BPF-LSM required but unavailable: {bpf_lsm_status()[1]}", file=sys.stderr)
+        return 1
     try:
         s = Sensor()
     except KernelError as err:
         print(f"eBPF unavailable: {err}", file=sys.stderr)
         return 1
+    if lsm and not s.lsm:
+        print("BPF-LSM required, but the programs were loaded without it", file=sys.stderr)
+        s.close()
+        return 1
     n = len(s.bpf.tracepoint_fds)
     files = len(s.syscall_tracepoints)
     net = len(s.cgroup_programs)
     unix = s.unix_hooks
+    lsm = s.lsm
     s.close()
     print(f"{'ebpf':>16}: loaded ({n} tracepoints attached now, {files} syscall tracepoints attached while an "
           f"extension runs, {net} cgroup sock_addr programs)")
+    if lsm:
+        print(f"{'bpf-lsm':>16}: its programs loaded (file_open, bprm_check_security, ptrace, task_alloc)")
     if unix:
         print(f"{'unix sockets':>16}: not enforced in the kernel: {unix}")
     if info["landlock_abi"] >= 7:
@@ -50,8 +62,9 @@ def require() -> int:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--require", action="store_true", help="load the real programs; exit 1 if impossible")
+    ap.add_argument("--require-lsm", action="store_true", help="with --require: the BPF-LSM programs too")
     args = ap.parse_args()
-    if args.require:
-        sys.exit(require())
+    if args.require or args.require_lsm:
+        sys.exit(require(lsm=args.require_lsm))
     for k, v in probe().items():
         print(f"{k:>16}: {v}")
