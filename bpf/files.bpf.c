@@ -4,9 +4,19 @@
 #define EG_AT_FDCWD -100
 
 /* Where the BPF-LSM backend runs (lsm.bpf.c), it decides opens and execs on resolved objects and these
- * tracepoints stand down, so that nothing is recorded twice. */
+ * tracepoints stand down, so that nothing is recorded twice; except for a launched instance under
+ * Landlock (the `landlocked` map): Landlock decides its files on the objects, in whatever place the
+ * kernel's LSM order gives it, and it may run before BPF-LSM and refuse what BPF-LSM then never sees.
+ * For those cgroups the LSM file hooks stand down instead (lsm_defers) and these tracepoints record as
+ * they do without BPF-LSM: Landlock's own reports where it has them, the string and its resolution
+ * otherwise, and the read-only mount's EROFS, which no LSM hook sees. */
 #ifdef EG_LSM
-#define EG_LSM_DECIDES() return 0
+static __always_inline int lsm_defers(void)
+{
+	u64 cg = bpf_get_current_cgroup_id();
+	return landlocked.lookup(&cg) != 0;
+}
+#define EG_LSM_DECIDES() if (!lsm_defers()) return 0
 #else
 #define EG_LSM_DECIDES() do { } while (0)
 #endif

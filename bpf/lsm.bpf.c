@@ -5,22 +5,31 @@
  * struct linux_binprm and struct task_struct fields). LSM hooks decide on resolved objects, for every
  * process of an extension cgroup, launched or adopted:
  *
- *   file_open             the opened file's real path (bpf_d_path) against the read/write tries; an
+ *   file_open             the opened file's real path (bpf_d_path) against the read/write tries (a
+ *                         file, not a folder, may also be read under an exec grant, as with Landlock); an
  *                         exec open (FMODE_EXEC: the binary, its ELF interpreter) passes with exec or
  *                         read permission, and bprm_check_security decides the exec itself
  *   bprm_check_security   the executable's real path against the exec trie (renamed copies, memfds,
  *                         symlinks: the resolved file is what is checked)
  *   ptrace_access_check   ptrace from inside an extension, unless its manifest allows the syscall
  *   task_alloc            a clone with CLONE_NEW* flags, unless its manifest allows unshare
+ *   socket_connect,       a pathname unix socket, where the kernel has no cgroup unix programs (before
+ *   socket_sendmsg        6.7: the loader sets lsm_unix_on): the same string decision as net.bpf.c's
+ *                         unix_check, refused with EPERM before the protocol looks the path up
  *
- * socket_connect and socket_bind are covered by the cgroup connect4/6, sendmsg4/6 and bind4/6
- * programs, which decide on the socket address in the kernel for every process of the cgroup already.
- * Where these run, the open and exec tracepoints stand down (files.bpf.c), so nothing is recorded twice.
+ * Internet sockets are covered by the cgroup connect4/6, sendmsg4/6 and bind4/6 programs, which decide on the socket address in the kernel for every process of the cgroup already.
+ * Where these run, the open and exec tracepoints stand down (files.bpf.c), so nothing is recorded twice;
+ * for a launched instance under Landlock it is the other way round (lsm_defers): Landlock decides its
+ * files, and the tracepoints record them as they do without BPF-LSM.
  */
 #ifdef EG_LSM
 #include <linux/fs.h>
 #include <linux/binfmts.h>
 #include <linux/sched.h>
+#include <linux/net.h>
+#include <linux/socket.h>
+
+BPF_ARRAY(lsm_unix_on, u32, 1); /* [0] = 1: the cgroup unix programs are missing, the LSM hooks decide */
 
 #define EG_FMODE_WRITE 0x2
 #define EG_FMODE_EXEC_FLAG 0x20  /* __FMODE_EXEC: FMODE_EXEC carried in the open flags */
@@ -31,6 +40,8 @@ static __always_inline int lsm_answer(struct eg_ext_policy *pol, u32 kind, struc
 {
 	int deny = deny_in_mode(pol, kind);
 	int killing = deny && should_kill(pol, kind);
+	if (deny)
+		count(EG_CTR_DENIALS);
 	if (killing)
 		kill_current();
 	if (e) {
@@ -87,21 +98,29 @@ LSM_PROBE(file_open, struct file *file)
 {
 	u64 cg;
 	struct eg_ext_policy *pol = current_policy_cg(&cg);
-	if (!pol)
+	if (!pol || lsm_defers())
 		return 0;
 	if ((file->f_mode & FMODE_EXEC) || (file->f_flags & EG_FMODE_EXEC_FLAG))
 		/* execve and the ELF loader open the binary and its interpreter with FMODE_EXEC (6.1 sets it
 		 * in f_flags as __FMODE_EXEC by the time this hook runs, not yet in f_mode) */
 		return lsm_path(pol, cg, &file->f_path, EG_ACC_EXEC, EG_ACC_READ, EG_KIND_EXEC);
-	u32 access = (file->f_mode & EG_FMODE_WRITE) ? EG_ACC_WRITE : EG_ACC_READ;
-	return lsm_path(pol, cg, &file->f_path, access, 0, EG_KIND_FILE);
+	if (file->f_mode & EG_FMODE_WRITE)
+		return lsm_path(pol, cg, &file->f_path, EG_ACC_WRITE, 0, EG_KIND_FILE);
+	/* an exec grant lets a file be read too, as Landlock's execute grant does (sandbox/landlock.py):
+	 * the loader maps the shared libraries of the programs it may run */
+	umode_t mode = 0;
+	struct inode *inode = 0;
+	bpf_probe_read_kernel(&inode, sizeof(inode), &file->f_inode);
+	if (inode)
+		bpf_probe_read_kernel(&mode, sizeof(mode), &inode->i_mode);
+	return lsm_path(pol, cg, &file->f_path, EG_ACC_READ, S_ISDIR(mode) ? 0 : EG_ACC_EXEC, EG_KIND_FILE);
 }
 
 LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)
 {
 	u64 cg;
 	struct eg_ext_policy *pol = current_policy_cg(&cg);
-	if (!pol)
+	if (!pol || lsm_defers())
 		return 0;
 	return lsm_path(pol, cg, &bprm->file->f_path, EG_ACC_EXEC, 0, EG_KIND_EXEC);
 }
@@ -137,6 +156,72 @@ LSM_PROBE(task_alloc, struct task_struct *task, unsigned long clone_flags)
 	if (!pol)
 		return 0;
 	return lsm_syscall(pol, cg, EG_NR_UNSHARE, clone_flags);
+}
+
+/* A pathname unix socket address (kernel memory: the kernel's own copy of the user's) against the
+ * extension's grants, as unix_check (net.bpf.c) decides it: relative or ".." names are refused. */
+static __always_inline int lsm_unix(struct socket *sock, void *addr, int addrlen, u32 op)
+{
+	u32 zero = 0;
+	u32 *on = lsm_unix_on.lookup(&zero);
+	if (!on || !*on || !addr || addrlen <= 2)
+		return 0;
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
+	if (!pol)
+		return 0;
+	u16 family = 0;
+	bpf_probe_read_kernel(&family, sizeof(family), addr);
+	if (family != AF_UNIX)
+		return 0;
+	struct eg_path_key *k = path_scratch.lookup(&zero);
+	if (!k)
+		return 0;
+	u32 n = (u32)addrlen - 2;
+	if (n > EG_UNIX_PATH_MAX)
+		n = EG_UNIX_PATH_MAX;
+	/* the kernel's copy of an address is a sockaddr_storage (128 bytes): sun_path can be read whole, and
+	 * cut at the length given; the volatile keeps the mask the verifier needs from being folded away */
+	volatile u32 end = n;
+	u32 flags = 0;
+	if (bpf_probe_read_kernel(k->path, EG_UNIX_PATH_MAX, (char *)addr + 2) < 0) {
+		flags = EG_EV_UNREADABLE;
+		k->path[0] = 0;
+	} else {
+		if (k->path[0] == 0)
+			return 0; /* abstract: Landlock's scoping, where the kernel has it */
+		k->path[end & 127] = 0;
+		flags = unix_path_flags(k, n);
+	}
+	if (!flags && unix_allows(pol, k, mountns.lookup(&cg) != 0))
+		return 0;
+	short type = 0;
+	bpf_probe_read_kernel(&type, sizeof(type), &sock->type);
+	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), EG_FAMILY_UNIX), (u8)type),
+			  k->path);
+	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, lsm_verdict(pol, EG_KIND_NETWORK), h, cg);
+	if (e) {
+		e->flags = flags;
+		e->op = op;
+		e->family = EG_FAMILY_UNIX;
+		e->proto = (u8)type;
+		__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
+	}
+	return lsm_answer(pol, EG_KIND_NETWORK, e, EG_EPERM);
+}
+
+LSM_PROBE(socket_connect, struct socket *sock, struct sockaddr *address, int addrlen)
+{
+	return lsm_unix(sock, address, addrlen, EG_NET_CONNECT);
+}
+
+LSM_PROBE(socket_sendmsg, struct socket *sock, struct msghdr *msg, int size)
+{
+	void *name = 0;
+	int len = 0;
+	bpf_probe_read_kernel(&name, sizeof(name), &msg->msg_name);
+	bpf_probe_read_kernel(&len, sizeof(len), &msg->msg_namelen);
+	return lsm_unix(sock, name, len, EG_NET_SEND); /* no name: a connected socket, decided at connect */
 }
 
 #endif /* EG_LSM */

@@ -23,7 +23,7 @@ from .events import now_ns, rfc3339_ns
 from .forensics import MAX_BYTES, ForensicLog, Forwarder
 from .kernel.features import bpf_lsm_status
 from .manifest.load import Manifest, load, parse
-from .sandbox import landlock_reports
+from .sandbox import landlock_confines, landlock_reports
 
 log = logging.getLogger("ebpfguard")
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -319,7 +319,8 @@ class Agent:
                 raise TypeError("manifest_text must be a string")
             m = parse(text.encode(), str(req.get("manifest_path", "<request>")), home=req.get("home"))
         # the client is ebpfguard's own launcher (the socket is root's): it restricts what it starts
-        inst = self.engine.prepare(m, mode, landlock_reports=landlock_reports(m, mode))
+        inst = self.engine.prepare(m, mode, landlocked=landlock_confines(m, mode),
+                                     landlock_reports=landlock_reports(m, mode))
         conn.instances.append(inst.cgroup_id)
         return {"instance": inst.id, "procs_files": inst.cgroup.procs_files(), "cgroup": str(inst.cgroup.v2),
                 "manifest_text": m.raw.decode(), "manifest_path": m.source, "home": req.get("home"),

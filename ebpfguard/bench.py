@@ -41,7 +41,7 @@ from .lineage import exits
 from .manifest.load import parse
 from .peers import Auditd, Bpftrace, Peer
 from .resources import data_root
-from .sandbox import Sandbox, landlock_reports
+from .sandbox import Sandbox, landlock_confines, landlock_reports
 from .statedir import StateDir
 
 WORKLOADS = {"open/close": 300_000, "stat walk": 20, "connect": 20_000, "unix connect": 20_000, "fork+exec": 3_000,
@@ -214,7 +214,8 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
         try:
             listener.start()
             m = parse(MANIFEST.format(dir=tmp, bin=binary).encode(), "bench.yaml")
-            inst = eng.prepare(m, landlock_reports=landlock_reports(m))  # "inside" runs are sandboxed
+            # "inside" runs are sandboxed
+            inst = eng.prepare(m, landlocked=landlock_confines(m), landlock_reports=landlock_reports(m))
             procs = inst.cgroup.procs_files()
             sb = Sandbox.prepare(m)  # inside runs are launched as `ebpfguard run` launches: every layer
             eng.started(inst, 0, [str(binary)], sb.describe())

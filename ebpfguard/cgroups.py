@@ -152,6 +152,33 @@ def set_limits(cg: Cgroup, resources: Resources) -> dict[str, Any]:
     return applied
 
 
+def cpu_quota_us(cg: Cgroup) -> int | None:
+    """The CPU quota per 100 ms period in force (None: unlimited), from v2's cpu.max or v1's cpu controller."""
+    try:
+        if not cg.v1:
+            quota, _, _period = (cg.v2 / "cpu.max").read_text().partition(" ")
+        elif "cpu" in cg.v1:
+            quota = (cg.v1["cpu"] / "cpu.cfs_quota_us").read_text()
+        else:
+            return None
+    except OSError as err:
+        raise CgroupError(f"cannot read the CPU quota of {cg.name}: {err.strerror}") from err
+    quota = quota.strip()
+    return None if quota in ("max", "-1") else int(quota)
+
+
+def pids_max(cg: Cgroup) -> int | None:
+    """The process limit in force (None: unlimited)."""
+    f = cg.v2 / "pids.max" if not cg.v1 else cg.v1["pids"] / "pids.max" if "pids" in cg.v1 else None
+    if f is None:
+        return None
+    try:
+        v = f.read_text().strip()
+    except OSError as err:
+        raise CgroupError(f"cannot read the process limit of {cg.name}: {err.strerror}") from err
+    return None if v == "max" else int(v)
+
+
 def resource_events(cg: Cgroup) -> dict[str, int]:
     """The kernel's own counters of containment by limits: OOM kills and refused forks."""
     if cg.v1:

@@ -396,11 +396,12 @@ class Engine:
                 self.recorder.resource(inst, resource, key, delta, limit)
 
     # ---- instances --------------------------------------------------------------------------------
-    def prepare(self, m: Manifest, mode: str | None = None, *, launch: bool = True,
+    def prepare(self, m: Manifest, mode: str | None = None, *, launch: bool = True, landlocked: bool = False,
                 landlock_reports: bool = False) -> Instance:
         """A new instance cgroup under ``m``, bound and attached. For a ``launch`` (not an adoption): its
-        D-Bus proxies running, and the kernel told that its processes will be in their own mount
-        namespace before the first of them runs."""
+        D-Bus proxies running, and the kernel told, before the first of its processes runs, that they
+        will be in their own mount namespace and, with ``landlocked`` (sandbox.landlock_confines), under
+        a Landlock ruleset for files that reports its denials with ``landlock_reports``."""
         mode = mode or m.mode
         slot = self.slots.acquire(m, mode)
         try:
@@ -429,11 +430,11 @@ class Engine:
         if launch:
             if (mode or m.mode) != "audit":
                 self.sensor.set_mountns(cgid, True)
-            # ``landlock_reports``: the launcher will restrict it with a Landlock ruleset that reports its
-            # denials (sandbox.landlock_reports): the file programs must leave reads and execs to Landlock
-            # before the first process runs, or a refusal would be recorded twice
-            if landlock_reports and self.laudit is not None:
-                self._set_landlocked(inst, reports=True)
+            # before the first process runs: with reports, the file programs leave reads and execs to
+            # Landlock (or a refusal would be recorded twice); under BPF-LSM, the LSM file hooks leave the
+            # instance to Landlock and the tracepoints (or a refusal Landlock made first would go unseen)
+            if landlocked or landlock_reports:
+                self._set_landlocked(inst, reports=landlock_reports)
             try:
                 self.start_proxies(inst)
             except EbpfguardError:

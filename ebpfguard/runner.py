@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from .launcher import exit_status, resolve, spawn
 from .manifest.load import Manifest, parse
-from .sandbox import Sandbox, landlock_reports
+from .sandbox import Sandbox, landlock_confines, landlock_reports
 
 
 def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str | None = None) -> int:
@@ -20,7 +20,8 @@ def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str |
     Sandbox.prepare(m, mode).close()  # a manifest the launcher cannot enforce fails before anything loads
     eng = Engine(state_dir)
     try:
-        inst = eng.prepare(m, mode, landlock_reports=landlock_reports(m, mode))
+        inst = eng.prepare(m, mode, landlocked=landlock_confines(m, mode),
+                           landlock_reports=landlock_reports(m, mode))
         sandbox = Sandbox.prepare(m, mode, proxies=inst.proxy_folders())
         # like a shell: the terminal's Ctrl-C goes to the command, which decides; we wait for it
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)

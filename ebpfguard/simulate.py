@@ -575,11 +575,12 @@ def execute(engine: Engine, m: Manifest, argv: list[str], *, mode: str | None = 
     """Run ``argv`` as one extension instance, as ``ebpfguard run`` does, wait for its cgroup to empty,
     and return (exit status, pid, the records it caused, its last state). ``on_instance`` may rewrite
     argv once the instance (and its cgroup) exists."""
-    from .sandbox import Sandbox, landlock_reports  # noqa: PLC0415
+    from .sandbox import Sandbox, landlock_confines, landlock_reports  # noqa: PLC0415
 
     records: list[dict[str, Any]] = []
     engine.subscribers.append(records.append)
-    inst = engine.prepare(m, mode, landlock_reports=sandbox and landlock_reports(m, mode))
+    inst = engine.prepare(m, mode, landlocked=sandbox and landlock_confines(m, mode),
+                          landlock_reports=sandbox and landlock_reports(m, mode))
     state = "running"
     try:
         if on_instance is not None:

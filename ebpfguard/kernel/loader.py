@@ -148,7 +148,8 @@ class Sensor:
             raise KernelError(f"failed to load the cgroup network programs: {err}") from err
         # pathname unix sockets: kernel >= 6.7 (BPF_CGROUP_UNIX_CONNECT/_SENDMSG); older kernels refuse
         # the attach type at load, and then only the mount namespace keeps sockets out of reach
-        self.unix_hooks: str | None = None
+        self.unix_hooks: str | None = None  # why the kernel does not decide pathname unix sockets
+        self.unix_by_lsm = False  # the BPF-LSM socket hooks decide them (no cgroup unix programs)
         try:
             for name, t in UNIX_ATTACH.items():
                 self._net_fns[name] = self.bpf.load_func(name, BPF.CGROUP_SOCK_ADDR, attach_type=t)
@@ -158,6 +159,11 @@ class Sensor:
                 self._net_fns.pop(name, None)
                 self._net_types.pop(name, None)
             self.unix_hooks = f"the kernel refused the cgroup unix-socket programs ({err}); needs Linux 6.7"
+            if self.lsm:  # the BPF-LSM socket hooks decide them instead (lsm.bpf.c: lsm_unix)
+                t = self.bpf["lsm_unix_on"]
+                t[t.Key(0)] = t.Leaf(1)
+                self.unix_hooks = None
+                self.unix_by_lsm = True
         self.gates: set[str] = set()
         self.missing_gates: set[str] = set()
         self._net_kill_slots: set[int] = set()

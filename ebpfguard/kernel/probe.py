@@ -40,12 +40,15 @@ def require(lsm: bool = False) -> int:
     files = len(s.syscall_tracepoints)
     net = len(s.cgroup_programs)
     unix = s.unix_hooks
+    unix_lsm = s.unix_by_lsm
     lsm = s.lsm
     s.close()
     print(f"{'ebpf':>16}: loaded ({n} tracepoints attached now, {files} syscall tracepoints attached while an "
           f"extension runs, {net} cgroup sock_addr programs)")
     if lsm:
         print(f"{'bpf-lsm':>16}: its programs loaded (file_open, bprm_check_security, ptrace, task_alloc)")
+    if unix_lsm:
+        print(f"{'unix sockets':>16}: decided by the BPF-LSM socket hooks (no cgroup unix programs before 6.7)")
     if unix:
         print(f"{'unix sockets':>16}: not enforced in the kernel: {unix}")
     if info["landlock_abi"] >= 7:

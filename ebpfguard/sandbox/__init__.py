@@ -142,6 +142,13 @@ class Sandbox:
             self.ruleset_fd = None
 
 
+def landlock_confines(m: Manifest, mode: str | None = None) -> bool:
+    """Will the launcher restrict an instance of ``m`` with a Landlock ruleset that handles files (any
+    ABI, not audit mode)? Sandbox.describe() says the same after the fact ("landlock-fs")."""
+    abi = landlock.abi()
+    return abi >= 1 and (mode or m.mode) != "audit" and "fs" in landlock.plan(m, abi, mode).enforced
+
+
 def landlock_reports(m: Manifest, mode: str | None = None) -> bool:
     """Will the launcher restrict an instance of ``m`` with a Landlock ruleset that reports its denials
     to audit (ABI 7+, files handled, not audit mode)? Its seccomp filter then reports its refusals too.

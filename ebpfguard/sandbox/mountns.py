@@ -8,6 +8,11 @@ read-only).
 - Socket folders (``$XDG_RUNTIME_DIR``, ``/tmp/.X11-unix``, ``/tmp/.ICE-unix``, ``/run/dbus``) are
   replaced by empty tmpfs holding only the sockets the manifest grants and the instance's D-Bus proxy,
   mounted at the real bus's path.
+- Every other pathname unix socket bound when the instance starts (``/proc/net/unix``: ssh-agent's, an
+  IDE's, another program's control socket) and not granted is covered by ``/dev/null``: a connect finds
+  no socket (ECONNREFUSED). Where the kernel decides unix sockets itself (the cgroup unix programs, 6.7+,
+  or BPF-LSM) it refuses first, with a record; on older kernels without BPF-LSM this is what keeps them
+  out of reach. Sockets bound later, and those in the extension's own write trees, are not covered.
 - ``/tmp`` and ``/var/tmp`` are private (empty tmpfs, as systemd's PrivateTmp=) unless a grant names
   the folder itself or ``/``; granted paths under them are carried in.
 
@@ -21,14 +26,16 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import EbpfguardError
 from ..manifest.load import Manifest
 
 CLONE_NEWNS = 0x00020000
-MS_NOSUID, MS_NODEV, MS_REC, MS_SLAVE = 0x2, 0x4, 0x4000, 0x80000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_SLAVE = 0x2, 0x4, 0x1000, 0x4000, 0x80000
 SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442
 OPEN_TREE_CLONE, AT_RECURSIVE, MOVE_MOUNT_F_EMPTY_PATH = 0x1, 0x8000, 0x4
 MOUNT_ATTR_RDONLY = 0x1
@@ -72,6 +79,7 @@ class MountPlan:
     links: list[tuple[str, str]] = field(default_factory=list)  # (symlink made in a mask, what it points to)
     readonly: bool = False
     skipped: list[str] = field(default_factory=list)
+    sockets: list[str] = field(default_factory=list)  # bound unix sockets covered by /dev/null
 
     def summary(self) -> dict[str, object]:
         """What records and decisions need: is it read-only, and where can it still write."""
@@ -86,6 +94,8 @@ class MountPlan:
         if self.readonly:
             out.append("mountns-readonly")
         out += [f"mountns-mask:{m.folder}" for m in self.masks]
+        if self.sockets:
+            out.append(f"mountns-sockets:{len(self.sockets)}")
         return out
 
 
@@ -93,8 +103,28 @@ def _under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+def bound_sockets(table: str = "/proc/net/unix") -> list[str]:
+    """The pathname unix sockets bound in this network namespace that are sockets at their path now
+    (not abstract, not unnamed, not since replaced by another file)."""
+    out = []
+    try:
+        with open(table, encoding="utf-8", errors="surrogateescape") as f:
+            next(f, None)  # the header
+            for line in f:
+                parts = line.rstrip("\n").split(None, 7)
+                if len(parts) == 8 and parts[7].startswith("/"):
+                    try:
+                        if stat.S_ISSOCK(os.lstat(parts[7]).st_mode):
+                            out.append(parts[7])
+                    except OSError:
+                        continue
+    except OSError:
+        return []
+    return sorted(set(out))
+
+
 def plan(m: Manifest, mode: str | None, uid: int, gid: int, proxies: dict[str, str] | None = None,
-         exists: object = os.path.lexists) -> MountPlan:
+         exists: object = os.path.lexists, sockets: Iterable[str] | None = None) -> MountPlan:
     """What the namespace of an instance of ``m`` holds. ``proxies`` maps the path where a D-Bus proxy
     must appear (the real bus's) to the proxy's folder: the folder is mounted beside that path and the
     path is a symlink to its socket, so that a proxy restarted in the same folder is reached again."""
@@ -138,6 +168,10 @@ def plan(m: Manifest, mode: str | None, uid: int, gid: int, proxies: dict[str, s
         p.links.append((target, f"{os.path.basename(beside)}/bus"))
     if p.readonly:
         p.writable += [c.target for c in p.carry if c.writable]
+    granted = {u.rstrip("/") for u in m.ipc.unix}
+    for sock in bound_sockets() if sockets is None else sockets:
+        if sock not in granted and not any(_under(sock, w.rstrip("/") or "/") for w in m.write):
+            p.sockets.append(sock)
     return p
 
 
@@ -187,7 +221,7 @@ def enter(p: MountPlan) -> None:
         trees.append((fd, c, os.path.isdir(c.source)))
     for w in p.writable:
         if not any(c.target == w for c in p.carry):
-            _mount(w, w, None, 0x1000 | MS_REC)  # MS_BIND: its own mount, so that it can stay writable
+            _mount(w, w, None, MS_BIND | MS_REC)  # MS_BIND: its own mount, so that it can stay writable
     for mk in p.masks:
         _mount("tmpfs", mk.folder, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mk.mode:o},uid={mk.uid},gid={mk.gid}")
     for fd, c, is_dir in trees:
@@ -198,6 +232,10 @@ def enter(p: MountPlan) -> None:
     for link, dest in p.links:
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(dest, link)
+    for sock in p.sockets:  # after the masks and carries: one under a mask is gone already (ENOENT)
+        rc = _libc.mount(b"/dev/null", sock.encode(), None, ctypes.c_ulong(MS_BIND), None)
+        if rc < 0 and ctypes.get_errno() != errno.ENOENT:
+            _check(rc, f"mount /dev/null on {sock}")
     if p.readonly:
         _setattr("/", True, attr_set=MOUNT_ATTR_RDONLY)
         for w in dict.fromkeys(p.writable):

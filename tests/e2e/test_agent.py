@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
+from ebpfguard.cgroups import CgroupManager
 from ebpfguard.lineage import processes
 from ebpfguard.sandbox import landlock
 
 pytestmark = pytest.mark.e2e
 EG = [sys.executable, "-m", "ebpfguard.cli"]
-SLICE = Path("/sys/fs/cgroup/unified/ebpfguard.slice")
+SLICE = CgroupManager().slice_v2
 LANDLOCK_REPORTS = landlock.abi() >= 7  # file refusals are recorded from Landlock's own reports
 
 MANIFEST = """apiVersion: ebpfguard.io/v1

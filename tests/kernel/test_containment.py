@@ -62,9 +62,12 @@ def test_start_record_names_the_layers(engine: Engine, world: World) -> None:
     start = next(r for r in res.records if r["detail"].get("event") == "start")
     sb = start["detail"]["sandbox"]
     assert sb["user"] == "nobody" and sb["uid"] == NOBODY
-    for layer in ("user", "no_new_privs", "seccomp", "landlock-fs", "landlock-signal-scope",
-                  "landlock-abstract-unix-scope"):
+    scoping = landlock.abi() >= 6
+    for layer in ("user", "no_new_privs", "seccomp", "landlock-fs",
+                  *(("landlock-signal-scope", "landlock-abstract-unix-scope") if scoping else ())):
         assert layer in sb["layers"]
+    if not scoping:  # the record says what this kernel's Landlock cannot do
+        assert "landlock signal and abstract-unix scoping: needs ABI 6" in sb["not_enforced"]
     assert any("tcp ports" in gap for gap in sb["not_enforced"])
     assert res.status == 0 and res.violations() == []
 
@@ -184,6 +187,11 @@ def test_ptrace_of_a_same_user_process(engine: Engine, world: World, same_user_p
 def test_signal_to_a_process_outside_the_domain(engine: Engine, world: World,
                                                 same_user_process: subprocess.Popen[bytes]) -> None:
     res = contained(engine, world, ["kill", str(same_user_process.pid), str(int(signal.SIGKILL))])
+    if landlock.abi() < 6:
+        start = next(r for r in res.records if r["detail"].get("event") == "start")
+        assert "landlock signal and abstract-unix scoping: needs ABI 6" in start["detail"]["sandbox"]["not_enforced"]
+        pytest.xfail("no layer refuses a signal to a process of the same user outside the domain before "
+                     "Landlock ABI 6 (signal scoping); the start record lists it under not_enforced")
     assert res.rc_errno() == (-1, errno.EPERM)
     time.sleep(0.1)
     assert same_user_process.poll() is None, "the extension killed a process outside its domain"
@@ -214,9 +222,10 @@ def test_never_allowed_syscall_is_killed_by_seccomp_and_recorded(engine: Engine,
 
 
 def test_moving_itself_into_another_cgroup(engine: Engine, world: World) -> None:
-    res = contained(engine, world, ["cgroup-move", "/sys/fs/cgroup/unified/cgroup.procs"])
+    procs = str(engine.cgroups.v2_root / "cgroup.procs")  # the v2 root: /sys/fs/cgroup/unified on hybrid hosts
+    res = contained(engine, world, ["cgroup-move", procs])
     assert res.rc_errno()[0] == -1
-    violation(res, "file", path="/sys/fs/cgroup/unified/cgroup.procs")
+    violation(res, "file", path=procs)
 
 
 def test_fork_bomb_stops_at_the_pids_cap(engine: Engine, world: World) -> None:

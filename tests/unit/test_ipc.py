@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ebpfguard.dbusproxy import parse_log
@@ -110,3 +112,25 @@ def test_proxy_log_denials() -> None:
          "member": "Ping", "path": "/t", "proxy": "hidden"},
         {"op": "call", "destination": "org.freedesktop.systemd1", "interface": "org.freedesktop.systemd1.Manager",
          "member": "StartTransientUnit", "path": "/org/freedesktop/systemd1", "proxy": "denied"}]
+
+
+def test_bound_sockets_are_covered_unless_granted_or_in_a_write_tree(tmp_path: Path) -> None:
+    import socket as sk
+
+    live, gone = tmp_path / "live.sock", tmp_path / "gone.sock"
+    s = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
+    s.bind(str(live))
+    try:
+        table = tmp_path / "unix"
+        table.write_text("Num       RefCount Protocol Flags    Type St Inode Path\n"
+                         f"0000000000000000: 00000002 00000000 00010000 0001 01 11 {live}\n"
+                         f"0000000000000000: 00000002 00000000 00010000 0001 01 12 {gone}\n"
+                         "0000000000000000: 00000002 00000000 00010000 0001 01 13 @abstract\n"
+                         "0000000000000000: 00000003 00000000 00000000 0001 03 14\n")
+        assert mountns.bound_sockets(str(table)) == [str(live)]  # a path that is no socket now is left alone
+    finally:
+        s.close()
+    m = parse(manifest("unix: [/home/u/.ssh/agent-ok]").encode(), "m.yaml")
+    p = mountns.plan(m, None, 1, 1, exists=lambda path: True,
+                     sockets=["/home/u/.ssh/agent-ok", "/home/u/.ssh/agent", "/srv/ext/own.sock", "/run/x.sock"])
+    assert p.sockets == ["/home/u/.ssh/agent", "/run/x.sock"] and "mountns-sockets:2" in p.describe()

@@ -116,7 +116,7 @@ def build_initramfs(release: str) -> Path:
     entries: list[tuple[str, int, bytes]] = [(d, 0o40755, b"") for d in dirs]
     entries.append(("dev/console", 0o20600, b""))  # replaced by devtmpfs; here for the kernel's first open
     entries += [("init", 0o100755, parts[0]), ("stage2", 0o100755, parts[1]), ("bin/busybox", 0o100755, parts[2])]
-    for m, data in zip(mods, parts[3:]):
+    for m, data in zip(mods, parts[3:], strict=True):
         entries.append((f"modules/{m.name}", 0o100644, data))
     entries.append(("modules.list", 0o100644, "".join(f"{m.name}\n" for m in mods).encode()))
     CACHE.mkdir(parents=True, exist_ok=True)
