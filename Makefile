@@ -68,8 +68,12 @@ vm-deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(VM_PKGS) ; }
 
 test-vm: setup vm-deps
-	$(PY) tests/vm/egvm.py run --lsm --timeout $(VM_TIMEOUT) -- $(MAKE) --no-print-directory guest-tier REQUIRE=--require-lsm
-	$(PY) tests/vm/egvm.py run --no-lsm --timeout $(VM_TIMEOUT) -- $(MAKE) --no-print-directory guest-tier REQUIRE=--require
+	@rc=0; \
+	$(PY) tests/vm/egvm.py run --lsm --timeout $(VM_TIMEOUT) -- \
+	  $(MAKE) --no-print-directory guest-tier REQUIRE=--require-lsm || rc=1; \
+	$(PY) tests/vm/egvm.py run --no-lsm --timeout $(VM_TIMEOUT) -- \
+	  $(MAKE) --no-print-directory guest-tier REQUIRE=--require || rc=1; \
+	exit $$rc
 
 # run inside the guest by test-vm: what the kernel has, then the kernel tier
 guest-tier:

@@ -138,7 +138,9 @@ def test_lineage_names_each_binary_its_parent_and_how_it_ended(engine: Engine, w
     from ebpfguard.lineage import processes
     from ebpfguard.simulate import execute
 
-    text = world.manifest().replace(f'exec: ["{world.helper}"]', 'exec: ["/usr/", "/bin/"]')
+    # a shell gives a background job /dev/null for stdin: where BPF-LSM decides, that open is refused unless granted
+    text = world.manifest().replace(f'exec: ["{world.helper}"]', 'exec: ["/usr/", "/bin/"]').replace(
+        f'read: ["{world.allowed}/"]', f'read: ["{world.allowed}/", "/dev/null"]')
     m = parse(text.encode(), "egtest.yaml", home=str(world.base))
     status, pid, records, _ = execute(engine, m, ["/bin/sh", "-c", "/bin/false; /bin/sleep 5 & /bin/sleep 0.3; "
                                                   "kill -KILL $!; wait; exit 3"], sandbox=False)
