@@ -141,6 +141,7 @@
 #define EG_EACCES 13
 #define EG_NR_PTRACE 101
 #define EG_NR_UNSHARE 272
+#define EG_NR_KILL 62
 /* CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME: what unshare() does, through clone() */
 #define EG_CLONE_NS 2114060416
 

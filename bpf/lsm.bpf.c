@@ -13,6 +13,9 @@
  *                         symlinks: the resolved file is what is checked)
  *   ptrace_access_check   ptrace from inside an extension, unless its manifest allows the syscall
  *   task_alloc            a clone with CLONE_NEW* flags, unless its manifest allows unshare
+ *   task_kill             a signal to a process outside the instance's cgroup (Landlock's signal scoping
+ *                         does the same for a launched instance from ABI 6; this covers older kernels and
+ *                         adopted processes), recorded as privilege "kill" with the target
  *   socket_connect,       a pathname unix socket, where the kernel has no cgroup unix programs (before
  *   socket_sendmsg        6.7: the loader sets lsm_unix_on): the same string decision as net.bpf.c's
  *                         unix_check, refused with EPERM before the protocol looks the path up
@@ -28,6 +31,7 @@
 #include <linux/sched.h>
 #include <linux/net.h>
 #include <linux/socket.h>
+#include <linux/cgroup.h>
 
 BPF_ARRAY(lsm_unix_on, u32, 1); /* [0] = 1: the cgroup unix programs are missing, the LSM hooks decide */
 
@@ -156,6 +160,40 @@ LSM_PROBE(task_alloc, struct task_struct *task, unsigned long clone_flags)
 	if (!pol)
 		return 0;
 	return lsm_syscall(pol, cg, EG_NR_UNSHARE, clone_flags);
+}
+
+/* The v2 cgroup id of a task (what bpf_get_current_cgroup_id gives for current). */
+static __always_inline u64 task_cgroup_id(struct task_struct *p)
+{
+	struct css_set *cset = 0;
+	struct cgroup *cgrp = 0;
+	struct kernfs_node *kn = 0;
+	u64 id = 0;
+	bpf_probe_read_kernel(&cset, sizeof(cset), &p->cgroups);
+	if (cset)
+		bpf_probe_read_kernel(&cgrp, sizeof(cgrp), &cset->dfl_cgrp);
+	if (cgrp)
+		bpf_probe_read_kernel(&kn, sizeof(kn), &cgrp->kn);
+	if (kn)
+		bpf_probe_read_kernel(&id, sizeof(id), &kn->id);
+	return id;
+}
+
+LSM_PROBE(task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred *cred)
+{
+	u64 cg;
+	struct eg_ext_policy *pol = current_policy_cg(&cg);
+	if (!pol || task_cgroup_id(p) == cg)
+		return 0;
+	u32 tgid = 0;
+	bpf_probe_read_kernel(&tgid, sizeof(tgid), &p->tgid);
+	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_PRIVILEGE), EG_NR_KILL), tgid);
+	struct eg_event *e = new_violation(pol, EG_KIND_PRIVILEGE, EG_NR_KILL, lsm_verdict(pol, EG_KIND_PRIVILEGE), h, cg);
+	if (e) {
+		e->aux = tgid;
+		e->op = sig;
+	}
+	return lsm_answer(pol, EG_KIND_PRIVILEGE, e, EG_EPERM);
 }
 
 /* A pathname unix socket address (kernel memory: the kernel's own copy of the user's) against the

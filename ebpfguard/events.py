@@ -99,6 +99,8 @@ class Event:
                 d["flags"] = self.flag_names()
         elif self.kind in ("syscall", "privilege"):
             d = {"syscall": self.syscall, "nr": self.syscall_nr}
+            if self.syscall == "kill" and self.has(EvFlag.LSM):  # task_kill: the process out of its reach
+                d["target_pid"], d["signal"] = self.aux, self.op
             if self.flag_names():
                 d["flags"] = self.flag_names()
         elif self.kind == "lifecycle":
