@@ -79,7 +79,11 @@ test-vm: setup vm-deps
 guest-tier:
 	@test -n "$$EGVM_KERNEL" || { echo "guest-tier runs inside the VM tier's guest: use make test-vm"; exit 2; }
 	$(VENV)/bin/python -m ebpfguard.kernel.probe $(REQUIRE)
-	$(VENV)/bin/pytest -q -rfEsx -p no:cacheprovider tests/kernel
+	$(VENV)/bin/pytest -q -rfEsx -p no:cacheprovider tests/kernel $(GUEST_E2E)
+
+# The e2e tests run in the guest where their time allows: each agent start compiles for ~35 s there
+GUEST_E2E := tests/e2e/test_agent.py::test_standalone_run_without_agent \
+	tests/e2e/test_agent.py::test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts
 
 # vagrant/: the Vagrantfile users bring a stock kernel up with, validated where vagrant installs
 vagrant-check:
