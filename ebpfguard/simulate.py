@@ -552,7 +552,7 @@ TECHNIQUES: list[Technique] = [
 ]
 LAYERS = {  # what stops a technique that leaves no record (the record's actions say it otherwise)
     "priv-setuid": "no_new_privs", "priv-fcaps": "no_new_privs", "exfil-raw": "user (no CAP_NET_RAW)",
-    "exfil-packet": "user (no CAP_NET_RAW)", "agent-kill": "landlock-signal-scope", "agent-log": "user",
+    "exfil-packet": "user (no CAP_NET_RAW)", "agent-kill": "user (not the agent's uid)", "agent-log": "user",
     "agent-ptrace": "user", "cgroup-raise": "user", "fs-toctou": "landlock", "priv-ptrace": "seccomp",
     "priv-userns-clone": "seccomp (clone flags)",
 }
