@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -12,11 +13,12 @@ from typing import Any
 import click
 
 from .errors import EbpfguardError, ManifestError
+from .trace import RECORD_KINDS
 from .units import parse_size as _size
 
 DEFAULT_STATE = "/var/lib/ebpfguard"
 STATE_OPT = click.option("--state-dir", default=lambda: os.environ.get("EBPFGUARD_STATE_DIR", DEFAULT_STATE),
-                         show_default=DEFAULT_STATE, type=click.Path(file_okay=False),
+                         show_default=DEFAULT_STATE, type=click.Path(file_okay=False, readable=False),
                          help="Forensic log, control socket and keys (env EBPFGUARD_STATE_DIR).")
 
 
@@ -25,7 +27,31 @@ def fail(msg: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _examples_last(cmd: click.Command) -> None:
+    """Move the docstring's "Examples:" block after the options (click prints the help text first)."""
+    text = inspect.cleandoc(cmd.help or "")
+    i = text.find("\b\nExamples:")
+    if i >= 0:
+        cmd.help, cmd.epilog = text[:i].rstrip(), text[i:]
+
+
+class Command(click.Command):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _examples_last(self)
+
+
+class Group(click.Group):
+    command_class = Command
+    group_class = type  # subgroups are Groups too
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _examples_last(self)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80,
+                                          "terminal_width": 80})
 @click.version_option(package_name="ebpfguard")
 def main() -> None:
     """Contain untrusted extensions: one cgroup per extension, every file open, exec, socket and
@@ -58,9 +84,9 @@ def run(manifest: str | None, extension: str | None, mode: str | None, standalon
 
     \b
     Examples:
-      ebpfguard run -m policies/md-preview.yaml -- python3 -m md_preview --port 8765
+      ebpfguard run -m policies/md-preview.yaml -- python3 -m md_preview
       ebpfguard run -m plugin.yaml --mode audit -- ./plugin.sh
-      ebpfguard run -e md-preview -- python3 preview.py     # a policy the agent loaded
+      ebpfguard run -e md-preview -- python3 preview.py   # a policy the agent has
     """
     from .control import agent_running
     from .manifest.load import load
@@ -84,7 +110,7 @@ def run(manifest: str | None, extension: str | None, mode: str | None, standalon
             _require_root()
             status = run_standalone(m, command, state_dir, mode)
     except EbpfguardError as err:
-        fail(str(err), 127 if "command not found" in str(err) else 1)
+        fail(str(err), getattr(err, "exit_code", 1))
     sys.exit(status)
 
 
@@ -96,6 +122,29 @@ def parse_size(text: str) -> int:
     return n
 
 
+def _state_readable(*dirs: str) -> None:
+    """A state folder that exists but is closed to this user (0700, root's): say so, not a bare EACCES."""
+    for d in dirs:
+        try:
+            os.stat(d)
+        except PermissionError:
+            fail(f"{d}: a folder on the way is closed to this user: run this as root (sudo)")
+        except OSError:
+            continue
+        if os.path.isdir(d) and not os.access(d, os.R_OK | os.X_OK):
+            fail(f"{d} is readable by its owner only ({_owner(d)}): run this as root (sudo)")
+
+
+def _owner(path: str) -> str:
+    import pwd
+
+    uid = os.stat(path).st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         fail("loading eBPF programs and creating cgroups needs root", 1)
@@ -104,7 +153,8 @@ def _require_root() -> None:
 # ---- agent -------------------------------------------------------------------------------------
 @main.command()
 @STATE_OPT
-@click.option("--policy-dir", type=click.Path(file_okay=False), help="Load every manifest here; reload on change.")
+@click.option("--policy-dir", type=click.Path(file_okay=False, exists=True),
+              help="Load every manifest here (*.yaml, *.yml, *.json); reload on change.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--metrics-address", default="127.0.0.1:9464", show_default=True,
               help="Serve Prometheus /metrics here (host:port; loopback by default; '' to disable).")
@@ -129,8 +179,8 @@ def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_addres
     \b
     Examples:
       ebpfguard agent --policy-dir policies
-      ebpfguard agent --state-dir /run/ebpfguard --policy-dir /etc/ebpfguard/policies
-      ebpfguard agent --policy-dir policies --log-forward journald --rotate-size 256Mi --bpf-stats
+      ebpfguard agent --policy-dir /etc/ebpfguard/policies --state-dir /run/eg
+      ebpfguard agent --policy-dir policies --log-forward journald --bpf-stats
     """
     if ebpf:
         from .kernel.loader import program_source
@@ -152,6 +202,9 @@ def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_addres
             Forwarder(log_forward)
         except EbpfguardError as err:
             fail(str(err), 2)
+    if policy_dir and not any(f.endswith((".yaml", ".yml", ".json")) for f in os.listdir(policy_dir)):
+        click.echo(f"ebpfguard: warning: no manifest (*.yaml) in --policy-dir {policy_dir}: no policy is loaded "
+                   "until one appears there", err=True)
     _require_root()
     a = Agent(state_dir, policy_dir, allow_root_extensions=allow_root_extensions, metrics_address=metrics_address,
               rotate_bytes=rotate_bytes, log_forward=log_forward, bpf_stats=bpf_stats)
@@ -311,9 +364,8 @@ def quarantine(state_dir: str, lift: bool, name: str) -> None:
 @STATE_OPT
 @click.option("--extension", "-e", help="Only this extension.")
 @click.option("--pid", "-p", type=int, help="Only this process (pid or thread id).")
-@click.option("--kind", "-k", multiple=True,
-              type=click.Choice(["file", "exec", "network", "syscall", "privilege", "resource", "lifecycle"]),
-              help="Only these kinds (repeatable).")
+@click.option("--kind", "-k", multiple=True, type=click.Choice(RECORD_KINDS), metavar="KIND",
+              help="Only these kinds (repeatable): " + ", ".join(RECORD_KINDS) + ".")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of columns.")
 @click.option("--all", "from_start", is_flag=True, help="Start from the first record, not from now.")
 def trace(state_dir: str, extension: str | None, pid: int | None, kind: tuple[str, ...], as_json: bool,
@@ -326,8 +378,16 @@ def trace(state_dir: str, extension: str | None, pid: int | None, kind: tuple[st
       ebpfguard trace --extension md-preview --kind network --kind exec
       ebpfguard trace --pid 4242 --json
     """
+    from .control import agent_running
     from .trace import HEADER, follow, format_line, log_path, matcher
 
+    _state_readable(state_dir)
+    if not agent_running(state_dir):
+        if not log_path(state_dir).exists():
+            fail(f"no agent on {state_dir}/agent.sock and no forensic log in {state_dir}: start `ebpfguard agent`, "
+                 "or point --state-dir at where records are written")
+        click.echo(f"ebpfguard: no agent on {state_dir}/agent.sock: following {log_path(state_dir)} for what a "
+                   "standalone `run` records (Ctrl-C ends)", err=True)
     ok = matcher(extension, pid, kind)
     try:
         if not as_json:
@@ -344,7 +404,13 @@ def trace(state_dir: str, extension: str | None, pid: int | None, kind: tuple[st
 # ---- policy ------------------------------------------------------------------------------------
 @main.group()
 def policy() -> None:
-    """Work with manifests."""
+    """Work with manifests: check them before an agent loads them.
+
+    \b
+    Examples:
+      ebpfguard policy validate policies/*.yaml
+      ebpfguard policy validate /etc/ebpfguard/policies/md-preview.yaml
+    """
 
 
 @policy.command()
@@ -379,14 +445,23 @@ def validate(files: tuple[str, ...]) -> None:
 # ---- forensics ---------------------------------------------------------------------------------
 @main.group()
 def forensics() -> None:
-    """Read the forensic log."""
+    """Read, verify and export the signed, hash-chained forensic log.
+
+    \b
+    Examples:
+      sudo ebpfguard forensics show --since 1h --kind network
+      sudo ebpfguard forensics verify
+      sudo ebpfguard forensics export -o /var/tmp/evidence.tar.gz
+      sudo ebpfguard forensics pubkey > host.pem
+    """
 
 
 @forensics.command()
 @STATE_OPT
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
 @click.option("--extension", "-e", help="Only this extension.")
-@click.option("--kind", "-k", multiple=True, help="Only these kinds (repeatable).")
+@click.option("--kind", "-k", multiple=True, type=click.Choice(RECORD_KINDS), metavar="KIND",
+              help="Only these kinds (repeatable): " + ", ".join(RECORD_KINDS) + ".")
 @click.option("--since", metavar="WHEN", help="Only records at or after WHEN: RFC 3339 (UTC if no offset) or a "
               "duration ago (90s, 15m, 2h, 7d).")
 @click.option("--until", metavar="WHEN", help="Only records before WHEN (same forms as --since).")
@@ -399,11 +474,13 @@ def show(state_dir: str, as_json: bool, extension: str | None, kind: tuple[str, 
     Examples:
       ebpfguard forensics show
       ebpfguard forensics show --since 2h --kind file --kind exec
-      ebpfguard forensics show --since 2026-11-24T08:00:00Z --until 2026-11-24T09:00:00Z
+      ebpfguard forensics show --since 2026-11-24T08:00Z --until 2026-11-24T09:00Z
       ebpfguard forensics show --json --kind network | jq .detail
     """
     from .forensics import BadLine, parse_when, read, record_ns
     from .trace import HEADER, format_line, matcher
+
+    _state_readable(state_dir)
 
     try:
         lo = parse_when(since) if since else None
@@ -449,28 +526,44 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], metrics_file: str | Non
     \b
     Examples:
       ebpfguard forensics verify
-      ebpfguard forensics verify --pubkey fleet/host42.pem --state-dir /srv/evidence/host42
+      ebpfguard forensics verify --pubkey fleet/host42.pem --state-dir /srv/host42
       ebpfguard forensics verify --pubkey fleet/host42.pem host42-evidence.tar.gz
-      ebpfguard forensics verify --metrics-file /var/lib/node_exporter/textfile/ebpfguard.prom
+      ebpfguard forensics verify --metrics-file \\
+        /var/lib/node_exporter/textfile/ebpfguard.prom
     """
     import tempfile
 
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from .errors import ForensicsError
     from .forensics import bundle_public_key, key_id, unpack_bundle, verify
+    from .forensics.log import log_files
+    from .statedir import StateDir
 
+    _state_readable(*[t for t in paths if os.path.isdir(t)] or ([] if paths else [state_dir]))
     keys = []
     for path in pubkeys:
         try:
-            keys.append(serialization.load_pem_public_key(open(path, "rb").read()))
-        except ValueError as err:
-            fail(f"{path}: not a PEM public key ({err})", 2)
+            key = serialization.load_pem_public_key(open(path, "rb").read())
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            fail(f"--pubkey {path}: not a PEM public key (expected '-----BEGIN PUBLIC KEY-----', as "
+                 "`ebpfguard forensics pubkey` prints)", 2)
+        except OSError as err:
+            fail(f"--pubkey {path}: {err.strerror}", 2)
+        if not isinstance(key, Ed25519PublicKey):
+            fail(f"--pubkey {path}: a {type(key).__name__.lstrip('_')}, not an Ed25519 public key", 2)
+        keys.append(key)
     failed = False
     outcomes: list[tuple[str, bool, int]] = []
     for target in paths or (state_dir,):
         label = f"{target}: " if paths else ""
         try:
             if os.path.isdir(target):
+                if not log_files(StateDir.of(target).forensics):
+                    raise ForensicsError(f"no forensic log in {StateDir.of(target).forensics} (not a state "
+                                         "directory, or nothing was recorded there)")
                 result = verify(target, keys or None)  # type: ignore[arg-type]
                 note = ""
             else:
@@ -529,10 +622,16 @@ def export_cmd(state_dir: str, output: str) -> None:
     \b
     Examples:
       sudo ebpfguard forensics export -o /tmp/host42-evidence.tar.gz
-      ebpfguard forensics verify --pubkey fleet/host42.pem /tmp/host42-evidence.tar.gz
+      ebpfguard forensics verify --pubkey fleet/host42.pem host42.tar.gz
     """
     from .forensics import export
 
+    _state_readable(state_dir)
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        fail(f"-o {output}: no folder {folder}", 2)
+    if not os.access(folder, os.W_OK):
+        fail(f"-o {output}: {folder} is not writable by this user", 2)
     try:
         info = export(state_dir, output)
     except (EbpfguardError, OSError) as err:
@@ -554,12 +653,18 @@ def pubkey(state_dir: str) -> None:
     Examples:
       ebpfguard forensics pubkey > host42.pem
     """
-    from .forensics import load_or_create_key, public_pem
+    from cryptography.hazmat.primitives import serialization
 
+    from .forensics.keys import host_public_key
+
+    _state_readable(state_dir)
     try:
-        click.echo(public_pem(load_or_create_key(state_dir)), nl=False)
+        pub = host_public_key(state_dir)  # never created here: only the agent or a run mints the key
     except EbpfguardError as err:
-        fail(str(err))
+        fail(f"{err}" if "no host key" not in str(err) else
+             f"no signing key in {state_dir}/keys: nothing has recorded there yet (the agent or `run` makes it)")
+    click.echo(pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
+               nl=False)
 
 
 @main.command(name="explain")
@@ -573,7 +678,8 @@ def explain_cmd(state_dir: str, seq: int, as_json: bool) -> None:
     \b
     Examples:
       ebpfguard explain 1234
-      ebpfguard forensics show --kind network --json | jq .seq | xargs -n1 ebpfguard explain
+      ebpfguard forensics show -k network --json | jq .seq |
+        xargs -n1 ebpfguard explain
     """
     from .explain import explain, format_text
 
@@ -608,8 +714,8 @@ def simulate(techniques: tuple[str, ...], manifest: str | None, mode: str | None
 
     \b
     Examples:
-      sudo ebpfguard simulate                              # is this host containing?
-      sudo ebpfguard simulate -m my-plugin.yaml            # does my manifest contain?
+      sudo ebpfguard simulate                        # is this host containing?
+      sudo ebpfguard simulate -m my-plugin.yaml      # does my manifest contain?
       sudo ebpfguard simulate -t cred-ssh -t exfil-dns --json
       ebpfguard simulate --list
     """

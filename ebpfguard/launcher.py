@@ -18,11 +18,17 @@ from typing import TYPE_CHECKING, Any
 from .errors import EbpfguardError
 
 if TYPE_CHECKING:
+    from .manifest.load import Manifest
     from .sandbox import Sandbox
 
 
 class LaunchError(EbpfguardError):
-    pass
+    """The command could not be started. ``exit_code`` as a shell gives it: 127 not found, 126 not
+    runnable (not executable, or not something the manifest lets the extension execute)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def resolve(argv: Sequence[str]) -> list[str]:
@@ -33,9 +39,28 @@ def resolve(argv: Sequence[str]) -> list[str]:
     if "/" not in exe:
         found = shutil.which(exe)
         if not found:
-            raise LaunchError(f"{exe}: command not found")
+            raise LaunchError(f"{exe}: command not found", 127)
         exe = found
     return [os.path.abspath(exe), *argv[1:]]
+
+
+def check_command(m: Manifest, argv: Sequence[str], mode: str | None = None) -> None:
+    """Refuse, before anything is made, a command that cannot run as an instance of ``m``: missing,
+    not executable, or (in enforce mode) not under spec.filesystem.exec, whose exec the kernel would
+    refuse or kill with no word of why."""
+    from .manifest.compile import compile as compile_policy  # noqa: PLC0415
+
+    exe = argv[0]
+    if not os.path.lexists(exe):
+        raise LaunchError(f"{exe}: no such file", 127)
+    if os.path.isdir(exe) or not os.access(exe, os.X_OK):
+        raise LaunchError(f"{exe}: not an executable file", 126)
+    if (mode or m.mode) != "enforce" or m.response.get("exec") == "alert":
+        return
+    policy = compile_policy(m, 0, mode)
+    if not any(policy.allows_path(p, "exec") for p in (exe, os.path.realpath(exe))):
+        raise LaunchError(f"{exe} is not under spec.filesystem.exec of {m.name!r} ({', '.join(m.exec) or 'empty'}): "
+                          "its exec would be refused; add it, or run the program that is listed", 126)
 
 
 def spawn(argv: Sequence[str], procs_files: Sequence[str], env: dict[str, str] | None = None,

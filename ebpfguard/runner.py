@@ -6,7 +6,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .launcher import exit_status, resolve, spawn
+from .launcher import check_command, exit_status, resolve, spawn
 from .manifest.load import Manifest, parse
 from .sandbox import Sandbox, landlock_confines, landlock_reports
 
@@ -17,6 +17,7 @@ def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str |
     from .engine import Engine  # noqa: PLC0415
 
     argv = resolve(argv)
+    check_command(m, argv, mode)
     Sandbox.prepare(m, mode).close()  # a manifest the launcher cannot enforce fails before anything loads
     eng = Engine(state_dir)
     try:
@@ -66,6 +67,7 @@ def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
             ans = client.request("prepare", extension=extension, mode=mode)
         # the agent sends back the manifest it holds, and whether its config lets an extension run as root
         m = manifest or parse(ans["manifest_text"].encode(), ans["manifest_path"], home=ans.get("home"))
+        check_command(m, argv, mode)  # (the agent releases the instance when this connection closes)
         sandbox = Sandbox.prepare(m, mode, allow_root=bool(ans.get("allow_root")),
                                   proxies=ans.get("dbus_proxies") or {})
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)

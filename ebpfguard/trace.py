@@ -58,6 +58,11 @@ def format_line(rec: dict[str, Any]) -> str:
 HEADER = f"{'TIME':<12} {'EXTENSION':<14} {'PID':>7} {'KIND':<9} {'VERDICT':<8} DETAIL"
 
 
+# every kind a record can have: the kernel's violation kinds, the D-Bus proxy's and Landlock's ipc, the
+# agent's lifecycle and resource records, and the log's checkpoints
+RECORD_KINDS = ("file", "exec", "network", "syscall", "privilege", "ipc", "resource", "lifecycle", "checkpoint")
+
+
 def matcher(extension: str | None, pid: int | None, kinds: tuple[str, ...]) -> Callable[[dict[str, Any]], bool]:
     def ok(rec: dict[str, Any]) -> bool:
         if extension and rec.get("extension") != extension:
