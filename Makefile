@@ -5,17 +5,20 @@ VENV := .venv
 STATE ?= /var/lib/ebpfguard
 KREL := $(shell uname -r)
 
-.PHONY: setup deps headers venv run test test-unit test-kernel test-vm vm-deps guest-tier vagrant-check lint bench clean
+.PHONY: setup deps headers venv run test test-unit test-kernel test-vm vm-deps guest-tier vagrant-check lint bench \
+	deb clean
 
 setup: deps headers venv
 
 # Debian packages: bcc and its Python binding, kernel headers, venv, gcc for the helpers the tests,
+# Debian's own Python libraries (what the .deb depends on: make deb's test installs it here),
 # the simulator and the benchmark build; auditd and bpftrace, the peers `ebpfguard bench` measures;
 # xdg-dbus-proxy, which filters each instance's D-Bus. The desktop components the tests start for real:
 # dbus-daemon and dbus-test-tool (a service that owns a name and answers), Xvfb, xdotool and
 # xwininfo (x11-utils), ssh-agent and ssh-keygen (openssh-client).
 PKGS := python3-bpfcc libbpfcc python3-venv gcc libc6-dev linux-libc-dev iproute2 auditd bpftrace \
-	xdg-dbus-proxy dbus-daemon dbus-bin dbus-tests xvfb xdotool x11-utils openssh-client
+	xdg-dbus-proxy dbus-daemon dbus-bin dbus-tests xvfb xdotool x11-utils openssh-client \
+	python3-click python3-yaml python3-jsonschema python3-cryptography python3-prometheus-client python3-psutil
 deps:
 	@dpkg -s $(PKGS) >/dev/null 2>&1 || { \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(PKGS) ; }
@@ -97,8 +100,12 @@ vagrant-check:
 test: setup lint test-unit test-kernel vagrant-check test-vm
 	$(VENV)/bin/ebpfguard bench --quick
 
+# build/ebpfguard_VERSION_all.deb: the package with bpf/ and policies/ inside, /usr/bin/ebpfguard, the units
+deb: venv
+	contrib/deb/build.sh $(VENV)/bin/pip build
+
 bench: setup
 	$(VENV)/bin/ebpfguard bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build

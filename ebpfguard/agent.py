@@ -24,6 +24,7 @@ from .forensics import MAX_BYTES, ForensicLog, Forwarder
 from .kernel.features import bpf_lsm_status
 from .manifest.load import Manifest, load, parse
 from .sandbox import landlock_confines, landlock_reports
+from .sdnotify import notify
 
 log = logging.getLogger("ebpfguard")
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -105,6 +106,7 @@ class Agent:
         self.stopping = False
         self.started_ns = now_ns()
         self.listener: socket.socket | None = None
+        self.metrics_error = ""  # why the metrics endpoint is not served (status says so)
 
     # ---- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -155,10 +157,13 @@ class Agent:
             try:
                 port = serve(self.engine, self.metrics_address, self.policies.manifests)
                 log.info("metrics on http://%s:%d/metrics", self.metrics_address.rpartition(":")[0], port)
-            except (OSError, ValueError) as err:  # metrics are not worth refusing to enforce over
-                log.error("metrics not served on %s: %s", self.metrics_address, err)
+            except (OSError, ValueError) as err:  # metrics are not worth refusing to enforce over, but said
+                self.metrics_error = f"not served on {self.metrics_address}: {getattr(err, 'strerror', None) or err}"
+                log.error("metrics %s", self.metrics_error)
         log.info("enforcing: %d policies, control socket %s, state %s", len(self.policies.by_file), path,
                  self.state_dir)
+        notify("READY=1", f"STATUS=enforcing {len(self.policies.by_file)} policies"
+               + (f"; metrics {self.metrics_error}" if self.metrics_error else ""))
 
     def request_stop(self, *_: object) -> None:
         self.stopping = True
@@ -184,6 +189,7 @@ class Agent:
         self.shutdown()
 
     def shutdown(self) -> None:
+        notify("STOPPING=1", "STATUS=stopping: extensions stopped, programs detached")
         n = len(self.engine.instances)
         if n:
             log.info("stopping: killing %d running extension instance(s)", n)
@@ -294,6 +300,7 @@ class Agent:
                       "counters": sensor.counters(), "records_written": self.engine.log.written,
                       "records_failed": self.engine.log.failed + self.engine.record_errors,
                       "landlock_reports": self.engine.laudit_status,
+                      "metrics": {"address": self.metrics_address or None, "error": self.metrics_error or None},
                       "syscall_gates": sorted(sensor.gates), "syscalls_not_in_kernel": sorted(sensor.missing_gates),
                       "layers": ["cgroup-sock-addr (deny)", "tracepoints (detect, kill, hold)",
                                  "launcher: user, no_new_privs, landlock, seccomp, rlimits", "cgroup caps",

@@ -244,6 +244,8 @@ def status(state_dir: str, as_json: bool) -> None:
                f"cgroup's share, {ctr['denials']} denied, "
                f"{ctr['kills']} killed; records written {a['records_written']}, failed {a['records_failed']}")
     click.echo(f"  layers: {', '.join(a['layers'])}")
+    if (a.get("metrics") or {}).get("error"):
+        click.echo(f"  metrics: {a['metrics']['error']}")
     click.echo(f"policies ({len(ans['policies'])}):")
     for p in ans["policies"]:
         click.echo(f"  {p['name']:<24} {p['version']:<10} {p['mode']:<8} {p['sha256'][:12]}")

@@ -12,7 +12,7 @@ printf '#!/bin/sh\nexec /opt/ebpfguard/.venv/bin/python -m ebpfguard.kernel.prob
 chmod 0755 /usr/local/bin/ebpfguard-probe
 mkdir -p /etc/ebpfguard
 rm -rf /etc/ebpfguard/policies && cp -r policies /etc/ebpfguard/policies
-cp contrib/ebpfguard.service /etc/systemd/system/ebpfguard.service  # runs /opt/ebpfguard/.venv/bin/ebpfguard
+sed "s|/usr/bin/ebpfguard|/opt/ebpfguard/.venv/bin/ebpfguard|" contrib/ebpfguard.service > /etc/systemd/system/ebpfguard.service
 systemctl daemon-reload
 systemctl enable --now ebpfguard
 /usr/local/bin/ebpfguard-probe

@@ -121,3 +121,18 @@ def test_run_refuses_a_command_it_cannot_start(tmp_path: Path, argv: list[str], 
     rc, out = run("run", "-m", str(m), "--state-dir", str(tmp_path / "st"), "--", *argv)
     assert rc == code and says in out, out
     assert not (tmp_path / "st" / "forensics").exists()  # refused before anything was loaded or recorded
+
+
+def test_readiness_reaches_systemds_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from ebpfguard.sdnotify import notify
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert notify("READY=1") is False  # not started by systemd: nothing to tell
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        assert notify("READY=1", "STATUS=enforcing 4 policies")
+        assert s.recv(256) == b"READY=1\nSTATUS=enforcing 4 policies"
