@@ -117,12 +117,8 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 			flags |= EG_EV_DOTDOT;
 	}
 
-	if (!flags) {
-		k->prefixlen = 32 + EG_PATH_MAX * 8;
-		k->scope = (pol->slot << 8) | access;
-		if (path_rules.lookup(k))
-			return 0;
-	}
+	if (!flags && path_granted(pol->slot, k, access, 0))
+		return 0;
 
 	u32 pending = flags & (EG_EV_RELATIVE | EG_EV_DOTDOT | EG_EV_UNREADABLE);
 	/* fexecve of an fd (memfd, deleted file) is never on an exec allowlist of paths */

@@ -36,6 +36,20 @@ static __always_inline void count(u32 idx)
 }
 
 /* The policy of the current task's extension, or 0; *cgp gets the cgroup id (read once per hook). */
+/* Does a rule of ``access`` (or of ``alt``, if not 0) cover the absolute path in k->path? An exact-length
+ * LPM lookup in the policy's scope: the trie holds files and folders ("/dir/" covers what is under it). */
+static __always_inline int path_granted(u32 slot, struct eg_path_key *k, u32 access, u32 alt)
+{
+	k->prefixlen = 32 + EG_PATH_MAX * 8;
+	k->scope = (slot << 8) | access;
+	if (path_rules.lookup(k))
+		return 1;
+	if (!alt)
+		return 0;
+	k->scope = (slot << 8) | alt;
+	return path_rules.lookup(k) != 0;
+}
+
 static __always_inline struct eg_ext_policy *current_policy_cg(u64 *cgp)
 {
 	u64 cg = bpf_get_current_cgroup_id();

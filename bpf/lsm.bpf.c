@@ -64,18 +64,6 @@ static __always_inline u16 lsm_verdict(struct eg_ext_policy *pol, u32 kind)
 	return should_kill(pol, kind) ? EG_V_KILLED : EG_V_DENIED;
 }
 
-/* Is access (or alt, if not 0) granted to this path? k->path holds it. */
-static __always_inline int path_granted(struct eg_ext_policy *pol, struct eg_path_key *k, u32 access, u32 alt)
-{
-	k->scope = (pol->slot << 8) | access;
-	if (path_rules.lookup(k))
-		return 1;
-	if (!alt)
-		return 0;
-	k->scope = (pol->slot << 8) | alt;
-	return path_rules.lookup(k) != 0;
-}
-
 static __always_inline int lsm_path(struct eg_ext_policy *pol, u64 cg, struct path *p, u32 access, u32 alt,
 				    u16 kind)
 {
@@ -86,8 +74,7 @@ static __always_inline int lsm_path(struct eg_ext_policy *pol, u64 cg, struct pa
 	long n = bpf_d_path(p, (char *)k->path, EG_PATH_MAX);
 	if (n < 0)  /* unnamed or too long to name: refusing to guess is the safe side */
 		k->path[0] = 0;
-	k->prefixlen = 32 + EG_PATH_MAX * 8;
-	if (n > 0 && path_granted(pol, k, access, alt))
+	if (n > 0 && path_granted(pol->slot, k, access, alt))
 		return 0;
 	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), k->path);
 	struct eg_event *e = new_violation(pol, kind, -1, lsm_verdict(pol, kind), h, cg);

@@ -124,14 +124,7 @@ struct eg_sock_addr_kern {
  * proxy's socket, at the real bus's path) only hold inside the instance's own mount namespace. */
 static __always_inline int unix_allows(struct eg_ext_policy *pol, struct eg_path_key *k, int own_mountns)
 {
-	k->prefixlen = 32 + EG_PATH_MAX * 8;
-	k->scope = (pol->slot << 8) | EG_ACC_UNIX;
-	if (path_rules.lookup(k))
-		return 1;
-	if (!own_mountns)
-		return 0;
-	k->scope = (pol->slot << 8) | EG_ACC_UNIX_NS;
-	return path_rules.lookup(k) != 0;
+	return path_granted(pol->slot, k, EG_ACC_UNIX, own_mountns ? EG_ACC_UNIX_NS : 0);
 }
 
 /* EG_EV_RELATIVE / EG_EV_DOTDOT for a socket path: neither can be decided on the string, so both are

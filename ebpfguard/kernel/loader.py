@@ -147,7 +147,8 @@ class Sensor:
         except Exception as err:
             raise KernelError(f"failed to load the cgroup network programs: {err}") from err
         # pathname unix sockets: kernel >= 6.7 (BPF_CGROUP_UNIX_CONNECT/_SENDMSG); older kernels refuse
-        # the attach type at load, and then only the mount namespace keeps sockets out of reach
+        # the attach type at load: then the BPF-LSM socket hooks decide them where BPF-LSM runs, and
+        # elsewhere only the mount namespace keeps them out of reach (sandbox/mountns.py)
         self.unix_hooks: str | None = None  # why the kernel does not decide pathname unix sockets
         self.unix_by_lsm = False  # the BPF-LSM socket hooks decide them (no cgroup unix programs)
         try:
