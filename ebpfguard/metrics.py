@@ -8,7 +8,7 @@ low-cardinality labels (extension, kind, verdict, action, state).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -109,13 +109,46 @@ class EngineCollector(Collector):
         yield info
 
 
-def serve(engine: Engine, address: str, policies: Callable[[], dict[str, Manifest]] = dict) -> int:
-    """Serve /metrics on ``address`` ("host:port") in a daemon thread; returns the port."""
-    from prometheus_client import CollectorRegistry, start_http_server
+class BuildCollector(Collector):
+    """ebpfguard_build_info: the version running, with the Python and bcc it runs on (value 1)."""
 
-    host, _, port = address.rpartition(":")
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        import platform
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ours = version("ebpfguard")
+        except PackageNotFoundError:
+            ours = "unknown"
+        try:
+            import bcc  # noqa: PLC0415
+
+            bcc_version = str(getattr(bcc, "__version__", "unknown"))
+        except ImportError:
+            bcc_version = "none"
+        g = GaugeMetricFamily("ebpfguard_build_info", "The ebpfguard version running (1), with its Python, bcc "
+                              "and kernel.", labels=["version", "python", "bcc", "kernel"])
+        g.add_metric([ours, platform.python_version(), bcc_version, platform.release()], 1)
+        yield g
+
+
+def registry_for(engine: Engine, policies: Callable[[], dict[str, Manifest]] = dict) -> Any:
+    """The agent's own registry: its collector, build info, and the process_* metrics of the agent."""
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EngineCollector(engine, policies))
+    registry.register(BuildCollector())
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def serve(engine: Engine, address: str, policies: Callable[[], dict[str, Manifest]] = dict) -> int:
+    """Serve /metrics on ``address`` ("host:port") in a daemon thread; returns the port."""
+    from prometheus_client import start_http_server
+
+    host, _, port = address.rpartition(":")
+    registry = registry_for(engine, policies)
     result = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
     server = result[0] if isinstance(result, tuple) else None
     return int(server.server_port) if server is not None else int(port)

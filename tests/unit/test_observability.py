@@ -77,3 +77,18 @@ def test_alert_rules_cover_drops_frozen_and_failed_verification(tmp_path: Path) 
     assert "ebpfguard_ringbuf_dropped_records_total" in by_name["EbpfguardRingBufferDrops"]["expr"]
     assert 'state="frozen"' in by_name["EbpfguardExtensionFrozen"]["expr"]
     assert "ebpfguard_forensics_verify_ok == 0" in by_name["EbpfguardForensicLogVerifyFailed"]["expr"]
+
+
+def test_the_agents_registry_has_build_info_and_process_metrics(tmp_path: Path) -> None:
+    from ebpfguard.metrics import registry_for
+
+    cg = tmp_path / "cg"
+    (cg / "unified").mkdir(parents=True)
+    (cg / "unified" / "cgroup.procs").write_text("")
+    engine = Engine(tmp_path, sensor=FakeSensor(), cgroups=CgroupManager(cg))
+    text = generate_latest(registry_for(engine)).decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    info = fams["ebpfguard_build_info"].samples[0]
+    assert info.value == 1 and info.labels["version"] and info.labels["python"] and info.labels["kernel"]
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"} <= {
+        s.name for f in fams.values() for s in f.samples}
