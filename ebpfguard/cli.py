@@ -515,8 +515,12 @@ def show(state_dir: str, as_json: bool, extension: str | None, kind: tuple[str, 
 @click.option("--metrics-file", type=click.Path(dir_okay=False),
               help="Also write the outcome for node_exporter's textfile collector (Prometheus text format, "
                    "replaced atomically): ebpfguard_forensics_verify_ok, _verified_records, _timestamp_seconds.")
+@click.option("--anchors", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Checkpoints forwarded off the host (JSON lines, syslog lines or `journalctl -o json`): each "
+                   "must be in the log as forwarded, so a cut tail or a rewritten head is caught.")
 @click.argument("paths", nargs=-1, type=click.Path(exists=True))
-def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], metrics_file: str | None, paths: tuple[str, ...]) -> None:
+def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], metrics_file: str | None, anchors: str | None,
+               paths: tuple[str, ...]) -> None:
     """Verify forensic logs: gapless seq across rotated files, the hash chain, every Ed25519
     signature and the signed checkpoint. Exits 0 when intact, 1 naming the first bad record and why
     (modified, deleted, reordered, inserted, tail truncated after the last checkpoint, bad signature,
@@ -524,12 +528,15 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], metrics_file: str | Non
 
     PATHS are evidence bundles (from `forensics export`) or state folders; without them, --state-dir.
     A bundle is checked against its own pubkey.pem unless --pubkey pins the key your fleet knows.
+    A local root holds the signing key: only checkpoints kept elsewhere (--anchors, from the journal or
+    syslog the agent forwards to) catch a tail cut off and a head.json signed again.
 
     \b
     Examples:
       ebpfguard forensics verify
       ebpfguard forensics verify --pubkey fleet/host42.pem --state-dir /srv/host42
       ebpfguard forensics verify --pubkey fleet/host42.pem host42-evidence.tar.gz
+      ebpfguard forensics verify --pubkey host42.pem --anchors host42.ckpt host42/
       ebpfguard forensics verify --metrics-file \\
         /var/lib/node_exporter/textfile/ebpfguard.prom
     """
@@ -540,7 +547,8 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], metrics_file: str | Non
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from .errors import ForensicsError
-    from .forensics import bundle_public_key, key_id, unpack_bundle, verify
+    from .forensics import bundle_public_key, host_public_key, key_id, unpack_bundle, verify
+    from .forensics.anchors import check_anchors, read_anchors
     from .forensics.log import log_files
     from .statedir import StateDir
 
@@ -559,8 +567,11 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], metrics_file: str | Non
         keys.append(key)
     failed = False
     outcomes: list[tuple[str, bool, int]] = []
+    if anchors and any(not os.path.isdir(t) for t in paths):
+        fail("--anchors checks a state folder's log (not a bundle): give the folder", 2)
     for target in paths or (state_dir,):
         label = f"{target}: " if paths else ""
+        anchored = None
         try:
             if os.path.isdir(target):
                 if not log_files(StateDir.of(target).forensics):
@@ -568,6 +579,9 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], metrics_file: str | Non
                                          "directory, or nothing was recorded there)")
                 result = verify(target, keys or None)  # type: ignore[arg-type]
                 note = ""
+                if anchors:
+                    trusted = {key_id(k): k for k in (keys or [host_public_key(target)])}  # type: ignore[arg-type]
+                    anchored = check_anchors(target, read_anchors(anchors), trusted)
             else:
                 with tempfile.TemporaryDirectory(prefix="ebpfguard-verify-") as tmp:
                     root, info = unpack_bundle(target, tmp)
@@ -583,8 +597,12 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], metrics_file: str | Non
             outcomes.append((target, False, 0))
             continue
         click.echo(f"{label}{result}{note if result.ok else ''}", err=not result.ok)
-        failed |= not result.ok
-        outcomes.append((target, result.ok, result.records))
+        good = result.ok
+        if anchored is not None:
+            click.echo(f"{label}{anchored}", err=not anchored.ok)
+            good = good and anchored.ok
+        failed |= not good
+        outcomes.append((target, good, result.records))
     if metrics_file:
         _write_verify_metrics(metrics_file, outcomes)
     sys.exit(1 if failed else 0)

@@ -208,3 +208,72 @@ def test_a_writer_cuts_a_group_its_predecessor_never_signed(tmp_path: Path) -> N
     assert [r["seq"] for r in recs] == [1, 2, 3, 4] and rec["seq"] == 4
     assert recs[2]["detail"]["event"] == "torn-tail" and recs[2]["detail"]["bytes"] == len(b"".join(data[2:4]))
     assert verify(tmp_path).ok
+
+
+def _forwarded_checkpoints(tmp_path: Path, form: str) -> tuple[ForensicLog, Path]:
+    """A log with checkpoints at seq 6 and 12, forwarded (as the agent's Forwarder encodes them) into an
+    anchors file that a central host kept."""
+    from ebpfguard.forensics import Forwarder
+
+    log = ForensicLog(tmp_path / "st")
+    sent: list[dict] = []  # type: ignore[type-arg]
+    log.durable.append(lambda r: sent.append(r) if r["kind"] == "checkpoint" else None)
+    for block in range(2):
+        for i in range(5):
+            log.append({"kind": "file", "detail": {"path": f"/secret/{block}-{i}"}, "verdict": "denied"})
+        log.checkpoint()
+    log.append({"kind": "file", "detail": {"path": "/after"}, "verdict": "denied"})
+    anchors = tmp_path / "central.log"
+    if form == "syslog":
+        fwd = Forwarder("syslog:/nonexistent")
+        anchors.write_text("other-program: hello\n" + "".join(fwd.encode(r).decode() + "\n" for r in sent))
+    else:  # journalctl -o json
+        anchors.write_text("".join(json.dumps({"MESSAGE": "x", "EBPFGUARD_RECORD": json.dumps(r)}) + "\n"
+                                   for r in sent))
+    assert [r["seq"] for r in sent] == [6, 12]
+    return log, anchors
+
+
+@pytest.mark.parametrize("form", ["syslog", "journal"])
+def test_anchors_catch_a_cut_tail_with_a_head_signed_again(tmp_path: Path, form: str) -> None:
+    """A local root has the key: it cuts the log back to seq 8 and signs a new head.json for it. verify()
+    alone finds nothing wrong; the checkpoints forwarded off the host do."""
+    log, anchors = _forwarded_checkpoints(tmp_path, form)
+    state = tmp_path / "st"
+    ok = CliRunner().invoke(main, ["forensics", "verify", "--state-dir", str(state), "--anchors", str(anchors)])
+    assert ok.exit_code == 0 and "2 forwarded checkpoints, each in the log" in ok.output, ok.output
+    path = state / "forensics" / "records.jsonl"
+    kept = lines(path)[:8]
+    rewrite(path, kept)
+    log._write_head(kept[-1])  # the attacker's new head, with the host's own key
+    assert verify(state).ok  # undetectable on the host alone
+    r = CliRunner().invoke(main, ["forensics", "verify", "--state-dir", str(state), "--anchors", str(anchors)])
+    assert r.exit_code == 1 and "tail truncated: the log ends at seq 8, but checkpoint seq 12 was forwarded" in r.output
+
+
+def test_anchors_catch_a_rewritten_checkpoint(tmp_path: Path) -> None:
+    _log, anchors = _forwarded_checkpoints(tmp_path, "syslog")
+    state = tmp_path / "st"
+    path = state / "forensics" / "records.jsonl"
+    recs = lines(path)
+    recs[5]["detail"]["records"] = 4  # checkpoint seq 6 says something else now; re-chained and re-signed
+    from ebpfguard.forensics.keys import load_or_create_key
+
+    key = load_or_create_key(state)
+    for i in range(5, len(recs)):
+        if i > 5:
+            recs[i]["prev_sha256"] = digest(recs[i - 1])
+        if recs[i]["signature"] is not None:
+            recs[i]["signature"] = base64.b64encode(key.sign(canonical(recs[i]))).decode()
+    rewrite(path, recs)
+    assert verify(state).ok
+    r = CliRunner().invoke(main, ["forensics", "verify", "--state-dir", str(state), "--anchors", str(anchors)])
+    assert r.exit_code == 1 and "rewritten: record seq 6 is not the checkpoint forwarded" in r.output, r.output
+
+
+def test_an_anchors_file_with_no_checkpoint(tmp_path: Path) -> None:
+    write_log(tmp_path, 2)
+    bad = tmp_path / "a.log"
+    bad.write_text("nothing here\n")
+    r = CliRunner().invoke(main, ["forensics", "verify", "--state-dir", str(tmp_path), "--anchors", str(bad)])
+    assert r.exit_code == 1 and "no ebpfguard checkpoint in it" in r.output

@@ -92,3 +92,29 @@ def test_the_agents_registry_has_build_info_and_process_metrics(tmp_path: Path) 
     assert info.value == 1 and info.labels["version"] and info.labels["python"] and info.labels["kernel"]
     assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"} <= {
         s.name for f in fams.values() for s in f.samples}
+
+
+def test_promtool_checks_the_rules_and_their_unit_tests_pass() -> None:
+    """Every alert fires on the series it must, and the absent-series cases (no verification result for a
+    host, no agent target at all) too: contrib/prometheus/ebpfguard-alerts.test.yml, run by promtool."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing: make setup installs Debian's prometheus package")
+        pytest.skip("promtool is missing (Debian's prometheus package)")
+    d = ROOT / "contrib" / "prometheus"
+    check = subprocess.run([promtool, "check", "rules", "ebpfguard-alerts.yml"], cwd=d, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run([promtool, "test", "rules", "ebpfguard-alerts.test.yml"], cwd=d, capture_output=True,
+                          text=True)
+    assert test.returncode == 0 and "SUCCESS" in test.stdout + test.stderr, test.stdout + test.stderr
+    rules = yaml.safe_load((d / "ebpfguard-alerts.yml").read_text())
+    tests = yaml.safe_load((d / "ebpfguard-alerts.test.yml").read_text())
+    tested = {a["alertname"] for t in tests["tests"] for a in t["alert_rule_test"] if a["exp_alerts"]}
+    assert tested == {r["alert"] for g in rules["groups"] for r in g["rules"]}, "an alert no test makes fire"
