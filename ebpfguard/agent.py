@@ -21,6 +21,7 @@ from .engine import Engine, Instance
 from .errors import EbpfguardError, ManifestError
 from .events import now_ns, rfc3339_ns
 from .forensics import MAX_BYTES, ForensicLog, Forwarder
+from .journal import record_line
 from .kernel.features import bpf_lsm_status
 from .manifest.load import Manifest, load, parse
 from .sandbox import landlock_confines, landlock_reports
@@ -125,8 +126,11 @@ class Agent:
             forward = Forwarder(self.log_forward) if self.log_forward else None
             self._engine = Engine(self.state_dir, log=ForensicLog(self.state_dir, self.rotate_bytes, forward))
         self.engine = self._engine
+        self.engine.log.durable.append(self._log_record)
         if forward := self.engine.log.forward:
             log.info("records also go to %s at %s", forward.kind, forward.address)
+            if forward.missing:
+                log.warning("--log-forward %s: %s", forward.kind, forward.missing)
         if self.bpf_stats:
             from .kernel.progstats import enable_stats  # noqa: PLC0415
 
@@ -164,6 +168,12 @@ class Agent:
                  self.state_dir)
         notify("READY=1", f"STATUS=enforcing {len(self.policies.by_file)} policies"
                + (f"; metrics {self.metrics_error}" if self.metrics_error else ""))
+
+    @staticmethod
+    def _log_record(rec: dict[str, Any]) -> None:
+        line = record_line(rec)
+        if line is not None:
+            log.log(line[0], "%s", line[1])
 
     def request_stop(self, *_: object) -> None:
         self.stopping = True

@@ -188,9 +188,9 @@ def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_addres
         click.echo(program_source())
         return
     from .agent import Agent
+    from .journal import log_handler
 
-    logging.basicConfig(stream=sys.stdout, level=log_level.upper(),
-                        format="%(asctime)s ebpfguard[%(process)d] %(levelname)s %(message)s")
+    logging.basicConfig(level=log_level.upper(), handlers=[log_handler(sys.stdout)])
     try:
         rotate_bytes = parse_size(rotate_size)
     except ValueError as err:

@@ -24,6 +24,10 @@ class Forwarder:
             raise ForensicsError(f"--log-forward: {spec!r}: give journald[:SOCKET] or syslog[:SOCKET]")
         self.kind = kind
         self.address = path or self.SOCKETS[kind]
+        # records stay in the file regardless; the agent warns that none will leave the host meanwhile
+        self.missing = "" if os.path.exists(self.address) else (
+            f"no socket at {self.address} (is {'systemd-journald' if kind == 'journald' else 'a syslog daemon'} "
+            "running?): records are not forwarded until it appears")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.sock.setblocking(False)
         self.sent = 0
@@ -40,8 +44,11 @@ class Forwarder:
         if self.kind == "syslog":
             pri = self.FACILITY_AUTHPRIV * 8 + self.severity(rec)
             return f"<{pri}>ebpfguard[{os.getpid()}]: {body}".encode()
+        from ..journal import subject  # noqa: PLC0415
+
+        what = subject(rec.get("detail") or {})
         fields = {"MESSAGE": f"{rec.get('extension') or '-'} {rec.get('kind')} {rec.get('verdict') or '-'} "
-                             f"seq={rec.get('seq')}",
+                             + (f"{what} " if what else "") + f"seq={rec.get('seq')}",
                   "PRIORITY": str(self.severity(rec)), "SYSLOG_IDENTIFIER": "ebpfguard",
                   "SYSLOG_FACILITY": str(self.FACILITY_AUTHPRIV), "EBPFGUARD_SEQ": str(rec.get("seq")),
                   "EBPFGUARD_KIND": str(rec.get("kind")), "EBPFGUARD_EXTENSION": str(rec.get("extension") or ""),

@@ -136,3 +136,53 @@ def test_readiness_reaches_systemds_socket(tmp_path: Path, monkeypatch: pytest.M
         monkeypatch.setenv("NOTIFY_SOCKET", str(path))
         assert notify("READY=1", "STATUS=enforcing 4 policies")
         assert s.recv(256) == b"READY=1\nSTATUS=enforcing 4 policies"
+
+
+def test_agent_log_lines_carry_their_syslog_priority_under_journald(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from ebpfguard.journal import log_handler
+
+    out = tmp_path / "stdout"
+    with open(out, "w") as fh:
+        st = os.fstat(fh.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        h = log_handler(fh)
+        for level, msg in ((logging.ERROR, "bad"), (logging.WARNING, "look"), (logging.INFO, "fine")):
+            h.handle(logging.LogRecord("ebpfguard", level, __file__, 1, msg, None, None))
+    assert out.read_text().splitlines() == ["<3>bad", "<4>look", "<6>fine"]
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")  # another stream: a terminal or a file gets time and level
+    with open(out, "w") as fh:
+        log_handler(fh).handle(logging.LogRecord("ebpfguard", logging.ERROR, __file__, 1, "bad", None, None))
+    assert " ERROR bad" in out.read_text() and not out.read_text().startswith("<")
+
+
+def test_what_an_operator_acts_on_is_logged_from_the_records() -> None:
+    import logging
+
+    from ebpfguard.journal import record_line
+
+    base = {"instance": "md-preview-1a2b", "extension": "md-preview", "pid": 42, "mode": "enforce"}
+    start = {**base, "kind": "lifecycle", "detail": {"event": "start"}, "actions": []}
+    frozen = {**base, "kind": "file", "verdict": "denied", "seq": 9, "actions": ["eacces:landlock", "cgroup.freeze"],
+              "detail": {"path": "/home/u/.ssh/id_rsa", "access": "read"}}
+    plain = {**base, "kind": "network", "verdict": "denied", "seq": 10, "actions": ["eperm:kernel"],
+             "detail": {"address": "10.0.0.1", "port": 443}}
+    over = {**base, "kind": "lifecycle", "detail": {"event": "over-share", "records": 120}, "actions": []}
+    assert record_line(start) == (logging.INFO, "md-preview-1a2b: start (pid 42, enforce mode)")
+    assert record_line(frozen) == (logging.WARNING, "md-preview-1a2b: file denied /home/u/.ssh/id_rsa "
+                                                    "[eacces:landlock,cgroup.freeze] seq 9")
+    assert record_line(plain) is None  # in the forensic log and the metrics, not the agent's log
+    assert record_line(over) is not None and record_line(over)[0] == logging.WARNING
+
+
+def test_journald_message_names_the_object_and_a_missing_socket_is_said() -> None:
+    from ebpfguard.forensics import Forwarder
+
+    fwd = Forwarder("journald:/nonexistent/journal.socket")
+    assert "no socket at /nonexistent/journal.socket" in fwd.missing
+    rec = {"seq": 7, "extension": "x", "kind": "network", "verdict": "denied",
+           "detail": {"address": "127.0.0.1", "port": 9}}
+    msg = next(line for line in fwd.encode(rec).split(b"\n") if line.startswith(b"MESSAGE="))
+    assert msg == b"MESSAGE=x network denied 127.0.0.1:9 seq=7"
