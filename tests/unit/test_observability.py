@@ -118,3 +118,25 @@ def test_promtool_checks_the_rules_and_their_unit_tests_pass() -> None:
     tests = yaml.safe_load((d / "ebpfguard-alerts.test.yml").read_text())
     tested = {a["alertname"] for t in tests["tests"] for a in t["alert_rule_test"] if a["exp_alerts"]}
     assert tested == {r["alert"] for g in rules["groups"] for r in g["rules"]}, "an alert no test makes fire"
+
+
+def test_dashboard_panels_do_not_overlap_and_a_host_selects_its_agent_and_its_node_exporter() -> None:
+    dash = json.loads((ROOT / "contrib/grafana/ebpfguard-dashboard.json").read_text())
+    cells: dict[tuple[int, int], str] = {}
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = p["title"]
+    var = next(v for v in dash["templating"]["list"] if v["name"] == "host")
+    extract = re.compile(var["regex"].strip("/"))
+    assert extract.fullmatch("ws1.example:9464").group(1) == "ws1.example"  # type: ignore[union-attr]
+    verify = next(p for p in dash["panels"] if p["title"] == "Forensic log verified")
+    for t in verify["targets"]:
+        sel = re.search(r'instance=~"([^"]*)"', t["expr"]).group(1)  # type: ignore[union-attr]
+        pattern = sel.replace("$host", "ws1\\.example")
+        # the agent's scrape target and node_exporter's, where the verification result comes from
+        assert re.fullmatch(pattern, "ws1.example:9464") and re.fullmatch(pattern, "ws1.example:9100")
+        assert not re.fullmatch(pattern, "ws2.example:9100")
