@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cgroups import CgroupManager
 from .control import MAX_REQUEST, peer_uid, socket_path
 from .engine import Engine, Instance
 from .errors import EbpfguardError, ManifestError
@@ -124,7 +125,8 @@ class Agent:
             probe.close()
         if self._engine is None:
             forward = Forwarder(self.log_forward) if self.log_forward else None
-            self._engine = Engine(self.state_dir, log=ForensicLog(self.state_dir, self.rotate_bytes, forward))
+            self._engine = Engine(self.state_dir, log=ForensicLog(self.state_dir, self.rotate_bytes, forward),
+                                  cgroups=CgroupManager.for_service())
         self.engine = self._engine
         self.engine.log.durable.append(self._log_record)
         if forward := self.engine.log.forward:

@@ -1,10 +1,18 @@
 """One cgroup per running extension instance, under the agent's own subtree.
 
-Pure v2 hosts: /sys/fs/cgroup/ebpfguard.slice/<instance>/, with the memory, cpu and pids controllers
-delegated to the slice. Hybrid hosts (v2 mounted at /sys/fs/cgroup/unified, controllers on v1): the v2
+Under systemd (the unit has Delegate=yes): inside the subtree systemd delegated to the service, as its
+delegation rules ask (systemd's docs/CGROUP_DELEGATION.md): the agent moves itself into <own>/agent (a
+cgroup with processes may not also give controllers to children) and makes each instance in
+<own>/instances/<instance>/, with memory, cpu and pids enabled in <own> and <own>/instances; nothing is
+written outside <own>. Started another way (a terminal, `ebpfguard run` on its own): pure v2 hosts use
+/sys/fs/cgroup/ebpfguard.slice/<instance>/, with the controllers enabled down to the slice.
+Hybrid hosts (v2 mounted at /sys/fs/cgroup/unified, controllers on v1): the v2
 group carries the identity the eBPF programs key on (its inode is bpf_get_current_cgroup_id()), plus
 cgroup.freeze and cgroup.kill; a v1 group per controller (memory, cpu, pids, freezer) is made beside it
-for the limits that later layers set. The root is injectable so unit tests can use a fixture tree.
+for the limits that later layers set. Those v1 groups stay at each controller's root
+(<controller>/ebpfguard.slice/<instance>) under systemd too: the delegation model systemd documents is the
+unified hierarchy's, and the agent does not write into the v1 groups systemd made for its unit.
+The root is injectable so unit tests can use a fixture tree.
 """
 
 from __future__ import annotations
@@ -222,10 +230,25 @@ def throttle(cg: Cgroup) -> dict[str, int]:
     return set_limits(cg, Resources(cpu=THROTTLED_CPU, pids=max(1, len(cg.pids()))))
 
 
+def own_cgroup(proc_cgroup: str = "/proc/self/cgroup") -> str | None:
+    """This process's v2 cgroup path ("0::/system.slice/ebpfguard.service"), or None."""
+    try:
+        for line in Path(proc_cgroup).read_text().splitlines():
+            if line.startswith("0::"):
+                return line[3:]
+    except OSError:
+        pass
+    return None
+
+
 class CgroupManager:
-    def __init__(self, root: str | os.PathLike[str] = "/sys/fs/cgroup", slice_name: str = SLICE):
+    def __init__(self, root: str | os.PathLike[str] = "/sys/fs/cgroup", slice_name: str = SLICE,
+                 delegated: str | os.PathLike[str] | None = None):
+        """``delegated``: the service's own v2 cgroup (absolute, under the v2 root) that systemd delegated;
+        instances then go in its instances/ folder (see for_service)."""
         self.root = Path(root)
         self.slice_name = slice_name
+        self.delegated = Path(delegated) if delegated else None
         if (self.root / "cgroup.controllers").exists():
             self.mode = "v2"
             self.v2_root = self.root
@@ -237,8 +260,31 @@ class CgroupManager:
         else:
             raise CgroupError(f"no cgroup v2 hierarchy under {self.root}: ebpfguard keys extensions on v2 cgroup ids")
 
+    @classmethod
+    def for_service(cls, root: str | os.PathLike[str] = "/sys/fs/cgroup",
+                    proc_cgroup: str = "/proc/self/cgroup") -> CgroupManager:
+        """The agent's manager. Started by systemd (INVOCATION_ID) in a unit of its own: move this process
+        into <own>/agent and use the delegated subtree; otherwise the root slice, as before."""
+        plain = cls(root)
+        own = own_cgroup(proc_cgroup)
+        # the unit's main process: systemd's child, with the invocation id systemd gives it (a process
+        # that merely inherited INVOCATION_ID, such as a test under a CI runner's unit, is not)
+        if not os.environ.get("INVOCATION_ID") or os.getppid() != 1 or not own or not own.endswith(".service"):
+            return plain
+        base = plain.v2_root / own.lstrip("/")
+        agent = base / "agent"
+        try:
+            agent.mkdir(exist_ok=True)
+            (agent / "cgroup.procs").write_text("0")  # this process (every thread) into the leaf
+        except OSError as err:
+            raise CgroupError(f"cannot use the cgroup subtree systemd delegated ({base}): {err.strerror}; "
+                              "is Delegate=yes set in the unit?") from err
+        return cls(root, plain.slice_name, base)
+
     @property
     def slice_v2(self) -> Path:
+        if self.delegated is not None:
+            return self.delegated / "instances"
         return self.v2_root / self.slice_name
 
     def _ensure_slice(self) -> None:
@@ -249,9 +295,11 @@ class CgroupManager:
         except OSError as err:
             raise CgroupError(f"failed to create {self.slice_name}: {err.strerror}") from err
         if self.mode == "v2":
-            # delegate the limit controllers to the instances (best effort: a controller may be absent)
+            # delegate the limit controllers to the instances (best effort: a controller may be absent);
+            # under systemd only inside the subtree it delegated, from the service's own cgroup down
+            top = self.delegated if self.delegated is not None else self.v2_root
             for ctl in ("memory", "cpu", "pids"):
-                for f in (self.v2_root / "cgroup.subtree_control", self.slice_v2 / "cgroup.subtree_control"):
+                for f in (top / "cgroup.subtree_control", self.slice_v2 / "cgroup.subtree_control"):
                     try:
                         f.write_text(f"+{ctl}")
                     except OSError:

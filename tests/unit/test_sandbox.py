@@ -106,3 +106,34 @@ def test_root_needs_both_the_manifest_and_the_agent() -> None:
     assert sb.uid == 0 and sb.user == "root"
     nobody = parse(M.encode(), "t.yaml", home="/h")
     assert Sandbox.prepare(nobody, allow_root=True, landlock_abi=0).user != "root"  # the agent alone is not enough
+
+
+def test_under_systemd_the_agent_keeps_to_its_delegated_subtree(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The unit's main process moves into <own>/agent, instances go in <own>/instances/, controllers are
+    enabled from <own> down, and nothing outside <own> is written (the root's subtree_control included)."""
+    import os
+
+    from ebpfguard.cgroups import CgroupManager
+
+    root = tmp_path / "cg"
+    own = root / "system.slice" / "ebpfguard.service"
+    own.mkdir(parents=True)
+    for d in (root, root / "system.slice", own):
+        (d / "cgroup.controllers").write_text("cpu memory pids")
+        (d / "cgroup.subtree_control").write_text("")
+        (d / "cgroup.procs").write_text("")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/system.slice/ebpfguard.service\n")
+    monkeypatch.setenv("INVOCATION_ID", "0123abcd")
+    monkeypatch.setattr(os, "getppid", lambda: 1)
+    before = {p: p.read_text() for p in root.rglob("*") if p.is_file()}
+    m = CgroupManager.for_service(root, proc_cgroup=str(proc))
+    assert (own / "agent" / "cgroup.procs").read_text() == "0"  # the writer itself moves
+    assert m.slice_v2 == own / "instances"
+    m._ensure_slice()
+    assert (own / "instances").is_dir()
+    written = {p for p in root.rglob("*") if p.is_file() and before.get(p) != p.read_text()}
+    assert all(own in p.parents for p in written), written
+    assert (root / "cgroup.subtree_control").read_text() == "" and "ebpfguard.slice" not in os.listdir(root)
+    monkeypatch.setattr(os, "getppid", lambda: 4242)  # inherited INVOCATION_ID, not systemd's child
+    assert CgroupManager.for_service(root, proc_cgroup=str(proc)).delegated is None
