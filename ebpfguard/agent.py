@@ -109,6 +109,7 @@ class Agent:
         self.started_ns = now_ns()
         self.listener: socket.socket | None = None
         self.metrics_error = ""  # why the metrics endpoint is not served (status says so)
+        self._drops_seen = 0
 
     # ---- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -171,6 +172,14 @@ class Agent:
         notify("READY=1", f"STATUS=enforcing {len(self.policies.by_file)} policies"
                + (f"; metrics {self.metrics_error}" if self.metrics_error else ""))
 
+    def _log_drops(self) -> None:
+        """Kernel records lost since the last look (the ring buffer was full): denied, but not recorded."""
+        drops = int(self.engine.sensor.counters().get("drops", 0))
+        if drops > self._drops_seen:
+            log.warning("the kernel dropped %d records in the last second (ring buffer full): those violations "
+                        "were decided but not recorded; %d in all", drops - self._drops_seen, drops)
+        self._drops_seen = drops
+
     @staticmethod
     def _log_record(rec: dict[str, Any]) -> None:
         line = record_line(rec)
@@ -196,6 +205,7 @@ class Agent:
                 last_scan = now
                 for line in self.policies.scan():
                     log.info("%s", line)
+                self._log_drops()
                 self.engine.reap()
                 self._maybe_checkpoint()
         self.shutdown()
