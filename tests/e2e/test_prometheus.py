@@ -94,7 +94,7 @@ def test_a_taken_metrics_port_is_said_and_the_agent_enforces(tmp_path: Path) -> 
             assert f"not served on 127.0.0.1:{port}" in (st["agent"]["metrics"]["error"] or "")
             text = eg("status", state=agent.state).stdout
             assert "metrics: not served on" in text
+            assert "metrics not served on" in agent.output()
         finally:
             agent.stop()
-    assert "metrics not served on" in agent.output()
 
