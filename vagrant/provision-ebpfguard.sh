@@ -1,25 +1,24 @@
 #!/bin/sh
-# Install ebpfguard from /opt/ebpfguard as the README's `make run` does, and run the agent as a service
-# with the shipped policies. Prints what the kernel gives (the probe) at the end.
+# Install ebpfguard from /opt/ebpfguard as a fleet would: build the Debian package there (make deb), install
+# it with apt (Debian's python3-bpfcc and Python libraries come with it), and start the agent as the
+# service it ships, with the shipped policies in /etc/ebpfguard/policies. Prints what the kernel gives
+# (the probe) at the end.
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends make
 cd /opt/ebpfguard
-make setup
-ln -sf /opt/ebpfguard/.venv/bin/ebpfguard /usr/local/bin/ebpfguard
-printf '#!/bin/sh\nexec /opt/ebpfguard/.venv/bin/python -m ebpfguard.kernel.probe "$@"\n' > /usr/local/bin/ebpfguard-probe
+make setup          # build tools, and the running kernel's headers (bcc compiles against them)
+make deb
+apt-get install -y ./build/ebpfguard_*_all.deb
+systemctl enable --now ebpfguard    # Type=notify: returns once the agent enforces
+printf '#!/bin/sh\nexec /usr/bin/python3 -m ebpfguard.kernel.probe "$@"\n' > /usr/local/bin/ebpfguard-probe
 chmod 0755 /usr/local/bin/ebpfguard-probe
-mkdir -p /etc/ebpfguard
-rm -rf /etc/ebpfguard/policies && cp -r policies /etc/ebpfguard/policies
-sed "s|/usr/bin/ebpfguard|/opt/ebpfguard/.venv/bin/ebpfguard|" contrib/ebpfguard.service > /etc/systemd/system/ebpfguard.service
-systemctl daemon-reload
-systemctl enable --now ebpfguard
 /usr/local/bin/ebpfguard-probe
-for _ in $(seq 1 60); do
-    ebpfguard status >/dev/null 2>&1 && { echo "ebpfguard: the agent is enforcing"; ebpfguard status; exit 0; }
-    sleep 1
-done
-echo "ebpfguard: the agent did not answer within 60 s" >&2
+if ebpfguard status; then
+    echo "ebpfguard: the agent is enforcing"
+    exit 0
+fi
+echo "ebpfguard: the agent does not answer" >&2
 journalctl -u ebpfguard --no-pager -n 50 >&2
 exit 1
