@@ -5,7 +5,7 @@ VENV := .venv
 STATE ?= /var/lib/ebpfguard
 KREL := $(shell uname -r)
 
-.PHONY: setup deps headers venv run test test-unit test-kernel test-vm vm-deps guest-tier vagrant-check lint bench \
+.PHONY: setup deps headers venv run test test-unit test-kernel test-vm vm-deps guest-tier guest-service vagrant-check lint bench \
 	deb clean
 
 setup: deps headers venv
@@ -78,6 +78,8 @@ test-vm: setup vm-deps
 	  $(MAKE) --no-print-directory guest-tier REQUIRE=--require-lsm || rc=1; \
 	$(PY) tests/vm/egvm.py run --no-lsm --timeout $(VM_TIMEOUT) -- \
 	  $(MAKE) --no-print-directory guest-tier REQUIRE=--require || rc=1; \
+	$(PY) tests/vm/egvm.py run --systemd --lsm --timeout $(VM_TIMEOUT) -- \
+	  $(MAKE) --no-print-directory guest-service || rc=1; \
 	exit $$rc
 
 # run inside the guest by test-vm: what the kernel has, then the kernel tier
@@ -85,6 +87,11 @@ guest-tier:
 	@test -n "$$EGVM_KERNEL" || { echo "guest-tier runs inside the VM tier's guest: use make test-vm"; exit 2; }
 	$(VENV)/bin/python -m ebpfguard.kernel.probe $(REQUIRE)
 	$(VENV)/bin/pytest -q -rfEsx -p no:cacheprovider tests/kernel $(GUEST_E2E)
+
+# run inside the guest by test-vm with systemd as PID 1: the Debian package's unit as systemd runs it
+guest-service:
+	@test -n "$$EGVM_KERNEL" || { echo "guest-service runs inside the VM tier's guest: use make test-vm"; exit 2; }
+	$(VENV)/bin/pytest -q -rfEsx -s -p no:cacheprovider tests/service
 
 # The e2e tests run in the guest where their time allows: each agent start compiles for ~35 s there
 GUEST_E2E := tests/e2e/test_agent.py::test_standalone_run_without_agent \

@@ -7,9 +7,10 @@ kernel's 9p and overlay modules), so the guest runs the host's bcc, Python, comp
 repository at the same paths, and writes nothing back to the host. A second, writable 9p share carries
 the command in and its exit status out; the command's output is the guest's serial console, streamed
 here. The guest has pure cgroup v2 with its controllers, a real tmpfs on /tmp, securityfs, bpffs and
-tracefs (tests/vm/stage2).
+tracefs (tests/vm/stage2). With --systemd, the host's systemd boots instead as PID 1, straight into a
+target that runs the command as a service (tests/vm/init), for what only a real service manager shows.
 
-    egvm.py run [--lsm | --no-lsm] [--timeout S] [--env K=V ...] -- COMMAND...
+    egvm.py run [--lsm | --no-lsm] [--systemd] [--timeout S] [--env K=V ...] -- COMMAND...
     egvm.py build            build (or reuse) the initramfs and print its path
     egvm.py kernel           print the guest kernel's release
 
@@ -129,7 +130,8 @@ def build_initramfs(release: str) -> Path:
     return out
 
 
-def run(cmd: list[str], lsm: bool, timeout: float, env: list[str], mem: str, cpus: int) -> int:
+def run(cmd: list[str], lsm: bool, timeout: float, env: list[str], mem: str, cpus: int,
+        systemd: bool = False) -> int:
     qemu = shutil.which("qemu-system-x86_64")
     if not qemu:
         raise VMError("qemu-system-x86_64 is missing: install qemu-system-x86")
@@ -149,6 +151,7 @@ def run(cmd: list[str], lsm: bool, timeout: float, env: list[str], mem: str, cpu
         append = " ".join([
             "console=ttyS0", "quiet", "loglevel=3", "panic=-1", "mitigations=off", "nokaslr",
             f"lsm={LSM_ON if lsm else LSM_OFF}", "cgroup_no_v1=all", "systemd.unified_cgroup_hierarchy=1",
+            *(["egvm.init=systemd"] if systemd else []),
         ])
         argv = [
             "nice", "-n", "10", qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(cpus),
@@ -157,7 +160,8 @@ def run(cmd: list[str], lsm: bool, timeout: float, env: list[str], mem: str, cpu
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={job},mount_tag=egjob,security_model=none,multidevs=remap",
         ]
-        print(f"egvm: booting {release} ({'with' if lsm else 'without'} BPF-LSM, pure cgroup v2) for: "
+        init = "systemd as PID 1, " if systemd else ""
+        print(f"egvm: booting {release} ({init}{'with' if lsm else 'without'} BPF-LSM, pure cgroup v2) for: "
               f"{shlex.join(cmd)}", flush=True)
         t0 = time.monotonic()
         tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -212,6 +216,8 @@ def main() -> int:
     g.add_argument("--no-lsm", dest="lsm", action="store_false", help="no BPF-LSM: tracepoints and Landlock")
     r.add_argument("--timeout", type=float, default=1800.0, help="seconds before the guest is killed (1800)")
     r.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="set in the guest")
+    r.add_argument("--systemd", action="store_true",
+                   help="boot the host's systemd as PID 1 and run the command as a service (egvm-job)")
     r.add_argument("--mem", default="4G", help="guest memory (4G)")
     r.add_argument("--cpus", type=int, default=max(1, os.cpu_count() or 1), help="guest CPUs (the host's)")
     r.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -230,7 +236,7 @@ def main() -> int:
             ap.error("run needs a command after --")
         if os.geteuid() != 0:
             raise VMError("run as root: the guest kernel (/boot/vmlinuz-*) is readable by root only")
-        return run(cmd, a.lsm, a.timeout, a.env, a.mem, a.cpus)
+        return run(cmd, a.lsm, a.timeout, a.env, a.mem, a.cpus, a.systemd)
     except VMError as err:
         print(f"egvm: {err}", file=sys.stderr)
         return 125
