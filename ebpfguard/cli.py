@@ -406,12 +406,15 @@ def trace(state_dir: str, extension: str | None, pid: int | None, kind: tuple[st
 # ---- policy ------------------------------------------------------------------------------------
 @main.group()
 def policy() -> None:
-    """Work with manifests: check them before an agent loads them.
+    """Work with manifests: check them, sign them, and keep the keys an agent trusts.
 
     \b
     Examples:
       ebpfguard policy validate policies/*.yaml
-      ebpfguard policy validate /etc/ebpfguard/policies/md-preview.yaml
+      ebpfguard policy keygen --publisher acme -o acme.key
+      ebpfguard policy sign --key acme.key plugin.yaml --files ./plugin
+      sudo ebpfguard policy trust add acme.key.pub --expires 2027-12-31
+      ebpfguard policy verify plugin.yaml --files ./plugin
     """
 
 
@@ -443,6 +446,184 @@ def validate(files: tuple[str, ...]) -> None:
         click.echo(f"{bad} of {len(files)} manifest(s) invalid", err=True)
         sys.exit(2)
 
+
+
+TRUST_OPT = click.option("--trust", "trust_dir", default="/etc/ebpfguard/trust", show_default=True,
+                         type=click.Path(file_okay=False), help="The trust store: publisher keys and revocations.")
+
+
+def _trust_fail(err: EbpfguardError) -> None:
+    fail(str(err), 2)
+
+
+@policy.command()
+@click.option("--publisher", required=True, help="The publisher name the key signs for (metadata.publisher).")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="The private key file (0600); the public key goes beside it as OUTPUT.pub.")
+@click.option("--endorse-with", type=click.Path(dir_okay=False),
+              help="Rotate: the old private key signs over its trust to the new one.")
+def keygen(publisher: str, output: str, endorse_with: str | None) -> None:
+    """Make a publisher's Ed25519 signing key. Never overwrites a key.
+
+    \b
+    Examples:
+      ebpfguard policy keygen --publisher acme -o acme.key
+      ebpfguard policy keygen --publisher acme -o acme-2027.key --endorse-with acme.key
+    """
+    from .trust import TrustError
+    from .trust import keygen as make
+
+    try:
+        k = make(publisher, output, endorse_with)
+    except TrustError as err:
+        _trust_fail(err)
+        return
+    via = f", endorsed by {k.endorsement['endorsed_by']}" if k.endorsement else ""
+    click.echo(f"key {k.key_id} for {publisher}{via}: {output} (private, 0600), {output}.pub (public)")
+
+
+@policy.command()
+@click.option("--key", "key", required=True, type=click.Path(dir_okay=False), help="The publisher's private key.")
+@click.option("--files", type=click.Path(file_okay=False),
+              help="The extension's folder: the size and SHA-256 of every file in it are signed too.")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+def sign(key: str, files: str | None, manifest: str) -> None:
+    """Sign MANIFEST's exact bytes (and the extension's files): writes MANIFEST.sig.
+
+    \b
+    Examples:
+      ebpfguard policy sign --key acme.key plugin.yaml
+      ebpfguard policy sign --key acme.key plugin.yaml --files ./plugin
+    """
+    from .trust import TrustError
+    from .trust import sign as do_sign
+
+    try:
+        out = do_sign(key, manifest, files)
+    except TrustError as err:
+        _trust_fail(err)
+        return
+    click.echo(f"{out}: signed")
+
+
+@policy.command(name="verify")
+@TRUST_OPT
+@click.option("--files", type=click.Path(file_okay=False), help="Check the extension's folder against the list.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per manifest.")
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def policy_verify(trust_dir: str, files: str | None, as_json: bool, manifests: tuple[str, ...]) -> None:
+    """Check MANIFESTS' signatures against the trust store: exit 0 when every one is signed by a key the
+    store holds for its metadata.publisher, unexpired and unrevoked, with every signed file as signed; exit 1
+    naming the first reason otherwise.
+
+    \b
+    Examples:
+      ebpfguard policy verify plugin.yaml
+      ebpfguard policy verify --trust ./trust plugin.yaml --files ./plugin
+    """
+    from .trust import TrustStore, verify
+
+    store = TrustStore(trust_dir)
+    bad = 0
+    for m in manifests:
+        v = verify(m, store, files)
+        bad += not v.ok
+        if as_json:
+            click.echo(json.dumps({"manifest": m, **v.as_dict(), "extra_files": v.extras}))
+        else:
+            click.echo(f"{m}: {'ok' if v.ok else 'REJECTED'}: {v.reason}", err=not v.ok)
+            for x in v.extras:
+                click.echo(f"{m}: note: {x} is not in the signed list (not executable)")
+    sys.exit(1 if bad else 0)
+
+
+@policy.group()
+def trust() -> None:
+    """Manage the trust store: which publisher keys sign for whom, until when, and which are revoked.
+
+    \b
+    Examples:
+      sudo ebpfguard policy trust add acme.key.pub --expires 2027-12-31
+      sudo ebpfguard policy trust add vendor.pub --publisher vendor --publisher vendor-labs
+      sudo ebpfguard policy trust revoke 3f2a9c0d11e4b7a8 --reason "key leaked"
+      ebpfguard policy trust list
+    """
+
+
+@trust.command(name="add")
+@TRUST_OPT
+@click.option("--publisher", "publishers", multiple=True,
+              help="A publisher name the key may sign for (repeatable); the name in the .pub file by default.")
+@click.option("--expires", metavar="DATE", help="YYYY-MM-DD or an ISO 8601 time; no expiry by default.")
+@click.argument("pubfile", type=click.Path(dir_okay=False))
+def trust_add(trust_dir: str, publishers: tuple[str, ...], expires: str | None, pubfile: str) -> None:
+    """Trust a publisher's public key (KEYFILE.pub) for its publisher names.
+
+    \b
+    Examples:
+      sudo ebpfguard policy trust add acme.key.pub --expires 2027-12-31
+    """
+    from .trust import TrustError, TrustStore
+
+    try:
+        k = TrustStore(trust_dir).add(pubfile, list(publishers) or None, expires)
+    except TrustError as err:
+        _trust_fail(err)
+        return
+    exp = k.expires.date().isoformat() if k.expires else "never"
+    click.echo(f"trusted key {k.key_id} for {', '.join(k.publishers)} (expires {exp}) in {trust_dir}")
+
+
+@trust.command(name="revoke")
+@TRUST_OPT
+@click.option("--reason", default="", help="Why, kept in the revocation list and shown on rejection.")
+@click.argument("key_id")
+def trust_revoke(trust_dir: str, reason: str, key_id: str) -> None:
+    """Revoke KEY_ID: its signatures, and those of keys it endorsed, are rejected from now on.
+
+    \b
+    Examples:
+      sudo ebpfguard policy trust revoke 3f2a9c0d11e4b7a8 --reason "key leaked"
+    """
+    from .trust import TrustError, TrustStore
+
+    try:
+        r = TrustStore(trust_dir).revoke(key_id, reason)
+    except TrustError as err:
+        _trust_fail(err)
+        return
+    click.echo(f"revoked key {r.key_id} on {r.at} in {trust_dir}")
+
+
+@trust.command(name="list")
+@TRUST_OPT
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+def trust_list(trust_dir: str, as_json: bool) -> None:
+    """List the trusted keys and the revocations.
+
+    \b
+    Examples:
+      ebpfguard policy trust list --trust ./trust
+    """
+    from .trust import TrustError, TrustStore
+
+    store = TrustStore(trust_dir)
+    try:
+        keys, revoked = store.keys(), {r.key_id: r for r in store.revocations()}
+    except TrustError as err:
+        _trust_fail(err)
+        return
+    for k in keys:
+        r = revoked.pop(k.key_id, None)
+        if as_json:
+            click.echo(json.dumps({**k.as_dict(), "revoked": vars(r) if r else None}))
+        else:
+            exp = k.expires.date().isoformat() if k.expires else "never"
+            state = f"REVOKED {r.at}" if r else f"expires {exp}"
+            click.echo(f"{k.key_id}  {', '.join(k.publishers):30.30}  {state}")
+    for r in revoked.values():
+        click.echo(json.dumps({"key_id": r.key_id, "revoked": vars(r)}) if as_json
+                   else f"{r.key_id}  {'(not in the store)':30}  REVOKED {r.at}")
 
 # ---- forensics ---------------------------------------------------------------------------------
 @main.group()
