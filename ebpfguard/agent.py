@@ -27,6 +27,7 @@ from .kernel.features import bpf_lsm_status
 from .manifest.load import Manifest, load, parse
 from .sandbox import landlock_confines, landlock_reports
 from .sdnotify import notify
+from .trust import DEFAULT_TRUST, TrustStore, Verdict, launch_check, sig_path, verify
 
 log = logging.getLogger("ebpfguard")
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -39,15 +40,33 @@ class Conn:
         self.instances: list[int] = []  # cgroup ids this connection prepared
 
 
-class PolicyDir:
-    """The manifests of a directory, reloaded when a file changes. A bad file is reported and the
-    last good version of that extension stays in force."""
+REQUIRE_SIGNED_FILE = ".require-signed"  # in a policy directory: every manifest there must be signed
 
-    def __init__(self, directory: str | os.PathLike[str] | None):
+
+class PolicyDir:
+    """The manifests of a directory, reloaded when a file (or its signature) changes. A bad file is reported and
+    the last good version of that extension stays in force. Each manifest's signature is checked against the
+    trust store; where signatures are required (--require-signed, or a .require-signed file in the directory)
+    an enforce-mode manifest that is not signed by a trusted key is rejected with the reason, and an audit-mode
+    one is loaded with its signature status on record."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None, trust_dir: str | os.PathLike[str] | None = None,
+                 require_signed: bool = False):
         self.dir = Path(directory) if directory else None
-        self.seen: dict[Path, tuple[int, int]] = {}
+        self.seen: dict[Path, tuple[int, ...]] = {}
         self.by_file: dict[Path, Manifest] = {}
         self.errors: dict[str, str] = {}
+        self.trust = TrustStore(trust_dir or DEFAULT_TRUST)
+        self.require_flag = require_signed
+        self.signatures: dict[Path, Verdict] = {}
+        self.pending: list[tuple[Manifest, dict[str, Any]]] = []  # policy records for the agent to write
+
+    @property
+    def require_signed(self) -> bool:
+        return self.require_flag or (self.dir is not None and (self.dir / REQUIRE_SIGNED_FILE).exists())
+
+    def signature(self, m: Manifest) -> Verdict | None:
+        return next((self.signatures.get(p) for p, x in self.by_file.items() if x is m), None)
 
     def manifests(self) -> dict[str, Manifest]:
         return {m.name: m for m in self.by_file.values()}
@@ -63,27 +82,45 @@ class PolicyDir:
                 continue
             present.add(p)
             st = p.stat()
-            sig = (st.st_mtime_ns, st.st_size)
-            if self.seen.get(p) == sig:
+            try:
+                sst = sig_path(p).stat()
+                stamp: tuple[int, ...] = (st.st_mtime_ns, st.st_size, sst.st_mtime_ns, sst.st_size)
+            except OSError:
+                stamp = (st.st_mtime_ns, st.st_size)
+            if self.seen.get(p) == stamp:
                 continue
-            self.seen[p] = sig
+            self.seen[p] = stamp
+            old = self.by_file.get(p)
+            kept = ", previous version kept" if old else ""
             try:
                 m = load(p)
             except ManifestError as err:
                 self.errors[str(p)] = str(err)
-                out.append(f"policy {p.name} rejected, previous version kept: {err}")
+                out.append(f"policy {p.name} rejected{kept}: {err}")
+                continue
+            v = verify(p, self.trust, raw=m.raw)
+            event = {"event": "loaded", "file": p.name, "signature": v.as_dict()}
+            if not v.ok and self.require_signed and m.mode == "enforce":
+                self.errors[str(p)] = f"signature required: {v.reason}"
+                out.append(f"policy {p.name} rejected{kept}: signature required: {v.reason}")
+                self.pending.append((m, {**event, "event": "rejected"}))
                 continue
             self.errors.pop(str(p), None)
-            old = self.by_file.get(p)
+            before = self.signatures.get(p)
             self.by_file[p] = m
+            self.signatures[p] = v
+            said = f"signed by {v.publisher}, key {v.key_id}" if v.ok else v.reason
+            if old is None or old.sha256 != m.sha256 or before is None or before.as_dict() != v.as_dict():
+                self.pending.append((m, event))
             if old is None:
-                out.append(f"policy {m.name} {m.version} loaded from {p.name} (sha256 {m.sha256[:12]})")
+                out.append(f"policy {m.name} {m.version} loaded from {p.name} (sha256 {m.sha256[:12]}; {said})")
             elif old.sha256 != m.sha256:
-                out.append(f"policy {m.name} reloaded: {old.sha256[:12]} -> {m.sha256[:12]}; "
+                out.append(f"policy {m.name} reloaded: {old.sha256[:12]} -> {m.sha256[:12]} ({said}); "
                            "running instances keep theirs")
         for p in set(self.seen) - present:
             self.seen.pop(p)
             self.errors.pop(str(p), None)
+            self.signatures.pop(p, None)
             if p in self.by_file:
                 out.append(f"policy {self.by_file.pop(p).name} removed ({p.name} is gone)")
         return out
@@ -92,7 +129,8 @@ class PolicyDir:
 class Agent:
     def __init__(self, state_dir: str, policy_dir: str | None, engine: Engine | None = None,
                  allow_root_extensions: bool = False, metrics_address: str = "", rotate_bytes: int = MAX_BYTES,
-                 log_forward: str = "", bpf_stats: bool = False):
+                 log_forward: str = "", bpf_stats: bool = False, trust_dir: str | None = None,
+                 require_signed: bool = False):
         self.state_dir = state_dir
         self.rotate_bytes = rotate_bytes
         self.log_forward = log_forward
@@ -100,7 +138,7 @@ class Agent:
         self._stats_fd = -1
         self.metrics_address = metrics_address
         self.allow_root_extensions = allow_root_extensions
-        self.policies = PolicyDir(policy_dir)
+        self.policies = PolicyDir(policy_dir, trust_dir, require_signed)
         self._engine = engine
         self.engine: Engine
         self.sel = selectors.DefaultSelector()
@@ -156,8 +194,7 @@ class Agent:
         self.listener.listen(64)
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, None)
-        for line in self.policies.scan():
-            log.info("%s", line)
+        self._scan_policies()
         if self.metrics_address:
             from .metrics import serve  # noqa: PLC0415
 
@@ -171,6 +208,15 @@ class Agent:
                  self.state_dir)
         notify("READY=1", f"STATUS=enforcing {len(self.policies.by_file)} policies"
                + (f"; metrics {self.metrics_error}" if self.metrics_error else ""))
+
+    def _scan_policies(self) -> None:
+        for line in self.policies.scan():
+            (log.warning if " rejected" in line or "unsigned" in line or "untrusted" in line else log.info)("%s", line)
+        while self.policies.pending:
+            m, detail = self.policies.pending.pop(0)
+            self.engine.recorder.write(None, {"kind": "policy", "pid": None, "verdict": None, "actions": [],
+                                              "detail": {"name": m.name, "version": m.version, **detail}},
+                                       manifest=m, mode=m.mode)
 
     def _log_drops(self) -> None:
         """Kernel records lost since the last look (the ring buffer was full): denied, but not recorded."""
@@ -203,8 +249,7 @@ class Agent:
             now = time.monotonic()
             if now - last_scan >= 1.0:
                 last_scan = now
-                for line in self.policies.scan():
-                    log.info("%s", line)
+                self._scan_policies()
                 self._log_drops()
                 self.engine.reap()
                 self._maybe_checkpoint()
@@ -308,7 +353,7 @@ class Agent:
         except (KeyError, TypeError, ValueError) as err:
             return {"ok": False, "error": f"bad {req['op']} request: {err!r}"}
         except EbpfguardError as err:
-            return {"ok": False, "error": str(err)}
+            return {"ok": False, "error": str(err), **({"exit_code": c} if (c := getattr(err, "exit_code", 0)) else {})}
 
     # ---- operations -----------------------------------------------------------------------------
     def _op_ping(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
@@ -329,7 +374,9 @@ class Agent:
                                  "bpf-lsm (deny on resolved files, execs, ptrace, namespaces)"
                                  if getattr(sensor, "lsm", False) else f"bpf-lsm: unavailable: {bpf_lsm_status()[1]}"]},
             "policies": [{"name": m.name, "version": m.version, "mode": m.mode, "sha256": m.sha256,
-                          "file": m.source} for m in self.policies.manifests().values()],
+                          "file": m.source, "signature": (v.as_dict() if (v := self.policies.signature(m)) else None)}
+                         for m in self.policies.manifests().values()],
+            "require_signed": self.policies.require_signed, "trust": str(self.policies.trust.root),
             "policy_errors": self.policies.errors,
             "instances": [i.summary() for i in self.engine.instances.values()],
         }
@@ -347,6 +394,10 @@ class Agent:
             if not isinstance(text, str):
                 raise TypeError("manifest_text must be a string")
             m = parse(text.encode(), str(req.get("manifest_path", "<request>")), home=req.get("home"))
+        if req.get("files"):  # the extension's folder, against the file list its publisher signed
+            sig = req.get("signature_text")
+            launch_check(self.engine.recorder, m, str(req["files"]), self.policies.trust,
+                         None if req.get("extension") else (sig.encode() if isinstance(sig, str) else b""), mode)
         # the client is ebpfguard's own launcher (the socket is root's): it restricts what it starts
         inst = self.engine.prepare(m, mode, landlocked=landlock_confines(m, mode),
                                      landlock_reports=landlock_reports(m, mode))

@@ -73,10 +73,15 @@ def main() -> None:
 @click.option("--extension", "-e", help="Use the policy of this name that the running agent loaded.")
 @click.option("--mode", type=click.Choice(["audit", "enforce"]), help="Override the manifest's spec.mode.")
 @click.option("--standalone", is_flag=True, help="Load the programs in this process even if an agent runs.")
+@click.option("--files", type=click.Path(file_okay=False, exists=True),
+              help="The extension's folder: launch only if the manifest is signed by a trusted key and every "
+                   "file there is as signed (no changed file, no extra executable).")
+@click.option("--trust", "trust_dir", default="/etc/ebpfguard/trust", show_default=True,
+              type=click.Path(file_okay=False), help="The trust store for --files without an agent.")
 @STATE_OPT
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(manifest: str | None, extension: str | None, mode: str | None, standalone: bool, state_dir: str,
-        command: tuple[str, ...]) -> None:
+def run(manifest: str | None, extension: str | None, mode: str | None, standalone: bool, files: str | None,
+        trust_dir: str, state_dir: str, command: tuple[str, ...]) -> None:
     """Run COMMAND as an extension instance in its own cgroup, under its manifest.
 
     Without an agent it loads the eBPF programs itself; with one it goes through the agent's control
@@ -87,6 +92,7 @@ def run(manifest: str | None, extension: str | None, mode: str | None, standalon
       ebpfguard run -m policies/md-preview.yaml -- python3 -m md_preview
       ebpfguard run -m plugin.yaml --mode audit -- ./plugin.sh
       ebpfguard run -e md-preview -- python3 preview.py   # a policy the agent has
+      ebpfguard run -m plugin/plugin.yaml --files plugin -- plugin/bin/tool
     """
     from .control import agent_running
     from .manifest.load import load
@@ -102,13 +108,13 @@ def run(manifest: str | None, extension: str | None, mode: str | None, standalon
             fail(str(err), 2)
     try:
         if not standalone and agent_running(state_dir):
-            status = run_via_agent(state_dir, command, manifest=m, extension=extension, mode=mode)
+            status = run_via_agent(state_dir, command, manifest=m, extension=extension, mode=mode, files=files)
         elif m is None:
             fail(f"--extension needs a running agent (none on {state_dir}/agent.sock)", 2)
             return
         else:
             _require_root()
-            status = run_standalone(m, command, state_dir, mode)
+            status = run_standalone(m, command, state_dir, mode, files, trust_dir)
     except EbpfguardError as err:
         fail(str(err), getattr(err, "exit_code", 1))
     sys.exit(status)
@@ -168,9 +174,16 @@ def _require_root() -> None:
 @click.option("--bpf-stats", is_flag=True,
               help="Turn on the kernel's BPF run-time statistics while the agent runs (costs tens of ns per "
                    "program run); they feed ebpfguard_bpf_program_* metrics.")
+@click.option("--require-signed", is_flag=True,
+              help="Reject an enforce-mode manifest unless a key in the trust store signed it for its publisher "
+                   "(a .require-signed file in the policy directory asks the same); audit-mode ones load, "
+                   "their signature status on record.")
+@click.option("--trust", "trust_dir", default="/etc/ebpfguard/trust", show_default=True,
+              type=click.Path(file_okay=False), help="The trust store (policy trust add).")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the eBPF C source and exit.")
 def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_address: str, allow_root_extensions: bool,
-          rotate_size: str, log_forward: str, bpf_stats: bool, ebpf: bool) -> None:
+          rotate_size: str, log_forward: str, bpf_stats: bool, require_signed: bool, trust_dir: str,
+          ebpf: bool) -> None:
     """Run the root service: load the programs once, serve the control socket, watch the policies.
 
     Logs go to stdout (journald under systemd). SIGTERM stops it cleanly: running extensions are
@@ -181,6 +194,7 @@ def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_addres
       ebpfguard agent --policy-dir policies
       ebpfguard agent --policy-dir /etc/ebpfguard/policies --state-dir /run/eg
       ebpfguard agent --policy-dir policies --log-forward journald --bpf-stats
+      ebpfguard agent --policy-dir /etc/ebpfguard/policies --require-signed
     """
     if ebpf:
         from .kernel.loader import program_source
@@ -207,7 +221,8 @@ def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_addres
                    "until one appears there", err=True)
     _require_root()
     a = Agent(state_dir, policy_dir, allow_root_extensions=allow_root_extensions, metrics_address=metrics_address,
-              rotate_bytes=rotate_bytes, log_forward=log_forward, bpf_stats=bpf_stats)
+              rotate_bytes=rotate_bytes, log_forward=log_forward, bpf_stats=bpf_stats, trust_dir=trust_dir,
+              require_signed=require_signed)
     try:
         a.start()
     except EbpfguardError as err:
@@ -246,9 +261,12 @@ def status(state_dir: str, as_json: bool) -> None:
     click.echo(f"  layers: {', '.join(a['layers'])}")
     if (a.get("metrics") or {}).get("error"):
         click.echo(f"  metrics: {a['metrics']['error']}")
-    click.echo(f"policies ({len(ans['policies'])}):")
+    req = "; signatures required" if ans.get("require_signed") else ""
+    click.echo(f"policies ({len(ans['policies'])}; trust store {ans.get('trust', '-')}{req}):")
     for p in ans["policies"]:
-        click.echo(f"  {p['name']:<24} {p['version']:<10} {p['mode']:<8} {p['sha256'][:12]}")
+        sig = p.get("signature") or {}
+        said = f"signed {sig.get('key_id', '')}" if sig.get("ok") else sig.get("status", "-")
+        click.echo(f"  {p['name']:<24} {p['version']:<10} {p['mode']:<8} {p['sha256'][:12]} {said}")
     for f, e in ans.get("policy_errors", {}).items():
         click.echo(f"  rejected {f}: {e.splitlines()[0]}")
     click.echo(f"instances ({len(ans['instances'])}):")
@@ -468,7 +486,7 @@ def keygen(publisher: str, output: str, endorse_with: str | None) -> None:
     \b
     Examples:
       ebpfguard policy keygen --publisher acme -o acme.key
-      ebpfguard policy keygen --publisher acme -o acme-2027.key --endorse-with acme.key
+      ebpfguard policy keygen --publisher acme -o new.key --endorse-with acme.key
     """
     from .trust import TrustError
     from .trust import keygen as make
@@ -544,7 +562,7 @@ def trust() -> None:
     \b
     Examples:
       sudo ebpfguard policy trust add acme.key.pub --expires 2027-12-31
-      sudo ebpfguard policy trust add vendor.pub --publisher vendor --publisher vendor-labs
+      sudo ebpfguard policy trust add v.pub --publisher v --publisher v-labs
       sudo ebpfguard policy trust revoke 3f2a9c0d11e4b7a8 --reason "key leaked"
       ebpfguard policy trust list
     """

@@ -65,7 +65,9 @@ class Client:
         line, self._buf = self._buf.split(b"\n", 1)
         answer = json.loads(line)
         if not answer.get("ok"):
-            raise ControlError(answer.get("error", "request failed"))
+            failure = ControlError(answer.get("error", "request failed"))
+            failure.exit_code = int(answer.get("exit_code") or 1)  # type: ignore[attr-defined]
+            raise failure
         return dict(answer)
 
     def close(self) -> None:

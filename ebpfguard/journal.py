@@ -72,6 +72,11 @@ def record_line(rec: dict[str, Any]) -> tuple[int, str] | None:
         return None
     if rec.get("kind") == "checkpoint":
         return None
+    if rec.get("kind") == "policy":
+        if d.get("event") in ("rejected", "launch-refused"):
+            sig = (d.get("signature") or {}).get("reason") or d.get("reason") or ""
+            return logging.WARNING, f"{rec.get('extension')}: policy {d.get('event')}: {sig}"
+        return None
     acts = rec.get("actions") or []
     if any(a.split(":")[0] in LADDER or a in LADDER for a in acts):
         return logging.WARNING, (f"{who}: {rec.get('kind')} {rec.get('verdict')} {subject(d)} "

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .launcher import check_command, exit_status, resolve, spawn
 from .manifest.load import Manifest, parse
 from .sandbox import Sandbox, landlock_confines, landlock_reports
+from .trust import sig_path
 
 
-def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str | None = None) -> int:
+def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str | None = None,
+                   files: str | None = None, trust_dir: str | None = None) -> int:
     """Load the programs in this process, run ``argv`` in a new extension cgroup, wait for the
     cgroup to empty (children and grandchildren included), unload. Returns the command's status."""
     from .engine import Engine  # noqa: PLC0415
@@ -21,6 +25,10 @@ def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str |
     Sandbox.prepare(m, mode).close()  # a manifest the launcher cannot enforce fails before anything loads
     eng = Engine(state_dir)
     try:
+        if files:
+            from .trust import DEFAULT_TRUST, TrustStore, launch_check  # noqa: PLC0415
+
+            launch_check(eng.recorder, m, files, TrustStore(trust_dir or DEFAULT_TRUST), None, mode)
         inst = eng.prepare(m, mode, landlocked=landlock_confines(m, mode),
                            landlock_reports=landlock_reports(m, mode))
         sandbox = Sandbox.prepare(m, mode, proxies=inst.proxy_folders())
@@ -51,7 +59,7 @@ def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str |
 
 
 def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | None = None,
-                  extension: str | None = None, mode: str | None = None) -> int:
+                  extension: str | None = None, mode: str | None = None, files: str | None = None) -> int:
     """Ask the agent for an instance cgroup, launch into it, report the exit. The connection stays
     open while the command runs: if this process dies, the agent sees the launcher is gone."""
     from .control import Client  # noqa: PLC0415
@@ -60,11 +68,17 @@ def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
 
     argv = resolve(argv)
     with Client(state_dir) as client:
+        checked: dict[str, Any] = {}
+        if files:  # the agent checks them against the signed list (and records a refusal)
+            checked["files"] = os.path.abspath(files)
+            if manifest is not None:
+                sig = sig_path(manifest.source)
+                checked["signature_text"] = sig.read_text(errors="replace") if sig.is_file() else ""
         if manifest is not None:
             ans = client.request("prepare", manifest_text=manifest.raw.decode(), manifest_path=manifest.source,
-                                 home=default_home(manifest.user), mode=mode)
+                                 home=default_home(manifest.user), mode=mode, **checked)
         else:
-            ans = client.request("prepare", extension=extension, mode=mode)
+            ans = client.request("prepare", extension=extension, mode=mode, **checked)
         # the agent sends back the manifest it holds, and whether its config lets an extension run as root
         m = manifest or parse(ans["manifest_text"].encode(), ans["manifest_path"], home=ans.get("home"))
         check_command(m, argv, mode)  # (the agent releases the instance when this connection closes)

@@ -60,7 +60,8 @@ HEADER = f"{'TIME':<12} {'EXTENSION':<14} {'PID':>7} {'KIND':<9} {'VERDICT':<8} 
 
 # every kind a record can have: the kernel's violation kinds, the D-Bus proxy's and Landlock's ipc, the
 # agent's lifecycle and resource records, and the log's checkpoints
-RECORD_KINDS = ("file", "exec", "network", "syscall", "privilege", "ipc", "resource", "lifecycle", "checkpoint")
+RECORD_KINDS = ("file", "exec", "network", "syscall", "privilege", "ipc", "resource", "lifecycle", "checkpoint",
+                "policy")
 
 
 def matcher(extension: str | None, pid: int | None, kinds: tuple[str, ...]) -> Callable[[dict[str, Any]], bool]:

@@ -536,3 +536,28 @@ def verify(manifest: str | os.PathLike[str], store: TrustStore, files: str | os.
     via = f", endorsed by {k.endorsed_by}" if k.endorsed_by else ""
     return Verdict(True, f"signed by {publisher} (key {k.key_id}{via})", "signed", publisher, k.key_id, endorsed_by,
                    files=listed if isinstance(listed, list) else None, extras=extras)
+
+
+class LaunchRefused(TrustError):
+    """The extension's files are not what its publisher signed: the launch is refused (126, as a shell says of a
+    command it cannot execute)."""
+
+    exit_code = 126
+
+
+def launch_check(recorder: Any, m: Any, files: str, store: TrustStore, sig_text: bytes | None,
+                 mode: str | None) -> Verdict:
+    """Before a launch with --files: the manifest signed by a trusted key and every file under FILES as signed;
+    otherwise a policy record (launch-refused, naming the file) and LaunchRefused. sig_text None reads
+    MANIFEST.sig from disk; b"" means the manifest came without one."""
+    if sig_text == b"":
+        v = Verdict(False, "unsigned: the manifest came without a signature", "unsigned")
+    else:
+        v = verify(m.source, store, files, raw=m.raw, sig_text=sig_text)
+    if not v.ok:
+        recorder.write(None, {"kind": "policy", "pid": None, "verdict": "denied", "actions": ["refuse:launch"],
+                              "detail": {"event": "launch-refused", "name": m.name, "version": m.version,
+                                         "files": str(Path(files).resolve()), "reason": v.reason,
+                                         "signature": v.as_dict()}}, manifest=m, mode=mode or m.mode)
+        raise LaunchRefused(f"launch refused: {m.name}: {v.reason}")
+    return v
