@@ -1,0 +1,112 @@
+"""Signed manifests and extension files with a real agent: --require-signed rejects what no trusted key signed
+(recorded and on status), audit-mode manifests load with their signature status on record, and a launch with
+--files is refused, with a record naming the file, when the extension's files are not what was signed."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ebpfguard.trust import TrustStore, keygen, sign
+
+from .test_agent import Agent, eg
+
+SIGNED = """apiVersion: ebpfguard.io/v1
+kind: Extension
+metadata: {{name: {name}, version: "{version}", publisher: acme}}
+spec:
+  mode: {mode}
+  filesystem:
+    read: [/usr/, /lib/, /lib64/, /etc/ld.so.cache, {ext}/]
+    exec: [/usr/bin/sh, /bin/sh, /usr/bin/dash, /bin/dash, {ext}/bin/]
+"""
+
+
+@pytest.fixture
+def signed(tmp_path: Path) -> Iterator[tuple[Agent, Path, Path]]:
+    # the extension's folder where its unprivileged user can reach it (pytest's tmp is root's, 0700)
+    ext = Path(tempfile.mkdtemp(prefix="eg-ext-", dir="/var/tmp"))
+    ext.chmod(0o755)
+    (ext / "bin").mkdir(mode=0o755)
+    tool = ext / "bin" / "tool"
+    tool.write_text("#!/bin/sh\necho signed tool ran\n")
+    tool.chmod(0o755)
+    key, trust = tmp_path / "acme.key", tmp_path / "trust"
+    keygen("acme", key)
+    TrustStore(trust).add(f"{key}.pub")
+    policies = tmp_path / "staged"
+    policies.mkdir()
+    (policies / "acme-tool.yaml").write_text(SIGNED.format(name="acme-tool", version="1", mode="enforce", ext=ext))
+    sign(key, policies / "acme-tool.yaml", ext)
+    (policies / "acme-audit.yaml").write_text(SIGNED.format(name="acme-audit", version="1", mode="audit", ext=ext))
+    a = Agent(tmp_path, "--require-signed", "--trust", str(trust))  # its shell-tool.yaml is unsigned, enforce
+    for f in policies.iterdir():
+        f.rename(a.policies / f.name)
+    deadline = time.monotonic() + 30
+    while len(a.status()["policies"]) < 2:
+        assert time.monotonic() < deadline, a.status()
+        time.sleep(0.2)
+    try:
+        yield a, ext, key
+    finally:
+        a.stop()
+        shutil.rmtree(ext)
+
+
+def test_require_signed_rejects_the_unsigned_enforce_manifest_and_records_why(signed: tuple[Agent, Path, Path]
+                                                                              ) -> None:
+    a, _, _ = signed
+    st = a.status()
+    assert st["require_signed"] is True
+    loaded = {p["name"]: p for p in st["policies"]}
+    assert set(loaded) == {"acme-tool", "acme-audit"}, loaded  # not shell-tool
+    assert loaded["acme-tool"]["signature"]["ok"] and loaded["acme-tool"]["signature"]["publisher"] == "acme"
+    assert loaded["acme-audit"]["signature"]["status"] == "unsigned"  # audit: loaded, said unsigned
+    err = next(e for f, e in st["policy_errors"].items() if f.endswith("shell-tool.yaml"))
+    assert err == "signature required: unsigned: no signature shell-tool.yaml.sig beside the manifest", err
+    recs = [r for r in a.records() if r["kind"] == "policy"]
+    by = {(r["detail"]["name"], r["detail"]["event"]): r for r in recs}
+    assert by[("shell-tool", "rejected")]["detail"]["signature"]["status"] == "unsigned"
+    assert by[("acme-audit", "loaded")]["detail"]["signature"]["status"] == "unsigned"
+    assert by[("acme-tool", "loaded")]["detail"]["signature"]["status"] == "signed"
+    assert "signatures required" in eg("status", state=a.state).stdout
+    assert eg("run", "-e", "shell-tool", "--", "true", state=a.state).returncode != 0
+
+
+def test_a_launch_with_files_runs_clean_when_untampered_and_is_refused_after(signed: tuple[Agent, Path, Path]
+                                                                             ) -> None:
+    a, ext, _ = signed
+    r = eg("run", "-e", "acme-tool", "--files", str(ext), "--", str(ext / "bin" / "tool"), state=a.state)
+    assert r.returncode == 0 and "signed tool ran" in r.stdout, r.stdout + r.stderr
+    dropper = ext / "bin" / "dropper"
+    dropper.write_text("#!/bin/sh\necho dropped\n")
+    dropper.chmod(0o755)
+    r = eg("run", "-e", "acme-tool", "--files", str(ext), "--", str(ext / "bin" / "tool"), state=a.state)
+    assert r.returncode == 126 and "dropped" not in r.stdout, r.stdout + r.stderr
+    assert "launch refused: acme-tool: files: bin/dropper: extra executable, not in the signed list" in r.stderr
+    refused = [x for x in a.records() if x["kind"] == "policy" and x["detail"]["event"] == "launch-refused"]
+    assert len(refused) == 1 and refused[0]["verdict"] == "denied" and "bin/dropper" in refused[0]["detail"]["reason"]
+    assert not [x for x in a.records() if x["detail"].get("event") == "start" and x["extension"] == "acme-tool"
+                and x["seq"] > refused[0]["seq"]], "an instance started after the refusal"
+    dropper.unlink()
+    (ext / "bin" / "tool").write_text("#!/bin/sh\necho tampered\n")
+    r = eg("run", "-e", "acme-tool", "--files", str(ext), "--", str(ext / "bin" / "tool"), state=a.state)
+    assert r.returncode == 126 and "bin/tool: changed (sha256 " in r.stderr, r.stderr
+
+
+def test_a_client_manifest_with_files_needs_its_signature(signed: tuple[Agent, Path, Path], tmp_path: Path) -> None:
+    a, ext, key = signed
+    m = tmp_path / "client.yaml"
+    m.write_text(SIGNED.format(name="acme-client", version="2", mode="enforce", ext=ext))
+    r = eg("run", "-m", str(m), "--files", str(ext), "--", str(ext / "bin" / "tool"), state=a.state)
+    assert r.returncode == 126 and "unsigned: the manifest came without a signature" in r.stderr, r.stderr
+    sign(key, m, ext)
+    r = eg("run", "-m", str(m), "--files", str(ext), "--", str(ext / "bin" / "tool"), state=a.state)
+    assert r.returncode == 0 and "signed tool ran" in r.stdout, r.stdout + r.stderr
+    assert eg("forensics", "verify", state=a.state).returncode == 0
+
