@@ -347,7 +347,7 @@ class Agent:
         handler = getattr(self, "_op_" + req["op"], None)
         if handler is None:
             return {"ok": False, "error": f"unknown op {req['op']!r} (ping, status, prepare, started, exited, "
-                                         "freeze, thaw, kill, quarantine, attach)"}
+                                         "freeze, thaw, kill, quarantine, attach, flag)"}
         try:
             return {"ok": True, **handler(conn, req)}
         except (KeyError, TypeError, ValueError) as err:
@@ -439,6 +439,19 @@ class Agent:
         if not found:
             raise EbpfguardError(f"no running instance or extension named {name!r}")
         return found
+
+    def _op_flag(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        name, reason = req["extension"], str(req.get("reason") or "")
+        if not isinstance(name, str) or not name:
+            raise ValueError("extension must be a name")
+        if not req.get("clear") and not reason:
+            raise ValueError("a flag needs a reason")
+        rec = self.engine.recorder.flag(name, not req.get("clear"), reason, str(req.get("by") or "root"))
+        if rec is None:
+            raise EbpfguardError("the flag could not be written to the forensic log")
+        d = rec["detail"]
+        log.warning("%s: %s by %s%s", name, d["event"], d["by"], f": {reason}" if reason else "")
+        return {"seq": rec["seq"]}
 
     def _operator(self, req: dict[str, Any], action: str) -> dict[str, Any]:
         done = []

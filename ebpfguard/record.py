@@ -41,6 +41,19 @@ class Recorder:
             log.error("%s", err)
             return None
 
+    def flag(self, extension: str, flagged: bool, reason: str, by: str) -> dict[str, Any] | None:
+        """An administrator's flag on an extension (provenance.py reads it back), or its clearing."""
+        rec = {"time": rfc3339_ns(now_ns()), "extension": extension, "instance": None, "cgroup_id": None,
+               "mode": None, "policy_sha256": None, "kind": "policy", "pid": None, "verdict": None, "actions": [],
+               "detail": {"event": "flagged" if flagged else "unflagged", "name": extension, "reason": reason,
+                          "by": by}}
+        try:
+            return self.log.append(rec)
+        except EbpfguardError as err:
+            self.errors += 1
+            log.error("%s", err)
+            return None
+
     def event(self, inst: Instance | None, ev: Event, verdict: str | None, detail: dict[str, Any],
               actions: list[str], *, manifest: Manifest | None, mode: str | None,
               response_ns: int | None = None) -> dict[str, Any] | None:

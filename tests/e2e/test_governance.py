@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -110,3 +111,36 @@ def test_a_client_manifest_with_files_needs_its_signature(signed: tuple[Agent, P
     assert r.returncode == 0 and "signed tool ran" in r.stdout, r.stdout + r.stderr
     assert eg("forensics", "verify", state=a.state).returncode == 0
 
+
+
+def test_provenance_of_two_versions_an_incident_and_a_flag(signed: tuple[Agent, Path, Path]) -> None:
+    a, ext, key = signed
+    # version 1 reads a file its manifest does not grant: one incident
+    r = eg("run", "-e", "acme-tool", "--", "/bin/sh", "-c", "read x < /etc/hostname", state=a.state)
+    assert r.returncode != 0, r.stderr
+    v1 = next(p["sha256"] for p in a.status()["policies"] if p["name"] == "acme-tool")
+    m = a.policies / "acme-tool.yaml"
+    m.write_text(SIGNED.format(name="acme-tool", version="2", mode="enforce", ext=ext))
+    sign(key, m, ext)
+    deadline = time.monotonic() + 30
+    while next(p["sha256"] for p in a.status()["policies"] if p["name"] == "acme-tool") == v1:
+        assert time.monotonic() < deadline, "version 2 was not loaded"
+        time.sleep(0.2)
+    r = eg("run", "-e", "acme-tool", "--", str(ext / "bin" / "tool"), state=a.state)
+    assert r.returncode == 0, r.stderr
+    r = eg("flag", "acme-tool", "--reason", "renderer CVE under review", state=a.state)
+    assert r.returncode == 0 and "flagged (record " in r.stdout, r.stdout + r.stderr
+    r = eg("provenance", "acme-tool", state=a.state)
+    print(r.stdout)
+    assert r.returncode == 0, r.stderr
+    assert "publisher   acme" in r.stdout and "flagged     YES since " in r.stdout
+    assert "renderer CVE under review" in r.stdout and "log         verified, " in r.stdout
+    js = json.loads(eg("provenance", "acme-tool", "--json", state=a.state).stdout)
+    assert [v["version"] for v in js["versions"]] == ["1", "2"], js["versions"]
+    assert all(v["signature"] == "signed" for v in js["versions"]) and [v["instances"] for v in js["versions"]] == [1, 1]
+    assert js["violations"] == 1 and js["incidents"][0]["what"] == "/etc/hostname", js["incidents"]
+    assert js["incidents"][0]["version_sha256"] == v1
+    assert eg("flag", "acme-tool", "--clear", state=a.state).returncode == 0
+    assert json.loads(eg("provenance", "acme-tool", "--json", state=a.state).stdout)["flag"] is None
+    unknown = eg("provenance", "no-such-extension", state=a.state)
+    assert unknown.returncode == 1 and "has no record of no-such-extension" in unknown.stderr
