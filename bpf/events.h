@@ -119,6 +119,7 @@
 #define EG_V_DENIED 3    /* the kernel returned EPERM */
 #define EG_V_KILLED 4    /* SIGKILL sent before the syscall returned */
 #define EG_V_PENDING 5   /* the kernel could not decide: user space resolves the path */
+#define EG_V_SHADOW 6    /* allowed by the enforced version; its shadow version (rollout) would refuse it */
 
 /* eg_event.flags */
 #define EG_EV_RELATIVE 1    /* relative path: resolve against cwd or dirfd */
@@ -164,6 +165,8 @@ struct eg_ext_policy {
 	u8 response[EG_KIND_MAX];
 	u64 sys_deny[EG_SYSCALL_WORDS];
 	u64 sys_priv[EG_SYSCALL_WORDS];
+	u32 shadow; /* 1 + the slot of a shadow version that decides the same events without acting; 0: none */
+	u32 pad;
 };
 
 struct eg_path_key {

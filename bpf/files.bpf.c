@@ -84,6 +84,27 @@ static __always_inline int path_has_dotdot(const u8 *p, long n)
 	return 0;
 }
 
+/* The enforced version allowed k->path: would its shadow version? If not, a record of what the shadow would
+ * have refused (EG_V_SHADOW), and nothing done to the call. */
+static __always_inline void shadow_path(struct eg_ext_policy *pol, struct eg_path_key *k, u32 access, u16 kind,
+					s32 nr, u64 cg, int dirfd, const char *upath, u64 oflags)
+{
+	if (path_granted(pol->shadow - 1, k, access, 0))
+		return;
+	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), (u32)nr), k->path);
+	struct eg_event *e = new_violation(pol, kind, nr, EG_V_SHADOW, EG_FNV(h, EG_V_SHADOW), cg);
+	if (!e)
+		return;
+	e->verdict = EG_V_SHADOW;
+	e->flags = 0;
+	e->dirfd = dirfd;
+	e->op = access;
+	e->uptr = (u64)upath;
+	e->aux = oflags;
+	__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
+	events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+
 static __always_inline int check_path(const char *upath, int dirfd, u32 access, u16 kind, s32 nr,
 				      u64 oflags)
 {
@@ -93,8 +114,11 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 		return 0;
 	u8 *ll = landlocked.lookup(&cg);
 	/* Landlock decides reads and execs on the object and reports what it refuses: nothing to copy, scan
-	 * or match here, unless the response must kill before the syscall returns */
-	if (ll && *ll == EG_LL_REPORTS && (access == EG_ACC_READ || kind == EG_KIND_EXEC) && !should_kill(pol, kind))
+	 * or match here, unless the response must kill before the syscall returns, or a shadow version must
+	 * see what the enforced one allows */
+	int ll_reports = ll && *ll == EG_LL_REPORTS && (access == EG_ACC_READ || kind == EG_KIND_EXEC) &&
+			 !should_kill(pol, kind);
+	if (ll_reports && !pol->shadow)
 		return 0;
 	u32 zero = 0;
 	struct eg_path_key *k = path_scratch.lookup(&zero);
@@ -117,8 +141,13 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 			flags |= EG_EV_DOTDOT;
 	}
 
-	if (!flags && path_granted(pol->slot, k, access, 0))
+	if (!flags && path_granted(pol->slot, k, access, 0)) {
+		if (pol->shadow)
+			shadow_path(pol, k, access, kind, nr, cg, dirfd, upath, oflags);
 		return 0;
+	}
+	if (ll_reports)
+		return 0; /* Landlock refuses it and reports it */
 
 	u32 pending = flags & (EG_EV_RELATIVE | EG_EV_DOTDOT | EG_EV_UNREADABLE);
 	/* fexecve of an fd (memfd, deleted file) is never on an exec allowlist of paths */

@@ -43,6 +43,25 @@ static __always_inline int net_allows(struct eg_ext_policy *pol, u32 op, u16 fam
 	return 0;
 }
 
+static __always_inline void net_event(struct eg_ext_policy *pol, u32 op, u16 family, u8 *addr, u16 port,
+				      u8 proto, u16 verdict, u32 flags)
+{
+	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), port), proto);
+	h = EG_FNV(EG_FNV(EG_FNV(h, flags), verdict), family);
+	for (int i = 0; i < 16; i++)
+		h = EG_FNV(h, addr[i]);
+	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, verdict, h, bpf_get_current_cgroup_id());
+	if (e) {
+		e->flags = flags;
+		e->op = op;
+		e->family = family == AF_INET ? 4 : 6;
+		e->port = port;
+		e->proto = proto;
+		__builtin_memcpy(e->addr, addr, 16);
+		events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	}
+}
+
 /* family is a constant in each caller, so each program reads only its own ctx fields */
 static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u16 family)
 {
@@ -67,8 +86,14 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 	u16 port = bpf_ntohs((u16)ctx->user_port);
 	u8 proto = (u8)ctx->protocol;
 	int quarantine = (cgflags & EG_CG_QUARANTINE) != 0;
-	if (!quarantine && net_allows(pol, op, family, addr, port, proto))
+	if (!quarantine && net_allows(pol, op, family, addr, port, proto)) {
+		/* allowed: would the shadow version (a staged rollout) allow it too? recorded, nothing done */
+		u32 s = pol->shadow - 1;
+		struct eg_ext_policy *sp = pol->shadow ? ext_policy.lookup(&s) : 0;
+		if (sp && !net_allows(sp, op, family, addr, port, proto))
+			net_event(pol, op, family, addr, port, proto, EG_V_SHADOW, 0);
 		return 1;
+	}
 
 	int deny = quarantine || deny_in_mode(pol, EG_KIND_NETWORK);
 	u16 verdict = EG_V_ALLOWED;
@@ -79,20 +104,7 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 		if (!quarantine && should_kill(pol, EG_KIND_NETWORK) && !net_allows(pol, op, family, addr, port, 0))
 			verdict = EG_V_KILLED;
 	}
-	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), port), proto);
-	h = EG_FNV(EG_FNV(EG_FNV(h, quarantine), verdict), family);
-	for (int i = 0; i < 16; i++)
-		h = EG_FNV(h, addr[i]);
-	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, verdict, h, bpf_get_current_cgroup_id());
-	if (e) {
-		e->flags = quarantine ? EG_EV_QUARANTINE : 0;
-		e->op = op;
-		e->family = family == AF_INET ? 4 : 6;
-		e->port = port;
-		e->proto = proto;
-		__builtin_memcpy(e->addr, addr, 16);
-		events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
-	}
+	net_event(pol, op, family, addr, port, proto, verdict, quarantine ? EG_EV_QUARANTINE : 0);
 	return deny ? 0 : 1;
 }
 

@@ -51,8 +51,17 @@ class PolicyDir:
     one is loaded with its signature status on record."""
 
     def __init__(self, directory: str | os.PathLike[str] | None, trust_dir: str | os.PathLike[str] | None = None,
-                 require_signed: bool = False):
+                 require_signed: bool = False, promoted_file: str | os.PathLike[str] | None = None):
         self.dir = Path(directory) if directory else None
+        # extension name -> the sha256 of the shadow version `policy promote` made the enforced one
+        self.promoted_file = Path(promoted_file) if promoted_file else None
+        self.promoted: dict[str, str] = {}
+        if self.promoted_file is not None and self.promoted_file.exists():
+            try:
+                data = json.loads(self.promoted_file.read_text())
+                self.promoted = {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+            except (OSError, ValueError) as err:
+                log.error("ignoring %s: %s", self.promoted_file, err)
         self.seen: dict[Path, tuple[int, ...]] = {}
         self.by_file: dict[Path, Manifest] = {}
         self.errors: dict[str, str] = {}
@@ -69,7 +78,33 @@ class PolicyDir:
         return next((self.signatures.get(p) for p, x in self.by_file.items() if x is m), None)
 
     def manifests(self) -> dict[str, Manifest]:
-        return {m.name: m for m in self.by_file.values()}
+        """The enforced version of each extension: its manifest without spec.rollout: shadow, or the shadow
+        version an administrator promoted."""
+        out = {m.name: m for m in self.by_file.values() if m.rollout != "shadow"}
+        for m in self.by_file.values():
+            if m.rollout == "shadow" and self.promoted.get(m.name) == m.sha256:
+                out[m.name] = m
+        return out
+
+    def shadows(self) -> dict[str, Manifest]:
+        """The staged version of each extension that has one (spec.rollout: shadow, not promoted)."""
+        return {m.name: m for m in self.by_file.values()
+                if m.rollout == "shadow" and self.promoted.get(m.name) != m.sha256}
+
+    def promote(self, name: str) -> tuple[Manifest | None, Manifest]:
+        """Make NAME's shadow version the enforced one (for instances launched from now on); kept across
+        restarts in the state directory. Returns (the version it replaces, the promoted one)."""
+        shadow = self.shadows().get(name)
+        if shadow is None:
+            raise EbpfguardError(f"{name!r} has no shadow version loaded (a manifest with spec.rollout: shadow "
+                                 f"in {self.dir})")
+        old = self.manifests().get(name)
+        self.promoted[name] = shadow.sha256
+        if self.promoted_file is not None:
+            tmp = self.promoted_file.with_name(f".{self.promoted_file.name}.tmp")
+            tmp.write_text(json.dumps(self.promoted, indent=1) + "\n")
+            os.replace(tmp, self.promoted_file)
+        return old, shadow
 
     def scan(self) -> list[str]:
         """Reload what changed; returns log lines."""
@@ -113,7 +148,9 @@ class PolicyDir:
             if old is None or old.sha256 != m.sha256 or before is None or before.as_dict() != v.as_dict():
                 self.pending.append((m, event))
             if old is None:
-                out.append(f"policy {m.name} {m.version} loaded from {p.name} (sha256 {m.sha256[:12]}; {said})")
+                staged = " as a shadow version" if m.rollout == "shadow" else ""
+                out.append(f"policy {m.name} {m.version} loaded{staged} from {p.name} (sha256 {m.sha256[:12]}; "
+                           f"{said})")
             elif old.sha256 != m.sha256:
                 out.append(f"policy {m.name} reloaded: {old.sha256[:12]} -> {m.sha256[:12]} ({said}); "
                            "running instances keep theirs")
@@ -138,7 +175,7 @@ class Agent:
         self._stats_fd = -1
         self.metrics_address = metrics_address
         self.allow_root_extensions = allow_root_extensions
-        self.policies = PolicyDir(policy_dir, trust_dir, require_signed)
+        self.policies = PolicyDir(policy_dir, trust_dir, require_signed, Path(state_dir) / "promoted.json")
         self._engine = engine
         self.engine: Engine
         self.sel = selectors.DefaultSelector()
@@ -347,7 +384,7 @@ class Agent:
         handler = getattr(self, "_op_" + req["op"], None)
         if handler is None:
             return {"ok": False, "error": f"unknown op {req['op']!r} (ping, status, prepare, started, exited, "
-                                         "freeze, thaw, kill, quarantine, attach, flag)"}
+                                         "freeze, thaw, kill, quarantine, attach, flag, promote)"}
         try:
             return {"ok": True, **handler(conn, req)}
         except (KeyError, TypeError, ValueError) as err:
@@ -376,6 +413,11 @@ class Agent:
             "policies": [{"name": m.name, "version": m.version, "mode": m.mode, "sha256": m.sha256,
                           "file": m.source, "signature": (v.as_dict() if (v := self.policies.signature(m)) else None)}
                          for m in self.policies.manifests().values()],
+            "shadows": [{"name": m.name, "version": m.version, "sha256": m.sha256, "file": m.source,
+                         "enforced": m.name in self.policies.manifests(),
+                         "shadow_denials": sum(i.shadow_denials for i in self.engine.instances.values()
+                                               if i.manifest.name == m.name)}
+                        for m in self.policies.shadows().values()],
             "require_signed": self.policies.require_signed, "trust": str(self.policies.trust.root),
             "policy_errors": self.policies.errors,
             "instances": [i.summary() for i in self.engine.instances.values()],
@@ -387,6 +429,9 @@ class Agent:
             raise ValueError(f"mode {mode!r} is not audit or enforce")
         if req.get("extension"):
             m = self.policies.manifests().get(req["extension"])
+            if m is None and req["extension"] in self.policies.shadows():
+                raise EbpfguardError(f"{req['extension']!r} has only a shadow version: promote it "
+                                     "(policy promote) or add an enforced one")
             if m is None:
                 raise EbpfguardError(f"no policy named {req['extension']!r} in {self.policies.dir}")
         else:
@@ -399,8 +444,10 @@ class Agent:
             launch_check(self.engine.recorder, m, str(req["files"]), self.policies.trust,
                          None if req.get("extension") else (sig.encode() if isinstance(sig, str) else b""), mode)
         # the client is ebpfguard's own launcher (the socket is root's): it restricts what it starts
+        shadow = self.policies.shadows().get(m.name)
         inst = self.engine.prepare(m, mode, landlocked=landlock_confines(m, mode),
-                                     landlock_reports=landlock_reports(m, mode))
+                                     landlock_reports=landlock_reports(m, mode),
+                                     shadow=shadow if shadow is not None and shadow.sha256 != m.sha256 else None)
         conn.instances.append(inst.cgroup_id)
         return {"instance": inst.id, "procs_files": inst.cgroup.procs_files(), "cgroup": str(inst.cgroup.v2),
                 "manifest_text": m.raw.decode(), "manifest_path": m.source, "home": req.get("home"),
@@ -439,6 +486,20 @@ class Agent:
         if not found:
             raise EbpfguardError(f"no running instance or extension named {name!r}")
         return found
+
+    def _op_promote(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        name = req["extension"]
+        if not isinstance(name, str):
+            raise TypeError("extension must be a name")
+        old, new = self.policies.promote(name)
+        detail = {"event": "promoted", "name": name, "version": new.version, "file": Path(new.source).name,
+                  "replaces": {"version": old.version, "sha256": old.sha256} if old else None}
+        self.engine.recorder.write(None, {"kind": "policy", "pid": None, "verdict": None, "actions": [],
+                                          "detail": detail}, manifest=new, mode=new.mode)
+        log.warning("%s: shadow version %s (%s) promoted: it is enforced for instances launched from now on",
+                    name, new.version, new.sha256[:12])
+        return {"name": name, "version": new.version, "sha256": new.sha256,
+                "replaces": detail["replaces"]}
 
     def _op_flag(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         name, reason = req["extension"], str(req.get("reason") or "")

@@ -267,12 +267,17 @@ def status(state_dir: str, as_json: bool) -> None:
         sig = p.get("signature") or {}
         said = f"signed {sig.get('key_id', '')}" if sig.get("ok") else sig.get("status", "-")
         click.echo(f"  {p['name']:<24} {p['version']:<10} {p['mode']:<8} {p['sha256'][:12]} {said}")
+    for sh in ans.get("shadows", []):
+        beside = "beside the enforced version" if sh["enforced"] else "only a shadow version"
+        click.echo(f"  {sh['name']:<24} {sh['version']:<10} {'shadow':<8} {sh['sha256'][:12]} {beside}; "
+                   f"{sh['shadow_denials']} would-be refusals")
     for f, e in ans.get("policy_errors", {}).items():
         click.echo(f"  rejected {f}: {e.splitlines()[0]}")
     click.echo(f"instances ({len(ans['instances'])}):")
     for i in ans["instances"]:
+        shadow = f" shadow {i['shadow_denials']}" if i.get("shadow_denials") else ""
         click.echo(f"  {i['instance']:<30} pid {i['pid']!s:<7} {i['state']:<8} {i['mode']:<8} "
-                   f"violations {i['violations']:<5} {i['cgroup']}")
+                   f"violations {i['violations']:<5}{shadow} {i['cgroup']}")
         click.echo(f"    layers: {', '.join(i['layers'])}")
         for gap in i["not_enforced"]:
             click.echo(f"    not enforced: {gap}")
@@ -464,6 +469,30 @@ def validate(files: tuple[str, ...]) -> None:
         click.echo(f"{bad} of {len(files)} manifest(s) invalid", err=True)
         sys.exit(2)
 
+
+
+@policy.command()
+@STATE_OPT
+@click.argument("name")
+def promote(state_dir: str, name: str) -> None:
+    """Make NAME's shadow version (spec.rollout: shadow) the enforced one, for the instances launched from now
+    on; running ones keep the version they started with. Recorded in the forensic log; kept across restarts.
+
+    \b
+    Examples:
+      sudo ebpfguard status    # shadow versions, their would-be refusals
+      sudo ebpfguard policy promote md-preview
+    """
+    from .control import Client
+
+    try:
+        with Client(state_dir, timeout=10) as c:
+            ans = c.request("promote", extension=name)
+    except EbpfguardError as err:
+        fail(str(err))
+        return
+    was = f", replacing {ans['replaces']['version']} ({ans['replaces']['sha256'][:12]})" if ans.get("replaces") else ""
+    click.echo(f"{name}: {ans['version']} ({ans['sha256'][:12]}) is enforced from now on{was}")
 
 
 TRUST_OPT = click.option("--trust", "trust_dir", default="/etc/ebpfguard/trust", show_default=True,

@@ -47,6 +47,7 @@ class Policy:
     manifest: Manifest
     mode: str
     compiled: CompiledPolicy | None = None
+    shadow: Manifest | None = None  # the staged version deciding beside it (spec.rollout: shadow)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,11 @@ def decide(ev: Event, policy: Policy | None, inst: LadderState | None, res: Reso
     taken: list[str] = []
     verdict = ev.verdict
     reason = "the kernel decided"
+    if verdict == Verdict.SHADOW.label:  # allowed, and nothing done: what the staged version would refuse
+        if policy is not None and policy.shadow is not None:
+            detail["shadow"] = {"version": policy.shadow.version, "sha256": policy.shadow.sha256}
+        return Decision(True, verdict, detail=detail, reason="allowed by the enforced version; the shadow version "
+                                                              "would refuse it (recorded only)")
     if verdict == Verdict.PENDING.label:
         if ev.has(EvFlag.HELD):
             todo.append(RESUME)

@@ -131,7 +131,8 @@ class Engine:
         m = inst.manifest if inst else slot.manifest if slot else None
         mode = inst.mode if inst else slot.mode if slot else None
         assert m is not None and mode is not None
-        policy = Policy(m, mode, slot.compiled if slot else None)
+        policy = Policy(m, mode, slot.compiled if slot else None,
+                        slot.shadow.manifest if slot and slot.shadow else None)
         try:
             res = resolve(ev, landlocked=bool(inst and inst.landlock_grants))
             if ev.syscall in MAKE_SYSCALLS and ev.verdict != "killed":
@@ -155,6 +156,8 @@ class Engine:
                 inst.recent = deque(d.window)
             if d.violation:
                 inst.violations += 1
+            if d.verdict == Verdict.SHADOW.label:
+                inst.shadow_denials += 1
         agent_steps = [s for s in done if s != RESUME]
         return self.recorder.event(inst, ev, settle(d, done), d.detail, [*d.taken, *agent_steps],
                                    manifest=m, mode=mode,
@@ -397,13 +400,13 @@ class Engine:
 
     # ---- instances --------------------------------------------------------------------------------
     def prepare(self, m: Manifest, mode: str | None = None, *, launch: bool = True, landlocked: bool = False,
-                landlock_reports: bool = False) -> Instance:
+                landlock_reports: bool = False, shadow: Manifest | None = None) -> Instance:
         """A new instance cgroup under ``m``, bound and attached. For a ``launch`` (not an adoption): its
         D-Bus proxies running, and the kernel told, before the first of its processes runs, that they
         will be in their own mount namespace and, with ``landlocked`` (sandbox.landlock_confines), under
         a Landlock ruleset for files that reports its denials with ``landlock_reports``."""
         mode = mode or m.mode
-        slot = self.slots.acquire(m, mode)
+        slot = self.slots.acquire(m, mode, shadow)
         try:
             cg = self.cgroups.create(m.name)
         except EbpfguardError:

@@ -37,6 +37,7 @@ class Instance:
     leader_ppid: int | None = None  # who launched it (the kernel's lineage starts inside the cgroup)
     argv: list[str] = field(default_factory=list)
     violations: int = 0
+    shadow_denials: int = 0  # what the shadow version would have refused (recorded, never acted on)
     launcher_done: bool = False
     exit_status: int | None = None
     sandbox: dict[str, Any] = field(default_factory=dict)  # what the launcher enforced (Sandbox.describe)
@@ -70,7 +71,8 @@ class Instance:
                 "mode": self.mode, "cgroup": str(self.cgroup.v2), "cgroup_id": self.cgroup_id,
                 "pid": self.leader_pid, "pids": self.cgroup.pids(),
                 "state": self.state + (", quarantined" if self.quarantined else ""),
-                "violations": self.violations, "started": rfc3339_ns(self.started_ns),
+                "violations": self.violations, "shadow_denials": self.shadow_denials,
+                "started": rfc3339_ns(self.started_ns),
                 "layers": ["cgroup", "cgroup-sock-addr", "tracepoints", *self.sandbox.get("layers", [])],
                 "not_enforced": self.sandbox.get("not_enforced", []), "user": self.sandbox.get("user"),
                 "policy_sha256": self.manifest.sha256, "argv": self.argv}

@@ -36,6 +36,7 @@ class Provenance:
     incidents: list[dict[str, Any]] = field(default_factory=list)
     violations: int = 0
     ladder: int = 0
+    shadow: int = 0  # what a shadow version would have refused (not incidents: nothing was refused)
     flag: dict[str, Any] | None = None  # the last flag record, unless cleared since
     refusals: list[dict[str, Any]] = field(default_factory=list)  # rejected policies and refused launches
     log_ok: bool = True
@@ -45,7 +46,8 @@ class Provenance:
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "publisher": self.publisher, "key_id": self.key_id,
                 "versions": [vars(v) for v in self.versions], "violations": self.violations,
-                "ladder_actions": self.ladder, "incidents": self.incidents, "refusals": self.refusals,
+                "ladder_actions": self.ladder, "shadow_refusals": self.shadow, "incidents": self.incidents,
+                "refusals": self.refusals,
                 "flag": self.flag, "log": {"ok": self.log_ok, "reason": self.log_reason, "records": self.records}}
 
 
@@ -93,6 +95,8 @@ def provenance(state_dir: str | os.PathLike[str], name: str) -> Provenance:
         if kind == "lifecycle" and d.get("event") in LADDER_EVENTS:
             p.ladder += 1
             p.incidents.append(_incident(rec))
+        elif rec.get("verdict") == "shadow":
+            p.shadow += 1
         elif kind not in ("lifecycle", "policy", "checkpoint") and rec.get("verdict") is not None:
             p.violations += 1
             p.incidents.append(_incident(rec))
@@ -115,7 +119,7 @@ def render(p: Provenance, limit: int = 10) -> list[str]:
     for v in p.versions:
         out.append(f"  {v.version:<12.12} {v.sha256[:12]:<12} {v.signature:<10} {v.key_id or '-':<16} "
                    f"{v.instances:>4}  {v.first_seen[:19]} -> {v.last_seen[:19]}")
-    out.append(f"incidents: {p.violations} violations, {p.ladder} ladder actions" +
+    out.append(f"incidents: {p.violations} violations, {p.ladder} ladder actions, {p.shadow} shadow refusals" +
                (f" (the last {limit})" if len(p.incidents) > limit else ""))
     for i in p.incidents[-limit:]:
         acts = ",".join(i["actions"])

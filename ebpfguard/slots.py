@@ -28,6 +28,7 @@ class Slot:
     mode: str
     compiled: CompiledPolicy
     refs: int = 0
+    shadow: Slot | None = None  # a staged version deciding beside this one (spec.rollout: shadow)
 
 
 class Slots:
@@ -45,18 +46,25 @@ class Slots:
     def __len__(self) -> int:
         return len(self.by_index)
 
-    def acquire(self, m: Manifest, mode: str) -> Slot:
+    def acquire(self, m: Manifest, mode: str, shadow: Manifest | None = None) -> Slot:
+        """The slot of (m, mode), and with ``shadow`` a slot of its own for the shadow version, which the
+        kernel consults on what m allows (it decides in enforce mode: what it would refuse)."""
+        want = shadow.sha256 if shadow is not None else None
         for s in self.by_index.values():
-            if s.manifest.sha256 == m.sha256 and s.mode == mode:
+            if s.manifest.sha256 == m.sha256 and s.mode == mode and \
+                    (s.shadow.manifest.sha256 if s.shadow else None) == want:
                 s.refs += 1
                 return s
+        sh = self.acquire(shadow, "enforce") if shadow is not None else None
         free = [i for i in range(c("MAX_SLOTS")) if i not in self.by_index]
         if not free:
+            if sh is not None:
+                self.release(sh.index)
             raise EbpfguardError(f"all {c('MAX_SLOTS')} policy slots are in use")
-        cp = compile(m, free[0], mode)
+        cp = compile(m, free[0], mode, shadow=sh.index if sh else None)
         self.archive(m)
         self.sensor.write_policy(cp)
-        s = Slot(free[0], m, mode, cp, refs=1)
+        s = Slot(free[0], m, mode, cp, refs=1, shadow=sh)
         self.by_index[s.index] = s
         return s
 
@@ -68,6 +76,8 @@ class Slots:
         if s.refs <= 0:
             self.sensor.clear_policy(s.compiled)
             del self.by_index[index]
+            if s.shadow is not None:
+                self.release(s.shadow.index)
 
     def archive(self, m: Manifest) -> None:
         """Keep the exact manifest bytes each record's policy_sha256 names: STATE/policies/<sha256>."""

@@ -54,6 +54,7 @@ class Verdict(IntEnum):
     DENIED = c("V_DENIED")
     KILLED = c("V_KILLED")
     PENDING = c("V_PENDING")
+    SHADOW = c("V_SHADOW")
 
     @property
     def label(self) -> str | None:

@@ -3,7 +3,8 @@
 The layouts are those of bpf/events.h (little-endian, x86-64); tests/kernel/test_abi.py checks the
 sizes below against the compiled program's own map types.
 
-    struct eg_ext_policy  "<II8s8Q8Q"  flags, slot, response[8] by kind, sys_deny[8], sys_priv[8]
+    struct eg_ext_policy  "<II8s8Q8QII" flags, slot, response[8] by kind, sys_deny[8], sys_priv[8],
+                                       shadow (1 + the slot of a shadow version, 0: none), pad
     struct eg_path_key    "<II252s"    prefixlen (bits of scope+path), scope = slot<<8 | access, path
                                        (access: read, write, exec, or unix / unix_ns for socket paths)
     struct eg_net_key     "<II16s"     prefixlen (32 + CIDR bits), scope = slot<<8 | op<<4 | 4|6, address
@@ -27,7 +28,7 @@ from ..kernel.abi import c, kind_value
 from .load import Manifest, NetRule
 from .syscall_table import SYSCALLS_X86_64
 
-EXT_POLICY = struct.Struct("<II8s8Q8Q")
+EXT_POLICY = struct.Struct("<II8s8Q8QII")
 PATH_KEY = struct.Struct(f"<II{c('PATH_MAX')}s")
 NET_KEY = struct.Struct("<II16s")
 PORT_RANGE = struct.Struct("<HHB3x")
@@ -151,8 +152,9 @@ def _net_entries(m: Manifest) -> list[NetEntry]:
     return out
 
 
-def compile(m: Manifest, slot: int, mode: str | None = None) -> CompiledPolicy:  # noqa: A001
-    """Manifest -> kernel map contents for policy slot ``slot``. ``mode`` overrides spec.mode."""
+def compile(m: Manifest, slot: int, mode: str | None = None, shadow: int | None = None) -> CompiledPolicy:  # noqa: A001
+    """Manifest -> kernel map contents for policy slot ``slot``. ``mode`` overrides spec.mode. ``shadow``: the
+    slot of a shadow version that decides the same events and records what it would refuse."""
     if not 0 <= slot < c("MAX_SLOTS"):
         raise ValueError(f"slot {slot} out of range")
     enforce = (mode or m.mode) == "enforce"
@@ -169,6 +171,6 @@ def compile(m: Manifest, slot: int, mode: str | None = None) -> CompiledPolicy: 
         if kind == "privilege":
             priv[nr >> 6] |= 1 << (nr & 63)
     flags = c("POL_ENFORCE") if enforce else 0
-    blob = EXT_POLICY.pack(flags, slot, bytes(response), *deny, *priv)
+    blob = EXT_POLICY.pack(flags, slot, bytes(response), *deny, *priv, 0 if shadow is None else shadow + 1, 0)
     return CompiledPolicy(slot, enforce, blob, _path_entries(m), _net_entries(m), syscalls,
                           kills_network=enforce and m.response.get("network") == "kill")

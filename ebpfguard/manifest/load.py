@@ -127,6 +127,7 @@ class Manifest:
     ipc: Ipc = field(default_factory=Ipc)
     runtime_dir: str = ""  # what ${XDG_RUNTIME_DIR} expanded to
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
+    rollout: str = "enforce"  # "shadow": a staged version that records what it would refuse, never acts
 
     @property
     def sha256(self) -> str:
@@ -416,7 +417,7 @@ def _build(data: dict[str, Any], raw: bytes, filename: str, lines: dict[tuple[An
         resources=Resources.parse(spec.get("resources") or {}), response=response,
         escalation=Escalation.parse(escalation),
         quarantine=quarantine, home=home, ipc=ipc, runtime_dir=runtime,
-        source=filename, raw=raw, lines=lines,
+        source=filename, raw=raw, lines=lines, rollout=spec.get("rollout", "enforce"),
     )
 
 

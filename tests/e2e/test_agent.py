@@ -46,7 +46,7 @@ SLOW = 5.0 if os.environ.get("EGVM_KERNEL") else 1.0
 
 def eg(*args: str, state: Path, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
     timeout *= SLOW
-    n = 2 if args[0] == "forensics" else 1  # --state-dir goes right after the (sub)command
+    n = 2 if args[0] in ("forensics", "policy") else 1  # --state-dir goes right after the (sub)command
     return subprocess.run([*EG, *args[:n], "--state-dir", str(state), *args[n:]],
                           capture_output=True, text=True, timeout=timeout, **kw)
 

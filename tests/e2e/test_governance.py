@@ -144,3 +144,67 @@ def test_provenance_of_two_versions_an_incident_and_a_flag(signed: tuple[Agent, 
     assert json.loads(eg("provenance", "acme-tool", "--json", state=a.state).stdout)["flag"] is None
     unknown = eg("provenance", "no-such-extension", state=a.state)
     assert unknown.returncode == 1 and "has no record of no-such-extension" in unknown.stderr
+
+
+SHADOWED = """apiVersion: ebpfguard.io/v1
+kind: Extension
+metadata: {{name: staged-tool, version: "{version}"}}
+spec:
+  mode: enforce
+  rollout: {rollout}
+  filesystem:
+    read: [/usr/, /lib/, /lib64/, /etc/ld.so.cache, {reads}]
+    exec: [/usr/bin/sh, /bin/sh, /usr/bin/dash, /bin/dash]
+"""
+
+
+def test_a_shadow_version_records_what_it_would_refuse_and_denies_it_once_promoted(tmp_path: Path) -> None:
+    # not under /tmp or /var/tmp, which an instance sees private unless granted: Landlock must be what refuses
+    ext = Path(tempfile.mkdtemp(prefix="ebpfguard-ext-", dir="/var/lib"))
+    ext.chmod(0o755)
+    (ext / "data.txt").write_text("payload\n")
+    (ext / "data.txt").chmod(0o644)
+    a = Agent(tmp_path)
+    try:
+        (a.policies / "staged-tool.yaml").write_text(SHADOWED.format(version="1", rollout="enforce",
+                                                                       reads=f"{ext}/"))
+        (a.policies / "staged-tool.next.yaml").write_text(SHADOWED.format(version="2", rollout="shadow",
+                                                                            reads="/nonexistent/"))
+        deadline = time.monotonic() + 30
+        while not a.status().get("shadows"):
+            assert time.monotonic() < deadline, a.status()
+            time.sleep(0.2)
+        st = a.status()
+        assert [p["version"] for p in st["policies"] if p["name"] == "staged-tool"] == ["1"]
+        assert st["shadows"][0]["version"] == "2" and st["shadows"][0]["enforced"]
+        cmd = ["run", "-e", "staged-tool", "--", "/bin/sh", "-c", f"read x < {ext}/data.txt && echo got $x"]
+        r = eg(*cmd, state=a.state)
+        assert r.returncode == 0 and "got payload" in r.stdout, r.stdout + r.stderr  # the enforced version allows
+        recs = [x for x in a.records() if x["extension"] == "staged-tool" and x["kind"] == "file"]
+        shadow = [x for x in recs if x["detail"].get("path") == f"{ext}/data.txt"]
+        assert [x["verdict"] for x in shadow] == ["shadow"], recs
+        assert shadow[0]["detail"]["shadow"]["version"] == "2" and shadow[0]["actions"] == []
+        assert not [x for x in recs if x["verdict"] not in ("shadow",)], "a refusal under the enforced version"
+        r = eg("policy", "promote", "staged-tool", state=a.state)
+        assert r.returncode == 0 and "2 (" in r.stdout and "replacing 1 (" in r.stdout, r.stdout + r.stderr
+        st = a.status()
+        assert [p["version"] for p in st["policies"] if p["name"] == "staged-tool"] == ["2"] and not st["shadows"]
+        r = eg(*cmd, state=a.state)
+        assert r.returncode != 0 and "got payload" not in r.stdout, r.stdout + r.stderr
+        deadline = time.monotonic() + 10  # Landlock's report comes through audit, a moment later
+        while True:
+            recs = [x for x in a.records() if x["extension"] == "staged-tool" and x["kind"] == "file"]
+            denied = [x for x in recs if x["detail"].get("path") == f"{ext}/data.txt" and x["verdict"] == "denied"]
+            if denied or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        v2 = next(p["sha256"] for p in st["policies"] if p["name"] == "staged-tool")
+        assert len(denied) == 1 and denied[0]["policy_sha256"] == v2, \
+            [(x["instance"], x["verdict"], x["detail"].get("path"), x["actions"]) for x in recs]
+        promoted = [x for x in a.records() if x["kind"] == "policy" and x["detail"]["event"] == "promoted"]
+        assert len(promoted) == 1 and promoted[0]["detail"]["replaces"]["version"] == "1"
+        again = eg("policy", "promote", "staged-tool", state=a.state)
+        assert again.returncode == 1 and "has no shadow version loaded" in again.stderr
+    finally:
+        a.stop()
+        shutil.rmtree(ext)

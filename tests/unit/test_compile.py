@@ -34,7 +34,7 @@ def cp():  # type: ignore[no-untyped-def]
 def test_constants_come_from_events_h() -> None:
     k = constants()
     assert k["EG_PATH_MAX"] == 252 and k["EG_KIND_FILE"] == 1 and k["EG_RESP_KILL"] == 3
-    assert PATH_KEY.size == 4 + 4 + 252 and EXT_POLICY.size == 144 and NET_VALUE_SIZE == 136
+    assert PATH_KEY.size == 4 + 4 + 252 and EXT_POLICY.size == 152 and NET_VALUE_SIZE == 136
 
 
 def test_ext_policy_bytes(cp) -> None:  # type: ignore[no-untyped-def]
@@ -42,7 +42,9 @@ def test_ext_policy_bytes(cp) -> None:  # type: ignore[no-untyped-def]
     assert flags == c("POL_ENFORCE") and slot == 5
     assert resp[c("KIND_FILE")] == c("RESP_ALERT") and resp[c("KIND_EXEC")] == c("RESP_KILL")
     assert resp[c("KIND_SYSCALL")] == c("RESP_FREEZE") and resp[c("KIND_NETWORK")] == c("RESP_BLOCK")
-    deny, priv = words[:8], words[8:]
+    deny, priv, shadow = words[:8], words[8:16], words[16]
+    assert shadow == 0  # no shadow version
+    assert EXT_POLICY.unpack(compile(parse(M.encode(), "t.yaml", home="/h"), 2, shadow=7).ext_policy)[-2] == 8
     for name, nr in (("kcmp", SYSCALLS_X86_64["kcmp"]), ("ptrace", 101), ("mount", 165)):
         assert deny[nr >> 6] >> (nr & 63) & 1, name
     assert priv[165 >> 6] >> (165 & 63) & 1          # mount escalates privilege
