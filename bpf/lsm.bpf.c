@@ -74,8 +74,21 @@ static __always_inline int lsm_path(struct eg_ext_policy *pol, u64 cg, struct pa
 	long n = bpf_d_path(p, (char *)k->path, EG_PATH_MAX);
 	if (n < 0)  /* unnamed or too long to name: refusing to guess is the safe side */
 		k->path[0] = 0;
-	if (n > 0 && path_granted(pol->slot, k, access, alt))
+	if (n > 0 && path_granted(pol->slot, k, access, alt)) {
+		/* allowed: a shadow version (staged rollout) that would refuse it is recorded, nothing done */
+		if (pol->shadow && !path_granted(pol->shadow - 1, k, access, alt)) {
+			u64 sh = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), EG_V_SHADOW), k->path);
+			struct eg_event *se = new_violation(pol, kind, -1, EG_V_SHADOW, sh, cg);
+			if (se) {
+				se->verdict = EG_V_SHADOW;
+				se->flags |= EG_EV_LSM;
+				se->op = access;
+				__builtin_memcpy(se->path, k->path, EG_PATH_MAX);
+				events.ringbuf_submit(se, BPF_RB_FORCE_WAKEUP);
+			}
+		}
 		return 0;
+	}
 	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), k->path);
 	struct eg_event *e = new_violation(pol, kind, -1, lsm_verdict(pol, kind), h, cg);
 	if (e) {

@@ -570,8 +570,8 @@ class Target:
 
 
 def execute(engine: Engine, m: Manifest, argv: list[str], *, mode: str | None = None, sandbox: bool = True,
-            timeout: float = 20.0, on_instance: Callable[[Any], list[str]] | None = None
-            ) -> tuple[int, int, list[dict[str, Any]], str]:
+            timeout: float = 20.0, on_instance: Callable[[Any], list[str]] | None = None,
+            shadow: Manifest | None = None) -> tuple[int, int, list[dict[str, Any]], str]:
     """Run ``argv`` as one extension instance, as ``ebpfguard run`` does, wait for its cgroup to empty,
     and return (exit status, pid, the records it caused, its last state). ``on_instance`` may rewrite
     argv once the instance (and its cgroup) exists."""
@@ -580,7 +580,7 @@ def execute(engine: Engine, m: Manifest, argv: list[str], *, mode: str | None = 
     records: list[dict[str, Any]] = []
     engine.subscribers.append(records.append)
     inst = engine.prepare(m, mode, landlocked=sandbox and landlock_confines(m, mode),
-                          landlock_reports=sandbox and landlock_reports(m, mode))
+                          landlock_reports=sandbox and landlock_reports(m, mode), shadow=shadow)
     state = "running"
     try:
         if on_instance is not None:

@@ -150,13 +150,14 @@ def engine(world: World) -> Iterator[Engine]:
 
 
 def run_ext(engine: Engine, world: World, manifest: str, args: list[str], mode: str | None = None,
-            timeout: float = 20.0, sandbox: bool = False) -> Result:
+            timeout: float = 20.0, sandbox: bool = False, shadow: str | None = None) -> Result:
     """Run the helper as an extension instance and collect the records it caused. With ``sandbox``
     it is launched as ``ebpfguard run`` launches: unprivileged, under Landlock and seccomp."""
     m = parse(manifest.encode(), "egtest.yaml", home=str(world.base))
     marker = world.out / f"m-{uuid.uuid4().hex[:8]}"
     marker2 = Path(str(marker) + ".2")
     argv = [str(world.helper), str(marker), *[a.replace("{marker2}", str(marker2)) for a in args]]
-    status, pid, records, _ = execute(engine, m, argv, mode=mode, sandbox=sandbox, timeout=timeout)
+    sh = parse(shadow.encode(), "egtest.next.yaml", home=str(world.base)) if shadow else None
+    status, pid, records, _ = execute(engine, m, argv, mode=mode, sandbox=sandbox, timeout=timeout, shadow=sh)
     return Result(status, pid, records, marker.read_text() if marker.exists() else None,
                   marker2.read_text() if marker2.exists() else None)
