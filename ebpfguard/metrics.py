@@ -48,6 +48,20 @@ class EngineCollector(Collector):
         for (ext, kind, verdict), n in sorted(violations.items()):
             v.add_metric([ext, kind, verdict], n)
         yield v
+        with eng.stats.lock:
+            shadow, refused = dict(eng.stats.shadow), dict(eng.stats.refused)
+        sh = CounterMetricFamily("ebpfguard_shadow_refusals", "What an extension's shadow version (a staged "
+                                 "rollout) would have refused and the enforced one allowed, by extension and kind.",
+                                 labels=["extension", "kind"])
+        for (ext, kind), n in sorted(shadow.items()):
+            sh.add_metric([ext, kind], n)
+        yield sh
+        rf = CounterMetricFamily("ebpfguard_policy_refusals", "Manifests rejected (no trusted signature where one "
+                                 "is required) and launches refused (files not as signed), by extension and event.",
+                                 labels=["extension", "event"])
+        for (ext, ev), n in sorted(refused.items()):
+            rf.add_metric([ext, ev], n)
+        yield rf
         a = CounterMetricFamily("ebpfguard_actions", "Actions taken, by action.", labels=["action"])
         for action, n in sorted(actions.items()):
             a.add_metric([action], n)

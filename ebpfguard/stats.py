@@ -23,6 +23,8 @@ class Stats:
         self.response_sum = 0.0
         self.landlock_reports_lost = 0  # the audit reader's socket overflowed (ENOBUFS): reports lost
         self.over_share: Counter[str] = Counter()  # extension -> records over its cgroups' ring-buffer share
+        self.shadow: Counter[tuple[str, str]] = Counter()  # (extension, kind) -> what a shadow version would refuse
+        self.refused: Counter[tuple[str, str]] = Counter()  # (extension, event) -> policies rejected, launches refused
 
     def violation(self, extension: str, kind: str, verdict: str, actions: Iterable[str]) -> None:
         with self.lock:
@@ -34,11 +36,18 @@ class Stats:
     def observe(self, rec: dict[str, Any]) -> None:
         """A durable record (a log.durable hook): violations and actions by their record, the
         response time where the agent acted."""
-        if rec.get("kind") in ("lifecycle", "checkpoint"):
+        if rec.get("kind") in ("lifecycle", "checkpoint", "policy"):
             detail = rec.get("detail") or {}
             if detail.get("event") == "over-share":
                 with self.lock:
                     self.over_share[rec.get("extension") or "?"] += int(detail.get("records") or 0)
+            elif rec.get("kind") == "policy" and detail.get("event") in ("rejected", "launch-refused"):
+                with self.lock:
+                    self.refused[(rec.get("extension") or "?", str(detail["event"]))] += 1
+            return
+        if rec.get("verdict") == "shadow":  # nothing was refused: not a violation
+            with self.lock:
+                self.shadow[(rec.get("extension") or "?", str(rec.get("kind")))] += 1
             return
         self.violation(rec.get("extension") or "?", str(rec.get("kind")), rec.get("verdict") or "?",
                        rec.get("actions") or [])

@@ -34,6 +34,8 @@ def exported(tmp_path: Path) -> set[str]:
     engine = Engine(tmp_path, sensor=sensor, cgroups=CgroupManager(cg))
     engine.stats.violation("x", "file", "denied", ["cgroup.freeze"])
     engine.stats.response(0.002)
+    engine.stats.observe({"extension": "x", "kind": "file", "verdict": "shadow", "actions": []})
+    engine.stats.observe({"extension": "x", "kind": "policy", "detail": {"event": "rejected"}})
     reg = CollectorRegistry(auto_describe=False)
     policy = SimpleNamespace(name="x", version="1", sha256="ab" * 32)
     reg.register(EngineCollector(engine, lambda: {"x": policy}))  # type: ignore[dict-item, return-value]
@@ -140,3 +142,24 @@ def test_dashboard_panels_do_not_overlap_and_a_host_selects_its_agent_and_its_no
         # the agent's scrape target and node_exporter's, where the verification result comes from
         assert re.fullmatch(pattern, "ws1.example:9464") and re.fullmatch(pattern, "ws1.example:9100")
         assert not re.fullmatch(pattern, "ws2.example:9100")
+
+
+def test_shadow_refusals_and_policy_refusals_are_counted_apart_from_violations(tmp_path: Path) -> None:
+    cg = tmp_path / "cg"
+    (cg / "unified").mkdir(parents=True)
+    (cg / "unified" / "cgroup.procs").write_text("")
+    engine = Engine(tmp_path, sensor=FakeSensor(), cgroups=CgroupManager(cg))
+    engine.stats.observe({"extension": "x", "kind": "network", "verdict": "shadow", "actions": []})
+    engine.stats.observe({"extension": "x", "kind": "file", "verdict": "denied", "actions": ["eacces:landlock"]})
+    engine.stats.observe({"extension": "x", "kind": "policy", "verdict": "denied",
+                          "detail": {"event": "launch-refused"}, "actions": ["refuse:launch"]})
+    engine.stats.observe({"extension": "x", "kind": "policy", "verdict": None, "detail": {"event": "loaded"}})
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(EngineCollector(engine, dict))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(generate_latest(reg).decode()) for s in f.samples}
+    assert samples[("ebpfguard_shadow_refusals_total", (("extension", "x"), ("kind", "network")))] == 1
+    assert samples[("ebpfguard_policy_refusals_total", (("event", "launch-refused"), ("extension", "x")))] == 1
+    violations = {k: v for k, v in samples.items() if k[0] == "ebpfguard_violations_total"}
+    assert violations == {("ebpfguard_violations_total", (("extension", "x"), ("kind", "file"),
+                                                          ("verdict", "denied"))): 1}
