@@ -439,15 +439,19 @@ class Agent:
             if not isinstance(text, str):
                 raise TypeError("manifest_text must be a string")
             m = parse(text.encode(), str(req.get("manifest_path", "<request>")), home=req.get("home"))
+        signed = None
         if req.get("files"):  # the extension's folder, against the file list its publisher signed
             sig = req.get("signature_text")
-            launch_check(self.engine.recorder, m, str(req["files"]), self.policies.trust,
-                         None if req.get("extension") else (sig.encode() if isinstance(sig, str) else b""), mode)
+            signed = launch_check(self.engine.recorder, m, str(req["files"]), self.policies.trust,
+                                  None if req.get("extension") else (sig.encode() if isinstance(sig, str) else b""),
+                                  mode)
         # the client is ebpfguard's own launcher (the socket is root's): it restricts what it starts
         shadow = self.policies.shadows().get(m.name)
         inst = self.engine.prepare(m, mode, landlocked=landlock_confines(m, mode),
                                      landlock_reports=landlock_reports(m, mode),
                                      shadow=shadow if shadow is not None and shadow.sha256 != m.sha256 else None)
+        if signed is not None:
+            inst.watch_signed(str(req["files"]), signed.files or [])
         conn.instances.append(inst.cgroup_id)
         return {"instance": inst.id, "procs_files": inst.cgroup.procs_files(), "cgroup": str(inst.cgroup.v2),
                 "manifest_text": m.raw.decode(), "manifest_path": m.source, "home": req.get("home"),

@@ -13,7 +13,9 @@ call poll() in their loop.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import hashlib
 import logging
 import os
 import time
@@ -29,9 +31,10 @@ from .errors import EbpfguardError
 from .events import SYSCALL_NAMES, Event, decode
 from .forensics import ForensicLog
 from .instances import Instance, InstanceStore, alive, cmdline, parent_pid, process_tree
-from .kernel.abi import EvFlag, LifeOp, Verdict, c
+from .kernel.abi import Access, EvFlag, LifeOp, Verdict, c
 from .llreport import DomainMap, Repeats, blockers_of, detail_of, errno_of, kind_of, ours
 from .manifest.load import Manifest
+from .manifest.syscall_table import SYSCALLS_X86_64
 from .record import Recorder
 from .resolve import resolve
 from .sandbox import landlock, seccomp_denied
@@ -123,6 +126,11 @@ class Engine:
             if ev.op == LifeOp.EXEC and not ev.aux:  # forked before it joined the cgroup: the launcher's child
                 ev.aux = (inst.leader_ppid if ev.tgid == inst.leader_pid else None) or parent_pid(ev.tgid) or 0
             self.recorder.process(inst, ev, self.clock())
+            if ev.op == LifeOp.EXEC and inst.files_dir and (why := unsigned_exec(inst, ev.path)) is not None:
+                # code in the extension's signed folder that its publisher did not sign: an exec violation
+                return self.handle(dataclasses.replace(
+                    ev, kind="exec", verdict=Verdict.DETECTED.label, op=int(Access.EXEC), flags=0,
+                    syscall_nr=SYSCALLS_X86_64["execve"], extra=why))
             return None
         slot = self.slots.get(ev.slot)
         if inst is None and slot is None:
@@ -634,3 +642,25 @@ class Engine:
 
 
 __all__ = ["Engine", "Instance"]
+
+
+def unsigned_exec(inst: Instance, path: str) -> dict[str, Any] | None:
+    """An exec of a file in the extension's signed folder that is not as its publisher signed it: why, or None.
+    The file is hashed as it is now (a script's interpreter is not in the folder; the script is)."""
+    base = inst.files_dir.rstrip("/") + "/"
+    if not path.startswith(base):
+        return None
+    rel = os.path.normpath(path[len(base):])
+    want = inst.signed_files.get(rel)
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        got: str | None = h.hexdigest()
+    except OSError:
+        got = None
+    if want is not None and got == want:
+        return None
+    return {"signed": {"folder": inst.files_dir, "file": rel, "sha256": got, "signed_sha256": want,
+                       "reason": "not in the signed file list" if want is None else "changed since it was signed"}}

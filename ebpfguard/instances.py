@@ -38,6 +38,8 @@ class Instance:
     argv: list[str] = field(default_factory=list)
     violations: int = 0
     shadow_denials: int = 0  # what the shadow version would have refused (recorded, never acted on)
+    files_dir: str = ""  # launched with --files: the extension's folder, checked against its signed list
+    signed_files: dict[str, str] = field(default_factory=dict)  # relative path -> the sha256 its publisher signed
     launcher_done: bool = False
     exit_status: int | None = None
     sandbox: dict[str, Any] = field(default_factory=dict)  # what the launcher enforced (Sandbox.describe)
@@ -65,6 +67,11 @@ class Instance:
 
         where = bus_sockets(self.manifest)
         return {where[bus]: str(p.folder) for bus, p in self.proxies.items()}
+
+    def watch_signed(self, folder: str, files: list[dict[str, Any]]) -> None:
+        """Launched with --files: an exec of a file in ``folder`` not in the signed list is a violation."""
+        self.files_dir = os.path.realpath(folder)
+        self.signed_files = {f["path"]: f["sha256"] for f in files if "sha256" in f}
 
     def summary(self) -> dict[str, Any]:
         return {"instance": self.id, "extension": self.manifest.name, "version": self.manifest.version,

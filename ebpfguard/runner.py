@@ -28,9 +28,11 @@ def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str |
         if files:
             from .trust import DEFAULT_TRUST, TrustStore, launch_check  # noqa: PLC0415
 
-            launch_check(eng.recorder, m, files, TrustStore(trust_dir or DEFAULT_TRUST), None, mode)
+            signed = launch_check(eng.recorder, m, files, TrustStore(trust_dir or DEFAULT_TRUST), None, mode)
         inst = eng.prepare(m, mode, landlocked=landlock_confines(m, mode),
                            landlock_reports=landlock_reports(m, mode))
+        if files:
+            inst.watch_signed(files, signed.files or [])
         sandbox = Sandbox.prepare(m, mode, proxies=inst.proxy_folders())
         # like a shell: the terminal's Ctrl-C goes to the command, which decides; we wait for it
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)

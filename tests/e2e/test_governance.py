@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 
 from ebpfguard.trust import TrustStore, keygen, sign
 
-from .test_agent import Agent, eg
+from .test_agent import EG, Agent, eg
 
 SIGNED = """apiVersion: ebpfguard.io/v1
 kind: Extension
@@ -208,3 +209,37 @@ def test_a_shadow_version_records_what_it_would_refuse_and_denies_it_once_promot
     finally:
         a.stop()
         shutil.rmtree(ext)
+
+
+def test_an_exec_in_the_signed_folder_of_an_unsigned_file_is_a_violation(signed: tuple[Agent, Path, Path]) -> None:
+    a, ext, _ = signed
+    late = ext / "bin" / "late"
+    script = f"while [ ! -x {late} ]; do :; done; {late}; {ext}/bin/tool"
+    runner = subprocess.Popen([*EG, "run", "--state-dir", str(a.state), "-e", "acme-tool", "--files", str(ext),
+                               "--", "/bin/sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not a.status()["instances"]:  # launched: the files were as signed
+            assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
+            time.sleep(0.1)
+        tmp = ext / "bin" / ".late"
+        tmp.write_text("#!/bin/sh\necho unsigned code ran\n")
+        tmp.chmod(0o755)
+        tmp.rename(late)  # dropped into the folder after the launch check
+        out, err = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert "signed tool ran" in out, out + err  # block: the exec is detected, not refused
+    deadline = time.monotonic() + 10
+    while True:
+        execs = [x for x in a.records() if x["kind"] == "exec" and x["extension"] == "acme-tool"]
+        if execs or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(execs) == 1, execs  # the signed tool is not one
+    rec = execs[0]
+    assert rec["detail"]["path"] == str(late) and rec["verdict"] == "detected", rec
+    assert rec["detail"]["signed"]["reason"] == "not in the signed file list" and rec["detail"]["signed"]["file"] == \
+        "bin/late"
