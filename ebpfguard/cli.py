@@ -915,6 +915,78 @@ def pubkey(state_dir: str) -> None:
                nl=False)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="The manifest to write; its evidence goes beside it as OUTPUT.evidence.json.")
+@click.option("--name", help="metadata.name (default: the command's file name).")
+@click.option("--duration", metavar="DURATION", help="Stop (kill) the command after this long: 30s, 5m.")
+@click.option("--merge", is_flag=True, help="Add this run's evidence to OUTPUT's and write both.")
+@click.option("--threshold", default=4, show_default=True, type=click.IntRange(2, 1000),
+              help="Files used directly in one folder before the folder is granted as a tree.")
+@STATE_OPT
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def learn(output: str, name: str | None, duration: str | None, merge: bool, threshold: int, state_dir: str,
+          command: tuple[str, ...]) -> None:
+    """Run COMMAND as an extension granted nothing, in audit mode (nothing is refused, everything is
+    recorded), and write the manifest that grants exactly what it did: each rule with a comment giving its
+    evidence (count, first use, an example path or peer). Exact files where few; a folder as a tree only
+    past --threshold files; never /, a top folder, home or a credential location as a tree. Its forensic
+    records go to a scratch state directory, not the host's log.
+
+    \b
+    Examples:
+      sudo ebpfguard learn -o plugin.yaml -- python3 plugin.py --selftest
+      sudo ebpfguard learn -o plugin.yaml --merge -- python3 plugin.py big.md
+      sudo ebpfguard learn -o srv.yaml --duration 30s -- ./server
+    """
+    import tempfile
+
+    from .learn import Evidence, LearnError, render
+    from .learn import learn as run_learn
+    from .manifest.load import default_home, load
+    from .units import parse_duration
+
+    out = Path(output)
+    evidence_path = out.with_name(out.name + ".evidence.json")
+    if merge and not evidence_path.exists():
+        fail(f"--merge: no evidence file {evidence_path} (from an earlier learn -o {output})", 2)
+    if not out.parent.is_dir():
+        fail(f"-o {output}: no folder {out.parent}", 2)
+    seconds = None
+    if duration:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as err:
+            fail(f"--duration: {err}", 2)
+    label = name or Path(command[0]).name.lower().replace("_", "-")
+    label = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in label).strip("-._") or "learned"
+    _require_root()
+    try:
+        previous = Evidence.load(evidence_path) if merge else None
+        with tempfile.TemporaryDirectory(prefix="ebpfguard-learn-") as scratch:
+            ev, status = run_learn(list(command), label, seconds, scratch, default_home(None))
+        if previous is not None:
+            ev.merge(previous)
+        text = render(ev, label, threshold)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(text)
+        load(tmp)  # what it writes validates, or it says so
+        tmp.replace(out)
+        evidence_path.write_text(json.dumps(ev.as_dict(), indent=1) + "\n")
+    except (LearnError, ManifestError) as err:
+        fail(str(err))
+        return
+    except EbpfguardError as err:
+        fail(str(err), getattr(err, "exit_code", 1))
+        return
+    n = sum(len(t) for t in ev.files.values()) + sum(len(t) for t in ev.net.values()) + len(ev.unix)
+    click.echo(f"{output}: {n} distinct uses from {len(ev.runs)} run(s) ({ev.runs[-1]['ending'] if ev.runs else ''}"
+               f"); evidence in {evidence_path}", err=True)
+    if status:
+        click.echo(f"ebpfguard: note: the command ended with status {status}: a manifest learned from a failed run "
+                   "may miss what success needs", err=True)
+
+
 @main.command(name="provenance")
 @STATE_OPT
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")

@@ -149,8 +149,12 @@ def plan(m: Manifest, abi_version: int, mode: str | None = None) -> Plan:
         for interp in interps:
             rights[interp] = rights.get(interp, 0) | EXEC
     for path, r in rights.items():
-        is_dir = path.endswith("/")
-        r &= handled if is_dir else handled & FILE_RIGHTS
+        if path.endswith("/"):
+            r &= handled
+        elif os.path.isdir(path):  # an exact entry naming a folder: listing it, never the files below
+            r &= handled & FS["read_dir"]
+        else:
+            r &= handled & FILE_RIGHTS
         p.paths.append((path, r))
     # TCP ports are left to the cgroup sock_addr programs on purpose: they deny by address *and* port,
     # record every attempt, and stay attached when the agent is gone. Landlock's port rules would deny
@@ -193,6 +197,10 @@ def build(p: Plan) -> tuple[int, list[str]]:
             try:
                 if not os.path.isdir(path):
                     rights &= FILE_RIGHTS
+                elif not path.endswith("/"):
+                    # an exact entry that names a folder grants listing it, never the files below it: a rule
+                    # on a folder covers what is beneath, so read_file there would make it a tree
+                    rights &= FS["read_dir"]
                 if _add(fd, RULE_PATH_BENEATH, struct.pack("<Qi", rights, pfd)) < 0:
                     e = ctypes.get_errno()
                     skipped.append(f"{path} ({os.strerror(e)})")
