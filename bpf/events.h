@@ -120,6 +120,7 @@
 #define EG_V_KILLED 4    /* SIGKILL sent before the syscall returned */
 #define EG_V_PENDING 5   /* the kernel could not decide: user space resolves the path */
 #define EG_V_SHADOW 6    /* allowed by the enforced version; its shadow version (rollout) would refuse it */
+#define EG_V_ACTIVITY 7  /* allowed; someone traces this instance's activity (trace --activity) */
 
 /* eg_event.flags */
 #define EG_EV_RELATIVE 1    /* relative path: resolve against cwd or dirfd */

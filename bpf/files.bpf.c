@@ -84,18 +84,19 @@ static __always_inline int path_has_dotdot(const u8 *p, long n)
 	return 0;
 }
 
-/* The enforced version allowed k->path: would its shadow version? If not, a record of what the shadow would
- * have refused (EG_V_SHADOW), and nothing done to the call. */
+/* The enforced version allowed k->path. EG_V_SHADOW: would its shadow version? If not, a record of what the
+ * shadow would have refused, and nothing done to the call. EG_V_ACTIVITY: someone traces the instance, an event
+ * of what it did (never a record). */
 static __always_inline void shadow_path(struct eg_ext_policy *pol, struct eg_path_key *k, u32 access, u16 kind,
-					s32 nr, u64 cg, int dirfd, const char *upath, u64 oflags)
+					s32 nr, u64 cg, int dirfd, const char *upath, u64 oflags, u16 verdict)
 {
-	if (path_granted(pol->shadow - 1, k, access, 0))
+	if (verdict == EG_V_SHADOW && path_granted(pol->shadow - 1, k, access, 0))
 		return;
 	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), (u32)nr), k->path);
-	struct eg_event *e = new_violation(pol, kind, nr, EG_V_SHADOW, EG_FNV(h, EG_V_SHADOW), cg);
+	struct eg_event *e = new_violation(pol, kind, nr, verdict, EG_FNV(h, verdict), cg);
 	if (!e)
 		return;
-	e->verdict = EG_V_SHADOW;
+	e->verdict = verdict;
 	e->flags = 0;
 	e->dirfd = dirfd;
 	e->op = access;
@@ -118,7 +119,8 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 	 * see what the enforced one allows */
 	int ll_reports = ll && *ll == EG_LL_REPORTS && (access == EG_ACC_READ || kind == EG_KIND_EXEC) &&
 			 !should_kill(pol, kind);
-	if (ll_reports && !pol->shadow)
+	int traced = watched(cg);
+	if (ll_reports && !pol->shadow && !traced)
 		return 0;
 	u32 zero = 0;
 	struct eg_path_key *k = path_scratch.lookup(&zero);
@@ -143,7 +145,9 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 
 	if (!flags && path_granted(pol->slot, k, access, 0)) {
 		if (pol->shadow)
-			shadow_path(pol, k, access, kind, nr, cg, dirfd, upath, oflags);
+			shadow_path(pol, k, access, kind, nr, cg, dirfd, upath, oflags, EG_V_SHADOW);
+		if (traced)
+			shadow_path(pol, k, access, kind, nr, cg, dirfd, upath, oflags, EG_V_ACTIVITY);
 		return 0;
 	}
 	if (ll_reports)

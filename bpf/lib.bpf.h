@@ -16,6 +16,8 @@ BPF_HASH(cgroup_slot, u64, u32, EG_MAX_CGROUPS);
 BPF_HASH(quarantined, u64, u8, EG_MAX_CGROUPS);  /* network quarantine: deny every address */
 BPF_HASH(landlocked, u64, u8, EG_MAX_CGROUPS);
 BPF_HASH(seccomp_reports, u64, u8, EG_MAX_CGROUPS); /* its seccomp filter reports refusals: see syscalls.bpf.c */
+BPF_ARRAY(activity_on, u32, 1);                    /* [0]: how many cgroups someone traces; 0 costs one load */
+BPF_HASH(activity, u64, u8, EG_MAX_CGROUPS);      /* cgroups whose allowed actions stream (trace --activity) */
 BPF_HASH(mountns, u64, u8, EG_MAX_CGROUPS);       /* launched in its own mount namespace: see unix_check */    /* Landlock decides files here: see check_path */
 BPF_TABLE("lru_hash", u64, struct eg_last, last_event, 16384);
 BPF_HASH(suppressed, u64, u64, EG_MAX_CGROUPS);
@@ -64,6 +66,16 @@ static __always_inline struct eg_ext_policy *current_policy_cg(u64 *cgp)
 	return ext_policy.lookup(slot);
 }
 
+
+/* Does someone trace this cgroup's activity? One array load when no one traces anything. */
+static __always_inline int watched(u64 cg)
+{
+	u32 zero = 0;
+	u32 *n = activity_on.lookup(&zero);
+	if (!n || !*n)
+		return 0;
+	return activity.lookup(&cg) != 0;
+}
 
 /* Is a violation of this kind refused where the hook can refuse? Not in audit mode, not for "alert". */
 static __always_inline int deny_in_mode(struct eg_ext_policy *pol, u32 kind)

@@ -87,6 +87,16 @@ static __always_inline int lsm_path(struct eg_ext_policy *pol, u64 cg, struct pa
 				events.ringbuf_submit(se, BPF_RB_FORCE_WAKEUP);
 			}
 		}
+		if (watched(cg)) { /* trace --activity: what it did, as it happens */
+			u64 ah = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), EG_V_ACTIVITY), k->path);
+			struct eg_event *ae = new_violation(pol, kind, -1, EG_V_ACTIVITY, ah, cg);
+			if (ae) {
+				ae->flags |= EG_EV_LSM;
+				ae->op = access;
+				__builtin_memcpy(ae->path, k->path, EG_PATH_MAX);
+				events.ringbuf_submit(ae, BPF_RB_FORCE_WAKEUP);
+			}
+		}
 		return 0;
 	}
 	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), k->path);
@@ -231,10 +241,24 @@ static __always_inline int lsm_unix(struct socket *sock, void *addr, int addrlen
 		k->path[end & 127] = 0;
 		flags = unix_path_flags(k, n);
 	}
-	if (!flags && unix_allows(pol, k, mountns.lookup(&cg) != 0))
-		return 0;
 	short type = 0;
 	bpf_probe_read_kernel(&type, sizeof(type), &sock->type);
+	if (!flags && unix_allows(pol, k, mountns.lookup(&cg) != 0)) {
+		if (watched(cg)) {
+			u64 ah = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), EG_FAMILY_UNIX),
+						     EG_V_ACTIVITY), k->path);
+			struct eg_event *ae = new_violation(pol, EG_KIND_NETWORK, -1, EG_V_ACTIVITY, ah, cg);
+			if (ae) {
+				ae->flags = EG_EV_LSM;
+				ae->op = op;
+				ae->family = EG_FAMILY_UNIX;
+				ae->proto = (u8)type;
+				__builtin_memcpy(ae->path, k->path, EG_PATH_MAX);
+				events.ringbuf_submit(ae, BPF_RB_FORCE_WAKEUP);
+			}
+		}
+		return 0;
+	}
 	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), EG_FAMILY_UNIX), (u8)type),
 			  k->path);
 	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, lsm_verdict(pol, EG_KIND_NETWORK), h, cg);

@@ -92,6 +92,8 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 		struct eg_ext_policy *sp = pol->shadow ? ext_policy.lookup(&s) : 0;
 		if (sp && !net_allows(sp, op, family, addr, port, proto))
 			net_event(pol, op, family, addr, port, proto, EG_V_SHADOW, 0);
+		if (watched(bpf_get_current_cgroup_id()))
+			net_event(pol, op, family, addr, port, proto, EG_V_ACTIVITY, 0);
 		return 1;
 	}
 
@@ -139,6 +141,22 @@ static __always_inline int unix_allows(struct eg_ext_policy *pol, struct eg_path
 	return path_granted(pol->slot, k, EG_ACC_UNIX, own_mountns ? EG_ACC_UNIX_NS : 0);
 }
 
+static __always_inline void unix_event(struct eg_ext_policy *pol, struct eg_path_key *k, u32 op, u8 type,
+				       u16 verdict, u32 flags, u64 cg)
+{
+	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), EG_FAMILY_UNIX), type),
+			  k->path);
+	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, verdict, EG_FNV(h, verdict), cg);
+	if (e) {
+		e->flags = flags;
+		e->op = op;
+		e->family = EG_FAMILY_UNIX;
+		e->proto = type;
+		__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
+		events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	}
+}
+
 /* EG_EV_RELATIVE / EG_EV_DOTDOT for a socket path: neither can be decided on the string, so both are
  * refused (a relative name resolves against a cwd the string does not show). */
 static __always_inline u32 unix_path_flags(struct eg_path_key *k, u32 n)
@@ -180,8 +198,12 @@ static __always_inline int unix_check(struct bpf_sock_addr *ctx, u32 op)
 			flags = unix_path_flags(k, n);
 		}
 	}
-	if (!flags && unix_allows(pol, k, cgflags & EG_CG_MOUNTNS))
+	if (!flags && unix_allows(pol, k, cgflags & EG_CG_MOUNTNS)) {
+		u64 cg = bpf_get_current_cgroup_id();
+		if (watched(cg))
+			unix_event(pol, k, op, (u8)ctx->type, EG_V_ACTIVITY, 0, cg);
 		return 1;
+	}
 
 	int deny = deny_in_mode(pol, EG_KIND_NETWORK);
 	u16 verdict = deny ? EG_V_DENIED : EG_V_ALLOWED;
@@ -190,18 +212,7 @@ static __always_inline int unix_check(struct bpf_sock_addr *ctx, u32 op)
 		if (should_kill(pol, EG_KIND_NETWORK))
 			verdict = EG_V_KILLED; /* the connect/sendto tracepoint killed before this hook ran */
 	}
-	u8 type = (u8)ctx->type;
-	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), EG_FAMILY_UNIX), type),
-			  k->path);
-	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, verdict, h, bpf_get_current_cgroup_id());
-	if (e) {
-		e->flags = flags;
-		e->op = op;
-		e->family = EG_FAMILY_UNIX;
-		e->proto = type;
-		__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
-		events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
-	}
+	unix_event(pol, k, op, (u8)ctx->type, verdict, flags, bpf_get_current_cgroup_id());
 	return deny ? 0 : 1;
 }
 

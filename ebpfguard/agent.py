@@ -33,11 +33,24 @@ log = logging.getLogger("ebpfguard")
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
+ACTIVITY_BUFFER = 4 << 20  # bytes of activity a slow tracer may fall behind by before lines are dropped
+
+
 class Conn:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.buf = b""
         self.instances: list[int] = []  # cgroup ids this connection prepared
+        # trace --activity: what this connection follows (an extension's instances, or given cgroups)
+        self.watch_extension: str | None = None
+        self.watch_cgroups: set[int] = set()
+        self.watching = False
+        self.out = bytearray()  # activity lines not yet taken by the tracer
+        self.lost = 0  # activity lines dropped because the tracer fell behind
+
+    def follows(self, cgroup_id: int, extension: str | None) -> bool:
+        return self.watching and (cgroup_id in self.watch_cgroups or
+                                  (self.watch_extension is not None and extension == self.watch_extension))
 
 
 REQUIRE_SIGNED_FILE = ".require-signed"  # in a policy directory: every manifest there must be signed
@@ -205,6 +218,7 @@ class Agent:
                                   cgroups=CgroupManager.for_service())
         self.engine = self._engine
         self.engine.log.durable.append(self._log_record)
+        self.engine.activity_subscribers.append(self._on_activity)
         if forward := self.engine.log.forward:
             log.info("records also go to %s at %s", forward.kind, forward.address)
             if forward.missing:
@@ -283,6 +297,8 @@ class Agent:
                     self._accept()
                 else:
                     self._read(key.data)
+            for conn in [c for c in self.conns.values() if c.out]:
+                self._flush(conn)
             now = time.monotonic()
             if now - last_scan >= 1.0:
                 last_scan = now
@@ -337,6 +353,9 @@ class Agent:
         self.sel.register(sock, selectors.EVENT_READ, conn)
 
     def _drop(self, conn: Conn) -> None:
+        if conn.watching:
+            conn.watching = False
+            self._retrace()
         for cgid in conn.instances:
             inst = self.engine.instances.get(cgid)
             if inst is not None:
@@ -374,6 +393,68 @@ class Agent:
         except OSError:
             self._drop(conn)
 
+    # ---- trace --activity ---------------------------------------------------------------------------
+    def _retrace(self) -> None:
+        """Trace exactly the instances some connection follows (the hooks cost nothing for the rest)."""
+        for cgid, inst in list(self.engine.instances.items()):
+            want = any(c.follows(cgid, inst.manifest.name) for c in self.conns.values())
+            if want != (cgid in self.engine.traced):
+                self.engine.trace_activity(inst, want)
+
+    def _on_activity(self, cgroup_id: int, item: dict[str, Any]) -> None:
+        line = None
+        for conn in list(self.conns.values()):
+            if not conn.follows(cgroup_id, item.get("extension")):
+                continue
+            line = line or (json.dumps(item) + "\n").encode()
+            if len(conn.out) + len(line) > ACTIVITY_BUFFER:
+                conn.lost += 1
+                continue
+            if conn.lost:
+                conn.out += (json.dumps({"lost": conn.lost}) + "\n").encode()
+                conn.lost = 0
+            conn.out += line
+            self._flush(conn)
+
+    def _flush(self, conn: Conn) -> None:
+        if not conn.out:
+            return
+        try:
+            n = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        del conn.out[:n]
+
+    def _op_activity(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        ext, pid = req.get("extension"), req.get("pid")
+        if ext is not None and not isinstance(ext, str):
+            raise TypeError("extension must be a name")
+        if pid is not None:
+            pid = int(pid)
+            owner = next((i for i in self.engine.instances.values() if pid in i.cgroup.pids()), None)
+            if owner is None:
+                raise EbpfguardError(f"pid {pid} is in no extension instance (ebpfguard status lists them)")
+            conn.watch_cgroups.add(owner.cgroup_id)
+        elif ext is not None:
+            known = set(self.policies.manifests()) | {i.manifest.name for i in self.engine.instances.values()}
+            if ext not in known and not any(i.id == ext for i in self.engine.instances.values()):
+                raise EbpfguardError(f"no extension or instance named {ext!r} (policies and running instances: "
+                                     f"{', '.join(sorted(known)) or 'none'})")
+            inst = next((i for i in self.engine.instances.values() if i.id == ext), None)
+            if inst is not None:
+                conn.watch_cgroups.add(inst.cgroup_id)
+            else:
+                conn.watch_extension = ext
+        else:
+            raise ValueError("activity needs an extension or a pid")
+        conn.watching = True
+        self._retrace()
+        following = [i.id for c, i in self.engine.instances.items() if conn.follows(c, i.manifest.name)]
+        return {"following": following}
+
     def _answer(self, conn: Conn, line: bytes) -> dict[str, Any]:
         try:
             req = json.loads(line)
@@ -384,7 +465,7 @@ class Agent:
         handler = getattr(self, "_op_" + req["op"], None)
         if handler is None:
             return {"ok": False, "error": f"unknown op {req['op']!r} (ping, status, prepare, started, exited, "
-                                         "freeze, thaw, kill, quarantine, attach, flag, promote)"}
+                                         "freeze, thaw, kill, quarantine, attach, flag, promote, activity)"}
         try:
             return {"ok": True, **handler(conn, req)}
         except (KeyError, TypeError, ValueError) as err:
@@ -453,6 +534,7 @@ class Agent:
         if signed is not None:
             inst.watch_signed(str(req["files"]), signed.files or [])
         conn.instances.append(inst.cgroup_id)
+        self._retrace()  # a tracer following this extension sees it from its first exec
         return {"instance": inst.id, "procs_files": inst.cgroup.procs_files(), "cgroup": str(inst.cgroup.v2),
                 "manifest_text": m.raw.decode(), "manifest_path": m.source, "home": req.get("home"),
                 "allow_root": self.allow_root_extensions, "dbus_proxies": inst.proxy_folders()}
@@ -466,6 +548,7 @@ class Agent:
             raise TypeError("manifest_text must be a string")
         m = parse(text.encode(), str(req.get("manifest_path", "<request>")), home=req.get("home"))
         inst = self.engine.adopt(m, int(req["pid"]), mode)
+        self._retrace()
         return {"instance": inst.id, "cgroup": str(inst.cgroup.v2), "pids": inst.cgroup.pids(),
                 "not_enforced": inst.sandbox["not_enforced"]}
 

@@ -393,8 +393,12 @@ def quarantine(state_dir: str, lift: bool, name: str) -> None:
               help="Only these kinds (repeatable): " + ", ".join(RECORD_KINDS) + ".")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of columns.")
 @click.option("--all", "from_start", is_flag=True, help="Start from the first record, not from now.")
+@click.option("--activity", is_flag=True,
+              help="Everything the instance does, allowed or not: file opens, execs, connects, sends, binds and "
+                   "unix sockets, as they happen (a stream from the agent, not records). Needs --extension or "
+                   "--pid; costs nothing to instances no one traces.")
 def trace(state_dir: str, extension: str | None, pid: int | None, kind: tuple[str, ...], as_json: bool,
-          from_start: bool) -> None:
+          from_start: bool, activity: bool) -> None:
     """Follow violations and lifecycle events live, one line each (80 columns) or JSON lines.
 
     \b
@@ -402,10 +406,14 @@ def trace(state_dir: str, extension: str | None, pid: int | None, kind: tuple[st
       ebpfguard trace
       ebpfguard trace --extension md-preview --kind network --kind exec
       ebpfguard trace --pid 4242 --json
+      ebpfguard trace --activity --extension md-preview
     """
     from .control import agent_running
     from .trace import HEADER, follow, format_line, log_path, matcher
 
+    if activity:
+        _trace_activity(state_dir, extension, pid, kind, as_json)
+        return
     _state_readable(state_dir)
     if not agent_running(state_dir):
         if not log_path(state_dir).exists():
@@ -424,6 +432,42 @@ def trace(state_dir: str, extension: str | None, pid: int | None, kind: tuple[st
         pass
     except BrokenPipeError:
         sys.stderr.close()
+
+
+def _trace_activity(state_dir: str, extension: str | None, pid: int | None, kind: tuple[str, ...],
+                    as_json: bool) -> None:
+    from .control import Client, agent_running
+    from .trace import HEADER, format_line
+
+    if bool(extension) == bool(pid):
+        fail("--activity follows one extension (--extension NAME or an instance id) or one instance (--pid P)", 2)
+    if not agent_running(state_dir):
+        fail(f"--activity needs a running agent (none on {state_dir}/agent.sock): it streams from the kernel", 1)
+    try:
+        with Client(state_dir, timeout=None) as c:
+            ans = c.request("activity", extension=extension, pid=pid)
+            click.echo(f"ebpfguard: following {', '.join(ans['following']) or 'no instance yet'}"
+                       + (f" and new instances of {extension}" if extension else "") + " (Ctrl-C ends)", err=True)
+            if not as_json:
+                click.echo(HEADER)
+            for item in c.lines():
+                if "lost" in item:
+                    click.echo(f"ebpfguard: {item['lost']} activity events dropped: this terminal fell behind",
+                               err=True)
+                    continue
+                if kind and item.get("kind") not in kind:
+                    continue
+                if as_json:
+                    click.echo(json.dumps(item))
+                else:
+                    click.echo(format_line({**item, "verdict": item.get("verdict") or "allowed"}))
+            fail("the agent closed the stream (it stopped)")
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        sys.stderr.close()
+    except EbpfguardError as err:
+        fail(str(err))
 
 
 # ---- policy ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def peer_uid(sock: socket.socket) -> int:
 
 
 class Client:
-    def __init__(self, state_dir: str | os.PathLike[str], timeout: float = 30.0):
+    def __init__(self, state_dir: str | os.PathLike[str], timeout: float | None = 30.0):
         self.path = socket_path(state_dir)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
@@ -69,6 +70,25 @@ class Client:
             failure.exit_code = int(answer.get("exit_code") or 1)  # type: ignore[attr-defined]
             raise failure
         return dict(answer)
+
+    def lines(self) -> Iterator[dict[str, Any]]:
+        """The JSON lines the agent streams after a request that subscribes (activity), until it closes."""
+        while True:
+            while b"\n" not in self._buf:
+                try:
+                    chunk = self.sock.recv(65536)
+                except OSError as err:
+                    raise ControlError(f"control socket {self.path}: {err}") from err
+                if not chunk:
+                    return
+                self._buf += chunk
+            line, self._buf = self._buf.split(b"\n", 1)
+            try:
+                item = json.loads(line)
+            except ValueError as err:
+                raise ControlError(f"the agent sent a line that is not JSON: {err}") from err
+            if isinstance(item, dict):
+                yield item
 
     def close(self) -> None:
         self.sock.close()

@@ -77,7 +77,10 @@ class Engine:
         self.recorder = Recorder(self.log)
         self.stats = Stats()
         self.handle_errors = 0
+        self.traced: set[int] = set()  # cgroup ids whose activity streams (trace --activity)
+        self.activity_subscribers: list[Callable[[int, dict[str, Any]], None]] = []  # (cgroup id, item)
         self.log.durable.append(self.stats.observe)
+        self.log.durable.append(self._activity_of_record)
         self.sensor.open_events(self._on_raw)
         self.laudit: Any = None
         self.laudit_status = "off"
@@ -132,6 +135,10 @@ class Engine:
                     ev, kind="exec", verdict=Verdict.DETECTED.label, op=int(Access.EXEC), flags=0,
                     syscall_nr=SYSCALLS_X86_64["execve"], extra=why))
             return None
+        if ev.verdict == Verdict.ACTIVITY.label:  # allowed, and someone traces it: a stream, not a record
+            if inst is not None:
+                self._activity(inst, ev, ev.detail(), "allowed")
+            return None
         slot = self.slots.get(ev.slot)
         if inst is None and slot is None:
             log.warning("event from unknown cgroup %d (pid %d): %s", ev.cgroup_id, ev.pid, ev.detail())
@@ -158,6 +165,8 @@ class Engine:
             raise
         done = self.act.apply(inst, d.todo, ev.tgid)
         if not d.record:
+            if inst is not None and inst.cgroup_id in self.traced:  # a pending path inside the rules
+                self._activity(inst, ev, {**ev.detail(), "path": res.path or ev.path}, "allowed")
             return None
         if inst is not None:
             if d.window is not None:
@@ -170,6 +179,35 @@ class Engine:
         return self.recorder.event(inst, ev, settle(d, done), d.detail, [*d.taken, *agent_steps],
                                    manifest=m, mode=mode,
                                    response_ns=now_ns() - ev.ts_ns if agent_steps and inst else None)
+
+    # ---- trace --activity ---------------------------------------------------------------------------
+    def trace_activity(self, inst: Instance, on: bool) -> None:
+        """Stream everything the instance does (allowed and refused) to activity_subscribers, or stop."""
+        (self.traced.add if on else self.traced.discard)(inst.cgroup_id)
+        self.sensor.set_activity(inst.cgroup_id, on)
+
+    def _activity(self, inst: Instance, ev: Event, detail: dict[str, Any], verdict: str | None) -> None:
+        item = {"time": rfc3339_ns(ev.ts_ns), "extension": inst.manifest.name, "instance": inst.id,
+                "pid": ev.tgid, "tid": ev.pid, "comm": ev.comm, "kind": ev.kind, "verdict": verdict,
+                "detail": detail}
+        for sub in list(self.activity_subscribers):
+            sub(inst.cgroup_id, item)
+
+    def _activity_of_record(self, rec: dict[str, Any]) -> None:
+        """A refused (or shadow, or detected) action of a traced instance is activity too, from its record."""
+        if not self.traced or rec.get("kind") in ("checkpoint", "policy"):
+            return
+        if rec.get("kind") == "lifecycle" and (rec.get("detail") or {}).get("event") not in ("start", "stop"):
+            return
+        cgid = rec.get("cgroup_id") or -1
+        if cgid not in self.traced:
+            return
+        item = {"time": rec.get("time"), "extension": rec.get("extension"), "instance": rec.get("instance"),
+                "pid": rec.get("tgid") or rec.get("pid"), "tid": rec.get("pid"), "comm": rec.get("comm"),
+                "kind": rec.get("kind"), "verdict": rec.get("verdict"), "detail": rec.get("detail"),
+                "seq": rec.get("seq")}
+        for sub in list(self.activity_subscribers):
+            sub(cgid, item)
 
     def _ladder_state(self, inst: Instance | None) -> LadderState | None:
         if inst is None:
@@ -609,6 +647,7 @@ class Engine:
         self.recorder.lifecycle(inst, "stop", actions=["cgroup.kill"] if kill else [], exit_status=inst.exit_status,
                                 violations=inst.violations, repeats_suppressed=suppressed + inst.landlock_repeats,
                                 over_share=inst.over_share_seen, killed_by_agent=kill)
+        self.traced.discard(inst.cgroup_id)  # after its stop record: a trace hears the instance ended
 
     def reap(self) -> None:
         """Release every instance whose launcher is done and whose cgroup has emptied."""

@@ -62,6 +62,9 @@ class SensorLike(Protocol):
 
     def quarantine(self, cgroup_id: int, on: bool) -> None: ...
 
+    def set_activity(self, cgroup_id: int, on: bool) -> None:
+        """Stream the cgroup's allowed actions as activity events (trace --activity)."""
+
     def counters(self) -> dict[str, int]:
         """events, drops, kills, denials, suppressed, over_share: the kernel's global counters."""
 

@@ -41,6 +41,7 @@ class FakeSensor:
         self.slots: dict[int, int] = {}          # cgroup id -> slot
         self.attached: set[str] = set()
         self.quarantined: set[int] = set()
+        self.traced: set[int] = set()
         self.landlocked: set[int] = set()
         self.landlock_reports: set[int] = set()
         self.mountns: set[int] = set()
@@ -116,6 +117,9 @@ class FakeSensor:
 
     def quarantine(self, cgroup_id: int, on: bool) -> None:
         (self.quarantined.add if on else self.quarantined.discard)(cgroup_id)
+
+    def set_activity(self, cgroup_id: int, on: bool) -> None:
+        (self.traced.add if on else self.traced.discard)(cgroup_id)
 
     def counters(self) -> dict[str, int]:
         return dict(self.kernel_counters)

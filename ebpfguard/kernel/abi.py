@@ -55,6 +55,7 @@ class Verdict(IntEnum):
     KILLED = c("V_KILLED")
     PENDING = c("V_PENDING")
     SHADOW = c("V_SHADOW")
+    ACTIVITY = c("V_ACTIVITY")
 
     @property
     def label(self) -> str | None:

@@ -187,6 +187,7 @@ class Sensor:
         self._taken: Counter[int] = Counter()  # ... in this poll, not yet told to the kernel
         self._in_poll = 0  # records taken in this poll, all cgroups
         self._cg_flags: dict[int, int] = {}
+        self._traced: set[int] = set()  # cgroups whose activity streams (trace --activity)
         self._filter: dict[int, set[int]] = {}  # cgroup_filter index -> bound cgroup ids
         self._ring_open = False
 
@@ -358,6 +359,8 @@ class Sensor:
         self.quarantine(cgroup_id, False)
         self.set_landlocked(cgroup_id, False)
         self.set_mountns(cgroup_id, False)
+        if cgroup_id in self._traced:
+            self.set_activity(cgroup_id, False)
         self._flag("suppressed", cgroup_id, False)
         self._flag("seccomp_reports", cgroup_id, False)
         for name in ("share", "consumed"):
@@ -410,6 +413,14 @@ class Sensor:
         """Tell the unix-socket programs that this cgroup's processes run in their own mount namespace."""
         self._flag("mountns", cgroup_id, on)
         self._set_cg_flag(cgroup_id, c("CG_MOUNTNS"), on)
+
+    def set_activity(self, cgroup_id: int, on: bool) -> None:
+        """Stream this cgroup's allowed actions (trace --activity); the count lets the hooks skip the lookup
+        entirely while no one traces anything."""
+        (self._traced.add if on else self._traced.discard)(cgroup_id)
+        self._flag("activity", cgroup_id, on)
+        t = self.bpf["activity_on"]
+        t[ctypes.c_int(0)] = t.Leaf(len(self._traced))
 
     def quarantine(self, cgroup_id: int, on: bool) -> None:
         self._flag("quarantined", cgroup_id, on)

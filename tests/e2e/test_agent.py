@@ -521,3 +521,35 @@ def test_sigkill_loop_loses_no_record_counted_as_written(tmp_path: Path) -> None
     assert v.returncode == 0 and f"across {len(files) + 1} files" in v.stdout, v.stdout + v.stderr
     readopted = [r for r in logged.values() if r["detail"].get("event") == "readopted"]
     assert len(readopted) == lives
+
+
+def test_trace_activity_streams_a_known_child_in_order_and_nothing_else(agent: Agent, tmp_path: Path) -> None:
+    tracer = subprocess.Popen([*EG, "trace", "--state-dir", str(agent.state), "--activity", "--extension",
+                               "shell-tool", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert tracer.stderr is not None and "following no instance yet" in tracer.stderr.readline()
+        lic = "/usr/share/common-licenses/GPL-3"
+        # the same file read at the same time by a process outside the extension: not in the stream
+        outsider = subprocess.Popen(["sh", "-c", f"for i in 1 2 3 4 5; do cat {lic} >/dev/null; sleep 0.1; done"])
+        r = eg("run", "-e", "shell-tool", "--", "sh", "-c", f"cat {lic} >/dev/null; sleep 0.1; cat /etc/hostname",
+               state=agent.state)
+        outsider.wait(30)
+        assert r.returncode != 0  # the last cat is refused
+        time.sleep(1 * SLOW)
+        tracer.send_signal(signal.SIGINT)
+        out, err = tracer.communicate(timeout=30)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+    assert tracer.returncode == 0 and "Traceback" not in err, err  # Ctrl-C ends it cleanly
+    items = [json.loads(x) for x in out.splitlines()]
+    assert items and {i["extension"] for i in items} == {"shell-tool"}, items
+    assert len({i["instance"] for i in items}) == 1
+    assert outsider.pid not in {i["pid"] for i in items}
+    seq = [(i["kind"], i["verdict"], i["detail"].get("path") or i["detail"].get("event"))
+           for i in items if i["kind"] in ("exec", "file", "lifecycle")]
+    want = [("exec", "allowed", "/usr/bin/cat"), ("file", "allowed", lic), ("exec", "allowed", "/usr/bin/sleep"),
+            ("exec", "allowed", "/usr/bin/cat"), ("file", "denied", "/etc/hostname"), ("lifecycle", None, "stop")]
+    it = iter(seq)
+    missing = [w for w in want if not any(s == w for s in it)]  # in this order, other events between
+    assert not missing, (missing, seq)
