@@ -84,6 +84,8 @@
 #define EG_ACC_EXEC 2
 #define EG_ACC_UNIX 3     /* a pathname unix socket the extension may connect or send to */
 #define EG_ACC_UNIX_NS 4  /* the same, granted only inside the instance's own mount namespace */
+#define EG_ACC_WATCH 8    /* + EG_ACC_READ/WRITE/EXEC: a path a correlation rule starts on (correlate.py):
+                           * allowed there, it is reported and arms the cgroup for the rule's window */
 
 /* network operations */
 #define EG_NET_CONNECT 0
@@ -111,6 +113,8 @@
 #define EG_CG_MOUNTNS 1     /* eg_cg_local.flags: launched in the instance's own mount namespace */
 #define EG_CG_QUARANTINE 2  /* eg_cg_local.flags: the instance's network is quarantined */
 #define EG_POL_ENFORCE 1
+#define EG_POL_WATCH 2    /* the slot holds EG_ACC_WATCH paths: allowed opens are checked against them */
+#define EG_POL_WATCH_READ 4 /* ... for reads; << EG_ACC_WRITE for writes, << EG_ACC_EXEC for execs */
 
 /* verdicts the kernel reached */
 #define EG_V_NONE 0      /* lifecycle */
@@ -167,7 +171,7 @@ struct eg_ext_policy {
 	u64 sys_deny[EG_SYSCALL_WORDS];
 	u64 sys_priv[EG_SYSCALL_WORDS];
 	u32 shadow; /* 1 + the slot of a shadow version that decides the same events without acting; 0: none */
-	u32 pad;
+	u32 arm_ms; /* a watched path armed the cgroup: its allowed actions are reported for this long */
 };
 
 struct eg_path_key {

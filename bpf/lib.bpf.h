@@ -18,6 +18,7 @@ BPF_HASH(landlocked, u64, u8, EG_MAX_CGROUPS);
 BPF_HASH(seccomp_reports, u64, u8, EG_MAX_CGROUPS); /* its seccomp filter reports refusals: see syscalls.bpf.c */
 BPF_ARRAY(activity_on, u32, 1);                    /* [0]: how many cgroups someone traces; 0 costs one load */
 BPF_HASH(activity, u64, u8, EG_MAX_CGROUPS);      /* cgroups whose allowed actions stream (trace --activity) */
+BPF_HASH(armed, u64, u64, EG_MAX_CGROUPS);         /* cgroup -> until (ktime ns): a correlation rule's window */
 BPF_HASH(mountns, u64, u8, EG_MAX_CGROUPS);       /* launched in its own mount namespace: see unix_check */    /* Landlock decides files here: see check_path */
 BPF_TABLE("lru_hash", u64, struct eg_last, last_event, 16384);
 BPF_HASH(suppressed, u64, u64, EG_MAX_CGROUPS);
@@ -75,6 +76,29 @@ static __always_inline int watched(u64 cg)
 	if (!n || !*n)
 		return 0;
 	return activity.lookup(&cg) != 0;
+}
+
+/* Is the cgroup inside a correlation rule's window (a watched path was used)? Its allowed actions are reported. */
+static __always_inline int armed_now(struct eg_ext_policy *pol, u64 cg)
+{
+	if (!(pol->flags & EG_POL_WATCH))
+		return 0;
+	u64 *until = armed.lookup(&cg);
+	return until && *until > bpf_ktime_get_ns();
+}
+
+/* An allowed open of ``k->path``: does a correlation rule start on it? Then the cgroup is armed for the rule's
+ * window. Returns 1 when the open is to be reported (watched, or inside a window). */
+static __always_inline int watch_path(struct eg_ext_policy *pol, struct eg_path_key *k, u32 access, u64 cg)
+{
+	if (!(pol->flags & (EG_POL_WATCH_READ << access)))
+		return armed_now(pol, cg);
+	if (path_granted(pol->slot, k, EG_ACC_WATCH + access, 0)) {
+		u64 until = bpf_ktime_get_ns() + (u64)pol->arm_ms * 1000000ULL;
+		armed.update(&cg, &until);
+		return 1;
+	}
+	return armed_now(pol, cg);
 }
 
 /* Is a violation of this kind refused where the hook can refuse? Not in audit mode, not for "alert". */

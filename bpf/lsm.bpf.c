@@ -87,7 +87,7 @@ static __always_inline int lsm_path(struct eg_ext_policy *pol, u64 cg, struct pa
 				events.ringbuf_submit(se, BPF_RB_FORCE_WAKEUP);
 			}
 		}
-		if (watched(cg)) { /* trace --activity: what it did, as it happens */
+		if ((n > 0 && watch_path(pol, k, access, cg)) || watched(cg)) { /* activity, or a correlation's steps */
 			u64 ah = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), EG_V_ACTIVITY), k->path);
 			struct eg_event *ae = new_violation(pol, kind, -1, EG_V_ACTIVITY, ah, cg);
 			if (ae) {
@@ -244,7 +244,7 @@ static __always_inline int lsm_unix(struct socket *sock, void *addr, int addrlen
 	short type = 0;
 	bpf_probe_read_kernel(&type, sizeof(type), &sock->type);
 	if (!flags && unix_allows(pol, k, mountns.lookup(&cg) != 0)) {
-		if (watched(cg)) {
+		if (watched(cg) || armed_now(pol, cg)) {
 			u64 ah = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), EG_FAMILY_UNIX),
 						     EG_V_ACTIVITY), k->path);
 			struct eg_event *ae = new_violation(pol, EG_KIND_NETWORK, -1, EG_V_ACTIVITY, ah, cg);

@@ -92,7 +92,8 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 		struct eg_ext_policy *sp = pol->shadow ? ext_policy.lookup(&s) : 0;
 		if (sp && !net_allows(sp, op, family, addr, port, proto))
 			net_event(pol, op, family, addr, port, proto, EG_V_SHADOW, 0);
-		if (watched(bpf_get_current_cgroup_id()))
+		u64 cg = bpf_get_current_cgroup_id();
+		if (watched(cg) || armed_now(pol, cg))
 			net_event(pol, op, family, addr, port, proto, EG_V_ACTIVITY, 0);
 		return 1;
 	}
@@ -200,7 +201,7 @@ static __always_inline int unix_check(struct bpf_sock_addr *ctx, u32 op)
 	}
 	if (!flags && unix_allows(pol, k, cgflags & EG_CG_MOUNTNS)) {
 		u64 cg = bpf_get_current_cgroup_id();
-		if (watched(cg))
+		if (watched(cg) || armed_now(pol, cg))
 			unix_event(pol, k, op, (u8)ctx->type, EG_V_ACTIVITY, 0, cg);
 		return 1;
 	}

@@ -18,6 +18,7 @@ from typing import Any
 
 from .cgroups import CgroupManager
 from .control import MAX_REQUEST, peer_uid, socket_path
+from .correlate import load_correlator
 from .engine import Engine, Instance
 from .errors import EbpfguardError, ManifestError
 from .events import now_ns, rfc3339_ns
@@ -217,6 +218,8 @@ class Agent:
             self._engine = Engine(self.state_dir, log=ForensicLog(self.state_dir, self.rotate_bytes, forward),
                                   cgroups=CgroupManager.for_service())
         self.engine = self._engine
+        if self.engine.correlator is None:
+            self.engine.correlator = load_correlator(str(self.policies.dir) if self.policies.dir else None)
         self.engine.log.durable.append(self._log_record)
         self.engine.activity_subscribers.append(self._on_activity)
         if forward := self.engine.log.forward:

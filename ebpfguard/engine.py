@@ -26,7 +26,8 @@ from typing import Any
 from .act import Actuator
 from .cgroups import CgroupManager, resource_events, set_limits
 from .clock import now_ns, rfc3339_ns
-from .decide import RESUME, LadderState, Policy, decide, ladder, repeats, settle
+from .correlate import Correlator
+from .decide import FREEZE, KILL, QUARANTINE, RESUME, LadderState, Policy, decide, ladder, repeats, settle
 from .errors import EbpfguardError
 from .events import SYSCALL_NAMES, Event, decode
 from .forensics import ForensicLog
@@ -78,9 +79,12 @@ class Engine:
         self.stats = Stats()
         self.handle_errors = 0
         self.traced: set[int] = set()  # cgroup ids whose activity streams (trace --activity)
+        self.correlator: Correlator | None = None  # sequence rules (correlate.py), evaluated per instance
+        self._correlate_queue: list[tuple[int, dict[str, Any]]] = []
         self.activity_subscribers: list[Callable[[int, dict[str, Any]], None]] = []  # (cgroup id, item)
         self.log.durable.append(self.stats.observe)
         self.log.durable.append(self._activity_of_record)
+        self.log.durable.append(self._queue_correlation)
         self.sensor.open_events(self._on_raw)
         self.laudit: Any = None
         self.laudit_status = "off"
@@ -136,8 +140,15 @@ class Engine:
                     syscall_nr=SYSCALLS_X86_64["execve"], extra=why))
             return None
         if ev.verdict == Verdict.ACTIVITY.label:  # allowed, and someone traces it: a stream, not a record
-            if inst is not None:
+            if inst is None:
+                return None
+            if inst.cgroup_id in self.traced:
                 self._activity(inst, ev, ev.detail(), "allowed")
+            item = {"kind": ev.kind, "detail": ev.detail()}
+            if self.correlator is not None and self.correlator.relevant(inst.cgroup_id, item, inst.manifest.home):
+                # a step of a correlation rule: recorded (it was allowed), so that the correlation names its seq
+                return self.recorder.event(inst, ev, Verdict.ALLOWED.label, item["detail"], [],
+                                           manifest=inst.manifest, mode=inst.mode)
             return None
         slot = self.slots.get(ev.slot)
         if inst is None and slot is None:
@@ -179,6 +190,44 @@ class Engine:
         return self.recorder.event(inst, ev, settle(d, done), d.detail, [*d.taken, *agent_steps],
                                    manifest=m, mode=mode,
                                    response_ns=now_ns() - ev.ts_ns if agent_steps and inst else None)
+
+    # ---- correlation ------------------------------------------------------------------------------
+    def _queue_correlation(self, rec: dict[str, Any]) -> None:
+        """A durable record of an instance goes to the correlator after the poll's group commit."""
+        if self.correlator is not None and rec.get("kind") in ("file", "exec", "network", "syscall", "privilege"):
+            cgid = rec.get("cgroup_id")
+            if isinstance(cgid, int) and cgid in self.instances:
+                self._correlate_queue.append((cgid, rec))
+
+    def _correlate(self) -> None:
+        assert self.correlator is not None
+        queue, self._correlate_queue = self._correlate_queue, []
+        for cgid, rec in queue:
+            inst = self.instances.get(cgid)
+            if inst is None:
+                continue
+            for match in self.correlator.feed(cgid, rec, inst.manifest.home):
+                self._correlation(inst, match, rec)
+
+    def _correlation(self, inst: Instance, match: Any, last: dict[str, Any]) -> None:
+        """A completed sequence: a violation of kind correlation; the rule's response, then the ladder."""
+        rule = match.rule
+        todo: list[str] = []
+        state = self._ladder_state(inst)
+        if inst.mode == "enforce" and state is not None:
+            own = {"freeze": [FREEZE], "kill": [KILL], "quarantine": [QUARANTINE]}.get(rule.response, [])
+            steps, window = ladder(inst.manifest, state, "correlation", self.clock())
+            todo = [*own, *[s for s in steps if s.split(":")[0] not in own]]
+            if window is not None:
+                inst.recent = deque(window)
+        pid = last.get("tgid") or last.get("pid") or inst.leader_pid
+        done = self.act.apply(inst, todo, int(pid) if pid else 0)
+        inst.violations += 1
+        self.recorder.write(inst, {"kind": "correlation", "pid": pid, "tgid": pid, "verdict": "detected",
+                                   "actions": [a for a in done if a != RESUME],
+                                   "detail": {"rule": rule.name, "description": rule.description,
+                                              "seqs": match.seqs, "steps": match.steps, "within_s": rule.within,
+                                              "response": rule.response}})
 
     # ---- trace --activity ---------------------------------------------------------------------------
     def trace_activity(self, inst: Instance, on: bool) -> None:
@@ -230,6 +279,8 @@ class Engine:
                     self.recorder.lineage(inst)
             self.proxy_denials()
             self.landlock_denials()
+        if self._correlate_queue:  # after the group commit: the records it names are durable
+            self._correlate()
         self.sensor.idle_check()
 
     def count_repeats(self) -> None:
@@ -452,7 +503,10 @@ class Engine:
         will be in their own mount namespace and, with ``landlocked`` (sandbox.landlock_confines), under
         a Landlock ruleset for files that reports its denials with ``landlock_reports``."""
         mode = mode or m.mode
-        slot = self.slots.acquire(m, mode, shadow)
+        watch: tuple[tuple[str, str], ...] = ()
+        if self.correlator is not None:
+            watch = self.correlator.watch_for({"read": m.read + m.write, "write": m.write, "exec": m.exec}, m.home)
+        slot = self.slots.acquire(m, mode, shadow, watch, self.correlator.arm_ms if self.correlator else 0)
         try:
             cg = self.cgroups.create(m.name)
         except EbpfguardError:
@@ -648,6 +702,8 @@ class Engine:
                                 violations=inst.violations, repeats_suppressed=suppressed + inst.landlock_repeats,
                                 over_share=inst.over_share_seen, killed_by_agent=kill)
         self.traced.discard(inst.cgroup_id)  # after its stop record: a trace hears the instance ended
+        if self.correlator is not None:
+            self.correlator.forget(inst.cgroup_id)
 
     def reap(self) -> None:
         """Release every instance whose launcher is done and whose cgroup has emptied."""

@@ -24,6 +24,9 @@ def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str |
     check_command(m, argv, mode)
     Sandbox.prepare(m, mode).close()  # a manifest the launcher cannot enforce fails before anything loads
     eng = Engine(state_dir)
+    from .correlate import load_correlator  # noqa: PLC0415
+
+    eng.correlator = load_correlator(None)
     try:
         if files:
             from .trust import DEFAULT_TRUST, TrustStore, launch_check  # noqa: PLC0415

@@ -29,6 +29,7 @@ class Slot:
     compiled: CompiledPolicy
     refs: int = 0
     shadow: Slot | None = None  # a staged version deciding beside this one (spec.rollout: shadow)
+    watch: tuple[tuple[str, str], ...] = ()  # where correlation rules start (correlate.py)
 
 
 class Slots:
@@ -46,12 +47,13 @@ class Slots:
     def __len__(self) -> int:
         return len(self.by_index)
 
-    def acquire(self, m: Manifest, mode: str, shadow: Manifest | None = None) -> Slot:
+    def acquire(self, m: Manifest, mode: str, shadow: Manifest | None = None,
+                watch: tuple[tuple[str, str], ...] = (), arm_ms: int = 0) -> Slot:
         """The slot of (m, mode), and with ``shadow`` a slot of its own for the shadow version, which the
         kernel consults on what m allows (it decides in enforce mode: what it would refuse)."""
         want = shadow.sha256 if shadow is not None else None
         for s in self.by_index.values():
-            if s.manifest.sha256 == m.sha256 and s.mode == mode and \
+            if s.manifest.sha256 == m.sha256 and s.mode == mode and s.watch == watch and \
                     (s.shadow.manifest.sha256 if s.shadow else None) == want:
                 s.refs += 1
                 return s
@@ -61,10 +63,10 @@ class Slots:
             if sh is not None:
                 self.release(sh.index)
             raise EbpfguardError(f"all {c('MAX_SLOTS')} policy slots are in use")
-        cp = compile(m, free[0], mode, shadow=sh.index if sh else None)
+        cp = compile(m, free[0], mode, shadow=sh.index if sh else None, watch=watch, arm_ms=arm_ms)
         self.archive(m)
         self.sensor.write_policy(cp)
-        s = Slot(free[0], m, mode, cp, refs=1, shadow=sh)
+        s = Slot(free[0], m, mode, cp, refs=1, shadow=sh, watch=watch)
         self.by_index[s.index] = s
         return s
 

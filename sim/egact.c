@@ -28,6 +28,7 @@
  *   egact MARKER violate-then-count PATH N COUNTER   (N reads of PATH 20 ms apart, then COUNTER += 1
  *                                                     every 10 ms, forever)
  *   egact MARKER connect-seq BADPORT OKPORT          (rc of the second connect, 300 ms after the first)
+ *   egact MARKER read-connect PATH PORT LINGER_MS    (read PATH, connect, stay LINGER_MS: a correlation)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -227,6 +228,17 @@ int main(int argc, char **argv)
 			}
 			usleep(10000);
 		}
+	} else if (!strcmp(act, "read-connect") && argc > 5) {
+		/* a credential read, then a connect, then LINGER_MS alive: a correlation and its response */
+		int fd = open(argv[3], O_RDONLY);
+		char buf[64];
+		if (fd >= 0) {
+			if (read(fd, buf, sizeof(buf)) < 0)
+				rc = -2;
+			close(fd);
+		}
+		rc = tcp_connect(AF_INET, atoi(argv[4]));
+		usleep(atol(argv[5]) * 1000);
 	} else if (!strcmp(act, "connect-seq") && argc > 4) {
 		tcp_connect(AF_INET, atoi(argv[3]));
 		usleep(300000);

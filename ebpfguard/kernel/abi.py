@@ -86,6 +86,7 @@ class Access(IntEnum):
     EXEC = c("ACC_EXEC")
     UNIX = c("ACC_UNIX")
     UNIX_NS = c("ACC_UNIX_NS")
+    WATCH = c("ACC_WATCH")  # + READ, WRITE or EXEC: a path where a correlation rule starts
 
 
 class NetOp(IntEnum):

@@ -36,7 +36,8 @@ NET_VALUE_HEAD = struct.Struct("<II")
 NET_VALUE_SIZE = NET_VALUE_HEAD.size + c("NET_RANGES") * PORT_RANGE.size
 
 ACCESS = {"read": c("ACC_READ"), "write": c("ACC_WRITE"), "exec": c("ACC_EXEC"), "unix": c("ACC_UNIX"),
-          "unix_ns": c("ACC_UNIX_NS")}
+          "unix_ns": c("ACC_UNIX_NS"), "watch_read": c("ACC_WATCH") + c("ACC_READ"),
+          "watch_write": c("ACC_WATCH") + c("ACC_WRITE"), "watch_exec": c("ACC_WATCH") + c("ACC_EXEC")}
 # Sockets every extension may reach: name-service lookups (glibc's nscd client and nss-systemd's
 # userdb), which answer what /etc/passwd and /etc/group already tell anyone. Refusing them would turn
 # every `ls -l` into a violation.
@@ -152,9 +153,12 @@ def _net_entries(m: Manifest) -> list[NetEntry]:
     return out
 
 
-def compile(m: Manifest, slot: int, mode: str | None = None, shadow: int | None = None) -> CompiledPolicy:  # noqa: A001
+def compile(m: Manifest, slot: int, mode: str | None = None, shadow: int | None = None,  # noqa: A001
+            watch: tuple[tuple[str, str], ...] = (), arm_ms: int = 0) -> CompiledPolicy:
     """Manifest -> kernel map contents for policy slot ``slot``. ``mode`` overrides spec.mode. ``shadow``: the
-    slot of a shadow version that decides the same events and records what it would refuse."""
+    slot of a shadow version that decides the same events and records what it would refuse. ``watch``:
+    (access, path) where correlation rules start (correlate.py); an allowed open there arms the cgroup for
+    ``arm_ms``."""
     if not 0 <= slot < c("MAX_SLOTS"):
         raise ValueError(f"slot {slot} out of range")
     enforce = (mode or m.mode) == "enforce"
@@ -170,7 +174,13 @@ def compile(m: Manifest, slot: int, mode: str | None = None, shadow: int | None 
         deny[nr >> 6] |= 1 << (nr & 63)
         if kind == "privilege":
             priv[nr >> 6] |= 1 << (nr & 63)
-    flags = c("POL_ENFORCE") if enforce else 0
-    blob = EXT_POLICY.pack(flags, slot, bytes(response), *deny, *priv, 0 if shadow is None else shadow + 1, 0)
-    return CompiledPolicy(slot, enforce, blob, _path_entries(m), _net_entries(m), syscalls,
+    flags = (c("POL_ENFORCE") if enforce else 0) | (c("POL_WATCH") if watch else 0)
+    for access, _ in watch:  # which accesses have watched paths: the others keep their short paths
+        flags |= c("POL_WATCH_READ") << ACCESS[access]
+    blob = EXT_POLICY.pack(flags, slot, bytes(response), *deny, *priv, 0 if shadow is None else shadow + 1,
+                           arm_ms if watch else 0)
+    watched = [PathEntry(f"watch_{access}", p, not p.endswith("/")) for access, p in watch]
+    watched += [PathEntry(f"watch_{access}", p.rstrip("/"), True)
+                for access, p in watch if p.endswith("/") and p != "/"]
+    return CompiledPolicy(slot, enforce, blob, _path_entries(m) + watched, _net_entries(m), syscalls,
                           kills_network=enforce and m.response.get("network") == "kill")
