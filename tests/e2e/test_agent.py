@@ -105,7 +105,7 @@ def test_status_lists_policies_and_instances(agent: Agent) -> None:
     assert st["agent"]["landlock_reports"] == ("on" if LANDLOCK_REPORTS else "off")
     runner = subprocess.Popen([*EG, "run", "--state-dir", str(agent.state), "-e", "shell-tool", "--", "sleep", "3"])
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * SLOW
         while not agent.status()["instances"]:
             assert time.monotonic() < deadline
             time.sleep(0.1)
@@ -116,7 +116,7 @@ def test_status_lists_policies_and_instances(agent: Agent) -> None:
         assert "shell-tool" in text and "instances (1)" in text
     finally:
         assert runner.wait(20) == 0
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 5 * SLOW
     while agent.status()["instances"]:
         assert time.monotonic() < deadline, "the instance was not released"
         time.sleep(0.1)
@@ -128,7 +128,7 @@ def test_run_through_the_agent_records_and_returns_the_status(agent: Agent, tmp_
     # the violation comes from a grandchild: sh -> sh -> cat, all inside the extension's cgroup
     r = eg("run", "-m", str(m), "--", "sh", "-c", "sh -c 'cat /etc/hostname >/dev/null'; exit 7", state=agent.state)
     assert r.returncode == 7, r.stderr
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 5 * SLOW
     while not [x for x in agent.records() if x["detail"].get("event") == "stop"]:
         assert time.monotonic() < deadline, "no stop record"
         time.sleep(0.1)
@@ -192,7 +192,7 @@ def test_bad_policy_file_does_not_stop_the_agent_and_good_changes_reload(agent: 
     (agent.policies / "broken.yaml").write_bytes(b"\x00\x01garbage")
     (agent.policies / "half.yaml").write_text("apiVersion: ebpfguard.io/v1\nkind: Extension\nmetadata: {name: x}\n"
                                               "spec: {network: {connect: ['10.0.0.0/33:80']}}\n")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10 * SLOW
     while len(agent.status()["policy_errors"]) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.2)
@@ -202,7 +202,7 @@ def test_bad_policy_file_does_not_stop_the_agent_and_good_changes_reload(agent: 
     assert agent.proc.poll() is None
     time.sleep(0.05)
     (agent.policies / "shell-tool.yaml").write_text(MANIFEST.format(name="shell-tool", file="kill") + "# v2\n")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10 * SLOW
     while "reloaded" not in agent.output():
         assert time.monotonic() < deadline
         time.sleep(0.2)
@@ -282,7 +282,7 @@ def test_trace_follows_live_and_exits_cleanly_on_ctrl_c(agent: Agent, tmp_path: 
 def test_sigterm_stops_cleanly_with_a_running_extension(agent: Agent) -> None:
     runner = subprocess.Popen([*EG, "run", "--state-dir", str(agent.state), "-e", "shell-tool", "--", "sleep", "60"],
                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10 * SLOW
     while not agent.status()["instances"]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
@@ -317,7 +317,7 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
     runner = subprocess.Popen([*EG, "run", "--state-dir", str(agent.state), "-m", str(m), "--", "bash", "-c", script],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * SLOW
         while not agent.status()["instances"]:
             assert time.monotonic() < deadline
             time.sleep(0.1)
@@ -333,7 +333,7 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
         second.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(agent.state), "--policy-dir",
                                         str(agent.policies)], stdout=second.log, stderr=subprocess.STDOUT)
         agent.proc, agent.log = second.proc, second.log  # the fixture stops this one
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60 * SLOW
         while eg("status", state=agent.state).returncode != 0:
             assert time.monotonic() < deadline and second.proc.poll() is None, second.output()
             time.sleep(0.2)
@@ -349,7 +349,7 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
         shutil.rmtree(secret, ignore_errors=True)
     assert "SECRET-BYTES" not in out and "Permission denied" in out and "cat=1" in out
     assert "Operation not permitted" in out and "connect=1" in out and "done" in out
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10 * SLOW
     while cgroup.exists():
         assert time.monotonic() < deadline, "the re-adopted instance's cgroup was not removed"
         time.sleep(0.2)
@@ -367,7 +367,7 @@ def test_attach_adopts_a_running_tree_and_the_ladder_commands_act_on_it(agent: A
         r = eg("attach", "--pid", str(loop.pid), "-m", str(m), state=agent.state)
         assert r.returncode == 0, r.stderr
         assert "adopted pids" in r.stdout and "landlock: cannot be imposed" in r.stdout
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * SLOW
         while not [x for x in agent.records() if x["extension"] == "adoptee" and x["kind"] == "file"]:
             assert time.monotonic() < deadline, "no violation from the adopted process"
             time.sleep(0.2)
@@ -385,7 +385,7 @@ def test_attach_adopts_a_running_tree_and_the_ladder_commands_act_on_it(agent: A
         assert "quarantined" in agent.status()["instances"][0]["state"]
         assert eg("kill", "adoptee", state=agent.state).returncode == 0
         assert loop.wait(10) == -9
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * SLOW
         while agent.status()["instances"]:
             assert time.monotonic() < deadline, "the killed instance was not released"
             time.sleep(0.2)
@@ -412,7 +412,7 @@ def test_metrics_scraped_over_http_match_what_happened(tmp_path: Path) -> None:
         m.write_text(MANIFEST.format(name="metered", file="kill"))
         r = eg("run", "-m", str(m), "--", "cat", "/etc/hostname", state=agent.state)
         assert r.returncode == 137
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * SLOW
         while agent.status()["instances"]:
             assert time.monotonic() < deadline
             time.sleep(0.1)
@@ -487,12 +487,12 @@ def test_sigkill_loop_loses_no_record_counted_as_written(tmp_path: Path) -> None
                 agent.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(agent.state), "--policy-dir",
                                                str(agent.policies), *extra], stdout=agent.log,
                                               stderr=subprocess.STDOUT)
-                deadline = time.monotonic() + 60
+                deadline = time.monotonic() + 60 * SLOW
                 while eg("status", state=agent.state).returncode != 0:
                     assert time.monotonic() < deadline and agent.proc.poll() is None, agent.output()
                     time.sleep(0.2)
             before = len(forwarded)
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 20 * SLOW
             while len(forwarded) < before + 30:  # this life writes records of its own
                 assert time.monotonic() < deadline, f"life {life}: the agent wrote no records"
                 time.sleep(0.05)
