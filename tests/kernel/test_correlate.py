@@ -54,6 +54,7 @@ def test_either_step_alone_is_no_correlation(engine: Engine, world: World) -> No
         only_read = run_ext(engine, world, granted(world), ["read", f"{world.secret}/s.txt"], sandbox=True)
         only_connect = run_ext(engine, world, granted(world), ["connect4", str(world.port("tcp4_ok"))],
                                sandbox=True)
+        assert world.saw_connection("tcp4_ok")  # (and drained: the listener is shared by the session)
         for res in (only_read, only_connect):
             assert not [r for r in res.records if r["kind"] == "correlation"], res.records
         # the watched read is recorded (it starts a sequence); a connect with nothing before it is not
