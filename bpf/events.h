@@ -115,6 +115,8 @@
 #define EG_POL_ENFORCE 1
 #define EG_POL_WATCH 2    /* the slot holds EG_ACC_WATCH paths: allowed opens are checked against them */
 #define EG_POL_WATCH_READ 4 /* ... for reads; << EG_ACC_WRITE for writes, << EG_ACC_EXEC for execs */
+#define EG_POL_BASELINE 32 /* a baseline (baseline.py): allowed execs, opens for writing, connects, sends and
+                           * binds are reported, for the agent to compare with normal activity */
 
 /* verdicts the kernel reached */
 #define EG_V_NONE 0      /* lifecycle */

@@ -120,7 +120,8 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 	int ll_reports = ll && *ll == EG_LL_REPORTS && (access == EG_ACC_READ || kind == EG_KIND_EXEC) &&
 			 !should_kill(pol, kind);
 	int traced = watched(cg);
-	if (ll_reports && !pol->shadow && !traced && !(pol->flags & (EG_POL_WATCH_READ << access)))
+	int baseline = (pol->flags & EG_POL_BASELINE) && access != EG_ACC_READ;
+	if (ll_reports && !pol->shadow && !traced && !baseline && !(pol->flags & (EG_POL_WATCH_READ << access)))
 		return 0;
 	u32 zero = 0;
 	struct eg_path_key *k = path_scratch.lookup(&zero);
@@ -146,7 +147,7 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 	if (!flags && path_granted(pol->slot, k, access, 0)) {
 		if (pol->shadow)
 			shadow_path(pol, k, access, kind, nr, cg, dirfd, upath, oflags, EG_V_SHADOW);
-		if (watch_path(pol, k, access, cg) || traced)
+		if (watch_path(pol, k, access, cg) || traced || baseline)
 			shadow_path(pol, k, access, kind, nr, cg, dirfd, upath, oflags, EG_V_ACTIVITY);
 		return 0;
 	}

@@ -87,7 +87,8 @@ static __always_inline int lsm_path(struct eg_ext_policy *pol, u64 cg, struct pa
 				events.ringbuf_submit(se, BPF_RB_FORCE_WAKEUP);
 			}
 		}
-		if ((n > 0 && watch_path(pol, k, access, cg)) || watched(cg)) { /* activity, or a correlation's steps */
+		if ((n > 0 && watch_path(pol, k, access, cg)) || watched(cg) ||
+		    ((pol->flags & EG_POL_BASELINE) && access != EG_ACC_READ)) { /* activity, correlation, baseline */
 			u64 ah = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), EG_V_ACTIVITY), k->path);
 			struct eg_event *ae = new_violation(pol, kind, -1, EG_V_ACTIVITY, ah, cg);
 			if (ae) {

@@ -93,7 +93,7 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 		if (sp && !net_allows(sp, op, family, addr, port, proto))
 			net_event(pol, op, family, addr, port, proto, EG_V_SHADOW, 0);
 		u64 cg = bpf_get_current_cgroup_id();
-		if (watched(cg) || armed_now(pol, cg))
+		if (watched(cg) || armed_now(pol, cg) || (pol->flags & EG_POL_BASELINE))
 			net_event(pol, op, family, addr, port, proto, EG_V_ACTIVITY, 0);
 		return 1;
 	}

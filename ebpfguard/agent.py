@@ -181,7 +181,7 @@ class Agent:
     def __init__(self, state_dir: str, policy_dir: str | None, engine: Engine | None = None,
                  allow_root_extensions: bool = False, metrics_address: str = "", rotate_bytes: int = MAX_BYTES,
                  log_forward: str = "", bpf_stats: bool = False, trust_dir: str | None = None,
-                 require_signed: bool = False):
+                 require_signed: bool = False, anomaly_response: str = "alert"):
         self.state_dir = state_dir
         self.rotate_bytes = rotate_bytes
         self.log_forward = log_forward
@@ -190,6 +190,7 @@ class Agent:
         self.metrics_address = metrics_address
         self.allow_root_extensions = allow_root_extensions
         self.policies = PolicyDir(policy_dir, trust_dir, require_signed, Path(state_dir) / "promoted.json")
+        self.anomaly_response = anomaly_response
         self._engine = engine
         self.engine: Engine
         self.sel = selectors.DefaultSelector()
@@ -220,6 +221,9 @@ class Agent:
         self.engine = self._engine
         if self.engine.correlator is None:
             self.engine.correlator = load_correlator(str(self.policies.dir) if self.policies.dir else None)
+        if self.engine.baseline_for is None:
+            self.engine.baseline_for = self._baseline_for
+        self.engine.anomaly_response = self.anomaly_response
         self.engine.log.durable.append(self._log_record)
         self.engine.activity_subscribers.append(self._on_activity)
         if forward := self.engine.log.forward:
@@ -262,6 +266,19 @@ class Agent:
                  self.state_dir)
         notify("READY=1", f"STATUS=enforcing {len(self.policies.by_file)} policies"
                + (f"; metrics {self.metrics_error}" if self.metrics_error else ""))
+
+    def _baseline_for(self, m: Manifest) -> Any:
+        from .baseline import BaselineError, find  # noqa: PLC0415
+
+        try:
+            b = find(str(self.policies.dir) if self.policies.dir else None, m.name, m.version)
+        except BaselineError as err:
+            log.error("%s: baseline not used: %s", m.name, err)
+            return None
+        if b is not None:
+            log.info("%s: baseline %s (%d runs): what it never saw is an anomaly (%s)", m.name, b.source, b.runs,
+                     self.anomaly_response)
+        return b
 
     def _scan_policies(self) -> None:
         for line in self.policies.scan():

@@ -180,10 +180,13 @@ def _require_root() -> None:
                    "their signature status on record.")
 @click.option("--trust", "trust_dir", default="/etc/ebpfguard/trust", show_default=True,
               type=click.Path(file_okay=False), help="The trust store (policy trust add).")
+@click.option("--anomaly-response", default="alert", show_default=True, type=click.Choice(["alert", "freeze", "kill"]),
+              help="What an allowed action new to the extension's baseline (POLICY_DIR/baselines/) makes the agent "
+                   "do, besides its anomaly record.")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the eBPF C source and exit.")
 def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_address: str, allow_root_extensions: bool,
           rotate_size: str, log_forward: str, bpf_stats: bool, require_signed: bool, trust_dir: str,
-          ebpf: bool) -> None:
+          anomaly_response: str, ebpf: bool) -> None:
     """Run the root service: load the programs once, serve the control socket, watch the policies.
 
     Logs go to stdout (journald under systemd). SIGTERM stops it cleanly: running extensions are
@@ -222,7 +225,7 @@ def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_addres
     _require_root()
     a = Agent(state_dir, policy_dir, allow_root_extensions=allow_root_extensions, metrics_address=metrics_address,
               rotate_bytes=rotate_bytes, log_forward=log_forward, bpf_stats=bpf_stats, trust_dir=trust_dir,
-              require_signed=require_signed)
+              require_signed=require_signed, anomaly_response=anomaly_response)
     try:
         a.start()
     except EbpfguardError as err:
@@ -1029,6 +1032,50 @@ def learn(output: str, name: str | None, duration: str | None, merge: bool, thre
     if status:
         click.echo(f"ebpfguard: note: the command ended with status {status}: a manifest learned from a failed run "
                    "may miss what success needs", err=True)
+
+
+@main.group()
+def baseline() -> None:
+    """Baselines of normal activity: an allowed action an extension's baseline never saw is an anomaly.
+
+    A baseline is learn's evidence (X.yaml.evidence.json) or one built from audit-mode history; the agent
+    uses POLICY_DIR/baselines/NAME@VERSION.json, else NAME.json.
+
+    \b
+    Examples:
+      sudo ebpfguard learn -o p.yaml -- ./plugin
+      cp p.yaml.evidence.json /etc/ebpfguard/policies/baselines/plugin.json
+      cd /etc/ebpfguard/policies/baselines
+      sudo ebpfguard baseline from-log plugin -o plugin.json
+    """
+
+
+@baseline.command(name="from-log")
+@STATE_OPT
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="The baseline file to write.")
+@click.argument("name")
+def baseline_from_log(state_dir: str, output: str, name: str) -> None:
+    """Build NAME's baseline from what its audit-mode instances were recorded doing.
+
+    \b
+    Examples:
+      cd /etc/ebpfguard/policies/baselines
+      sudo ebpfguard baseline from-log plugin -o plugin.json
+    """
+    from .baseline import BaselineError, from_log
+
+    _state_readable(state_dir)
+    try:
+        ev = from_log(state_dir, name)
+    except BaselineError as err:
+        fail(str(err))
+        return
+    out = Path(output)
+    if not out.parent.is_dir():
+        fail(f"-o {output}: no folder {out.parent}", 2)
+    out.write_text(json.dumps(ev.as_dict(), indent=1) + "\n")
+    n = sum(len(t) for t in ev.files.values()) + sum(len(t) for t in ev.net.values())
+    click.echo(f"{output}: baseline of {name} from {len(ev.runs)} audit-mode instance(s), {n} distinct uses")
 
 
 @main.command(name="provenance")

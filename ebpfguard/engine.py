@@ -80,6 +80,8 @@ class Engine:
         self.handle_errors = 0
         self.traced: set[int] = set()  # cgroup ids whose activity streams (trace --activity)
         self.correlator: Correlator | None = None  # sequence rules (correlate.py), evaluated per instance
+        self.baseline_for: Callable[[Manifest], Any] | None = None  # a manifest's baseline (baseline.find)
+        self.anomaly_response = "alert"  # alert | freeze | kill: what an anomaly makes the agent do
         self._correlate_queue: list[tuple[int, dict[str, Any]]] = []
         self.activity_subscribers: list[Callable[[int, dict[str, Any]], None]] = []  # (cgroup id, item)
         self.log.durable.append(self.stats.observe)
@@ -145,6 +147,8 @@ class Engine:
             if inst.cgroup_id in self.traced:
                 self._activity(inst, ev, ev.detail(), "allowed")
             item = {"kind": ev.kind, "detail": ev.detail()}
+            if inst.baseline is not None:
+                self._anomaly(inst, ev, item["detail"])
             if self.correlator is not None and self.correlator.relevant(inst.cgroup_id, item, inst.manifest.home):
                 # a step of a correlation rule: recorded (it was allowed), so that the correlation names its seq
                 return self.recorder.event(inst, ev, Verdict.ALLOWED.label, item["detail"], [],
@@ -190,6 +194,23 @@ class Engine:
         return self.recorder.event(inst, ev, settle(d, done), d.detail, [*d.taken, *agent_steps],
                                    manifest=m, mode=mode,
                                    response_ns=now_ns() - ev.ts_ns if agent_steps and inst else None)
+
+    # ---- baselines --------------------------------------------------------------------------------
+    def _anomaly(self, inst: Instance, ev: Event, detail: dict[str, Any]) -> None:
+        """An allowed action its baseline never saw: one anomaly record per instance and value."""
+        new = inst.baseline.unseen(ev.kind, detail)
+        if new is None or new in inst.anomalies:
+            return
+        inst.anomalies.add(new)
+        todo = {"freeze": [FREEZE], "kill": [KILL]}.get(self.anomaly_response, []) if inst.mode == "enforce" else []
+        done = self.act.apply(inst, todo, ev.tgid)
+        what, value = new
+        self.recorder.write(inst, {"kind": "anomaly", "pid": ev.tgid, "tgid": ev.tgid, "comm": ev.comm,
+                                   "verdict": Verdict.ALLOWED.label, "actions": [a for a in done if a != RESUME],
+                                   "time": rfc3339_ns(ev.ts_ns),
+                                   "detail": {"what": what, "value": value, "action": {"kind": ev.kind, **detail},
+                                              "baseline": inst.baseline.describe(),
+                                              "response": self.anomaly_response}})
 
     # ---- correlation ------------------------------------------------------------------------------
     def _queue_correlation(self, rec: dict[str, Any]) -> None:
@@ -506,7 +527,9 @@ class Engine:
         watch: tuple[tuple[str, str], ...] = ()
         if self.correlator is not None:
             watch = self.correlator.watch_for({"read": m.read + m.write, "write": m.write, "exec": m.exec}, m.home)
-        slot = self.slots.acquire(m, mode, shadow, watch, self.correlator.arm_ms if self.correlator else 0)
+        baseline = self.baseline_for(m) if self.baseline_for is not None else None
+        slot = self.slots.acquire(m, mode, shadow, watch, self.correlator.arm_ms if self.correlator else 0,
+                                  baseline=baseline is not None)
         try:
             cg = self.cgroups.create(m.name)
         except EbpfguardError:
@@ -527,7 +550,8 @@ class Engine:
             cg.remove()
             self.slots.release(slot.index)
             raise
-        inst = Instance(cg.name, m, mode, slot.index, cg, cgid, limits=limits, seccomp_reports=bool(reported))
+        inst = Instance(cg.name, m, mode, slot.index, cg, cgid, limits=limits, seccomp_reports=bool(reported),
+                        baseline=baseline)
         self.instances[cgid] = inst
         self.store.save(inst)
         if launch:

@@ -49,6 +49,20 @@ def explain(state_dir: str, seq: int) -> dict[str, Any]:
     if kind in ("lifecycle", "checkpoint"):
         out["why"] = f"not a violation: a {kind} record ({d.get('event', d)})"
         return out
+    if kind == "anomaly":
+        b = d.get("baseline") or {}
+        out["why"] = (f"allowed by the manifest, but new: its baseline ({b.get('source')}, {b.get('runs')} runs) "
+                      f"never saw the {d.get('what')} {d.get('value')}")
+        out["fix"] = ("if it is normal, learn it into the baseline (learn --merge, or baseline from-log after an "
+                      "audit-mode run) and replace the baseline file; if not, look at what else the instance did "
+                      "(trace --activity)")
+        return out
+    if kind == "correlation":
+        out["why"] = (f"correlation rule {d.get('rule')}: {d.get('description')}; its steps are records "
+                      f"{', '.join(str(x) for x in d.get('seqs') or [])} (explain each), within "
+                      f"{d.get('within_s')} s; response {d.get('response')}")
+        out["fix"] = "the rule's own file (POLICY_DIR/correlation/) if the sequence is normal for this extension"
+        return out
     m = _manifest(state_dir, rec)
     out["manifest"] = {"name": m.name, "version": m.version, "sha256": m.sha256}
     step = m.response.get(kind, "-")
@@ -113,6 +127,8 @@ def explain(state_dir: str, seq: int) -> dict[str, Any]:
 def format_text(e: dict[str, Any]) -> str:
     lines = [f"record {e['seq']}: {e['kind']} violation by {e['extension']} -> {e['verdict']}"
              if "rule" in e else f"record {e['seq']}: {e['why']}"]
+    if "rule" not in e and e.get("fix"):
+        lines.append(f"  fix:      {e['fix']}")
     if "manifest" in e:
         mf = e["manifest"]
         lines.append(f"  manifest: {mf['name']} {mf['version']} (sha256 {mf['sha256'][:12]})")

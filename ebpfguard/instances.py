@@ -39,6 +39,8 @@ class Instance:
     violations: int = 0
     shadow_denials: int = 0  # what the shadow version would have refused (recorded, never acted on)
     files_dir: str = ""  # launched with --files: the extension's folder, checked against its signed list
+    baseline: Any = None  # baseline.Baseline: its normal activity; what it never saw is an anomaly
+    anomalies: set[tuple[str, str]] = field(default_factory=set)  # (what, value) already recorded
     signed_files: dict[str, str] = field(default_factory=dict)  # relative path -> the sha256 its publisher signed
     launcher_done: bool = False
     exit_status: int | None = None

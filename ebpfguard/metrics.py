@@ -49,7 +49,13 @@ class EngineCollector(Collector):
             v.add_metric([ext, kind, verdict], n)
         yield v
         with eng.stats.lock:
-            shadow, refused = dict(eng.stats.shadow), dict(eng.stats.refused)
+            shadow, refused, anomalies = dict(eng.stats.shadow), dict(eng.stats.refused), dict(eng.stats.anomalies)
+        an = CounterMetricFamily("ebpfguard_anomalies", "Allowed actions an extension's baseline never saw (a new "
+                                 "destination, executable or folder), by extension and what.",
+                                 labels=["extension", "what"])
+        for (ext, what), n in sorted(anomalies.items()):
+            an.add_metric([ext, what], n)
+        yield an
         sh = CounterMetricFamily("ebpfguard_shadow_refusals", "What an extension's shadow version (a staged "
                                  "rollout) would have refused and the enforced one allowed, by extension and kind.",
                                  labels=["extension", "kind"])

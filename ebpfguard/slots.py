@@ -30,6 +30,7 @@ class Slot:
     refs: int = 0
     shadow: Slot | None = None  # a staged version deciding beside this one (spec.rollout: shadow)
     watch: tuple[tuple[str, str], ...] = ()  # where correlation rules start (correlate.py)
+    baseline: bool = False  # allowed execs, writes and network are reported (baseline.py)
 
 
 class Slots:
@@ -48,12 +49,12 @@ class Slots:
         return len(self.by_index)
 
     def acquire(self, m: Manifest, mode: str, shadow: Manifest | None = None,
-                watch: tuple[tuple[str, str], ...] = (), arm_ms: int = 0) -> Slot:
+                watch: tuple[tuple[str, str], ...] = (), arm_ms: int = 0, baseline: bool = False) -> Slot:
         """The slot of (m, mode), and with ``shadow`` a slot of its own for the shadow version, which the
         kernel consults on what m allows (it decides in enforce mode: what it would refuse)."""
         want = shadow.sha256 if shadow is not None else None
         for s in self.by_index.values():
-            if s.manifest.sha256 == m.sha256 and s.mode == mode and s.watch == watch and \
+            if s.manifest.sha256 == m.sha256 and s.mode == mode and s.watch == watch and s.baseline == baseline and \
                     (s.shadow.manifest.sha256 if s.shadow else None) == want:
                 s.refs += 1
                 return s
@@ -63,10 +64,10 @@ class Slots:
             if sh is not None:
                 self.release(sh.index)
             raise EbpfguardError(f"all {c('MAX_SLOTS')} policy slots are in use")
-        cp = compile(m, free[0], mode, shadow=sh.index if sh else None, watch=watch, arm_ms=arm_ms)
+        cp = compile(m, free[0], mode, shadow=sh.index if sh else None, watch=watch, arm_ms=arm_ms, baseline=baseline)
         self.archive(m)
         self.sensor.write_policy(cp)
-        s = Slot(free[0], m, mode, cp, refs=1, shadow=sh, watch=watch)
+        s = Slot(free[0], m, mode, cp, refs=1, shadow=sh, watch=watch, baseline=baseline)
         self.by_index[s.index] = s
         return s
 

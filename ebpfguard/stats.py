@@ -25,6 +25,7 @@ class Stats:
         self.over_share: Counter[str] = Counter()  # extension -> records over its cgroups' ring-buffer share
         self.shadow: Counter[tuple[str, str]] = Counter()  # (extension, kind) -> what a shadow version would refuse
         self.refused: Counter[tuple[str, str]] = Counter()  # (extension, event) -> policies rejected, launches refused
+        self.anomalies: Counter[tuple[str, str]] = Counter()  # (extension, what) -> allowed, new to the baseline
 
     def violation(self, extension: str, kind: str, verdict: str, actions: Iterable[str]) -> None:
         with self.lock:
@@ -44,6 +45,10 @@ class Stats:
             elif rec.get("kind") == "policy" and detail.get("event") in ("rejected", "launch-refused"):
                 with self.lock:
                     self.refused[(rec.get("extension") or "?", str(detail["event"]))] += 1
+            return
+        if rec.get("kind") == "anomaly":  # allowed, new to the baseline: not a violation
+            with self.lock:
+                self.anomalies[(rec.get("extension") or "?", str((rec.get("detail") or {}).get("what")))] += 1
             return
         if rec.get("verdict") == "shadow":  # nothing was refused: not a violation
             with self.lock:

@@ -26,6 +26,8 @@ def detail_text(rec: dict[str, Any]) -> str:
         return f"{d.get('op', '')} {addr}:{d.get('port', '')}/{d.get('proto', '')}"
     if kind in ("syscall", "privilege"):
         return str(d.get("syscall") or d.get("nr"))
+    if kind == "anomaly":
+        return f"new {d.get('what')} {d.get('value')}"
     if kind == "correlation":
         return f"{d.get('rule')} seqs {','.join(str(x) for x in d.get('seqs') or [])}"
     if kind == "lifecycle":
@@ -63,7 +65,7 @@ HEADER = f"{'TIME':<12} {'EXTENSION':<14} {'PID':>7} {'KIND':<9} {'VERDICT':<8} 
 # every kind a record can have: the kernel's violation kinds, the D-Bus proxy's and Landlock's ipc, the
 # agent's lifecycle and resource records, and the log's checkpoints
 RECORD_KINDS = ("file", "exec", "network", "syscall", "privilege", "ipc", "resource", "lifecycle", "checkpoint",
-                "policy", "correlation")
+                "policy", "correlation", "anomaly")
 
 
 def matcher(extension: str | None, pid: int | None, kinds: tuple[str, ...]) -> Callable[[dict[str, Any]], bool]:

@@ -154,7 +154,7 @@ def _net_entries(m: Manifest) -> list[NetEntry]:
 
 
 def compile(m: Manifest, slot: int, mode: str | None = None, shadow: int | None = None,  # noqa: A001
-            watch: tuple[tuple[str, str], ...] = (), arm_ms: int = 0) -> CompiledPolicy:
+            watch: tuple[tuple[str, str], ...] = (), arm_ms: int = 0, baseline: bool = False) -> CompiledPolicy:
     """Manifest -> kernel map contents for policy slot ``slot``. ``mode`` overrides spec.mode. ``shadow``: the
     slot of a shadow version that decides the same events and records what it would refuse. ``watch``:
     (access, path) where correlation rules start (correlate.py); an allowed open there arms the cgroup for
@@ -177,6 +177,8 @@ def compile(m: Manifest, slot: int, mode: str | None = None, shadow: int | None 
     flags = (c("POL_ENFORCE") if enforce else 0) | (c("POL_WATCH") if watch else 0)
     for access, _ in watch:  # which accesses have watched paths: the others keep their short paths
         flags |= c("POL_WATCH_READ") << ACCESS[access]
+    if baseline:
+        flags |= c("POL_BASELINE")
     blob = EXT_POLICY.pack(flags, slot, bytes(response), *deny, *priv, 0 if shadow is None else shadow + 1,
                            arm_ms if watch else 0)
     watched = [PathEntry(f"watch_{access}", p, not p.endswith("/")) for access, p in watch]

@@ -36,6 +36,7 @@ def exported(tmp_path: Path) -> set[str]:
     engine.stats.response(0.002)
     engine.stats.observe({"extension": "x", "kind": "file", "verdict": "shadow", "actions": []})
     engine.stats.observe({"extension": "x", "kind": "policy", "detail": {"event": "rejected"}})
+    engine.stats.observe({"extension": "x", "kind": "anomaly", "verdict": "allowed", "detail": {"what": "folder"}})
     reg = CollectorRegistry(auto_describe=False)
     policy = SimpleNamespace(name="x", version="1", sha256="ab" * 32)
     reg.register(EngineCollector(engine, lambda: {"x": policy}))  # type: ignore[dict-item, return-value]
