@@ -185,7 +185,6 @@ class Correlator:
     def __init__(self, rules: list[Rule]):
         self.rules = rules
         self.partials: dict[tuple[int, str], list[Partial]] = {}  # (cgroup id, rule) -> sequences under way
-        self.armed: dict[int, float] = {}  # cgroup id -> until (monotonic): a first step was seen
 
     @property
     def arm_ms(self) -> int:
@@ -209,31 +208,15 @@ class Correlator:
             return _covers(w, g.rstrip("/") or "/") or _covers(g, w.rstrip("/") or "/")
         return tuple((a, w) for a, w in self.watch(home) if any(overlap(w, g) for g in grants.get(a, [])))
 
-    def relevant(self, cgroup_id: int, item: dict[str, Any], home: str, now: float | None = None) -> bool:
-        """Would ``item`` (an allowed action, as it arrives) start or advance a sequence? Then it is worth a
-        record. Records reach feed() after the poll's group commit, so a step that follows its first step in the
-        same poll is judged by the window the first step opened here, not by feed()'s sequences."""
-        now = time.monotonic() if now is None else now
-        starts = False
-        for r in self.rules:
-            if r.steps[0].matches(item, home, None):
-                self.armed[cgroup_id] = max(self.armed.get(cgroup_id, 0.0), now + r.within)
-                starts = True
-        if starts:
-            return True
-        if self.armed.get(cgroup_id, 0.0) < now:
-            self.armed.pop(cgroup_id, None)
-            return False
-        return any(s.matches(item, home, None) or s.same for r in self.rules for s in r.steps[1:]
-                   if s.kind == item.get("kind"))
-
     def feed(self, cgroup_id: int, rec: dict[str, Any], home: str, now: float | None = None) -> list[Match]:
         """A record of the instance: advance the sequences under way; the completed ones, each once."""
         now = time.monotonic() if now is None else now
         out: list[Match] = []
-        step_view = {"seq": rec.get("seq"), "kind": rec.get("kind"), "verdict": rec.get("verdict"),
-                     "time": rec.get("time"),
-                     "what": (rec.get("detail") or {}).get("path") or _address(rec.get("detail") or {})}
+        d = rec.get("detail") or {}
+        step_view: dict[str, Any] = {"seq": rec.get("seq"), "kind": rec.get("kind"), "verdict": rec.get("verdict"),
+                                     "time": rec.get("time"), "what": d.get("path") or _address(d)}
+        if rec.get("_event") is not None:  # an allowed action not recorded yet: recorded if the sequence completes
+            step_view["_event"], step_view["detail"] = rec["_event"], d
         for r in self.rules:
             key = (cgroup_id, r.name)
             live = [p for p in self.partials.get(key, []) if now - p.started <= r.within]
@@ -242,7 +225,7 @@ class Correlator:
                 if r.steps[p.step].matches(rec, home, p.captured):
                     p.step += 1
                     p.seqs.append(rec.get("seq"))
-                    p.steps.append(step_view)
+                    p.steps.append(dict(step_view))
                     if p.step == len(r.steps):
                         done = p
                         break
@@ -251,7 +234,7 @@ class Correlator:
                 live = []  # one record per sequence: what was under way is part of it
             elif r.steps[0].matches(rec, home, None) and not any(p.step == 1 for p in live):
                 path = str((rec.get("detail") or {}).get("path") or "")
-                live.append(Partial(1, now, [rec.get("seq")], [step_view], path))
+                live.append(Partial(1, now, [rec.get("seq")], [dict(step_view)], path))
             if live:
                 self.partials[key] = live
             else:
@@ -261,7 +244,6 @@ class Correlator:
     def forget(self, cgroup_id: int) -> None:
         for key in [k for k in self.partials if k[0] == cgroup_id]:
             del self.partials[key]
-        self.armed.pop(cgroup_id, None)
 
 
 def _address(d: dict[str, Any]) -> str:

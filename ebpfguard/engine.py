@@ -146,13 +146,14 @@ class Engine:
                 return None
             if inst.cgroup_id in self.traced:
                 self._activity(inst, ev, ev.detail(), "allowed")
-            item = {"kind": ev.kind, "detail": ev.detail()}
+            detail = ev.detail()
             if inst.baseline is not None:
-                self._anomaly(inst, ev, item["detail"])
-            if self.correlator is not None and self.correlator.relevant(inst.cgroup_id, item, inst.manifest.home):
-                # a step of a correlation rule: recorded (it was allowed), so that the correlation names its seq
-                return self.recorder.event(inst, ev, Verdict.ALLOWED.label, item["detail"], [],
-                                           manifest=inst.manifest, mode=inst.mode)
+                self._anomaly(inst, ev, detail)
+            if self.correlator is not None:  # allowed steps are kept, and recorded only if a sequence completes
+                item = {"kind": ev.kind, "detail": detail, "verdict": Verdict.ALLOWED.label, "seq": None,
+                        "time": rfc3339_ns(ev.ts_ns), "tgid": ev.tgid, "_event": ev}
+                for match in self.correlator.feed(inst.cgroup_id, item, inst.manifest.home):
+                    self._correlation(inst, match, item)
             return None
         slot = self.slots.get(ev.slot)
         if inst is None and slot is None:
@@ -231,8 +232,16 @@ class Engine:
                 self._correlation(inst, match, rec)
 
     def _correlation(self, inst: Instance, match: Any, last: dict[str, Any]) -> None:
-        """A completed sequence: a violation of kind correlation; the rule's response, then the ladder."""
+        """A completed sequence: a violation of kind correlation; the rule's response, then the ladder. Its
+        allowed steps, kept until now, are recorded first (verdict allowed: they were), so that it names them."""
         rule = match.rule
+        for i, step in enumerate(match.steps):
+            ev = step.pop("_event", None)
+            if match.seqs[i] is None and ev is not None:
+                rec = self.recorder.event(inst, ev, Verdict.ALLOWED.label, step["detail"], [],
+                                          manifest=inst.manifest, mode=inst.mode)
+                match.seqs[i] = step["seq"] = rec.get("seq") if rec else None
+            step.pop("detail", None)
         todo: list[str] = []
         state = self._ladder_state(inst)
         if inst.mode == "enforce" and state is not None:
