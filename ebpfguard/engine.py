@@ -83,6 +83,7 @@ class Engine:
         self.baseline_for: Callable[[Manifest], Any] | None = None  # a manifest's baseline (baseline.find)
         self.anomaly_response = "alert"  # alert | freeze | kill: what an anomaly makes the agent do
         self._correlate_queue: list[tuple[int, dict[str, Any]]] = []
+        self._step_seqs: set[int] = set()  # records written as a completed sequence's steps: fed already
         self.activity_subscribers: list[Callable[[int, dict[str, Any]], None]] = []  # (cgroup id, item)
         self.log.durable.append(self.stats.observe)
         self.log.durable.append(self._activity_of_record)
@@ -218,7 +219,9 @@ class Engine:
         """A durable record of an instance goes to the correlator after the poll's group commit."""
         if self.correlator is not None and rec.get("kind") in ("file", "exec", "network", "syscall", "privilege"):
             cgid = rec.get("cgroup_id")
-            if isinstance(cgid, int) and cgid in self.instances:
+            if rec.get("seq") in self._step_seqs:  # a step of a sequence already complete
+                self._step_seqs.discard(rec["seq"])
+            elif isinstance(cgid, int) and cgid in self.instances:
                 self._correlate_queue.append((cgid, rec))
 
     def _correlate(self) -> None:
@@ -241,6 +244,8 @@ class Engine:
                 rec = self.recorder.event(inst, ev, Verdict.ALLOWED.label, step["detail"], [],
                                           manifest=inst.manifest, mode=inst.mode)
                 match.seqs[i] = step["seq"] = rec.get("seq") if rec else None
+                if rec is not None:
+                    self._step_seqs.add(int(rec["seq"]))
             step.pop("detail", None)
         todo: list[str] = []
         state = self._ladder_state(inst)

@@ -82,15 +82,23 @@ def listener_saw(s: socket.socket, timeout: float = 0.0) -> bool:
         s.settimeout(timeout)
     else:
         s.setblocking(False)
-    try:
+    def take() -> None:
         if s.type == socket.SOCK_DGRAM:
             s.recv(512)
         else:
             conn, _ = s.accept()
             conn.close()
-        return True
+
+    try:
+        take()
     except (TimeoutError, BlockingIOError):
         return False
+    s.setblocking(False)
+    while True:  # and whatever else is queued
+        try:
+            take()
+        except (TimeoutError, BlockingIOError):
+            return True
 
 
 

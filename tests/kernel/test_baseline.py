@@ -11,7 +11,8 @@ from .conftest import World, run_ext
 
 def test_a_new_allowed_destination_is_one_anomaly(engine: Engine, world: World) -> None:
     port = world.port("tcp4_ok")
-    empty = Baseline("egtest", None, "test", 1)
+    # it knows the helper and the folder its marker goes to, not the destination
+    empty = Baseline("egtest", None, "test", 1, executables={str(world.helper)}, folders={str(world.out)})
     engine.baseline_for = lambda m: empty
     try:
         # two connects to the same new destination: one anomaly record
@@ -25,7 +26,7 @@ def test_a_new_allowed_destination_is_one_anomaly(engine: Engine, world: World) 
         assert a["detail"]["baseline"]["source"] == "test"
         assert res.violations() == anomalies  # nothing else: no refusal
         known = Baseline("egtest", None, "test", 1, destinations={f"connect 127.0.0.1/32:{port}/tcp"},
-                         executables={str(world.helper)})
+                         executables={str(world.helper)}, folders={str(world.out)})
         engine.baseline_for = lambda m: known
         res = run_ext(engine, world, world.manifest(), ["connect4", str(port)], sandbox=True)
         assert res.rc_errno() == (0, 0) and world.saw_connection("tcp4_ok")
