@@ -84,26 +84,32 @@ static __always_inline int path_has_dotdot(const u8 *p, long n)
 	return 0;
 }
 
-/* The enforced version allowed k->path. EG_V_SHADOW: would its shadow version? If not, a record of what the
- * shadow would have refused, and nothing done to the call. EG_V_ACTIVITY: someone traces the instance, an event
- * of what it did (never a record). */
-static __always_inline void shadow_path(struct eg_ext_policy *pol, struct eg_path_key *k, u32 access, u16 kind,
-					s32 nr, u64 cg, int dirfd, const char *upath, u64 oflags, u16 verdict)
+static __always_inline void submit_path_event(struct eg_event *e, u16 verdict, u32 flags, int dirfd, u32 access,
+					      const char *upath, u64 oflags, struct eg_path_key *k)
 {
-	if (verdict == EG_V_SHADOW && path_granted(pol->shadow - 1, k, access, 0))
-		return;
-	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), (u32)nr), k->path);
-	struct eg_event *e = new_violation(pol, kind, nr, verdict, EG_FNV(h, verdict), cg);
-	if (!e)
-		return;
 	e->verdict = verdict;
-	e->flags = 0;
+	e->flags = flags;
 	e->dirfd = dirfd;
 	e->op = access;
 	e->uptr = (u64)upath;
 	e->aux = oflags;
 	__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
 	events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+
+/* The enforced version allowed k->path. EG_V_SHADOW: would its shadow version? If not, a record of what the shadow
+ * would have refused, and nothing done to the call. EG_V_ACTIVITY: someone traces the instance, a correlation
+ * rule watches the path or a baseline wants it: an event of what it did (never a record by itself). */
+static __always_inline void allowed_path_event(struct eg_ext_policy *pol, struct eg_path_key *k, u32 access,
+					       u16 kind, s32 nr, u64 cg, int dirfd, const char *upath, u64 oflags,
+					       u16 verdict)
+{
+	if (verdict == EG_V_SHADOW && path_granted(pol->shadow - 1, k, access, 0))
+		return;
+	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), (u32)nr), k->path);
+	struct eg_event *e = new_violation(pol, kind, nr, verdict, EG_FNV(h, verdict), cg);
+	if (e)
+		submit_path_event(e, verdict, 0, dirfd, access, upath, oflags, k);
 }
 
 static __always_inline int check_path(const char *upath, int dirfd, u32 access, u16 kind, s32 nr,
@@ -146,9 +152,9 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 
 	if (!flags && path_granted(pol->slot, k, access, 0)) {
 		if (pol->shadow)
-			shadow_path(pol, k, access, kind, nr, cg, dirfd, upath, oflags, EG_V_SHADOW);
+			allowed_path_event(pol, k, access, kind, nr, cg, dirfd, upath, oflags, EG_V_SHADOW);
 		if (watch_path(pol, k, access, cg) || traced || baseline)
-			shadow_path(pol, k, access, kind, nr, cg, dirfd, upath, oflags, EG_V_ACTIVITY);
+			allowed_path_event(pol, k, access, kind, nr, cg, dirfd, upath, oflags, EG_V_ACTIVITY);
 		return 0;
 	}
 	if (ll_reports)
@@ -170,14 +176,7 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 		bpf_send_signal(EG_SIGSTOP);
 		flags |= EG_EV_HELD;
 	}
-	e->verdict = verdict;
-	e->flags = flags;
-	e->dirfd = dirfd;
-	e->op = access;
-	e->uptr = (u64)upath;
-	e->aux = oflags;
-	__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
-	events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	submit_path_event(e, verdict, flags, dirfd, access, upath, oflags, k);
 	return 0;
 }
 

@@ -245,19 +245,8 @@ static __always_inline int lsm_unix(struct socket *sock, void *addr, int addrlen
 	short type = 0;
 	bpf_probe_read_kernel(&type, sizeof(type), &sock->type);
 	if (!flags && unix_allows(pol, k, mountns.lookup(&cg) != 0)) {
-		if (watched(cg) || armed_now(pol, cg)) {
-			u64 ah = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), EG_FAMILY_UNIX),
-						     EG_V_ACTIVITY), k->path);
-			struct eg_event *ae = new_violation(pol, EG_KIND_NETWORK, -1, EG_V_ACTIVITY, ah, cg);
-			if (ae) {
-				ae->flags = EG_EV_LSM;
-				ae->op = op;
-				ae->family = EG_FAMILY_UNIX;
-				ae->proto = (u8)type;
-				__builtin_memcpy(ae->path, k->path, EG_PATH_MAX);
-				events.ringbuf_submit(ae, BPF_RB_FORCE_WAKEUP);
-			}
-		}
+		if (watched(cg) || armed_now(pol, cg))  /* activity (net.bpf.c's unix_event) */
+			unix_event(pol, k, op, (u8)type, EG_V_ACTIVITY, EG_EV_LSM, cg);
 		return 0;
 	}
 	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), EG_FAMILY_UNIX), (u8)type),

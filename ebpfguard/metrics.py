@@ -49,25 +49,19 @@ class EngineCollector(Collector):
             v.add_metric([ext, kind, verdict], n)
         yield v
         with eng.stats.lock:
-            shadow, refused, anomalies = dict(eng.stats.shadow), dict(eng.stats.refused), dict(eng.stats.anomalies)
-        an = CounterMetricFamily("ebpfguard_anomalies", "Allowed actions an extension's baseline never saw (a new "
-                                 "destination, executable or folder), by extension and what.",
-                                 labels=["extension", "what"])
-        for (ext, what), n in sorted(anomalies.items()):
-            an.add_metric([ext, what], n)
-        yield an
-        sh = CounterMetricFamily("ebpfguard_shadow_refusals", "What an extension's shadow version (a staged "
-                                 "rollout) would have refused and the enforced one allowed, by extension and kind.",
-                                 labels=["extension", "kind"])
-        for (ext, kind), n in sorted(shadow.items()):
-            sh.add_metric([ext, kind], n)
-        yield sh
-        rf = CounterMetricFamily("ebpfguard_policy_refusals", "Manifests rejected (no trusted signature where one "
-                                 "is required) and launches refused (files not as signed), by extension and event.",
-                                 labels=["extension", "event"])
-        for (ext, ev), n in sorted(refused.items()):
-            rf.add_metric([ext, ev], n)
-        yield rf
+            counted = [(dict(eng.stats.anomalies), "ebpfguard_anomalies", "Allowed actions an extension's baseline "
+                        "never saw (a new destination, executable or folder), by extension and what.", "what"),
+                       (dict(eng.stats.shadow), "ebpfguard_shadow_refusals", "What an extension's shadow version (a "
+                        "staged rollout) would have refused and the enforced one allowed, by extension and kind.",
+                        "kind"),
+                       (dict(eng.stats.refused), "ebpfguard_policy_refusals", "Manifests rejected (no trusted "
+                        "signature where one is required) and launches refused (files not as signed), by extension "
+                        "and event.", "event")]
+        for counts, name, text, label in counted:
+            fam = CounterMetricFamily(name, text, labels=["extension", label])
+            for (ext, value), n in sorted(counts.items()):
+                fam.add_metric([ext, value], n)
+            yield fam
         a = CounterMetricFamily("ebpfguard_actions", "Actions taken, by action.", labels=["action"])
         for action, n in sorted(actions.items()):
             a.add_metric([action], n)
