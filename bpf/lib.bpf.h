@@ -19,7 +19,7 @@ BPF_HASH(seccomp_reports, u64, u8, EG_MAX_CGROUPS); /* its seccomp filter report
 BPF_ARRAY(activity_on, u32, 1);                    /* [0]: how many cgroups someone traces; 0 costs one load */
 BPF_HASH(activity, u64, u8, EG_MAX_CGROUPS);      /* cgroups whose allowed actions stream (trace --activity) */
 BPF_HASH(armed, u64, u64, EG_MAX_CGROUPS);         /* cgroup -> until (ktime ns): a correlation rule's window */
-BPF_HASH(mountns, u64, u8, EG_MAX_CGROUPS);       /* launched in its own mount namespace: see unix_check */    /* Landlock decides files here: see check_path */
+BPF_HASH(mountns, u64, u8, EG_MAX_CGROUPS);       /* launched in its own mount namespace: see unix_check */
 BPF_TABLE("lru_hash", u64, struct eg_last, last_event, 16384);
 BPF_HASH(suppressed, u64, u64, EG_MAX_CGROUPS);
 BPF_HASH(share, u64, struct eg_share, EG_MAX_CGROUPS);
