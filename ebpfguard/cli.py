@@ -546,8 +546,14 @@ TRUST_OPT = click.option("--trust", "trust_dir", default="/etc/ebpfguard/trust",
                          type=click.Path(file_okay=False), help="The trust store: publisher keys and revocations.")
 
 
-def _trust_fail(err: EbpfguardError) -> None:
-    fail(str(err), 2)
+def _trusted(call: Any, *args: Any) -> Any:
+    """Run a trust-store or signing call; bad input is one precise line and exit 2."""
+    from .trust import TrustError
+
+    try:
+        return call(*args)
+    except TrustError as err:
+        fail(str(err), 2)
 
 
 @policy.command()
@@ -564,14 +570,9 @@ def keygen(publisher: str, output: str, endorse_with: str | None) -> None:
       ebpfguard policy keygen --publisher acme -o acme.key
       ebpfguard policy keygen --publisher acme -o new.key --endorse-with acme.key
     """
-    from .trust import TrustError
     from .trust import keygen as make
 
-    try:
-        k = make(publisher, output, endorse_with)
-    except TrustError as err:
-        _trust_fail(err)
-        return
+    k = _trusted(make, publisher, output, endorse_with)
     via = f", endorsed by {k.endorsement['endorsed_by']}" if k.endorsement else ""
     click.echo(f"key {k.key_id} for {publisher}{via}: {output} (private, 0600), {output}.pub (public)")
 
@@ -589,14 +590,9 @@ def sign(key: str, files: str | None, manifest: str) -> None:
       ebpfguard policy sign --key acme.key plugin.yaml
       ebpfguard policy sign --key acme.key plugin.yaml --files ./plugin
     """
-    from .trust import TrustError
     from .trust import sign as do_sign
 
-    try:
-        out = do_sign(key, manifest, files)
-    except TrustError as err:
-        _trust_fail(err)
-        return
+    out = _trusted(do_sign, key, manifest, files)
     click.echo(f"{out}: signed")
 
 
@@ -657,13 +653,9 @@ def trust_add(trust_dir: str, publishers: tuple[str, ...], expires: str | None, 
     Examples:
       sudo ebpfguard policy trust add acme.key.pub --expires 2027-12-31
     """
-    from .trust import TrustError, TrustStore
+    from .trust import TrustStore
 
-    try:
-        k = TrustStore(trust_dir).add(pubfile, list(publishers) or None, expires)
-    except TrustError as err:
-        _trust_fail(err)
-        return
+    k = _trusted(TrustStore(trust_dir).add, pubfile, list(publishers) or None, expires)
     exp = k.expires.date().isoformat() if k.expires else "never"
     click.echo(f"trusted key {k.key_id} for {', '.join(k.publishers)} (expires {exp}) in {trust_dir}")
 
@@ -679,13 +671,9 @@ def trust_revoke(trust_dir: str, reason: str, key_id: str) -> None:
     Examples:
       sudo ebpfguard policy trust revoke 3f2a9c0d11e4b7a8 --reason "key leaked"
     """
-    from .trust import TrustError, TrustStore
+    from .trust import TrustStore
 
-    try:
-        r = TrustStore(trust_dir).revoke(key_id, reason)
-    except TrustError as err:
-        _trust_fail(err)
-        return
+    r = _trusted(TrustStore(trust_dir).revoke, key_id, reason)
     click.echo(f"revoked key {r.key_id} on {r.at} in {trust_dir}")
 
 
@@ -699,14 +687,11 @@ def trust_list(trust_dir: str, as_json: bool) -> None:
     Examples:
       ebpfguard policy trust list --trust ./trust
     """
-    from .trust import TrustError, TrustStore
+    from .trust import TrustStore
 
     store = TrustStore(trust_dir)
-    try:
-        keys, revoked = store.keys(), {r.key_id: r for r in store.revocations()}
-    except TrustError as err:
-        _trust_fail(err)
-        return
+    keys = _trusted(store.keys)
+    revoked = {r.key_id: r for r in _trusted(store.revocations)}
     for k in keys:
         r = revoked.pop(k.key_id, None)
         if as_json:
