@@ -11,19 +11,24 @@
           - {kind: file, access: [read], path: ["~/.ssh/", "~/.gnupg/"]}
           - {kind: network, op: [connect, send]}
 
-A step matches a record or an activity event: ``kind`` (file, exec, network, syscall, privilege), and optionally
-``access`` (read, write, exec), ``op`` (connect, send, bind), ``path`` (exact files, or trees ending in /; ``~`` is
-the extension user's home) and ``same: path`` (the path the first step captured: a file written, then executed).
+A step matches a record or an activity event: ``kind`` (file, exec, network, syscall, privilege, ipc), and
+optionally ``access`` (read, write, exec), ``op`` (connect, send, bind; for ipc: call, signal), ``path`` (exact
+files, or trees ending in /; ``~`` is the extension user's home), ``same: path`` (the path the first step
+captured: a file written, then executed), and for a D-Bus message through the instance's proxy (kind ipc,
+passed or refused) ``destination``, ``interface`` and ``member`` (shell patterns: ``org.freedesktop.*``) and
+``not_destination`` (patterns it must not match: the bus itself, for instance).
 
 How the kernel helps: the first step of each rule becomes watch paths in the instance's policy slot (EG_ACC_WATCH):
 an allowed open there is reported and arms the cgroup for the longest ``within``; while armed, the programs report
 the instance's allowed actions too, so that the next steps are seen however fast they follow. Refused actions are
 records anyway. An allowed action that matches a step is recorded (verdict ``allowed``), so that the correlation
-record names the seq of every step.
+record names the seq of every step. D-Bus messages are seen by the agent itself (the proxy's log), so an ipc step
+needs no help from the kernel; it cannot be the first step (what would arm the kernel for the next ones).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,7 +40,8 @@ import yaml
 from .errors import EbpfguardError
 from .units import parse_duration
 
-KINDS = ("file", "exec", "network", "syscall", "privilege")
+KINDS = ("file", "exec", "network", "syscall", "privilege", "ipc")
+DBUS_FIELDS = ("destination", "interface", "member", "not_destination")
 RESPONSES = ("alert", "freeze", "kill", "quarantine")
 
 
@@ -50,12 +56,19 @@ class Step:
     op: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()  # with ~ unexpanded
     same: str | None = None      # "path": the path captured by the first step
+    dbus: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (field, patterns) of DBUS_FIELDS
 
     def matches(self, item: dict[str, Any], home: str, captured: str | None) -> bool:
         kind = item.get("kind")
         d = item.get("detail") or {}
         if kind != self.kind:
             return False
+        for name, patterns in self.dbus:
+            value = str(d.get(name.removeprefix("not_")) or "")
+            if any(fnmatch.fnmatchcase(value, p) for p in patterns) == name.startswith("not_"):
+                return False
+        if self.kind == "ipc":
+            return not self.op or d.get("op") in self.op
         if self.access and d.get("access") not in self.access:
             return False
         if self.op and d.get("op") not in self.op:
@@ -144,9 +157,15 @@ def parse_rules(text: str, source: str) -> list[Rule]:
             sw = f"{where}: steps[{j}]"
             if not isinstance(s, dict) or s.get("kind") not in KINDS:
                 raise CorrelationError(f"{sw}: kind must be one of {', '.join(KINDS)}")
-            unknown = set(s) - {"kind", "access", "op", "path", "same", "capture"}
+            unknown = set(s) - {"kind", "access", "op", "path", "same", "capture", *DBUS_FIELDS}
             if unknown:
                 raise CorrelationError(f"{sw}: unknown field(s) {', '.join(sorted(unknown))}")
+            dbus = tuple((f, _strs(s[f], f"{sw}: {f}")) for f in DBUS_FIELDS if f in s)
+            if dbus and s["kind"] != "ipc":
+                raise CorrelationError(f"{sw}: {', '.join(f for f, _ in dbus)} apply to ipc steps only")
+            if s["kind"] == "ipc" and ("path" in s or "access" in s or "same" in s):
+                raise CorrelationError(f"{sw}: an ipc step matches destination, interface, member and op "
+                                       "(call, signal), not path, access or same")
             same = s.get("same")
             if same not in (None, "path") or (same and j == 0):
                 raise CorrelationError(f"{sw}: same: path is the only form, and not on the first step")
@@ -155,7 +174,7 @@ def parse_rules(text: str, source: str) -> list[Rule]:
                 if not (p.startswith("/") or p.startswith("~/")):
                     raise CorrelationError(f"{sw}: path {p!r} must be absolute or start with ~/")
             steps.append(Step(s["kind"], _strs(s.get("access"), f"{sw}: access"), _strs(s.get("op"), f"{sw}: op"),
-                              paths, same))
+                              paths, same, dbus))
         if steps[0].kind not in ("file", "exec") or not steps[0].paths:
             raise CorrelationError(f"{where}: the first step must be a file or exec step with paths (the kernel "
                                    "watches them)")
@@ -186,6 +205,10 @@ class Correlator:
         self.rules = rules
         self.partials: dict[tuple[int, str], list[Partial]] = {}  # (cgroup id, rule) -> sequences under way
 
+    def wants(self, kind: str) -> bool:
+        """Does any rule have a step of this kind (so that allowed actions of it are worth feeding)?"""
+        return any(st.kind == kind for r in self.rules for st in r.steps)
+
     @property
     def arm_ms(self) -> int:
         return int(max((r.within for r in self.rules), default=0) * 1000)
@@ -214,7 +237,7 @@ class Correlator:
         out: list[Match] = []
         d = rec.get("detail") or {}
         step_view: dict[str, Any] = {"seq": rec.get("seq"), "kind": rec.get("kind"), "verdict": rec.get("verdict"),
-                                     "time": rec.get("time"), "what": d.get("path") or _address(d)}
+                                     "time": rec.get("time"), "what": _what(d)}
         if rec.get("_event") is not None:  # an allowed action not recorded yet: recorded if the sequence completes
             step_view["_event"], step_view["detail"] = rec["_event"], d
         for r in self.rules:
@@ -244,6 +267,12 @@ class Correlator:
     def forget(self, cgroup_id: int) -> None:
         for key in [k for k in self.partials if k[0] == cgroup_id]:
             del self.partials[key]
+
+
+def _what(d: dict[str, Any]) -> str:
+    if d.get("bus"):  # a D-Bus message (its path is an object path)
+        return f"{d.get('destination')} {d.get('interface')}.{d.get('member')} at {d.get('path')}"
+    return str(d.get("path") or _address(d))
 
 
 def _address(d: dict[str, Any]) -> str:

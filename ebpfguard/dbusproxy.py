@@ -6,7 +6,10 @@ RUNTIME/<instance>/<bus>/, which the launcher mounts into the instance's namespa
 bus's path (compile.bus_sockets); the real bus stays out of reach (masked folder, and the cgroup unix
 programs). ``--fd`` ties the proxy's life to the engine's: it exits when the engine is gone, and a
 re-adopting engine starts a new one in the same folder. ``--log`` lines are parsed: each call or signal
-the proxy refused (``*DENIED*``) or hid (``*HIDDEN*``) becomes a denial for a record of kind ``ipc``.
+the extension sent, with the proxy's verdict. The proxy prints a message's header, then, in the same
+step, ``*DENIED*`` or ``*HIDDEN*`` if it refused it; a header followed by the next header (or by nothing
+for PENDING_S) went through. A refusal becomes a record of kind ``ipc``; what went through is activity
+(``trace --activity``) and a step for correlation rules.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import select
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .errors import EbpfguardError
 from .manifest.ipc import DBusRules
@@ -29,28 +33,60 @@ log = logging.getLogger("ebpfguard")
 RUNTIME = Path("/run/ebpfguard/dbus")
 SOCKET = "bus"
 _HEADER = re.compile(r"^C\d+: -> (?P<dest>\S+) (?P<type>call|signal) (?P<method>\S*) at (?P<path>\S*)$")
+_ANY_HEADER = re.compile(r"^[CB]\d+: ")
+PENDING_S = 0.2  # a header with no verdict line this long after it went through (the verdict is printed at once)
 
 
 class DBusProxyError(EbpfguardError):
     pass
 
 
+def _message(line: str) -> dict[str, Any] | None:
+    m = _HEADER.match(line.strip())
+    if m is None:
+        return None
+    iface, _, member = m.group("method").rpartition(".")
+    return {"op": m.group("type"), "destination": m.group("dest"), "interface": iface, "member": member,
+            "path": m.group("path")}
+
+
+def _verdict(line: str) -> str | None:
+    word = line.strip().split(" ", 1)[0]
+    return word.strip("*").lower() if word in ("*DENIED*", "*HIDDEN*") else None
+
+
+class LogParser:
+    """xdg-dbus-proxy --log lines in, the extension's calls and signals out, each with ``proxy``: passed,
+    denied or hidden. Lines about the bus's messages to the extension, and the proxy's own, are skipped."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Any] | None = None
+
+    def line(self, line: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        verdict = _verdict(line)
+        if verdict is not None:
+            if self.pending is not None:
+                out.append({**self.pending, "proxy": verdict})
+                self.pending = None
+            return out
+        if _ANY_HEADER.match(line.strip()):
+            out += self.flush()
+            self.pending = _message(line)
+        return out
+
+    def flush(self) -> list[dict[str, Any]]:
+        """The pending header had no verdict: it went through."""
+        out = [{**self.pending, "proxy": "passed"}] if self.pending is not None else []
+        self.pending = None
+        return out
+
+
 def parse_log(lines: list[str]) -> list[dict[str, Any]]:
-    """The denials in a run of xdg-dbus-proxy --log lines: a message header, then its verdict."""
-    out = []
-    last: dict[str, Any] | None = None
-    for line in lines:
-        m = _HEADER.match(line.strip())
-        if m:
-            iface, _, member = m.group("method").rpartition(".")
-            last = {"op": m.group("type"), "destination": m.group("dest"), "interface": iface, "member": member,
-                    "path": m.group("path")}
-            continue
-        verdict = line.strip().split(" ", 1)[0]
-        if verdict in ("*DENIED*", "*HIDDEN*") and last is not None:
-            out.append({**last, "proxy": verdict.strip("*").lower()})
-            last = None
-    return out
+    """Every call and signal in a run of xdg-dbus-proxy --log lines, with the proxy's verdict."""
+    p = LogParser()
+    out = [msg for line in lines for msg in p.line(line)]
+    return out + p.flush()
 
 
 class Proxy:
@@ -63,7 +99,7 @@ class Proxy:
         self.folder = runtime / instance / bus
         self.proc: subprocess.Popen[bytes] | None = None
         self._sync: int | None = None
-        self._denials: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._messages: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._reader: threading.Thread | None = None
 
     @property
@@ -105,26 +141,36 @@ class Proxy:
                                  + (f": {out.strip()[-300:]}" if out.strip() else " (timeout)"))
         self._sync = ready_r  # the proxy exits when this fd closes (our exit included)
         assert self.proc.stdout is not None
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True,
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout.fileno(),), daemon=True,
                                         name=f"dbus-proxy-{self.instance}-{self.bus}")
         self._reader.start()
 
-    def _read(self, stream: IO[bytes]) -> None:
-        last = ""
-        for raw in stream:
-            line = raw.decode(errors="replace").rstrip("\n")
-            if _HEADER.match(line):
-                last = line
-            elif line.startswith(("*DENIED*", "*HIDDEN*")):
-                for d in parse_log([last, line]):
-                    self._denials.put(d)
-                last = ""
+    def _read(self, fd: int) -> None:
+        parser, buf = LogParser(), b""
 
-    def denials(self) -> list[dict[str, Any]]:
+        def put(msgs: list[dict[str, Any]]) -> None:
+            for msg in msgs:
+                self._messages.put({**msg, "ts_ns": time.time_ns()})
+
+        while True:
+            ready, _, _ = select.select([fd], [], [], PENDING_S if parser.pending is not None else None)
+            if not ready:
+                put(parser.flush())
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            *lines, buf = (buf + chunk).split(b"\n")
+            for raw in lines:
+                put(parser.line(raw.decode(errors="replace")))
+        put(parser.flush())
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The calls and signals read since the last look, oldest first (``proxy``: passed, denied, hidden)."""
         out = []
         while True:
             try:
-                out.append(self._denials.get_nowait())
+                out.append(self._messages.get_nowait())
             except queue.Empty:
                 return out
 

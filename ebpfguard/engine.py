@@ -26,7 +26,7 @@ from typing import Any
 from .act import Actuator
 from .cgroups import CgroupManager, resource_events, set_limits
 from .clock import now_ns, rfc3339_ns
-from .correlate import Correlator
+from .correlate import KINDS, Correlator
 from .decide import FREEZE, KILL, QUARANTINE, RESUME, LadderState, Policy, decide, ladder, repeats, settle
 from .errors import EbpfguardError
 from .events import SYSCALL_NAMES, Event, decode
@@ -217,7 +217,7 @@ class Engine:
     # ---- correlation ------------------------------------------------------------------------------
     def _queue_correlation(self, rec: dict[str, Any]) -> None:
         """A durable record of an instance goes to the correlator after the poll's group commit."""
-        if self.correlator is not None and rec.get("kind") in ("file", "exec", "network", "syscall", "privilege"):
+        if self.correlator is not None and rec.get("kind") in KINDS:
             cgid = rec.get("cgroup_id")
             if rec.get("seq") in self._step_seqs:  # a step of a sequence already complete
                 self._step_seqs.discard(rec["seq"])
@@ -241,8 +241,9 @@ class Engine:
         for i, step in enumerate(match.steps):
             ev = step.pop("_event", None)
             if match.seqs[i] is None and ev is not None:
-                rec = self.recorder.event(inst, ev, Verdict.ALLOWED.label, step["detail"], [],
-                                          manifest=inst.manifest, mode=inst.mode)
+                rec = (self.recorder.write(inst, ev) if isinstance(ev, dict)  # a proxy's message, not the kernel's
+                       else self.recorder.event(inst, ev, Verdict.ALLOWED.label, step["detail"], [],
+                                                manifest=inst.manifest, mode=inst.mode))
                 match.seqs[i] = step["seq"] = rec.get("seq") if rec else None
                 if rec is not None:
                     self._step_seqs.add(int(rec["seq"]))
@@ -312,7 +313,7 @@ class Engine:
             for inst in list(self.instances.values()):
                 if inst.lineage.due(now):
                     self.recorder.lineage(inst)
-            self.proxy_denials()
+            self.proxy_messages()
             self.landlock_denials()
         if self._correlate_queue:  # after the group commit: the records it names are durable
             self._correlate()
@@ -354,22 +355,41 @@ class Engine:
                                         "ring buffer (its own flood); other instances' records were not "
                                         "affected")
 
-    def proxy_denials(self) -> None:
-        """Each call or signal an instance's D-Bus proxy refused: a record of kind ``ipc``, and a
-        violation for the ladder like any other."""
+    def proxy_messages(self) -> None:
+        """What each instance's D-Bus proxies saw it send. A call or signal the proxy refused: a record of kind
+        ``ipc`` and a violation for the ladder like any other. One it passed: activity for a tracer, and a
+        step the correlation rules may be waiting for (recorded only if a sequence completes)."""
         for inst in list(self.instances.values()):
             for bus, proxy in inst.proxies.items():
-                for d in proxy.denials():
-                    state = self._ladder_state(inst)
-                    assert state is not None
-                    todo, window = ladder(inst.manifest, state, "ipc", self.clock())
-                    if window is not None:
-                        inst.recent = deque(window)
-                    inst.violations += 1
-                    done = self.act.apply(inst, todo, inst.leader_pid or 0)
-                    self.recorder.write(inst, {"kind": "ipc", "pid": inst.leader_pid, "tgid": inst.leader_pid,
-                                               "detail": {"bus": bus, **d}, "verdict": "denied",
-                                               "actions": ["accessdenied:xdg-dbus-proxy", *done]})
+                for msg in proxy.messages():
+                    ts_ns = msg.pop("ts_ns")
+                    detail = {"bus": bus, **msg}
+                    if msg["proxy"] != "passed":
+                        self._proxy_refusal(inst, detail, ts_ns)
+                        continue
+                    body = {"kind": "ipc", "pid": inst.leader_pid, "tgid": inst.leader_pid, "detail": detail,
+                            "verdict": Verdict.ALLOWED.label, "actions": [], "time": rfc3339_ns(ts_ns)}
+                    if inst.cgroup_id in self.traced:
+                        item = {"extension": inst.manifest.name, "instance": inst.id, "comm": None, **body}
+                        del item["actions"]
+                        for sub in list(self.activity_subscribers):
+                            sub(inst.cgroup_id, item)
+                    if self.correlator is not None and self.correlator.wants("ipc"):
+                        step = {**body, "seq": None, "_event": body}
+                        for match in self.correlator.feed(inst.cgroup_id, step, inst.manifest.home):
+                            self._correlation(inst, match, step)
+
+    def _proxy_refusal(self, inst: Instance, detail: dict[str, Any], ts_ns: int) -> None:
+        state = self._ladder_state(inst)
+        assert state is not None
+        todo, window = ladder(inst.manifest, state, "ipc", self.clock())
+        if window is not None:
+            inst.recent = deque(window)
+        inst.violations += 1
+        done = self.act.apply(inst, todo, inst.leader_pid or 0)
+        self.recorder.write(inst, {"kind": "ipc", "pid": inst.leader_pid, "tgid": inst.leader_pid,
+                                   "detail": detail, "verdict": "denied", "time": rfc3339_ns(ts_ns),
+                                   "actions": ["accessdenied:xdg-dbus-proxy", *done]})
 
     def landlock_denials(self, settle_s: float = 0.0) -> None:
         """Each refusal Landlock reported for an instance's domain (llreport.py says which are this
@@ -511,9 +531,9 @@ class Engine:
             inst.proxies[bus] = proxy
 
     def stop_proxies(self, inst: Instance) -> None:
-        self.proxy_denials()
         for proxy in inst.proxies.values():
-            proxy.stop()
+            proxy.stop()  # its log read to the end
+        self.proxy_messages()
         inst.proxies.clear()
 
     def check_resources(self) -> None:

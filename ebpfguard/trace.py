@@ -26,6 +26,10 @@ def detail_text(rec: dict[str, Any]) -> str:
         return f"{d.get('op', '')} {addr}:{d.get('port', '')}/{d.get('proto', '')}"
     if kind in ("syscall", "privilege"):
         return str(d.get("syscall") or d.get("nr"))
+    if kind == "ipc" and d.get("bus"):  # a D-Bus message through the instance's proxy
+        iface = d.get("interface") or ""
+        member = d.get("member", "") if iface in ("", d.get("destination")) else f"{iface}.{d.get('member', '')}"
+        return f"{d.get('op', '')} {d.get('destination', '')} {member} @{d.get('path', '')} ({d['bus']})"
     if kind == "anomaly":
         return f"new {d.get('what')} {d.get('value')}"
     if kind == "correlation":

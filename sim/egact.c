@@ -239,6 +239,17 @@ int main(int argc, char **argv)
 		}
 		rc = tcp_connect(AF_INET, atoi(argv[4]));
 		usleep(atol(argv[5]) * 1000);
+	} else if (!strcmp(act, "read-dbus-call") && argc > 9) {
+		/* a credential read, then a D-Bus call, then LINGER_MS alive: the same over the session bus */
+		int fd = open(argv[3], O_RDONLY);
+		char buf[64];
+		if (fd >= 0) {
+			if (read(fd, buf, sizeof(buf)) < 0)
+				rc = -2;
+			close(fd);
+		}
+		rc = dbus_call(argv[4], argv[5], argv[6], argv[7], argv[8]);
+		usleep(atol(argv[9]) * 1000);
 	} else if (!strcmp(act, "connect-seq") && argc > 4) {
 		tcp_connect(AF_INET, atoi(argv[3]));
 		usleep(300000);

@@ -356,6 +356,81 @@ def test_the_real_bus_is_out_of_reach(engine: Engine, world: World, session_bus:
     assert rec is None or rec["verdict"] == "denied"
 
 
+def test_owning_a_name_the_manifest_did_not_expect_is_refused_and_recorded(engine: Engine, world: World,
+                                                                           session_bus: SessionBus) -> None:
+    m = parse(dbus_manifest(world).encode(), "dbus.yaml", home=str(world.base))
+    argv = ["/usr/bin/dbus-send", "--session", "--print-reply", "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.RequestName", "string:org.ebpfguard.Squat", "uint32:0"]
+    status, _, records, _ = execute(engine, m, argv, sandbox=True)
+    assert status != 0
+    (rec,) = [r for r in records if r["kind"] == "ipc"]
+    assert (rec["detail"]["member"], rec["verdict"]) == ("RequestName", "denied"), rec
+    assert not session_bus.owned("org.ebpfguard.Squat")
+
+
+def traced_dbus(engine: Engine, world: World, args: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The helper run with its activity traced from its first instruction: (activity items, records)."""
+    m = parse(dbus_manifest(world).replace(f'"{world.allowed}/", ', f'"{world.allowed}/", "{world.secret}/", ')
+              .encode(), "dbus.yaml", home=str(world.base))
+    items: list[dict[str, Any]] = []
+
+    def follow(inst: Any) -> list[str]:
+        engine.trace_activity(inst, True)
+        return [str(world.helper), str(world.out / "m-dbus"), *args]
+
+    def sub(_cgid: int, item: dict[str, Any]) -> None:
+        items.append(item)
+
+    engine.activity_subscribers.append(sub)
+    try:
+        _, _, records, _ = execute(engine, m, [], sandbox=True, on_instance=follow)
+    finally:
+        engine.activity_subscribers.remove(sub)
+    return items, records
+
+
+def test_dbus_calls_stream_as_activity_with_the_proxy_verdict(engine: Engine, world: World,
+                                                              session_bus: SessionBus) -> None:
+    items, _ = traced_dbus(engine, world, ["dbus-call", "-", SessionBus.ALLOWED, "/org/ebpfguard/Test",
+                                           SessionBus.ALLOWED, "Ping"])
+    calls = [(i["detail"]["destination"], i["detail"]["member"], i["verdict"]) for i in items if i["kind"] == "ipc"]
+    assert calls == [("org.freedesktop.DBus", "Hello", "allowed"), (SessionBus.ALLOWED, "Ping", "allowed")], items
+    items, records = traced_dbus(engine, world, ["dbus-call", "-", SessionBus.FORBIDDEN, "/org/ebpfguard/Test",
+                                                 SessionBus.FORBIDDEN, "Ping"])
+    calls = [(i["detail"]["destination"], i["detail"]["member"], i["verdict"], i.get("seq")) for i in items
+             if i["kind"] == "ipc"]
+    (refused,) = [r for r in records if r["kind"] == "ipc"]
+    assert calls == [("org.freedesktop.DBus", "Hello", "allowed", None),
+                     (SessionBus.FORBIDDEN, "Ping", "denied", refused["seq"])], items
+
+
+def test_credential_read_then_a_dbus_call_is_one_correlation(engine: Engine, world: World,
+                                                             session_bus: SessionBus) -> None:
+    from ebpfguard.correlate import Correlator, parse_rules  # noqa: PLC0415
+
+    engine.correlator = Correlator(parse_rules(f"""kind: CorrelationRules
+rules:
+  - name: credential-read-then-dbus
+    within: 10s
+    response: freeze
+    steps:
+      - {{kind: file, access: [read], path: ["{world.secret}/"]}}
+      - {{kind: ipc, op: [call], not_destination: [org.freedesktop.DBus]}}
+""", "test"))
+    try:
+        _, records = traced_dbus(engine, world, ["read-dbus-call", f"{world.secret}/s.txt", "-", SessionBus.ALLOWED,
+                                                 "/org/ebpfguard/Test", SessionBus.ALLOWED, "Ping", "3000"])
+    finally:
+        engine.correlator = None
+    read = [r for r in records if r["kind"] == "file" and r["detail"]["path"] == f"{world.secret}/s.txt"]
+    call = [r for r in records if r["kind"] == "ipc"]
+    assert [r["verdict"] for r in read] == ["allowed"] and [r["verdict"] for r in call] == ["allowed"], records
+    assert (call[0]["detail"]["destination"], call[0]["detail"]["member"]) == (SessionBus.ALLOWED, "Ping")
+    (c,) = [r for r in records if r["kind"] == "correlation"]
+    assert c["detail"]["seqs"] == [read[0]["seq"], call[0]["seq"]], c
+    assert c["verdict"] == "detected" and "cgroup.freeze" in c["actions"], c
+
+
 # ---- X11 and ssh-agent, the real programs --------------------------------------------------------
 def tool_manifest(world: World, tool: str, unix: list[str]) -> str:
     grants = ", ".join(f'"{u}"' for u in unix)

@@ -73,6 +73,12 @@ def test_watch_paths_only_where_a_grant_reaches() -> None:
     ("kind: CorrelationRules\nrules: [{name: a, within: soon, steps: [{kind: file, path: [/x]}, {kind: exec}]}]",
      "within:"),
     ("kind: CorrelationRules\nrules: [{name: a, colour: red, steps: []}]", "unknown field(s) colour"),
+    ("kind: CorrelationRules\nrules: [{name: a, steps: [{kind: file, path: [/x]}, {kind: exec, member: [Ping]}]}]",
+     "member apply to ipc steps only"),
+    ("kind: CorrelationRules\nrules: [{name: a, steps: [{kind: file, path: [/x]}, {kind: ipc, path: [/x]}]}]",
+     "an ipc step matches destination"),
+    ("kind: CorrelationRules\nrules: [{name: a, steps: [{kind: ipc, member: [X]}, {kind: exec}]}]",
+     "the first step must be a file or exec step with paths"),
 ])
 def test_bad_rules_are_named_precisely(text: str, error: str) -> None:
     with pytest.raises(CorrelationError, match=error.replace("(", r"\(").replace(")", r"\)")):
@@ -81,5 +87,34 @@ def test_bad_rules_are_named_precisely(text: str, error: str) -> None:
 
 def test_the_shipped_rules_load() -> None:
     names = [r.name for r in load_rules([data_root() / "policies" / "correlation"])]
-    assert names == ["credential-read-then-network", "written-then-executed"]
+    assert names == ["credential-read-then-network", "written-then-executed", "credential-read-then-dbus"]
     assert Path(data_root() / "policies" / "correlation" / "default.yaml").exists()
+
+
+DBUS_RULES = """apiVersion: ebpfguard.io/v1
+kind: CorrelationRules
+rules:
+  - name: cred-dbus
+    within: 10s
+    steps:
+      - {kind: file, access: [read], path: ["~/.ssh/"]}
+      - {kind: ipc, op: [call], destination: ["org.freedesktop.*", "org.example.Out"],
+         not_destination: [org.freedesktop.DBus]}
+"""
+
+
+def dbus(seq: int, dest: str, member: str = "Ping", op: str = "call") -> dict[str, object]:
+    return rec(seq, "ipc", bus="session", op=op, destination=dest, interface=dest, member=member, path="/o",
+               proxy="passed")
+
+
+def test_an_ipc_step_matches_destination_patterns_and_leaves_the_bus_itself_out() -> None:
+    c = Correlator(parse_rules(DBUS_RULES, "t"))
+    assert c.wants("ipc") and not Correlator(parse_rules(RULES, "t")).wants("ipc")
+    c.feed(1, rec(1, "file", access="read", path=f"{HOME}/.ssh/id_rsa"), HOME, now=0)
+    assert c.feed(1, dbus(2, "org.freedesktop.DBus", "AddMatch"), HOME, now=1) == []  # the bus: not a way out
+    assert c.feed(1, dbus(3, "org.other.Svc"), HOME, now=1) == []  # not named
+    assert c.feed(1, dbus(4, "org.freedesktop.Notifications", op="signal"), HOME, now=1) == []  # not a call
+    (m,) = c.feed(1, dbus(5, "org.freedesktop.Notifications", "Notify"), HOME, now=2)
+    assert m.seqs == [1, 5]
+    assert m.steps[1]["what"] == "org.freedesktop.Notifications org.freedesktop.Notifications.Notify at /o"

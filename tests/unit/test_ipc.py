@@ -100,18 +100,31 @@ def test_no_private_tmp_when_a_grant_names_it_and_no_readonly_for_alert() -> Non
     assert "/tmp" not in [mk.folder for mk in p.masks] and not p.readonly
 
 
-def test_proxy_log_denials() -> None:
+def test_proxy_log_verdicts() -> None:
+    """Each call or signal the extension sent, with the proxy's verdict: a header with no verdict line after it
+    went through; the bus's own messages, replies and the proxy's notes are not the extension's calls."""
     lines = ["C1: -> org.freedesktop.DBus call org.freedesktop.DBus.Hello at /org/freedesktop/DBus",
+             "B1: <- org.freedesktop.DBus return from C1",
              "C2: -> org.ebpfguard.Forbidden call org.ebpfguard.Forbidden.Ping at /t",
              "*HIDDEN* (ping)",
+             "Filtering message due to arg0 :1.7, policy: 0 (required 1)",
              "C3: -> org.freedesktop.systemd1 call org.freedesktop.systemd1.Manager.StartTransientUnit at "
              "/org/freedesktop/systemd1",
-             "*DENIED* (ping)"]
+             "*DENIED* (ping)",
+             "C4: -> :1.3 return from B2",
+             "C5: -> all signal org.ebpfguard.Ext.Changed at /e",
+             "C6: -> org.ebpfguard.Allowed call org.ebpfguard.Allowed.Ping at /t"]
     assert parse_log(lines) == [
+        {"op": "call", "destination": "org.freedesktop.DBus", "interface": "org.freedesktop.DBus",
+         "member": "Hello", "path": "/org/freedesktop/DBus", "proxy": "passed"},
         {"op": "call", "destination": "org.ebpfguard.Forbidden", "interface": "org.ebpfguard.Forbidden",
          "member": "Ping", "path": "/t", "proxy": "hidden"},
         {"op": "call", "destination": "org.freedesktop.systemd1", "interface": "org.freedesktop.systemd1.Manager",
-         "member": "StartTransientUnit", "path": "/org/freedesktop/systemd1", "proxy": "denied"}]
+         "member": "StartTransientUnit", "path": "/org/freedesktop/systemd1", "proxy": "denied"},
+        {"op": "signal", "destination": "all", "interface": "org.ebpfguard.Ext", "member": "Changed", "path": "/e",
+         "proxy": "passed"},
+        {"op": "call", "destination": "org.ebpfguard.Allowed", "interface": "org.ebpfguard.Allowed",
+         "member": "Ping", "path": "/t", "proxy": "passed"}]
 
 
 def test_bound_sockets_are_covered_unless_granted_or_in_a_write_tree(tmp_path: Path) -> None:
