@@ -76,6 +76,7 @@ class Actuator:
             freeze(inst.cgroup, False)
         inst.cgroup.kill()
         inst.state = "killed"
+        inst.discard = True  # what it changed is rolled back (rollback.py), if its manifest asks
 
     def throttle(self, inst: Instance) -> None:
         throttle(inst.cgroup)

@@ -557,7 +557,8 @@ class Agent:
         self._retrace()  # a tracer following this extension sees it from its first exec
         return {"instance": inst.id, "procs_files": inst.cgroup.procs_files(), "cgroup": str(inst.cgroup.v2),
                 "manifest_text": m.raw.decode(), "manifest_path": m.source, "home": req.get("home"),
-                "allow_root": self.allow_root_extensions, "dbus_proxies": inst.proxy_folders()}
+                "allow_root": self.allow_root_extensions, "dbus_proxies": inst.proxy_folders(),
+                "rollback": inst.rollback.overlays() if inst.rollback else {}}
 
     def _op_attach(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         mode = req.get("mode")

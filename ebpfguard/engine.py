@@ -38,6 +38,7 @@ from .manifest.load import Manifest
 from .manifest.syscall_table import SYSCALLS_X86_64
 from .record import Recorder
 from .resolve import resolve
+from .rollback import Layer, pending
 from .sandbox import landlock, seccomp_denied
 from .sensor import SensorLike
 from .slots import Slots
@@ -85,6 +86,7 @@ class Engine:
         self._correlate_queue: list[tuple[int, dict[str, Any]]] = []
         self._step_seqs: set[int] = set()  # records written as a completed sequence's steps: fed already
         self.activity_subscribers: list[Callable[[int, dict[str, Any]], None]] = []  # (cgroup id, item)
+        self.rollback_root = self.state.rollback  # where the rollback overlays' upper layers live (tmpfs in tests)
         self.log.durable.append(self.stats.observe)
         self.log.durable.append(self._activity_of_record)
         self.log.durable.append(self._queue_correlation)
@@ -193,7 +195,10 @@ class Engine:
             if d.verdict == Verdict.SHADOW.label:
                 inst.shadow_denials += 1
         agent_steps = [s for s in done if s != RESUME]
-        return self.recorder.event(inst, ev, settle(d, done), d.detail, [*d.taken, *agent_steps],
+        verdict = settle(d, done)
+        if inst is not None and verdict == Verdict.KILLED.label:
+            inst.discard = True
+        return self.recorder.event(inst, ev, verdict, d.detail, [*d.taken, *agent_steps],
                                    manifest=m, mode=mode,
                                    response_ns=now_ns() - ev.ts_ns if agent_steps and inst else None)
 
@@ -588,6 +593,13 @@ class Engine:
                         baseline=baseline)
         self.instances[cgid] = inst
         self.store.save(inst)
+        if launch and m.rollback and mode != "audit":
+            try:
+                inst.rollback = Layer.create(self.rollback_root / inst.id, inst.id, m.name,
+                                             [w.rstrip("/") for w in m.write], inst.started_ns)
+            except (OSError, EbpfguardError) as err:
+                self.release(inst)
+                raise EbpfguardError(f"cannot make the rollback area of {inst.id}: {err}") from err
         if launch:
             if (mode or m.mode) != "audit":
                 self.sensor.set_mountns(cgid, True)
@@ -674,6 +686,11 @@ class Engine:
                             limits=meta.get("limits") or {}, started_ns=meta.get("started_ns") or now_ns())
             inst.resource_seen = resource_events(cg)
             inst.repeats_seen = self.sensor.suppressed(cg.id)
+            if m.rollback and (self.rollback_root / inst.id / "meta.json").exists():
+                try:
+                    inst.rollback = Layer.open(self.rollback_root / inst.id)
+                except EbpfguardError as err:
+                    log.error("instance %s: %s", inst.id, err)
             inst.seccomp_reports = bool(reported)
             inst.landlock_domains = [str(d) for d in meta.get("landlock_domains") or []]
             for dom in inst.landlock_domains:
@@ -734,7 +751,10 @@ class Engine:
         inst.launcher_done = True
 
     def release(self, inst: Instance, *, kill: bool = False) -> None:
-        """Forget an instance: stop its processes if asked, detach, remove its cgroup, record it."""
+        """Forget an instance: stop its processes if asked, detach, remove its cgroup, record it. Its rollback
+        overlays: committed after a clean stop, discarded after a kill by the agent, and left for an operator
+        when it was still running (the agent stops)."""
+        interrupted = kill and inst.cgroup.populated() and not inst.discard and inst.rollback_choice is None
         if kill and inst.cgroup.populated():
             inst.cgroup.kill()
             deadline = time.monotonic() + 5
@@ -759,9 +779,41 @@ class Engine:
         self.recorder.lifecycle(inst, "stop", actions=["cgroup.kill"] if kill else [], exit_status=inst.exit_status,
                                 violations=inst.violations, repeats_suppressed=suppressed + inst.landlock_repeats,
                                 over_share=inst.over_share_seen, killed_by_agent=kill)
+        if inst.rollback is not None:
+            choice = inst.rollback_choice or ("discard" if inst.discard else "keep" if interrupted else "commit")
+            self.finish_rollback(inst.rollback, choice, inst)
         self.traced.discard(inst.cgroup_id)  # after its stop record: a trace hears the instance ended
         if self.correlator is not None:
             self.correlator.forget(inst.cgroup_id)
+
+    # ---- rollback ---------------------------------------------------------------------------------
+    def finish_rollback(self, layer: Layer, choice: str, inst: Instance | None = None,
+                        by: str | None = None) -> dict[str, Any]:
+        """commit, discard, or keep (for an operator, after a restart) an instance's rollback overlays; recorded."""
+        if choice == "commit":
+            detail = layer.commit(self.state.rollback_kept)
+        elif choice == "discard":
+            detail = layer.discard()
+        else:
+            detail = {"event": "kept", "why": "the instance was still running when the agent stopped: "
+                      "`ebpfguard rollback list` offers it for commit or discard", **layer.show()}
+            detail.pop("instance", None)
+        detail = {**detail, "trees": [t.target for t in layer.trees]}
+        if by:
+            detail["by"] = by
+        body: dict[str, Any] = {"kind": "rollback", "pid": inst.leader_pid if inst else None,
+                "tgid": inst.leader_pid if inst else None, "verdict": None, "actions": [], "detail": detail}
+        if inst is None:  # an instance gone with an earlier agent: named from its rollback area
+            body["instance"], body["extension"] = layer.instance, layer.meta.get("extension")
+        self.recorder.write(inst, body)
+        log.log(logging.WARNING if choice == "discard" or detail.get("conflicts") else logging.INFO,
+                "rollback %s: %s, %d change(s)%s", layer.instance, detail["event"], detail.get("count", 0),
+                f", {len(detail['conflicts'])} kept as the user left them" if detail.get("conflicts") else "")
+        return detail
+
+    def pending_rollbacks(self) -> list[Layer]:
+        """Rollback areas on disk with no running instance here: left by an agent or host that went down."""
+        return pending(self.rollback_root, {i.id for i in self.instances.values()})
 
     def reap(self) -> None:
         """Release every instance whose launcher is done and whose cgroup has emptied."""

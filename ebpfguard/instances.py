@@ -62,6 +62,9 @@ class Instance:
     landlock_repeats: int = 0  # identical Landlock reports counted, not recorded (llreport.Repeats)
     released: bool = False
     proxies: dict[str, Any] = field(default_factory=dict)  # bus -> its running dbusproxy.Proxy
+    rollback: Any = None  # rollback.Layer: its write trees as overlays (spec.filesystem.rollback)
+    discard: bool = False  # the agent killed it (or the kernel killed one of its tasks): its changes are discarded
+    rollback_choice: str | None = None  # commit | discard, as an operator said (ebpfguard rollback)
 
     def proxy_folders(self) -> dict[str, str]:
         """Where each D-Bus proxy must appear in the namespace (the real bus's path) -> its folder."""

@@ -56,7 +56,10 @@ class EngineCollector(Collector):
                         "kind"),
                        (dict(eng.stats.refused), "ebpfguard_policy_refusals", "Manifests rejected (no trusted "
                         "signature where one is required) and launches refused (files not as signed), by extension "
-                        "and event.", "event")]
+                        "and event.", "event"),
+                       (dict(eng.stats.rollbacks), "ebpfguard_rollbacks", "Rollback overlays finished, by extension "
+                        "and event: committed on a clean stop, discarded when the agent killed the instance, kept "
+                        "for an operator.", "event")]
         for counts, name, text, label in counted:
             fam = CounterMetricFamily(name, text, labels=["extension", label])
             for (ext, value), n in sorted(counts.items()):

@@ -36,7 +36,8 @@ def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str |
                            landlock_reports=landlock_reports(m, mode))
         if files:
             inst.watch_signed(files, signed.files or [])
-        sandbox = Sandbox.prepare(m, mode, proxies=inst.proxy_folders())
+        sandbox = Sandbox.prepare(m, mode, proxies=inst.proxy_folders(),
+                                  overlays=inst.rollback.overlays() if inst.rollback else None)
         # like a shell: the terminal's Ctrl-C goes to the command, which decides; we wait for it
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
@@ -88,7 +89,8 @@ def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
         m = manifest or parse(ans["manifest_text"].encode(), ans["manifest_path"], home=ans.get("home"))
         check_command(m, argv, mode)  # (the agent releases the instance when this connection closes)
         sandbox = Sandbox.prepare(m, mode, allow_root=bool(ans.get("allow_root")),
-                                  proxies=ans.get("dbus_proxies") or {})
+                                  proxies=ans.get("dbus_proxies") or {},
+                                  overlays={t: (u, w) for t, (u, w) in (ans.get("rollback") or {}).items()})
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             proc = spawn(argv, ans["procs_files"], sandbox=sandbox)

@@ -593,7 +593,9 @@ def execute(engine: Engine, m: Manifest, argv: list[str], *, mode: str | None = 
     try:
         if on_instance is not None:
             argv = on_instance(inst)
-        sb = Sandbox.prepare(m, mode, proxies=inst.proxy_folders()) if sandbox else None
+        sb = (Sandbox.prepare(m, mode, proxies=inst.proxy_folders(),
+                              overlays=inst.rollback.overlays() if inst.rollback else None)
+              if sandbox else None)
         try:
             proc = spawn(argv, inst.cgroup.procs_files(), sandbox=sb)
         finally:

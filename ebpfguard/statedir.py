@@ -5,6 +5,8 @@
     STATE/keys/forensics.ed25519     the host's signing key (PKCS#8 PEM, 0600)
     STATE/instances/<id>.json        what a restarted agent needs to take a running instance back
     STATE/policies/<sha256>          the exact manifest bytes each record's policy_sha256 names
+    STATE/rollback/<id>/             an instance's rollback overlays' upper layers (rollback.py)
+    STATE/rollback-kept/<id>/        the extension's versions of files the user changed meanwhile
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ class StateDir:
     @property
     def instances(self) -> Path:
         return self.root / "instances"
+
+    @property
+    def rollback(self) -> Path:
+        return self.root / "rollback"
+
+    @property
+    def rollback_kept(self) -> Path:
+        return self.root / "rollback-kept"
 
     def instance(self, instance_id: str) -> Path:
         return self.instances / f"{instance_id}.json"

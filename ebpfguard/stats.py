@@ -26,6 +26,7 @@ class Stats:
         self.shadow: Counter[tuple[str, str]] = Counter()  # (extension, kind) -> what a shadow version would refuse
         self.refused: Counter[tuple[str, str]] = Counter()  # (extension, event) -> policies rejected, launches refused
         self.anomalies: Counter[tuple[str, str]] = Counter()  # (extension, what) -> allowed, new to the baseline
+        self.rollbacks: Counter[tuple[str, str]] = Counter()  # (extension, committed|discarded|kept)
 
     def violation(self, extension: str, kind: str, verdict: str, actions: Iterable[str]) -> None:
         with self.lock:
@@ -45,6 +46,10 @@ class Stats:
             elif rec.get("kind") == "policy" and detail.get("event") in ("rejected", "launch-refused"):
                 with self.lock:
                     self.refused[(rec.get("extension") or "?", str(detail["event"]))] += 1
+            return
+        if rec.get("kind") == "rollback":  # an instance's changes committed or discarded: not a violation
+            with self.lock:
+                self.rollbacks[(rec.get("extension") or "?", str((rec.get("detail") or {}).get("event")))] += 1
             return
         if rec.get("kind") == "anomaly":  # allowed, new to the baseline: not a violation
             with self.lock:

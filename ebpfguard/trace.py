@@ -32,6 +32,10 @@ def detail_text(rec: dict[str, Any]) -> str:
         return f"{d.get('op', '')} {d.get('destination', '')} {member} @{d.get('path', '')} ({d['bus']})"
     if kind == "anomaly":
         return f"new {d.get('what')} {d.get('value')}"
+    if kind == "rollback":
+        conflicts = len(d.get("conflicts") or [])
+        return (f"{d.get('event')} {d.get('count', 0)} change(s)" + (f", {conflicts} kept as the user left them"
+                                                                     if conflicts else ""))
     if kind == "correlation":
         return f"{d.get('rule')} seqs {','.join(str(x) for x in d.get('seqs') or [])}"
     if kind == "lifecycle":
@@ -69,7 +73,7 @@ HEADER = f"{'TIME':<12} {'EXTENSION':<14} {'PID':>7} {'KIND':<9} {'VERDICT':<8} 
 # every kind a record can have: the kernel's violation kinds, the D-Bus proxy's and Landlock's ipc, the
 # agent's lifecycle and resource records, and the log's checkpoints
 RECORD_KINDS = ("file", "exec", "network", "syscall", "privilege", "ipc", "resource", "lifecycle", "checkpoint",
-                "policy", "correlation", "anomaly")
+                "policy", "correlation", "anomaly", "rollback")
 
 
 def matcher(extension: str | None, pid: int | None, kinds: tuple[str, ...]) -> Callable[[dict[str, Any]], bool]:

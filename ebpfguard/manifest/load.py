@@ -128,6 +128,7 @@ class Manifest:
     runtime_dir: str = ""  # what ${XDG_RUNTIME_DIR} expanded to
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
     rollout: str = "enforce"  # "shadow": a staged version that records what it would refuse, never acts
+    rollback: bool = False  # each write tree an overlay: committed on a clean stop, discarded on a kill (rollback.py)
 
     @property
     def sha256(self) -> str:
@@ -376,6 +377,14 @@ def _build(data: dict[str, Any], raw: bytes, filename: str, lines: dict[tuple[An
                 out.append(p)
         unique(("spec", "filesystem", access), out)
         paths[access] = out
+    if fs.get("rollback") is True:  # each write tree becomes an overlay: folders only, and never the whole system
+        for i, p in enumerate(paths["write"]):
+            if p.rstrip("/") in ("", "/proc", "/sys", "/dev", "/run", "/var/lib/ebpfguard"):
+                problem(("spec", "filesystem", "write", i), f"{p!r} cannot be rolled back (rollback: true makes "
+                        "each write tree an overlay; name the folders the extension writes in)")
+            elif not p.endswith("/"):
+                problem(("spec", "filesystem", "write", i), f"{p!r} is a single file; with rollback: true each write "
+                        "tree is an overlay of a folder: name its folder, ending in /")
 
     net = spec.get("network") or {}
     rules: dict[str, list[NetRule]] = {}
@@ -418,6 +427,7 @@ def _build(data: dict[str, Any], raw: bytes, filename: str, lines: dict[tuple[An
         escalation=Escalation.parse(escalation),
         quarantine=quarantine, home=home, ipc=ipc, runtime_dir=runtime,
         source=filename, raw=raw, lines=lines, rollout=spec.get("rollout", "enforce"),
+        rollback=bool(fs.get("rollback", False)),
     )
 
 

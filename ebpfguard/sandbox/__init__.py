@@ -41,12 +41,14 @@ class Sandbox:
     bus_paths: dict[str, str] = field(default_factory=dict)  # bus -> where its proxy appears in the namespace
     runtime_dir: str = ""
     seccomp_log: bool = False  # installed with SECCOMP_FILTER_FLAG_LOG: its refusals reach audit
+    landlock_later: Any = None  # a Landlock plan built in the child, after its overlays are mounted
 
     @classmethod
     def prepare(cls, m: Manifest, mode: str | None = None, *, allow_root: bool = False,
-                landlock_abi: int | None = None, proxies: dict[str, str] | None = None) -> Sandbox:
+                landlock_abi: int | None = None, proxies: dict[str, str] | None = None,
+                overlays: dict[str, tuple[str, str]] | None = None) -> Sandbox:
         """``proxies``: where each D-Bus proxy socket of the instance must appear (the real bus's path)
-        -> the proxy's socket."""
+        -> the proxy's socket. ``overlays``: write tree -> (upper, work) of its rollback overlay."""
         pw = extension_user(m)
         if pw.pw_uid == 0 and not (m.user in ("root", "0") and allow_root):
             raise SandboxError("refusing to run an extension as root: spec.user must name an unprivileged "
@@ -70,11 +72,15 @@ class Sandbox:
         if audit:
             not_enforced.append("mount namespace: audit mode changes nothing")
         else:
-            mounts = mountns.plan(m, mode, pw.pw_uid, pw.pw_gid, proxies)
+            mounts = mountns.plan(m, mode, pw.pw_uid, pw.pw_gid, proxies, overlays=overlays)
             layers += mounts.describe()
             not_enforced += [f"mount namespace: write tree {s} not bound" for s in mounts.skipped]
             if not mounts.readonly:
                 not_enforced.append("mount namespace: not read-only (a write tree is / or file response is alert)")
+        if m.rollback and audit:
+            not_enforced.append("rollback: audit mode writes to the real trees")
+        if m.rollback and not audit and not overlays:
+            not_enforced.append("rollback: no rollback area was made (no write tree is an existing folder)")
         if m.ipc.dbus and audit:
             not_enforced.append("d-bus proxy: audit mode filters nothing")
         elif m.ipc.dbus:
@@ -83,8 +89,14 @@ class Sandbox:
                 raise SandboxError(f"spec.ipc.dbus names the {', '.join(missing)} bus but no proxy was started "
                                    "for it")
             layers.append("dbus-proxy:" + ",".join(sorted(m.ipc.dbus)))
+        later = None
+        if fd is not None and mounts is not None and mounts.overlays:
+            # Landlock's rules hold inodes: those of the real folders would not cover the overlays mounted
+            # over them, so the ruleset is built again in the child, once they are mounted (isolate)
+            os.close(fd)
+            fd, later = None, plan
         return cls(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, fd, seccomp.build(deny), rl, layers, not_enforced,
-                   abi, mounts, bus_paths(m) if not audit else {}, m.runtime_dir, reports)
+                   abi, mounts, bus_paths(m) if not audit else {}, m.runtime_dir, reports, later)
 
     def environ(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The extension's environment: the bus addresses lead to its proxies (or are removed: the real
@@ -105,6 +117,8 @@ class Sandbox:
         """In the child, first, as root: the instance's own mount namespace."""
         if self.mounts is not None:
             mountns.enter(self.mounts)
+        if self.landlock_later is not None:
+            self.ruleset_fd, _ = landlock.build(self.landlock_later)
 
     def drop(self) -> None:
         """In the child, before it joins its cgroup: rlimits, no_new_privs and the user. Done outside

@@ -15,6 +15,9 @@ read-only).
   out of reach. Sockets bound later, and those in the extension's own write trees, are not covered.
 - ``/tmp`` and ``/var/tmp`` are private (empty tmpfs, as systemd's PrivateTmp=) unless a grant names
   the folder itself or ``/``; granted paths under them are carried in.
+- With ``spec.filesystem.rollback``, each write tree outside the masks is an overlay whose lower layer is
+  the real folder and whose upper layer is the instance's rollback area (rollback.py): the real tree is
+  not written while the instance runs.
 
 plan() is pure (manifest -> what to mount); enter() runs in the child, as root, between fork and the
 privilege drop. Mount, umount, pivot_root and setns stay killed by the seccomp filter afterwards, so the
@@ -42,6 +45,7 @@ MOUNT_ATTR_RDONLY = 0x1
 AT_FDCWD = -100
 
 SOCKET_FOLDERS = ("/tmp/.X11-unix", "/tmp/.ICE-unix", "/run/dbus")
+ROLLBACK_OPTIONS = "redirect_dir=off,index=off,metacopy=off,xino=off"  # the upper layer as rollback.py reads it
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -80,6 +84,7 @@ class MountPlan:
     readonly: bool = False
     skipped: list[str] = field(default_factory=list)
     sockets: list[str] = field(default_factory=list)  # bound unix sockets covered by /dev/null
+    overlays: list[tuple[str, str, str]] = field(default_factory=list)  # (write tree, upper, work): rollback
 
     def summary(self) -> dict[str, object]:
         """What records and decisions need: is it read-only, and where can it still write."""
@@ -87,7 +92,8 @@ class MountPlan:
         return {"readonly": self.readonly, "writable": sorted(writable),
                 # read-only copies carried into a writable mask (a read grant under a private /tmp)
                 "readonly_within": sorted({c.target for c in self.carry if not c.writable} - writable),
-                "masked": [m.folder for m in self.masks]}
+                "masked": [m.folder for m in self.masks],
+                "rollback": [t for t, _, _ in self.overlays]}
 
     def describe(self) -> list[str]:
         out = ["mountns"]
@@ -96,6 +102,7 @@ class MountPlan:
         out += [f"mountns-mask:{m.folder}" for m in self.masks]
         if self.sockets:
             out.append(f"mountns-sockets:{len(self.sockets)}")
+        out += [f"rollback-overlay:{t}" for t, _, _ in self.overlays]
         return out
 
 
@@ -124,10 +131,12 @@ def bound_sockets(table: str = "/proc/net/unix") -> list[str]:
 
 
 def plan(m: Manifest, mode: str | None, uid: int, gid: int, proxies: dict[str, str] | None = None,
-         exists: object = os.path.lexists, sockets: Iterable[str] | None = None) -> MountPlan:
+         exists: object = os.path.lexists, sockets: Iterable[str] | None = None,
+         overlays: dict[str, tuple[str, str]] | None = None) -> MountPlan:
     """What the namespace of an instance of ``m`` holds. ``proxies`` maps the path where a D-Bus proxy
     must appear (the real bus's) to the proxy's folder: the folder is mounted beside that path and the
-    path is a symlink to its socket, so that a proxy restarted in the same folder is reached again."""
+    path is a symlink to its socket, so that a proxy restarted in the same folder is reached again.
+    ``overlays``: write tree -> (upper, work) of its rollback overlay."""
     check = exists if callable(exists) else os.path.lexists
     proxies = dict(proxies or {})
     p = MountPlan(readonly=m.response.get("file") != "alert" and "/" not in m.write)
@@ -168,6 +177,13 @@ def plan(m: Manifest, mode: str | None, uid: int, gid: int, proxies: dict[str, s
         p.links.append((target, f"{os.path.basename(beside)}/bus"))
     if p.readonly:
         p.writable += [c.target for c in p.carry if c.writable]
+    for target, (upper, work) in (overlays or {}).items():
+        if masked_by(target):
+            p.skipped.append(f"{target} (rollback: inside a private folder, which is thrown away anyway)")
+            continue
+        p.overlays.append((target, upper, work))
+        if p.readonly and target not in p.writable:
+            p.writable.append(target)
     granted = {u.rstrip("/") for u in m.ipc.unix}
     for sock in bound_sockets() if sockets is None else sockets:
         if sock not in granted and not any(_under(sock, w.rstrip("/") or "/") for w in m.write):
@@ -219,9 +235,13 @@ def enter(p: MountPlan) -> None:
                                ctypes.c_uint(OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC)))
         _check(fd, f"open_tree {c.source}")
         trees.append((fd, c, os.path.isdir(c.source)))
+    overlaid = {t for t, _, _ in p.overlays}
     for w in p.writable:
-        if not any(c.target == w for c in p.carry):
+        if not any(c.target == w for c in p.carry) and w not in overlaid:
             _mount(w, w, None, MS_BIND | MS_REC)  # MS_BIND: its own mount, so that it can stay writable
+    for target, upper, work in p.overlays:  # the real folder below, the rollback area above
+        _mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV,
+               f"lowerdir={target},upperdir={upper},workdir={work},{ROLLBACK_OPTIONS}")
     for mk in p.masks:
         _mount("tmpfs", mk.folder, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mk.mode:o},uid={mk.uid},gid={mk.gid}")
     for fd, c, is_dir in trees:

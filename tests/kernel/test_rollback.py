@@ -1,0 +1,167 @@
+"""Rollback overlays (spec.filesystem.rollback): an extension writes, renames and deletes in its write tree.
+Killed by the ladder, the real tree is byte for byte as before and the record lists what was discarded; after a
+clean exit, the tree holds exactly its changes; a file the user changed meanwhile keeps the user's version, and
+the extension's is kept aside. Judged by the real tree's bytes, not by what the agent says."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ebpfguard.engine import Engine
+from ebpfguard.manifest.load import parse
+from ebpfguard.simulate import execute
+
+from .conftest import World
+from .test_containment import NOBODY
+
+pytestmark = pytest.mark.kernel
+
+SCRIPT = ("cd {w} && echo new > new.txt && echo changed > a.txt && mv b.txt b2.txt && rm c.txt && mkdir d && "
+          "echo x > d/f && rm -r old && ln -s a.txt link")
+
+
+@pytest.fixture
+def tree(world: World, engine: Engine) -> Iterator[Path]:
+    """A write tree owned by the extension's user, and a rollback area on a filesystem that can hold an
+    overlay's upper layer (tmpfs under /run: the VM guest's root is itself an overlay)."""
+    w = world.base / f"docs-{os.urandom(3).hex()}"
+    w.mkdir()
+    (w / "a.txt").write_text("original a\n")
+    (w / "b.txt").write_text("original b\n")
+    (w / "c.txt").write_text("original c\n")
+    (w / "old").mkdir()
+    (w / "old" / "keep.txt").write_text("in old\n")
+    for p in [w, *w.rglob("*")]:
+        os.chown(p, NOBODY, NOBODY)
+    area = Path(tempfile.mkdtemp(prefix="ebpfguard-rb-", dir="/run"))
+    old_root, engine.rollback_root = engine.rollback_root, area / "rollback"
+    yield w
+    engine.rollback_root = old_root
+    shutil.rmtree(area, ignore_errors=True)
+    shutil.rmtree(w, ignore_errors=True)
+    shutil.rmtree(engine.state.rollback_kept, ignore_errors=True)
+
+
+def snapshot(w: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in sorted(w.rglob("*")):
+        st = p.lstat()
+        rel = str(p.relative_to(w))
+        if p.is_symlink():
+            out[rel] = ("link", os.readlink(p))
+        elif p.is_dir():
+            out[rel] = ("dir", st.st_mode)
+        else:
+            out[rel] = ("file", p.read_bytes(), st.st_mode, st.st_mtime_ns, st.st_uid)
+    return out
+
+
+def manifest(world: World, w: Path, kill_after: int | None = None) -> str:
+    esc = f", escalation: {{window: 60s, kill_after: {kill_after}}}" if kill_after else ""
+    return f"""
+apiVersion: ebpfguard.io/v1
+kind: Extension
+metadata: {{name: egtest, version: "1"}}
+spec:
+  mode: enforce
+  filesystem:
+    read: ["/usr/", "/lib/", "/lib64/", "/etc/", "{world.allowed}/"]
+    write: ["{w}/"]
+    exec: ["/usr/bin/"]
+    rollback: true
+  response: {{file: block, exec: block, network: block, syscall: block, privilege: block{esc}}}
+"""
+
+
+def run(engine: Engine, world: World, w: Path, script: str, kill_after: int | None = None,
+        on_instance: Any = None) -> tuple[int, list[dict[str, Any]], str]:
+    m = parse(manifest(world, w, kill_after).encode(), "egtest.yaml", home=str(world.base))
+    argv = ["/bin/sh", "-c", script]
+
+    def hook(inst: Any) -> list[str]:
+        assert inst.rollback is not None and [t.target for t in inst.rollback.trees] == [str(w)]
+        if on_instance is not None:
+            on_instance(inst)
+        return argv
+
+    status, _, records, state = execute(engine, m, argv, sandbox=True, on_instance=hook)
+    return status, records, state
+
+
+def rollback_record(records: list[dict[str, Any]]) -> dict[str, Any]:
+    (rec,) = [r for r in records if r["kind"] == "rollback"]
+    return rec
+
+
+def test_killed_by_the_ladder_the_real_tree_is_as_before(engine: Engine, world: World, tree: Path) -> None:
+    before = snapshot(tree)
+    status, records, state = run(engine, world, tree, SCRIPT.format(w=tree) + f" && cat {world.secret}/s.txt; "
+                                 "sleep 10", kill_after=1)
+    assert state == "killed" or status == 128 + 9, (status, state, records)
+    assert snapshot(tree) == before  # byte for byte, modes and times: nothing reached the real tree
+    rec = rollback_record(records)
+    d = rec["detail"]
+    assert d["event"] == "discarded" and d["trees"] == [str(tree)]
+    got = {(c["op"], c["path"].removeprefix(f"{tree}/")) for c in d["changes"]}
+    assert got == {("write", "new.txt"), ("write", "a.txt"), ("write", "b2.txt"), ("delete", "b.txt"),
+                   ("delete", "c.txt"), ("mkdir", "d"), ("write", "d/f"), ("delete", "old"), ("symlink", "link")}, got
+    assert not (engine.rollback_root / rec["instance"]).exists()  # nothing left in the area
+    killed = [r for r in records if r["kind"] == "file" and r["detail"]["path"] == f"{world.secret}/s.txt"]
+    assert killed and records.index(killed[0]) < records.index(rec)
+
+
+def test_a_clean_exit_commits_exactly_its_changes(engine: Engine, world: World, tree: Path) -> None:
+    status, records, _ = run(engine, world, tree, SCRIPT.format(w=tree))
+    assert status == 0, records
+    after = snapshot(tree)
+    assert sorted(after) == ["a.txt", "b2.txt", "d", "d/f", "link", "new.txt"], sorted(after)
+    assert (tree / "new.txt").read_text() == "new\n" and (tree / "a.txt").read_text() == "changed\n"
+    assert (tree / "b2.txt").read_text() == "original b\n" and (tree / "d" / "f").read_text() == "x\n"
+    assert os.readlink(tree / "link") == "a.txt"
+    assert (tree / "new.txt").stat().st_uid == NOBODY  # the extension's user owns what it made
+    d = rollback_record(records)["detail"]
+    assert d["event"] == "committed" and d["conflicts"] == [] and d["errors"] == []
+    import hashlib  # noqa: PLC0415
+
+    new = [c for c in d["changes"] if c["path"] == f"{tree}/new.txt"]
+    assert new == [{"op": "write", "path": f"{tree}/new.txt", "sha256": hashlib.sha256(b"new\n").hexdigest(),
+                    "size": 4}]
+
+
+def test_a_file_the_user_changed_meanwhile_keeps_the_users_version(engine: Engine, world: World,
+                                                                    tree: Path) -> None:
+    done = threading.Event()
+
+    def user_edits(inst: Any) -> None:
+        upper = Path(inst.rollback.trees[0].upper)
+
+        def edit() -> None:  # as soon as the extension has written its a.txt (in its upper layer)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                if (upper / "a.txt").exists() and (upper / "a.txt").read_bytes() == b"ext\n":
+                    (tree / "a.txt").write_text("user edit\n")
+                    break
+                time.sleep(0.01)
+            done.set()
+
+        threading.Thread(target=edit, daemon=True).start()
+
+    status, records, _ = run(engine, world, tree, f"cd {tree} && echo ext > a.txt && echo more > n.txt && sleep 2",
+                             on_instance=user_edits)
+    assert done.wait(5) and status == 0, records
+    assert (tree / "a.txt").read_text() == "user edit\n"  # the user's change was not lost
+    assert (tree / "n.txt").read_text() == "more\n"  # the rest was committed
+    d = rollback_record(records)["detail"]
+    (conflict,) = d["conflicts"]
+    assert conflict["path"] == f"{tree}/a.txt" and conflict["kept"] == "user"
+    assert Path(conflict["extension_version"]).read_text() == "ext\n"
+    assert [c["path"] for c in d["changes"]] == [f"{tree}/n.txt"]
