@@ -241,6 +241,10 @@ class Agent:
             log.info("re-adopted running instance %s (%s, pids %s)", inst.id, inst.manifest.name, inst.cgroup.pids())
         for name in self.engine.cgroups.sweep(set(self.engine.instances)):
             log.info("removed stale empty cgroup %s", name)
+        for layer in self.engine.pending_rollbacks():
+            log.warning("rollback: instance %s of %s left %d uncommitted change(s) in %s: "
+                        "`ebpfguard rollback show|commit|discard %s`", layer.instance, layer.meta.get("extension"),
+                        len(layer.changes()), ", ".join(t.target for t in layer.trees), layer.instance)
         path.unlink(missing_ok=True)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -485,7 +489,7 @@ class Agent:
         handler = getattr(self, "_op_" + req["op"], None)
         if handler is None:
             return {"ok": False, "error": f"unknown op {req['op']!r} (ping, status, prepare, started, exited, "
-                                         "freeze, thaw, kill, quarantine, attach, flag, promote, activity)"}
+                                         "freeze, thaw, kill, quarantine, attach, flag, promote, activity, rollback)"}
         try:
             return {"ok": True, **handler(conn, req)}
         except (KeyError, TypeError, ValueError) as err:
@@ -594,6 +598,37 @@ class Agent:
         if not found:
             raise EbpfguardError(f"no running instance or extension named {name!r}")
         return found
+
+    def _op_rollback(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
+        """list; show, commit or discard ID: a running (frozen) instance's overlays, or those an instance left
+        when the agent or the host went down. A running instance is killed first, then its changes go as asked."""
+        action = req.get("action")
+        if action not in ("list", "show", "commit", "discard"):
+            raise ValueError(f"action {action!r} is not list, show, commit or discard")
+        live = {i.id: i for i in self.engine.instances.values() if i.rollback is not None}
+        if action == "list":
+            return {"running": [{**i.rollback.show(), "state": i.state} for i in live.values()],
+                    "pending": [layer.show() for layer in self.engine.pending_rollbacks()]}
+        ident = req.get("id")
+        if not isinstance(ident, str) or not ident:
+            raise ValueError("id must name an instance")
+        by = str(req.get("by") or "root")
+        if ident in live:
+            inst = live[ident]
+            if action == "show":
+                return {**inst.rollback.show(), "state": inst.state}
+            inst.rollback_choice = action
+            self.engine.recorder.lifecycle(inst, f"rollback-{action}", by=by, actions=["cgroup.kill"])
+            self.engine.kill(inst)  # its stop (when its launcher is done) commits or discards, as asked
+            return {"instance": ident, "stopped": True, "event": "committed" if action == "commit" else "discarded"}
+        layer = next((x for x in self.engine.pending_rollbacks() if x.instance == ident), None)
+        if layer is None:
+            raise EbpfguardError(f"no rollback area for an instance {ident!r} (ebpfguard rollback list)")
+        if action == "show":
+            return layer.show()
+        detail = self.engine.finish_rollback(layer, action, by=by)
+        return {"instance": ident, "stopped": False, **{k: detail[k] for k in ("event", "count", "counts")},
+                "conflicts": detail.get("conflicts") or []}
 
     def _op_promote(self, conn: Conn, req: dict[str, Any]) -> dict[str, Any]:
         name = req["extension"]

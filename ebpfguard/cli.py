@@ -1106,18 +1106,12 @@ def flag_cmd(state_dir: str, reason: str, clear: bool, name: str) -> None:
       sudo ebpfguard flag md-preview --reason "CVE-2026-1234 in its renderer"
       sudo ebpfguard flag md-preview --clear
     """
-    import pwd
-
     from .control import Client, agent_running
 
     if not clear and not reason:
         fail("give --reason (or --clear)", 2)
     _require_root()
-    uid = int(os.environ.get("SUDO_UID", os.getuid()))
-    try:
-        by = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        by = str(uid)
+    by = _operator_name()
     try:
         if agent_running(state_dir):
             with Client(state_dir, timeout=10) as c:
@@ -1134,6 +1128,114 @@ def flag_cmd(state_dir: str, reason: str, clear: bool, name: str) -> None:
     except EbpfguardError as err:
         fail(str(err))
     click.echo(f"{name}: {'flag cleared' if clear else 'flagged'} (record {seq})")
+
+
+def _operator_name() -> str:
+    """Who asked: the user behind sudo, else this process's user."""
+    import pwd
+
+    uid = int(os.environ.get("SUDO_UID", os.getuid()))
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _rollback_text(area: dict[str, Any], limit: int = 50) -> list[str]:
+    out = [f"{area.get('instance') or ''} {area.get('extension') or ''}  trees: {', '.join(area.get('trees') or [])}"
+           f"  changes: {area.get('count', 0)}" + (f"  state: {area['state']}" if area.get("state") else "")]
+    for c in (area.get("changes") or [])[:limit]:
+        out.append(f"  {c['op']:<11} {c['path']}" + (f"  sha256 {c['sha256'][:16]} {c['size']} B" if c.get("sha256")
+                                                     else ""))
+    if area.get("count", 0) > min(limit, len(area.get("changes") or [])):
+        out.append(f"  ... {area['count'] - min(limit, len(area.get('changes') or []))} more (--json lists "
+                   f"{area.get('listed')})")
+    return out
+
+
+@main.command(name="rollback")
+@STATE_OPT
+@click.argument("action", type=click.Choice(["list", "show", "commit", "discard"]))
+@click.argument("instance", required=False)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+def rollback_cmd(state_dir: str, action: str, instance: str | None, as_json: bool) -> None:
+    """List, show, commit or discard the changes of an extension whose manifest sets
+    spec.filesystem.rollback: each of its write trees is an overlay, and the real tree is untouched until a
+    clean stop commits it (a kill by the agent discards it).
+
+    \b
+    list     running instances with rollback, and areas left by an instance that was still running when the
+             agent or the host went down
+    show     what INSTANCE changed: new, changed and deleted paths, with the sha256 of each file
+    commit   apply them to the real trees (a running, e.g. frozen, instance is killed first); a path the user
+             changed meanwhile keeps the user's version and the extension's is kept aside
+    discard  throw them away (a running instance is killed first)
+
+    Each commit and discard is a signed record of kind rollback. Works through the agent when one runs.
+
+    \b
+    Examples:
+      sudo ebpfguard rollback list
+      sudo ebpfguard rollback show md-preview-3f2a9c
+      sudo ebpfguard rollback discard md-preview-3f2a9c
+    """
+    from .control import Client, agent_running
+
+    if action != "list" and not instance:
+        fail(f"rollback {action} needs an INSTANCE (see ebpfguard rollback list)", 2)
+    _require_root()
+    try:
+        if agent_running(state_dir):
+            with Client(state_dir, timeout=60) as c:
+                ans = c.request("rollback", action=action, id=instance, by=_operator_name())
+        else:
+            ans = _rollback_offline(state_dir, action, instance)
+    except EbpfguardError as err:
+        fail(str(err))
+        return
+    ans.pop("ok", None)
+    if as_json:
+        click.echo(json.dumps(ans, indent=2))
+        return
+    if action == "list":
+        for kind in ("running", "pending"):
+            areas = ans.get(kind) or []
+            click.echo(f"{kind}: {len(areas)}")
+            for area in areas:
+                click.echo("\n".join(_rollback_text(area, limit=0)))
+    elif action == "show":
+        click.echo("\n".join(_rollback_text(ans)))
+    elif ans.get("stopped"):
+        click.echo(f"{instance}: killed; its changes are {ans['event']} at its stop (a rollback record)")
+    else:
+        click.echo(f"{instance}: {ans['event']} {ans.get('count', 0)} change(s)"
+                   + (f"; {len(ans['conflicts'])} path(s) kept as the user left them" if ans.get("conflicts") else ""))
+
+
+def _rollback_offline(state_dir: str, action: str, instance: str | None) -> dict[str, Any]:
+    """No agent runs: the areas on disk (their instances are gone with the agent that ran them)."""
+    from .forensics import ForensicLog
+    from .record import Recorder
+    from .rollback import finish, pending
+    from .statedir import StateDir
+
+    state = StateDir.of(state_dir)
+    areas = pending(state.rollback, set())
+    if action == "list":
+        return {"running": [], "pending": [a.show() for a in areas]}
+    layer = next((a for a in areas if a.instance == instance), None)
+    if layer is None:
+        raise EbpfguardError(f"no rollback area for an instance {instance!r} in {state.rollback}")
+    if action == "show":
+        return layer.show()
+    from .cgroups import CgroupManager
+
+    if any(cg.name == instance and cg.populated() for cg in CgroupManager().existing()):
+        raise EbpfguardError(f"{instance} still runs (its agent is gone): start the agent, which takes it back, "
+                             "then commit or discard through it")
+    detail = finish(layer, action, Recorder(ForensicLog(state)), state.rollback_kept, by=_operator_name())
+    return {"instance": instance, "stopped": False, "event": detail["event"], "count": detail["count"],
+            "conflicts": detail.get("conflicts") or []}
 
 
 @main.command(name="explain")

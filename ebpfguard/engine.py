@@ -38,7 +38,7 @@ from .manifest.load import Manifest
 from .manifest.syscall_table import SYSCALLS_X86_64
 from .record import Recorder
 from .resolve import resolve
-from .rollback import Layer, pending
+from .rollback import Layer, finish, pending
 from .sandbox import landlock, seccomp_denied
 from .sensor import SensorLike
 from .slots import Slots
@@ -790,26 +790,7 @@ class Engine:
     def finish_rollback(self, layer: Layer, choice: str, inst: Instance | None = None,
                         by: str | None = None) -> dict[str, Any]:
         """commit, discard, or keep (for an operator, after a restart) an instance's rollback overlays; recorded."""
-        if choice == "commit":
-            detail = layer.commit(self.state.rollback_kept)
-        elif choice == "discard":
-            detail = layer.discard()
-        else:
-            detail = {"event": "kept", "why": "the instance was still running when the agent stopped: "
-                      "`ebpfguard rollback list` offers it for commit or discard", **layer.show()}
-            detail.pop("instance", None)
-        detail = {**detail, "trees": [t.target for t in layer.trees]}
-        if by:
-            detail["by"] = by
-        body: dict[str, Any] = {"kind": "rollback", "pid": inst.leader_pid if inst else None,
-                "tgid": inst.leader_pid if inst else None, "verdict": None, "actions": [], "detail": detail}
-        if inst is None:  # an instance gone with an earlier agent: named from its rollback area
-            body["instance"], body["extension"] = layer.instance, layer.meta.get("extension")
-        self.recorder.write(inst, body)
-        log.log(logging.WARNING if choice == "discard" or detail.get("conflicts") else logging.INFO,
-                "rollback %s: %s, %d change(s)%s", layer.instance, detail["event"], detail.get("count", 0),
-                f", {len(detail['conflicts'])} kept as the user left them" if detail.get("conflicts") else "")
-        return detail
+        return finish(layer, choice, self.recorder, self.state.rollback_kept, inst, by)
 
     def pending_rollbacks(self) -> list[Layer]:
         """Rollback areas on disk with no running instance here: left by an agent or host that went down."""

@@ -24,14 +24,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import EbpfguardError
+
+if TYPE_CHECKING:
+    from .instances import Instance
+    from .record import Recorder
+
+log = logging.getLogger("ebpfguard")
 
 OPAQUE = "trusted.overlay.opaque"
 LIST_MAX = 2000  # changes named one by one in a record; the rest are counted (and digested)
@@ -314,3 +321,32 @@ def pending(root: Path, live: set[str]) -> list[Layer]:
         except RollbackError:
             continue
     return out
+
+
+def finish(layer: Layer, choice: str, recorder: Recorder, kept: Path, inst: Instance | None = None,
+           by: str | None = None) -> dict[str, Any]:
+    """commit, discard, or keep (``keep``: the instance was still running when the agent stopped) a rollback
+    area, and write its record (kind ``rollback``). Returns the record's detail."""
+    if choice == "commit":
+        detail = layer.commit(kept)
+    elif choice == "discard":
+        detail = layer.discard()
+    else:
+        detail = {**layer.show(), "event": "kept",
+                  "why": "the instance was still running when the agent stopped: `ebpfguard rollback list` offers "
+                         "it for commit or discard"}
+        detail.pop("instance", None)
+    detail = {**detail, "trees": [t.target for t in layer.trees]}
+    if by:
+        detail["by"] = by
+    pid = inst.leader_pid if inst else None
+    body: dict[str, Any] = {"kind": "rollback", "pid": pid, "tgid": pid, "verdict": None, "actions": [],
+                            "detail": detail}
+    if inst is None:  # an instance gone with an earlier agent: named from its rollback area
+        body["instance"], body["extension"] = layer.instance, layer.meta.get("extension")
+    recorder.write(inst, body)
+    conflicts = detail.get("conflicts") or []
+    log.log(logging.WARNING if choice == "discard" or conflicts else logging.INFO,
+            "rollback %s: %s, %d change(s)%s", layer.instance, detail["event"], detail.get("count", 0),
+            f", {len(conflicts)} kept as the user left them" if conflicts else "")
+    return detail

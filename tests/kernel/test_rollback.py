@@ -165,3 +165,40 @@ def test_a_file_the_user_changed_meanwhile_keeps_the_users_version(engine: Engin
     assert conflict["path"] == f"{tree}/a.txt" and conflict["kept"] == "user"
     assert Path(conflict["extension_version"]).read_text() == "ext\n"
     assert [c["path"] for c in d["changes"]] == [f"{tree}/n.txt"]
+
+
+def test_an_instance_running_when_the_agent_stops_leaves_its_changes_for_an_operator(engine: Engine, world: World,
+                                                                                   tree: Path) -> None:
+    from ebpfguard.sandbox import Sandbox, landlock_confines
+    from ebpfguard.simulate import spawn
+
+    m = parse(manifest(world, tree).encode(), "egtest.yaml", home=str(world.base))
+    records: list[dict[str, Any]] = []
+    engine.subscribers.append(records.append)
+    try:
+        inst = engine.prepare(m, landlocked=landlock_confines(m))
+        sb = Sandbox.prepare(m, proxies=inst.proxy_folders(), overlays=inst.rollback.overlays())
+        argv = ["/bin/sh", "-c", f"echo draft > {tree}/draft.txt && rm {tree}/c.txt && sleep 30"]
+        try:
+            proc = spawn(argv, inst.cgroup.procs_files(), sandbox=sb)
+        finally:
+            sb.close()
+        engine.started(inst, proc.pid, argv, sb.describe())
+        upper = Path(inst.rollback.trees[0].upper)
+        deadline = time.monotonic() + 15
+        while not (upper / "c.txt").exists() and time.monotonic() < deadline:  # its whiteout: both are done
+            engine.poll(10)
+        engine.release(inst, kill=True)  # the agent stops while the instance runs
+        proc.wait(timeout=10)
+        kept = rollback_record(records)["detail"]
+        assert kept["event"] == "kept" and kept["count"] == 2, kept
+        assert not (tree / "draft.txt").exists() and (tree / "c.txt").exists()  # nothing applied yet
+        (layer,) = [x for x in engine.pending_rollbacks() if x.instance == inst.id]  # offered after a restart
+        assert {(c["op"], c["path"]) for c in layer.show()["changes"]} == {("write", f"{tree}/draft.txt"),
+                                                                           ("delete", f"{tree}/c.txt")}
+        detail = engine.finish_rollback(layer, "commit", by="test")
+        assert detail["event"] == "committed" and detail["by"] == "test"
+        assert (tree / "draft.txt").read_text() == "draft\n" and not (tree / "c.txt").exists()
+        assert not [x for x in engine.pending_rollbacks() if x.instance == inst.id]
+    finally:
+        engine.subscribers.remove(records.append)
