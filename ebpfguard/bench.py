@@ -86,7 +86,8 @@ def _source_tree(tmp: Path) -> tuple[Path, Path]:
     return src, tarball
 
 
-def _argv(workload: str, n: int, binary: Path, tmp: Path) -> list[str]:
+def _argv(workload: str, n: int, binary: Path, tmp: Path, keep: bool = False) -> list[str]:
+    """``keep``: untar+sha256 leaves its tree (for a rollback commit to apply) instead of removing it."""
     if workload == "open/close":
         return [str(binary), "open", str(n), str(tmp / "file.txt")]
     if workload == "stat walk":
@@ -99,7 +100,7 @@ def _argv(workload: str, n: int, binary: Path, tmp: Path) -> list[str]:
         return [str(binary), "forkexec", str(n), str(binary)]
     job = tmp / "work" / "job"
     cmd = (f"PATH=/usr/bin:/bin; cd {tmp} && mkdir -p {job} && tar xzf {tmp}/src.tar.gz -C {job} && "
-           f"find {job} -type f -exec sha256sum {{}} + >/dev/null && rm -rf {job}")
+           f"find {job} -type f -exec sha256sum {{}} + >/dev/null" + ("" if keep else f" && rm -rf {job}"))
     return [str(binary), "sh", str(n), cmd]
 
 
@@ -207,6 +208,7 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
         eng = Engine(str(tmp / "state"))
         conds = ["base_outside", "base_inside", "layers", "idle", "outside", "inside", *[p.name for p in monitors]]
         times: dict[str, dict[str, list[int]]] = {w: {c: [] for c in conds} for w in WORKLOADS}
+        rollback: dict[str, list[int]] = {"overlay": [], "commit": [], "inside": []}  # untar+sha256, ns
         agent_cpu = 0.0
         peer_usage: dict[str, PeerUsage] = {}
         agent_wall = 0.0
@@ -267,6 +269,10 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
                 each("outside", None)
                 each("inside", procs, sb)
                 eng.poll(0)
+                rollback["inside"].append(times["untar+sha256"]["inside"][-1])
+                overlay_ns, commit_ns = _rollback_run(eng, m, tmp, binary, procs, scale, r)
+                rollback["overlay"].append(overlay_ns)
+                rollback["commit"].append(commit_ns)
                 agent_cpu += _self_usage()[0] - cpu0
                 agent_wall += time.monotonic() - t0
                 echo(f"round {r + 1}/{rounds} done ({time.monotonic() - started:.0f} s)")
@@ -291,6 +297,7 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
                                                     if r.get("kind") not in ("lifecycle", "checkpoint")][:5],
                               "monitors": [p.name for p in monitors],
                               "unavailable": unavailable, "latency": latency, "flood": flood,
+                              "rollback": _rollback_summary(rollback),
                               "agent": {"cpu_while_measured": agent_cpu / agent_wall if agent_wall else 0.0,
                                         "peak_rss_bytes": rss},
                               "peers": {name: u.summary() for name, u in peer_usage.items()},
@@ -312,6 +319,42 @@ def run_bench(rounds: int = 7, scale: float = 1.0, echo: Callable[[str], None] =
             row[cond] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
         result["workloads"][w] = row
     return result
+
+
+def _rollback_run(eng: Any, m: Any, tmp: Path, binary: Path, procs: list[str], scale: float,
+                  r: int) -> tuple[int, int]:
+    """untar+sha256 inside with the write tree as a rollback overlay (a fresh upper layer), then the commit of
+    what it left to the real tree: (the workload's ns, the commit's ns). The workload without rollback removes
+    its tree at its end; this one leaves it, so the overlay run does a little less and the commit does real work."""
+    from .clock import now_ns  # noqa: PLC0415
+    from .rollback import Layer  # noqa: PLC0415
+
+    layer = Layer.create(tmp / "rollback" / f"r{r}", f"bench-rb-{r}", "bench", [str(tmp / "work")], now_ns())
+    sb = Sandbox.prepare(m, overlays=layer.overlays())
+    try:
+        ns = _run(_argv("untar+sha256", max(1, int(WORKLOADS["untar+sha256"] * scale)), binary, tmp, keep=True),
+                  procs, eng, sb)
+    finally:
+        sb.close()
+    t0 = time.perf_counter_ns()
+    detail = layer.commit(tmp / "rollback-kept")  # ~1000 new files into the real tree
+    shutil.rmtree(tmp / "work" / "job", ignore_errors=True)
+    if detail["errors"] or detail["conflicts"]:
+        raise EbpfguardError(f"rollback commit in the bench: {detail['errors'][:3] or detail['conflicts'][:3]}")
+    return ns, time.perf_counter_ns() - t0
+
+
+def _rollback_summary(t: dict[str, list[int]]) -> dict[str, Any]:
+    """Ratios to the same round's untar+sha256 inside without rollback: the overlay alone, and with the commit."""
+    if not t["inside"]:
+        return {}
+    out: dict[str, Any] = {}
+    for name, ratios in (("overlay", [o / i for o, i in zip(t["overlay"], t["inside"], strict=True)]),
+                         ("with_commit", [(o + c) / i for o, c, i in zip(t["overlay"], t["commit"], t["inside"],
+                                                                       strict=True)])):
+        out[name] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    out["commit_ms"] = statistics.median(t["commit"]) / 1e6
+    return out
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -493,6 +536,12 @@ def format_table(res: dict[str, Any]) -> str:
         lines.append("ebpfguard overhead / auditd overhead (outside; target <= 0.10): " + ", ".join(parts))
     for name, why in res["unavailable"].items():
         lines.append(f"{name}: not measured: {why}")
+    rb = res.get("rollback")
+    if rb:
+        ov, wc = rb["overlay"], rb["with_commit"]
+        lines.append(f"untar+sha256 inside with rollback, over without: overlay {ov['median']:.3f} "
+                     f"[{ov['min']:.2f}-{ov['max']:.2f}], with the commit at its stop {wc['median']:.3f} "
+                     f"[{wc['min']:.2f}-{wc['max']:.2f}] (commit median {rb['commit_ms']:.0f} ms)")
     ag = res["agent"]
     pe = res.get("per_exec")
     if pe and pe["execs"]:

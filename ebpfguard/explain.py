@@ -57,6 +57,19 @@ def explain(state_dir: str, seq: int) -> dict[str, Any]:
                       "audit-mode run) and replace the baseline file; if not, look at what else the instance did "
                       "(trace --activity)")
         return out
+    if kind == "rollback":
+        event = d.get("event")
+        why = {"committed": "the instance stopped by itself: its changes were applied to the real trees",
+               "discarded": "the agent killed the instance (or an operator said discard): its changes were thrown "
+                            "away and the real trees are as they were",
+               "kept": "the instance was still running when the agent stopped: its changes wait for an operator"}
+        out["why"] = (f"not a violation: spec.filesystem.rollback; {why.get(str(event), event)}; "
+                      f"{d.get('count', 0)} change(s) in {', '.join(d.get('trees') or [])}"
+                      + (f"; {len(d['conflicts'])} path(s) kept as the user changed them, the extension's version "
+                         "under STATE/rollback-kept/" if d.get("conflicts") else ""))
+        if event == "kept":
+            out["fix"] = f"ebpfguard rollback show {rec.get('instance')}, then commit or discard"
+        return out
     if kind == "correlation":
         out["why"] = (f"correlation rule {d.get('rule')}: {d.get('description')}; its steps are records "
                       f"{', '.join(str(x) for x in d.get('seqs') or [])} (explain each), within "

@@ -22,6 +22,8 @@ module reads as root; a renamed folder is copied then deleted (EXDEV to the rena
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -194,21 +196,44 @@ class Layer:
 
     # ---- commit and discard ---------------------------------------------------------------------
     def commit(self, kept: Path) -> dict[str, Any]:
-        """Apply the upper layers to the real trees, each change atomically; the user's newer changes win
-        (the extension's version goes to ``kept``). Returns what a record says."""
+        """Apply the upper layers to the real trees; the user's newer changes win (the extension's version goes
+        to ``kept``). Each file is written beside its target, all of them are made durable at once (syncfs),
+        then each is renamed over its target (atomic: a reader sees the old file or the new one), and each
+        folder touched is fsynced. Returns what a record says."""
         done: list[Change] = []
         conflicts: list[dict[str, Any]] = []
         errors: list[str] = []
+        renames: list[tuple[str, Change]] = []
         for ch in self.changes():
             if self._user_changed(ch.path):
                 conflicts.append(self._keep_aside(ch, kept))
                 continue
             try:
-                self._apply(ch)
-                done.append(ch)
+                tmp = self._apply(ch)
             except OSError as err:
                 errors.append(f"{ch.op} {ch.path}: {err.strerror or err}")
+                continue
+            if tmp is None:
+                done.append(ch)
+            else:
+                renames.append((tmp, ch))
+        for t in self.trees:
+            _syncfs(t.target)
+        folders: set[str] = set()
+        for tmp, ch in renames:
+            try:
+                _replace(tmp, ch.path)
+                done.append(ch)
+                folders.add(os.path.dirname(ch.path) or "/")
+            except OSError as err:
+                errors.append(f"{ch.op} {ch.path}: {err.strerror or err}")
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        for folder in sorted(folders):
+            _fsync_dir(folder)
         self._remove()
+        order = {id(c): i for i, c in enumerate(done)}
+        done.sort(key=lambda c: (c.path, order[id(c)]))
         return {"event": "committed", **_listing(done), "conflicts": conflicts, "errors": errors,
                 "rule": "a path the user changed while the instance ran keeps the user's version"}
 
@@ -236,7 +261,9 @@ class Layer:
             out["extension_version"] = str(dest)
         return out
 
-    def _apply(self, ch: Change) -> None:
+    def _apply(self, ch: Change) -> str | None:
+        """Folders and deletions at once; a file or symlink is written beside its target, and its temporary
+        name returned for the rename that follows."""
         if ch.op == "delete":
             _remove_path(ch.path)
         elif ch.op in ("mkdir", "replace-dir"):
@@ -251,18 +278,17 @@ class Layer:
             os.symlink(os.readlink(ch.upper), tmp)
             st = os.lstat(ch.upper)
             os.chown(tmp, st.st_uid, st.st_gid, follow_symlinks=False)
-            _replace(tmp, ch.path)
+            return tmp
         elif ch.op == "write":
             tmp = _tmp_beside(ch.path)
             st = os.lstat(ch.upper)
             with open(ch.upper, "rb") as src, open(tmp, "xb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
                 os.fchown(dst.fileno(), st.st_uid, st.st_gid)
                 os.fchmod(dst.fileno(), stat.S_IMODE(st.st_mode))
-                os.fsync(dst.fileno())
             os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-            _replace(tmp, ch.path)
+            return tmp
+        return None
 
     def _remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -288,15 +314,36 @@ def _tmp_beside(path: str) -> str:
 
 
 def _replace(tmp: str, path: str) -> None:
-    """rename(2) over ``path`` (a folder in the way is removed first), then the folder's entry made durable."""
+    """rename(2) over ``path`` (a folder in the way is removed first)."""
     try:
         os.replace(tmp, path)
     except IsADirectoryError:
         shutil.rmtree(path)
         os.replace(tmp, path)
-    fd = os.open(os.path.dirname(path) or "/", os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync_dir(folder: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _syncfs(path: str) -> None:
+    """Every file written beside its target on this filesystem durable, in one call (not one fsync each)."""
     try:
-        os.fsync(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        os.sync()
+        return
+    try:
+        if _libc.syncfs(fd) != 0:
+            os.sync()
     finally:
         os.close(fd)
 
