@@ -1159,19 +1159,19 @@ def _rollback_text(area: dict[str, Any], limit: int = 50) -> list[str]:
 @click.argument("instance", required=False)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
 def rollback_cmd(state_dir: str, action: str, instance: str | None, as_json: bool) -> None:
-    """List, show, commit or discard the changes of an extension whose manifest sets
-    spec.filesystem.rollback: each of its write trees is an overlay, and the real tree is untouched until a
-    clean stop commits it (a kill by the agent discards it).
+    """List, show, commit or discard the changes of an extension whose manifest
+    sets spec.filesystem.rollback: each write tree is an overlay; the real tree
+    is untouched until a clean stop commits (a kill by the agent discards).
 
     \b
-    list     running instances with rollback, and areas left by an instance that was still running when the
-             agent or the host went down
-    show     what INSTANCE changed: new, changed and deleted paths, with the sha256 of each file
-    commit   apply them to the real trees (a running, e.g. frozen, instance is killed first); a path the user
-             changed meanwhile keeps the user's version and the extension's is kept aside
+    list     instances with rollback, and areas an instance left when the
+             agent or the host went down while it ran
+    show     what INSTANCE changed: paths, and the sha256 of each file
+    commit   apply them (a running, e.g. frozen, instance is killed first);
+             a path the user changed meanwhile keeps the user's version
     discard  throw them away (a running instance is killed first)
 
-    Each commit and discard is a signed record of kind rollback. Works through the agent when one runs.
+    Each commit and discard is a signed record of kind rollback.
 
     \b
     Examples:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import logging
 import os
 import time
@@ -31,6 +30,7 @@ from .decide import FREEZE, KILL, QUARANTINE, RESUME, LadderState, Policy, decid
 from .errors import EbpfguardError
 from .events import SYSCALL_NAMES, Event, decode
 from .forensics import ForensicLog
+from .hashing import file_sha256
 from .instances import Instance, InstanceStore, alive, cmdline, parent_pid, process_tree
 from .kernel.abi import Access, EvFlag, LifeOp, Verdict, c
 from .llreport import DomainMap, Repeats, blockers_of, detail_of, errno_of, kind_of, ours
@@ -839,11 +839,7 @@ def unsigned_exec(inst: Instance, path: str) -> dict[str, Any] | None:
     rel = os.path.normpath(path[len(base):])
     want = inst.signed_files.get(rel)
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        got: str | None = h.hexdigest()
+        got: str | None = file_sha256(path)
     except OSError:
         got = None
     if want is not None and got == want:

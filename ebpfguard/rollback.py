@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import EbpfguardError
+from .hashing import file_sha256
 
 if TYPE_CHECKING:
     from .instances import Instance
@@ -71,14 +72,6 @@ class Change:
         if self.sha256 is not None:
             out["sha256"], out["size"] = self.sha256, self.size
         return out
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _opaque(path: str) -> bool:
@@ -192,7 +185,7 @@ class Layer:
             elif stat.S_ISLNK(st.st_mode):
                 out.append(Change("symlink", r, os.readlink(u), upper=u))
             elif stat.S_ISREG(st.st_mode):
-                out.append(Change("write", r, _sha256(u), st.st_size, upper=u))
+                out.append(Change("write", r, file_sha256(u), st.st_size, upper=u))
 
     # ---- commit and discard ---------------------------------------------------------------------
     def commit(self, kept: Path) -> dict[str, Any]:

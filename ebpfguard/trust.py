@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from .errors import EbpfguardError
 from .forensics.chain import canonical
 from .forensics.keys import key_id
+from .hashing import file_sha256
 
 SIG_FORMAT = "ebpfguard-signature/1"
 PUB_FORMAT = "ebpfguard-publisher-key/1"
@@ -198,14 +199,6 @@ def keygen(publisher: str, out: str | os.PathLike[str], endorse_with: str | os.P
 
 # ---- file lists -------------------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def walk(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
     """Every entry under root that is not a directory, in a stable order: (relative path, path, lstat)."""
     for dirpath, dirs, files in os.walk(root, followlinks=False):
@@ -226,7 +219,7 @@ def file_list(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if stat.S_ISLNK(st.st_mode):
             out.append({"path": rel, "symlink": os.readlink(p)})
         elif stat.S_ISREG(st.st_mode):
-            out.append({"path": rel, "size": st.st_size, "sha256": _sha256(p), "exec": bool(st.st_mode & 0o111)})
+            out.append({"path": rel, "size": st.st_size, "sha256": file_sha256(p), "exec": bool(st.st_mode & 0o111)})
         else:
             raise TrustError(f"--files {root}: {rel} is neither a file nor a symlink")
     return out
@@ -264,8 +257,8 @@ def check_files(signed: list[dict[str, Any]], root: str | os.PathLike[str]) -> t
                 problems.append(FileProblem(rel, f"changed (signed as a symlink to {f['symlink']})"))
         elif not stat.S_ISREG(st.st_mode):
             problems.append(FileProblem(rel, "changed (signed as a regular file)"))
-        elif st.st_size != f["size"] or _sha256(p) != f["sha256"]:
-            problems.append(FileProblem(rel, f"changed (sha256 {_sha256(p)[:16]}, signed {f['sha256'][:16]})"))
+        elif st.st_size != f["size"] or file_sha256(p) != f["sha256"]:
+            problems.append(FileProblem(rel, f"changed (sha256 {file_sha256(p)[:16]}, signed {f['sha256'][:16]})"))
         elif bool(st.st_mode & 0o111) and not f.get("exec"):
             problems.append(FileProblem(rel, "changed (made executable after signing)"))
     for rel in sorted(set(want) - seen):

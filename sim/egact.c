@@ -102,6 +102,18 @@ static long marker(const char *path, long rc, int err)
 	return 0;
 }
 
+/* the first bytes of a file, whatever the outcome: the first step of a sequence (the rc is the step after it) */
+static void read_head(const char *path)
+{
+	char buf[64];
+	int fd = open(path, O_RDONLY);
+	if (fd >= 0) {
+		if (read(fd, buf, sizeof(buf)) < 0)
+			buf[0] = 0;
+		close(fd);
+	}
+}
+
 static long tcp_connect(int family, int port)
 {
 	int s = socket(family, SOCK_STREAM, 0);
@@ -230,24 +242,12 @@ int main(int argc, char **argv)
 		}
 	} else if (!strcmp(act, "read-connect") && argc > 5) {
 		/* a credential read, then a connect, then LINGER_MS alive: a correlation and its response */
-		int fd = open(argv[3], O_RDONLY);
-		char buf[64];
-		if (fd >= 0) {
-			if (read(fd, buf, sizeof(buf)) < 0)
-				rc = -2;
-			close(fd);
-		}
+		read_head(argv[3]);
 		rc = tcp_connect(AF_INET, atoi(argv[4]));
 		usleep(atol(argv[5]) * 1000);
 	} else if (!strcmp(act, "read-dbus-call") && argc > 9) {
 		/* a credential read, then a D-Bus call, then LINGER_MS alive: the same over the session bus */
-		int fd = open(argv[3], O_RDONLY);
-		char buf[64];
-		if (fd >= 0) {
-			if (read(fd, buf, sizeof(buf)) < 0)
-				rc = -2;
-			close(fd);
-		}
+		read_head(argv[3]);
 		rc = dbus_call(argv[4], argv[5], argv[6], argv[7], argv[8]);
 		usleep(atol(argv[9]) * 1000);
 	} else if (!strcmp(act, "connect-seq") && argc > 4) {
