@@ -102,6 +102,11 @@ def decide(ev: Event, policy: Policy | None, inst: LadderState | None, res: Reso
         verdict, reason, agent_kill = _pending_verdict(ev.kind, policy)
         if agent_kill:
             todo = [SIGKILL_AGENT]  # a killed process is not resumed
+    if verdict == Verdict.DETECTED.label and landlock_granted(inst, ev, res, policy):
+        # the string was outside the rules, the object it led to is inside (/bin/sh on a merged /usr, a symlink
+        # within the trees) and Landlock, which decides on objects, let it through: no violation
+        return Decision(False, None, todo=tuple(todo),
+                        reason=f"{res.real_path} (reached as {ev.path}) is inside the {ev.access} rules")
     if verdict == Verdict.DETECTED.label and inst is not None and readonly_denied(inst, ev, res):
         verdict, reason = Verdict.DENIED.label, "read-only in the instance's mount namespace"
         taken.append("erofs:mountns")
@@ -157,6 +162,17 @@ def readonly_denied(inst: LadderState, ev: Event, res: Resolution) -> bool:
             if (path == w or path.startswith(w.rstrip("/") + "/")) and len(w) > best:
                 best, writable = len(w), rw
     return not writable
+
+
+def landlock_granted(inst: LadderState | None, ev: Event, res: Resolution, policy: Policy | None) -> bool:
+    """A call the tracepoints left "detected" in a Landlock-confined instance, whose resolved object is inside
+    the manifest's rules for that access and which the instance's ruleset did not refuse: allowed on the object
+    the kernel used. Without Landlock (adopted processes) the string is all the kernel decided on."""
+    if inst is None or not inst.landlock_grants or not res.real_path or policy is None or policy.compiled is None:
+        return False
+    if ev.kind not in ("file", "exec") or ev.syscall in NOT_LANDLOCK:
+        return False
+    return policy.compiled.allows_path(res.real_path, ev.access) and not landlock_denied(inst, ev, res)
 
 
 def landlock_denied(inst: LadderState, ev: Event, res: Resolution) -> bool:

@@ -13,7 +13,9 @@ change lands in an upper layer under STATE/rollback/<instance>/<n>/upper.
 The conflict rule: a change the user (or anyone outside the instance) made to the real tree while the
 instance ran wins. A path whose real file changed after the instance started (its ctime, which no
 unprivileged program can set back, is newer than the start) is left as the user made it; the extension's
-version is kept aside under STATE/rollback-kept/<instance>/ and the record names both.
+version is kept aside under STATE/rollback-kept/<instance>/ and the record names both. A real entry the
+extension changed (overlayfs copied it up and marked it with ``trusted.overlay.origin``) that the user then
+deleted stays deleted, and so does a folder the user removed: what the extension wrote there is kept aside.
 
 Overlay options: redirect_dir, index, metacopy and xino off, so that the upper layer is plain files,
 folders, whiteouts (character devices 0/0) and opaque markers (``trusted.overlay.opaque``), which this
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import hashlib
 import json
 import logging
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ebpfguard")
 
 OPAQUE = "trusted.overlay.opaque"
+ORIGIN = "trusted.overlay.origin"  # set on copy-up: the upper entry began as a real one (absent: made new)
 LIST_MAX = 2000  # changes named one by one in a record; the rest are counted (and digested)
 _TMP = ".ebpfguard-commit-"
 
@@ -66,6 +70,9 @@ class Change:
     sha256: str | None = None
     size: int | None = None
     upper: str = field(default="", repr=False)
+    # the real entry the extension changed (overlayfs copied it up): "there" (it still exists, under this name or
+    # another), "gone" (deleted since), "unknown" (its filesystem gives no file handles); None: the entry is new
+    origin: str | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"op": self.op, "path": self.path}
@@ -79,6 +86,30 @@ def _opaque(path: str) -> bool:
         return os.getxattr(path, OPAQUE, follow_symlinks=False) == b"y"
     except OSError:
         return False
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * 128)]
+
+
+def _origin(upper: str, real_fd: int) -> str | None:
+    """Whether the real entry an upper one was copied up from still exists. overlayfs stores the real inode's
+    file handle in ``trusted.overlay.origin`` (struct ovl_fb: version, magic 0xfb, length, flags, handle type,
+    the filesystem's uuid, then the handle; empty when the filesystem cannot give handles), and
+    open_by_handle_at(2) on the real tree finds that inode, whatever its name now, or fails with ESTALE."""
+    try:
+        fb = os.getxattr(upper, ORIGIN, follow_symlinks=False)
+    except OSError:
+        return None
+    if len(fb) < 21 or fb[1] != 0xFB or fb[2] != len(fb) or len(fb) - 21 > 128:
+        return "unknown"
+    fh = _FileHandle(len(fb) - 21, fb[4])
+    ctypes.memmove(fh.f_handle, fb[21:], len(fb) - 21)
+    fd = _libc.open_by_handle_at(real_fd, ctypes.byref(fh), os.O_PATH)
+    if fd >= 0:
+        os.close(fd)
+        return "there"
+    return "gone" if ctypes.get_errno() in (errno.ESTALE, errno.ENOENT) else "unknown"
 
 
 def _whiteout(st: os.stat_result) -> bool:
@@ -160,10 +191,18 @@ class Layer:
     def changes(self) -> list[Change]:
         out: list[Change] = []
         for t in self.trees:
-            self._walk(t.upper, t.target, out)
+            try:
+                real_fd = os.open(t.target, os.O_RDONLY | os.O_DIRECTORY)  # not O_PATH: open_by_handle_at refuses one
+            except OSError:
+                real_fd = -1
+            try:
+                self._walk(t.upper, t.target, out, real_fd)
+            finally:
+                if real_fd >= 0:
+                    os.close(real_fd)
         return out
 
-    def _walk(self, upper: str, real: str, out: list[Change]) -> None:
+    def _walk(self, upper: str, real: str, out: list[Change], real_fd: int) -> None:
         try:
             names = sorted(os.listdir(upper))
         except OSError:
@@ -180,12 +219,12 @@ class Layer:
                 if _opaque(u):
                     out.append(Change("replace-dir", r, upper=u))
                 elif not os.path.isdir(r) or os.path.islink(r):
-                    out.append(Change("mkdir", r, upper=u))
-                self._walk(u, r, out)
+                    out.append(Change("mkdir", r, upper=u, origin=_origin(u, real_fd)))
+                self._walk(u, r, out, real_fd)
             elif stat.S_ISLNK(st.st_mode):
-                out.append(Change("symlink", r, os.readlink(u), upper=u))
+                out.append(Change("symlink", r, os.readlink(u), upper=u, origin=_origin(u, real_fd)))
             elif stat.S_ISREG(st.st_mode):
-                out.append(Change("write", r, file_sha256(u), st.st_size, upper=u))
+                out.append(Change("write", r, file_sha256(u), st.st_size, upper=u, origin=_origin(u, real_fd)))
 
     # ---- commit and discard ---------------------------------------------------------------------
     def commit(self, kept: Path) -> dict[str, Any]:
@@ -197,9 +236,16 @@ class Layer:
         conflicts: list[dict[str, Any]] = []
         errors: list[str] = []
         renames: list[tuple[str, Change]] = []
+        gone: list[str] = []  # real folders the user removed while the extension changed what they held
         for ch in self.changes():
-            if self._user_changed(ch.path):
-                conflicts.append(self._keep_aside(ch, kept))
+            if any(_under(ch.path, g) for g in gone):
+                conflicts.append(self._keep_aside(ch, kept, "deleted"))
+                continue
+            user = self._user_changed(ch)
+            if user:
+                if user == "deleted" and ch.op == "mkdir":
+                    gone.append(ch.path)
+                conflicts.append(self._keep_aside(ch, kept, user))
                 continue
             try:
                 tmp = self._apply(ch)
@@ -239,14 +285,17 @@ class Layer:
         return {"instance": self.instance, "extension": self.meta.get("extension"), "trees":
                 [t.target for t in self.trees], "started_ns": self.started_ns, **_listing(self.changes())}
 
-    def _user_changed(self, path: str) -> bool:
+    def _user_changed(self, ch: Change) -> str | None:
+        """``changed`` when the real path changed after the instance started, ``deleted`` when the real entry the
+        extension changed (under this name or, renamed, another) has been deleted since; None when the
+        extension's change may go in."""
         try:
-            return os.lstat(path).st_ctime_ns > self.started_ns
+            return "changed" if os.lstat(ch.path).st_ctime_ns > self.started_ns else None
         except FileNotFoundError:
-            return False
+            return "deleted" if ch.origin == "gone" else None
 
-    def _keep_aside(self, ch: Change, kept: Path) -> dict[str, Any]:
-        out: dict[str, Any] = {**ch.as_dict(), "kept": "user"}
+    def _keep_aside(self, ch: Change, kept: Path, user: str) -> dict[str, Any]:
+        out: dict[str, Any] = {**ch.as_dict(), "kept": "user", "user": user}
         if ch.op in ("write", "symlink"):
             dest = kept / self.instance / ch.path.lstrip("/")
             dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -329,6 +329,28 @@ def test_landlock_denials_are_inferred_on_the_real_path(real: str, aux: int, ver
     assert d.verdict == verdict and (d.taken == ("eacces:landlock",)) == (verdict == "denied")
 
 
+@pytest.mark.parametrize(("kind", "access", "path", "real", "verdict"), [
+    (Kind.EXEC, Access.EXEC, "/bin/true", "/usr/bin/true", None),    # merged /usr: the object is on the list
+    (Kind.FILE, Access.READ, "/x/link", "/usr/lib/os-release", None),  # a link to a file inside the rules
+    (Kind.FILE, Access.READ, "/x/link", "/etc/shadow", "denied"),     # a link out of them: Landlock refused it
+    (Kind.EXEC, Access.EXEC, "/bin/sh", "/usr/bin/dash", "detected"),  # Landlock let it run; not on the list
+])
+def test_a_string_outside_the_rules_that_leads_inside_them_is_no_violation(
+        kind: Kind, access: Access, path: str, real: str, verdict: str | None) -> None:
+    from ebpfguard.manifest.compile import compile as compile_manifest
+
+    m = manifest()
+    ev = decode(raw_event(kind, Verdict.DETECTED, cgroup_id=7, path=path, op=int(access)))
+    st = LadderState("enforce", landlock_grants=(("/usr/", landlock.FS["read_file"] | landlock.FS["execute"]),),
+                     landlock_handled=landlock.FS["read_file"] | landlock.FS["execute"])
+    d = decide(ev, Policy(m, "enforce", compile_manifest(m, 0)), st, Resolution(real_path=real), 0.0)
+    assert d.record == (verdict is not None) and d.verdict == verdict, d
+    # without Landlock (an adopted process) the string is what the kernel decided on
+    d = decide(ev, Policy(m, "enforce", compile_manifest(m, 0)), LadderState("enforce"), Resolution(real_path=real),
+               0.0)
+    assert d.record and d.verdict == "detected"
+
+
 @pytest.mark.parametrize("syscall", ["chmod", "fchmodat"])
 def test_a_mode_change_is_never_recorded_as_refused_by_landlock(syscall: str) -> None:
     """Landlock does not govern chmod: the call succeeded, so the record must not say denied."""
