@@ -594,6 +594,12 @@ class Engine:
         self.instances[cgid] = inst
         self.store.save(inst)
         if launch and m.rollback and mode != "audit":
+            if self.sensor.lsm and not landlocked:
+                # the BPF-LSM file hooks stand down only for Landlock-confined instances; they would take
+                # overlayfs's own opens of its upper layer (copy-up) for the extension's and refuse them
+                self.release(inst)
+                raise EbpfguardError(f"{m.name}: spec.filesystem.rollback needs the launcher's Landlock layer "
+                                     "where the BPF-LSM programs decide (this kernel has no Landlock for files)")
             try:
                 inst.rollback = Layer.create(self.rollback_root / inst.id, inst.id, m.name,
                                              [w.rstrip("/") for w in m.write], inst.started_ns)

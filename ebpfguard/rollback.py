@@ -50,6 +50,7 @@ OPAQUE = "trusted.overlay.opaque"
 ORIGIN = "trusted.overlay.origin"  # set on copy-up: the upper entry began as a real one (absent: made new)
 LIST_MAX = 2000  # changes named one by one in a record; the rest are counted (and digested)
 _TMP = ".ebpfguard-commit-"
+MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
 
 
 class RollbackError(EbpfguardError):
@@ -112,6 +113,42 @@ def _origin(upper: str, real_fd: int) -> str | None:
     return "gone" if ctypes.get_errno() in (errno.ESTALE, errno.ENOENT) else "unknown"
 
 
+def _try_overlay(target: str, upper: Path, work: Path, probe: Path) -> None:
+    """Mount the overlay once here, on a probe folder only root can reach, and unmount it: a filesystem that
+    overlayfs refuses (an upper layer on overlayfs, NFS or FUSE, a lower one it cannot stack on) is a precise
+    error before the extension starts, not a failure in its launcher."""
+    from .sandbox.mountns import ROLLBACK_OPTIONS, MountNsError, _mount  # noqa: PLC0415
+
+    probe.mkdir(mode=0o700, exist_ok=True)
+    try:
+        _mount("overlay", str(probe), "overlay", MS_NOSUID | MS_NODEV,
+               f"lowerdir={target},upperdir={upper},workdir={work},{ROLLBACK_OPTIONS}")
+    except MountNsError as err:
+        probe.rmdir()
+        raise RollbackError(f"overlayfs refuses {target} as the lower layer or {upper.parent.parent} as the upper "
+                            f"one ({_fstype(target)} below, {_fstype(str(upper))} above): {err}. The rollback "
+                            "area (STATE/rollback) must be on a filesystem with trusted xattrs and whiteouts "
+                            "(ext4, xfs, btrfs, tmpfs); the kernel's log names the reason") from None
+    if _libc.umount2(str(probe).encode(), MNT_DETACH) != 0:
+        raise RollbackError(f"umount {probe}: {os.strerror(ctypes.get_errno())}")
+    probe.rmdir()
+
+
+def _fstype(path: str) -> str:
+    """The filesystem type of the mount holding ``path`` (the longest mount point above it)."""
+    best, kind = "", "?"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                mnt = left.split()[4].replace("\\040", " ")
+                if _under(path, mnt) and len(mnt) >= len(best):
+                    best, kind = mnt, right.split()[0]
+    except (OSError, IndexError):
+        pass
+    return kind
+
+
 def _whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
@@ -163,6 +200,7 @@ class Layer:
             work.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chown(upper, st.st_uid, st.st_gid)
             os.chmod(upper, stat.S_IMODE(st.st_mode))
+            _try_overlay(target, upper, work, root / str(i) / "probe")
             trees.append({"target": target, "upper": str(upper), "work": str(work)})
         layer = cls(root, {"instance": instance, "extension": extension, "started_ns": started_ns, "trees": trees})
         layer.save()

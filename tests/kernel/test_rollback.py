@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -219,3 +220,24 @@ def test_an_instance_running_when_the_agent_stops_leaves_its_changes_for_an_oper
         assert not [x for x in engine.pending_rollbacks() if x.instance == inst.id]
     finally:
         engine.subscribers.remove(records.append)
+
+
+def test_an_area_overlayfs_refuses_is_a_precise_error_before_the_launch(tree: Path) -> None:
+    """The rollback area on overlayfs (as on a live or container root): refused by a trial mount, naming both
+    filesystems, before any extension runs; and nothing stays mounted."""
+    from ebpfguard.rollback import Layer, RollbackError
+
+    base = Path(tempfile.mkdtemp(prefix="ebpfguard-rb-ovl-", dir="/run"))
+    for d in ("l", "u", "w", "m"):
+        (base / d).mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={base}/l,upperdir={base}/u,workdir={base}/w", str(base / "m")], check=True)
+    try:
+        before = Path("/proc/self/mountinfo").read_text()
+        with pytest.raises(RollbackError, match=r"\((tmpfs|ext4) below, overlay above\).*ext4, xfs, btrfs, tmpfs"):
+            Layer.create(base / "m" / "rollback" / "x", "x", "egtest", [str(tree)], time.time_ns())
+        assert Path("/proc/self/mountinfo").read_text() == before  # the trial mount is gone
+        assert not (base / "m" / "rollback" / "x" / "0" / "probe").exists()
+    finally:
+        subprocess.run(["umount", str(base / "m")], check=True)
+        shutil.rmtree(base)

@@ -527,3 +527,25 @@ def test_gates_only_for_what_the_seccomp_filter_does_not_report(engine: Engine) 
     assert "ptrace" not in gates and "setuid" in gates and "mount" not in gates
     engine.prepare(manifest(), launch=False)  # an adoption: no filter of ours
     assert "ptrace" in sensor(engine).gates
+
+
+def test_rollback_without_landlock_under_bpf_lsm_is_refused_before_anything_runs(engine: Engine,
+                                                                                   tmp_path: Path) -> None:
+    """The BPF-LSM file hooks would take overlayfs's copy-up opens for the extension's: refused, precisely,
+    and the instance's cgroup is gone again."""
+    from ebpfguard.errors import EbpfguardError
+
+    (tmp_path / "docs").mkdir()
+    text = f"""apiVersion: ebpfguard.io/v1
+kind: Extension
+metadata: {{name: t, version: "1"}}
+spec:
+  filesystem: {{read: [/usr/], write: ["{tmp_path}/docs/"], rollback: true}}
+"""
+    m = parse(text.encode(), "t.yaml", home="/nonexistent")
+    sensor(engine).lsm = True
+    with pytest.raises(EbpfguardError, match="rollback needs the launcher's Landlock layer"):
+        engine.prepare(m, landlocked=False)
+    assert not engine.instances
+    inst = engine.prepare(m, launch=False)  # adopted processes get no overlay at all
+    assert inst.rollback is None
