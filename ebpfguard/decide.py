@@ -166,12 +166,15 @@ def readonly_denied(inst: LadderState, ev: Event, res: Resolution) -> bool:
 
 def landlock_granted(inst: LadderState | None, ev: Event, res: Resolution, policy: Policy | None) -> bool:
     """A call the tracepoints left "detected" in a Landlock-confined instance, whose resolved object is inside
-    the manifest's rules for that access and which the instance's ruleset did not refuse: allowed on the object
-    the kernel used. Without Landlock (adopted processes) the string is all the kernel decided on."""
+    the manifest's rules for that access, while the string it was reached by is not, and which the instance's
+    ruleset did not refuse: allowed on the object the kernel used. Without Landlock (adopted processes) the
+    string is all the kernel decided on."""
     if inst is None or not inst.landlock_grants or not res.real_path or policy is None or policy.compiled is None:
         return False
     if ev.kind not in ("file", "exec") or ev.syscall in NOT_LANDLOCK:
         return False
+    if policy.compiled.allows_path(res.path or ev.path, ev.access):
+        return False  # the string was inside the rules: a violation for another reason (an unsigned file)
     return policy.compiled.allows_path(res.real_path, ev.access) and not landlock_denied(inst, ev, res)
 
 

@@ -334,6 +334,7 @@ def test_landlock_denials_are_inferred_on_the_real_path(real: str, aux: int, ver
     (Kind.FILE, Access.READ, "/x/link", "/usr/lib/os-release", None),  # a link to a file inside the rules
     (Kind.FILE, Access.READ, "/x/link", "/etc/shadow", "denied"),     # a link out of them: Landlock refused it
     (Kind.EXEC, Access.EXEC, "/bin/sh", "/usr/bin/dash", "detected"),  # Landlock let it run; not on the list
+    (Kind.EXEC, Access.EXEC, "/usr/bin/true", "/usr/bin/true", "detected"),  # on the list: another reason
 ])
 def test_a_string_outside_the_rules_that_leads_inside_them_is_no_violation(
         kind: Kind, access: Access, path: str, real: str, verdict: str | None) -> None:
