@@ -219,13 +219,13 @@ class Agent:
             self._engine = Engine(self.state_dir, log=ForensicLog(self.state_dir, self.rotate_bytes, forward),
                                   cgroups=CgroupManager.for_service())
         self.engine = self._engine
-        if self.engine.correlator is None:
-            self.engine.correlator = load_correlator(str(self.policies.dir) if self.policies.dir else None)
+        if self.engine.observers.correlator is None:
+            self.engine.observers.correlator = load_correlator(str(self.policies.dir) if self.policies.dir else None)
         if self.engine.baseline_for is None:
             self.engine.baseline_for = self._baseline_for
-        self.engine.anomaly_response = self.anomaly_response
+        self.engine.observers.anomaly_response = self.anomaly_response
         self.engine.log.durable.append(self._log_record)
-        self.engine.activity_subscribers.append(self._on_activity)
+        self.engine.observers.subscribers.append(self._on_activity)
         if forward := self.engine.log.forward:
             log.info("records also go to %s at %s", forward.kind, forward.address)
             if forward.missing:
@@ -422,7 +422,7 @@ class Agent:
         """Trace exactly the instances some connection follows (the hooks cost nothing for the rest)."""
         for cgid, inst in list(self.engine.instances.items()):
             want = any(c.follows(cgid, inst.manifest.name) for c in self.conns.values())
-            if want != (cgid in self.engine.traced):
+            if want != (cgid in self.engine.observers.traced):
                 self.engine.trace_activity(inst, want)
 
     def _on_activity(self, cgroup_id: int, item: dict[str, Any]) -> None:

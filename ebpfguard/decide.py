@@ -67,7 +67,7 @@ class LadderState:
 
 @dataclass(frozen=True)
 class Decision:
-    record: bool                         # False: not a violation after all (a pending path inside the rules)
+    record: bool                         # False: nothing to record (allowed after all, or an identical repeat)
     verdict: str | None = None
     taken: tuple[str, ...] = ()          # what the deciding layer already did (eperm:kernel, eacces:landlock...)
     todo: tuple[str, ...] = ()           # what act() must do now
@@ -77,12 +77,52 @@ class Decision:
     violation: bool = False              # counts toward the instance's violations
 
 
+@dataclass(frozen=True)
+class Report:
+    """A violation another layer decided and reported, or one the agent found across events: Landlock or
+    the D-Bus proxy refused a call, a cgroup limit contained the instance, a correlation rule completed, an
+    allowed action left the baseline. It has the shape of a kernel event where a record needs one."""
+
+    kind: str                             # the violation kind (file, network, ipc, resource, correlation...)
+    verdict: str | None                   # as the reporting layer says (denied only if it refused the call)
+    detail: dict[str, Any]
+    ts_ns: int | None = None              # when it happened (real time); None: when recorded
+    pid: int | None = None                # None: the layer does not name the process (Landlock names a domain)
+    comm: str | None = None
+    uid: int | None = None
+    taken: tuple[str, ...] = ()           # what the reporting layer did (eacces:landlock, oom-kill:cgroup...)
+    own: tuple[str, ...] = ()             # the source's own response in enforce mode (a rule's freeze)
+    escalates: bool = True                # enters the kind's response and the escalation window
+    violation: bool = True                # counts toward the instance's violations
+    record: bool = True                   # False: an identical repeat, counted but not written again
+
+    @property
+    def tgid(self) -> int | None:
+        return self.pid
+
+
+def judge(r: Report, m: Manifest, inst: LadderState, now: float) -> Decision:
+    """The Decision on a Report: its layer's verdict stands; the agent adds the source's own response and
+    the ladder (enforce mode, a live instance), a step asked for twice done once."""
+    todo: list[str] = list(r.own) if inst.mode == "enforce" and inst.live else []
+    window = None
+    if r.escalates:
+        steps, window = ladder(m, inst, r.kind, now)
+        own = {s.split(":")[0] for s in todo}
+        todo.extend(s for s in steps if s.split(":")[0] not in own)
+    return Decision(r.record, r.verdict, r.taken, tuple(todo), r.detail, f"reported: {', '.join(r.taken) or r.kind}",
+                    window, violation=r.violation)
+
+
 def decide(ev: Event, policy: Policy | None, inst: LadderState | None, res: Resolution, now: float) -> Decision:
     detail = ev.detail()
     todo: list[str] = []
     taken: list[str] = []
     verdict = ev.verdict
     reason = "the kernel decided"
+    if res.lookup_failed:
+        return Decision(False, None, todo=(RESUME,) if ev.has(EvFlag.HELD) else (),
+                        reason="the call failed in its path lookup, before any layer was asked")
     if verdict == Verdict.SHADOW.label:  # allowed, and nothing done: what the staged version would refuse
         if policy is not None and policy.shadow is not None:
             detail["shadow"] = {"version": policy.shadow.version, "sha256": policy.shadow.sha256}
@@ -96,7 +136,8 @@ def decide(ev: Event, policy: Policy | None, inst: LadderState | None, res: Reso
                 detail["raw_path"] = ev.path
             detail["path"] = res.path
             if policy is not None and policy.compiled is not None and policy.compiled.allows_path(res.path, ev.access):
-                return Decision(False, None, todo=tuple(todo), reason=f"{res.path} is inside the {ev.access} rules")
+                return Decision(False, Verdict.ALLOWED.label, todo=tuple(todo),
+                                reason=f"{res.path} is inside the {ev.access} rules")
         else:
             detail["unresolved"] = res.unresolved
         verdict, reason, agent_kill = _pending_verdict(ev.kind, policy)
@@ -105,7 +146,7 @@ def decide(ev: Event, policy: Policy | None, inst: LadderState | None, res: Reso
     if verdict == Verdict.DETECTED.label and landlock_granted(inst, ev, res, policy):
         # the string was outside the rules, the object it led to is inside (/bin/sh on a merged /usr, a symlink
         # within the trees) and Landlock, which decides on objects, let it through: no violation
-        return Decision(False, None, todo=tuple(todo),
+        return Decision(False, Verdict.ALLOWED.label, todo=tuple(todo),
                         reason=f"{res.real_path} (reached as {ev.path}) is inside the {ev.access} rules")
     if verdict == Verdict.DETECTED.label and inst is not None and readonly_denied(inst, ev, res):
         verdict, reason = Verdict.DENIED.label, "read-only in the instance's mount namespace"

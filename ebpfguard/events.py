@@ -9,13 +9,13 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .clock import now_ns, rfc3339_ns
 from .kernel.abi import Access, EvFlag, LifeOp, NetOp, c, kind_name, verdict_name
 from .manifest.syscall_table import SYSCALLS_X86_64
 
-__all__ = ["Event", "decode", "now_ns", "rfc3339_ns"]
+__all__ = ["Event", "Origin", "decode", "now_ns", "rfc3339_ns"]
 
 SYSCALL_NAMES = {nr: name for name, nr in SYSCALLS_X86_64.items()}
 PROTO_NAMES = {0: "any", 6: "tcp", 17: "udp"}
@@ -34,6 +34,23 @@ def _name(enum: Any, value: int) -> str:
         return str(enum(value).name.lower())
     except ValueError:
         return str(value)
+
+
+class Origin(Protocol):
+    """What a record's action came from: a kernel Event, or a Report of another layer (decide.Report)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def ts_ns(self) -> int | None: ...
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def tgid(self) -> int | None: ...
+    @property
+    def uid(self) -> int | None: ...
+    @property
+    def comm(self) -> str | None: ...
 
 
 @dataclass

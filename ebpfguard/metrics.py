@@ -76,7 +76,7 @@ class EngineCollector(Collector):
         yield CounterMetricFamily("ebpfguard_landlock_reports_lost", "Landlock denial reports lost before they "
                                   "became records: the audit reader's socket overflowed, or a report's domain "
                                   "was never tied to an instance.",
-                                  value=eng.stats.landlock_reports_lost + eng.domains.dropped)
+                                  value=eng.stats.landlock_reports_lost + eng.audit.domains.dropped)
         over = CounterMetricFamily("ebpfguard_records_over_share", "Records an extension's instance could not "
                                    "reserve because it already held its share of the kernel's ring buffer (its own "
                                    "flood; other extensions' records are not affected). Each is also in an "

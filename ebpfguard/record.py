@@ -11,7 +11,7 @@ from typing import Any
 
 from .clock import now_ns, rfc3339_ns
 from .errors import EbpfguardError
-from .events import Event
+from .events import Event, Origin
 from .forensics import ForensicLog
 from .instances import Instance
 from .kernel.abi import LifeOp
@@ -54,15 +54,17 @@ class Recorder:
             log.error("%s", err)
             return None
 
-    def event(self, inst: Instance | None, ev: Event, verdict: str | None, detail: dict[str, Any],
+    def event(self, inst: Instance | None, origin: Origin, verdict: str | None, detail: dict[str, Any],
               actions: list[str], *, manifest: Manifest | None, mode: str | None,
               response_ns: int | None = None) -> dict[str, Any] | None:
-        body: dict[str, Any] = {"kind": ev.kind, "pid": ev.pid, "tgid": ev.tgid, "uid": ev.uid, "comm": ev.comm,
-                                "detail": detail, "verdict": verdict, "actions": actions,
-                                "time": rfc3339_ns(ev.ts_ns)}
+        """The record of one action, from the kernel (an Event) or another layer (a decide.Report)."""
+        body: dict[str, Any] = {"kind": origin.kind, "pid": origin.pid, "tgid": origin.tgid, "uid": origin.uid,
+                                "comm": origin.comm, "detail": detail, "verdict": verdict, "actions": actions}
+        if origin.ts_ns is not None:
+            body["time"] = rfc3339_ns(origin.ts_ns)
         if response_ns is not None:
-            body["response_ns"] = response_ns  # detection (kernel timestamp) to action done
-        return self.write(inst, body, manifest=manifest, mode=mode, cgroup_id=ev.cgroup_id)
+            body["response_ns"] = response_ns  # detection to action done
+        return self.write(inst, body, manifest=manifest, mode=mode, cgroup_id=getattr(origin, "cgroup_id", None))
 
     def lifecycle(self, inst: Instance, event: str, *, actions: list[str] | None = None,
                   pid: int | None = None, comm: str | None = None, **detail: Any) -> dict[str, Any] | None:
@@ -90,11 +92,3 @@ class Recorder:
             return None
         return self.write(inst, {"kind": "lifecycle", "pid": inst.leader_pid, "tgid": inst.leader_pid,
                                  "detail": {"event": "processes", "procs": procs}, "verdict": None, "actions": []})
-
-    def resource(self, inst: Instance, resource: str, event: str, count: int, limit: Any) -> dict[str, Any] | None:
-        """A containment by a limit: an OOM kill inside the memory cap, or forks the pids cap refused."""
-        killed = event == "oom_kill"
-        return self.write(inst, {"kind": "resource", "pid": inst.leader_pid, "tgid": inst.leader_pid,
-                                 "detail": {"resource": resource, "event": event, "count": count, "limit": limit},
-                                 "verdict": "killed" if killed else "denied",
-                                 "actions": ["oom-kill:cgroup" if killed else "eagain:pids.max"]})

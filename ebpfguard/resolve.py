@@ -15,6 +15,7 @@ from .events import Event
 from .kernel.abi import EvFlag, Verdict
 
 AT_FDCWD = -100
+MAKE_SYSCALLS = frozenset({"mkdir", "mkdirat", "mknod", "mknodat"})
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Resolution:
     path: str | None = None        # the absolute path of a pending event; None when it could not be read
     unresolved: str | None = None  # why not
     real_path: str | None = None   # symlinks resolved, for comparing with the Landlock grants
+    lookup_failed: bool = False    # the call failed in its path lookup, before any layer was asked
 
 
 def resolve(ev: Event, landlocked: bool) -> Resolution:
@@ -40,7 +42,18 @@ def resolve(ev: Event, landlocked: bool) -> Resolution:
         p = path or ev.path
         if p.startswith("/"):
             real = os.path.realpath(p)
-    return Resolution(path, unresolved, real)
+    return Resolution(path, unresolved, real, _lookup_failed(ev, path))
+
+
+def _lookup_failed(ev: Event, path: str | None) -> bool:
+    """A mkdir or mknod of a path that exists (EEXIST: `mkdir -p` asks for every parent) or under a folder
+    that does not (ENOENT) failed in the VFS's lookup: no layer refused it, there is nothing to record."""
+    if ev.syscall not in MAKE_SYSCALLS or ev.verdict == Verdict.KILLED.label:
+        return False
+    made = path or (ev.path if ev.path.startswith("/") else None)
+    if not made:
+        return False
+    return os.path.lexists(made) or not os.path.isdir(os.path.dirname(made.rstrip("/")) or "/")
 
 
 def full_path(ev: Event) -> str:

@@ -143,7 +143,7 @@ def test_io_uring(engine: Engine, world: World) -> None:
     rec = once(res, "syscall", syscall="io_uring_setup")
     assert rec["actions"] == ["eperm:seccomp"] and rec["pid"] == res.pid
     if landlock.abi() >= 7:
-        assert engine.laudit is not None
+        assert engine.audit.reader is not None
 
 
 def test_toctou_path_flip(engine: Engine, world: World) -> None:

@@ -27,7 +27,7 @@ def granted(world: World) -> str:
 
 
 def test_credential_read_then_connect_is_one_correlation_and_the_ladder_acts(engine: Engine, world: World) -> None:
-    engine.correlator = Correlator(parse_rules(RULES.format(secret=world.secret), "test"))
+    engine.observers.correlator = Correlator(parse_rules(RULES.format(secret=world.secret), "test"))
     try:
         port = world.port("tcp4_ok")
         res = run_ext(engine, world, granted(world), ["read-connect", f"{world.secret}/s.txt", str(port), "3000"],
@@ -45,11 +45,11 @@ def test_credential_read_then_connect_is_one_correlation_and_the_ladder_acts(eng
         assert c["verdict"] == "detected" and "cgroup.freeze" in c["actions"], c
         assert res.marker is None  # frozen before it could finish lingering (then ended)
     finally:
-        engine.correlator = None
+        engine.observers.correlator = None
 
 
 def test_either_step_alone_is_no_correlation(engine: Engine, world: World) -> None:
-    engine.correlator = Correlator(parse_rules(RULES.format(secret=world.secret), "test"))
+    engine.observers.correlator = Correlator(parse_rules(RULES.format(secret=world.secret), "test"))
     try:
         only_read = run_ext(engine, world, granted(world), ["read", f"{world.secret}/s.txt"], sandbox=True)
         only_connect = run_ext(engine, world, granted(world), ["connect4", str(world.port("tcp4_ok"))],
@@ -61,4 +61,4 @@ def test_either_step_alone_is_no_correlation(engine: Engine, world: World) -> No
         assert not [r for r in only_read.records if r["kind"] == "file"], only_read.records
         assert not [r for r in only_connect.records if r["kind"] == "network"], only_connect.records
     finally:
-        engine.correlator = None
+        engine.observers.correlator = None

@@ -381,11 +381,11 @@ def traced_dbus(engine: Engine, world: World, args: list[str]) -> tuple[list[dic
     def sub(_cgid: int, item: dict[str, Any]) -> None:
         items.append(item)
 
-    engine.activity_subscribers.append(sub)
+    engine.observers.subscribers.append(sub)
     try:
         _, _, records, _ = execute(engine, m, [], sandbox=True, on_instance=follow)
     finally:
-        engine.activity_subscribers.remove(sub)
+        engine.observers.subscribers.remove(sub)
     return items, records
 
 
@@ -408,7 +408,7 @@ def test_credential_read_then_a_dbus_call_is_one_correlation(engine: Engine, wor
                                                              session_bus: SessionBus) -> None:
     from ebpfguard.correlate import Correlator, parse_rules  # noqa: PLC0415
 
-    engine.correlator = Correlator(parse_rules(f"""kind: CorrelationRules
+    engine.observers.correlator = Correlator(parse_rules(f"""kind: CorrelationRules
 rules:
   - name: credential-read-then-dbus
     within: 10s
@@ -421,7 +421,7 @@ rules:
         _, records = traced_dbus(engine, world, ["read-dbus-call", f"{world.secret}/s.txt", "-", SessionBus.ALLOWED,
                                                  "/org/ebpfguard/Test", SessionBus.ALLOWED, "Ping", "3000"])
     finally:
-        engine.correlator = None
+        engine.observers.correlator = None
     read = [r for r in records if r["kind"] == "file" and r["detail"]["path"] == f"{world.secret}/s.txt"]
     call = [r for r in records if r["kind"] == "ipc"]
     assert [r["verdict"] for r in read] == ["allowed"] and [r["verdict"] for r in call] == ["allowed"], records
