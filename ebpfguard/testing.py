@@ -15,6 +15,16 @@ from .kernel.abi import EvFlag, Kind, Verdict, c
 from .manifest.compile import CompiledPolicy
 
 
+class ManualClock:
+    """A monotonic clock that moves only when a test moves it (``clock.t += 60``), for the ladder's windows."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def raw_event(kind: Kind, verdict: Verdict, *, cgroup_id: int, slot: int = 0, pid: int = 4242,
               tgid: int | None = None, uid: int = 65534, comm: str = "ext", path: str = "", op: int = 0,
               flags: EvFlag | int = 0, syscall_nr: int = -1, dirfd: int = -100, family: int = 0, port: int = 0,

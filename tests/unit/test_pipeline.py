@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from ebpfguard.cgroups import CgroupManager
 from ebpfguard.decide import FREEZE, KILL, QUARANTINE, RESUME, SIGKILL_AGENT, THROTTLE, LadderState, Policy, decide
 from ebpfguard.engine import Engine, Instance
 from ebpfguard.events import _MONO_TO_REAL as _MONO
@@ -25,7 +24,7 @@ from ebpfguard.lineage import LINEAGE_EVERY_S
 from ebpfguard.manifest.load import Manifest, parse
 from ebpfguard.resolve import Resolution
 from ebpfguard.sandbox import landlock
-from ebpfguard.testing import FakeSensor, raw_event
+from ebpfguard.testing import FakeSensor, ManualClock, raw_event
 
 KINDS = ["file", "exec", "network", "syscall", "privilege"]
 RESPONSES = ["alert", "block", "throttle", "freeze", "kill"]
@@ -47,35 +46,6 @@ spec:
   filesystem: {{read: [{read_}], write: [], exec: [/usr/bin/true]}}
 """ + ("  response:\n" + "\n".join(lines) + "\n" if lines else "")
     return parse(text.encode(), "t.yaml", home="/nonexistent")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def cgroot(tmp_path: Path) -> Path:
-    """A hybrid-layout fixture tree: v2 at unified/ (no cgroup.freeze: the v1 freezer file is used)."""
-    root = tmp_path / "cg"
-    for d in ("unified", "memory", "cpu", "pids", "freezer"):
-        (root / d).mkdir(parents=True)
-        (root / d / "cgroup.procs").write_text("")
-    return root
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def engine(tmp_path: Path, cgroot: Path, clock: Clock) -> Iterator[Engine]:
-    eng = Engine(tmp_path / "state", sensor=FakeSensor(), cgroups=CgroupManager(cgroot), clock=clock)
-    yield eng
 
 
 def sensor(eng: Engine) -> FakeSensor:
@@ -226,7 +196,7 @@ def test_pending_kill_of_a_gone_process_is_recorded_as_detected_not_killed(engin
 
 
 # ---- escalation windows, with the injected clock -------------------------------------------------
-def test_freeze_after_n_within_the_window(engine: Engine, clock: Clock) -> None:
+def test_freeze_after_n_within_the_window(engine: Engine, clock: ManualClock) -> None:
     inst = engine.prepare(manifest(escalation="{window: 10s, freeze_after: 3}"))
     acts = []
     for _ in range(3):
@@ -238,7 +208,7 @@ def test_freeze_after_n_within_the_window(engine: Engine, clock: Clock) -> None:
     assert freezer(inst) == "FROZEN" and inst.state == "frozen"
 
 
-def test_violations_outside_the_window_do_not_escalate(engine: Engine, clock: Clock) -> None:
+def test_violations_outside_the_window_do_not_escalate(engine: Engine, clock: ManualClock) -> None:
     inst = engine.prepare(manifest(escalation="{window: 10s, freeze_after: 3}"))
     for _ in range(6):
         rec = one(engine, violation(inst, "file"))
@@ -247,7 +217,7 @@ def test_violations_outside_the_window_do_not_escalate(engine: Engine, clock: Cl
     assert inst.state == "running" and len(inst.recent) == 2
 
 
-def test_kill_after_overrides_freeze(engine: Engine, clock: Clock) -> None:
+def test_kill_after_overrides_freeze(engine: Engine, clock: ManualClock) -> None:
     inst = engine.prepare(manifest(escalation="{window: 60s, freeze_after: 2, kill_after: 4}"))
     steps = []
     for _ in range(4):
@@ -417,7 +387,7 @@ def _life(inst: Instance, op: LifeOp, pid: int, aux: int, path: str = "", ts_ns:
 
 
 def test_execs_and_exits_become_one_processes_record_without_a_verdict_or_the_ladder(
-        engine: Engine, clock: Clock) -> None:
+        engine: Engine, clock: ManualClock) -> None:
     inst = engine.prepare(manifest(escalation="{window: 60s, freeze_after: 1}"))
     for pid in (100, 101):
         sensor(engine).emit(_life(inst, LifeOp.EXEC, pid, aux=99, path="/usr/bin/true", ts_ns=pid))
