@@ -70,9 +70,8 @@ class Pipeline:
                 self.act.resume(ev.tgid)  # never leave a process stopped for a decision nobody made
             raise
         rec = self.conclude(inst, ev, d, policy.manifest, policy.mode)
-        traced = inst is not None and inst.cgroup_id in self.observers.traced
-        if traced and not d.record and d.verdict == Verdict.ALLOWED.label:  # inside the rules once resolved
-            assert inst is not None
+        if inst is not None and inst.cgroup_id in self.observers.traced and d.verdict == Verdict.ALLOWED.label \
+                and not d.record:  # inside the rules once resolved: activity for a tracer
             self.observers.stream(inst, ev, {**ev.detail(), "path": res.path or ev.path}, d.verdict)
         return rec
 
