@@ -18,7 +18,7 @@ from typing import Any
 from .act import Actuator
 from .cgroups import CgroupManager, resource_events, set_limits
 from .clock import now_ns
-from .decide import repeats
+from .decide import Report, repeats
 from .errors import EbpfguardError, KernelError
 from .events import Event, decode
 from .forensics import ForensicLog
@@ -100,19 +100,16 @@ class Engine:
         return self.recorder.errors + self.handle_errors
 
     # ---- a round -----------------------------------------------------------------------------------
+    def _report(self, inst: Instance, r: Report) -> dict[str, Any] | None:
+        """What the observers find goes back through the pipeline (made after them)."""
+        return self.pipeline.report(inst, r)
+
     def _on_raw(self, raw: Any) -> None:
         try:
             self.pipeline.handle(decode(raw))
         except Exception:  # an exception must not vanish inside the ring-buffer callback
             self.handle_errors += 1
             log.exception("failed to handle a kernel event")
-
-    def _report(self, inst: Instance, r: Any) -> dict[str, Any] | None:
-        return self.pipeline.report(inst, r)
-
-    def handle(self, ev: Event) -> dict[str, Any] | None:
-        """One kernel event, from decoded to recorded (Pipeline.handle)."""
-        return self.pipeline.handle(ev)
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Handle what the kernel and the other layers reported; the records of one poll are one group commit."""
@@ -132,7 +129,7 @@ class Engine:
     def landlock_denials(self, settle_s: float = 0.0) -> None:
         """What Landlock and the launcher's seccomp filter reported through audit (reports.AuditReports)."""
         for inst, r in self.audit.read(settle_s):
-            if isinstance(r, Event):
+            if isinstance(r, Event):  # a seccomp refusal: the event its syscall gate would have sent
                 self.pipeline.handle(r)
             else:
                 self.pipeline.report(inst, r)

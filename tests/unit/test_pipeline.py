@@ -470,7 +470,7 @@ def test_mkdir_of_an_existing_path_is_not_a_refusal(engine: Engine, tmp_path: Pa
 def feed_seccomp(eng: Engine, fields: dict[str, str], ts_ns: int) -> None:
     """A seccomp report as the audit reader passes it on (reports.AuditReports.seccomp)."""
     for _, ev in eng.audit.seccomp(fields, ts_ns):
-        eng.handle(ev)
+        eng.pipeline.handle(ev)
 
 
 def test_a_seccomp_report_is_recorded_once_as_the_gate_would_record_it(engine: Engine) -> None:
