@@ -203,11 +203,12 @@ def load_rules(paths: list[Path]) -> list[Rule]:
 class Correlator:
     def __init__(self, rules: list[Rule]):
         self.rules = rules
+        self.kinds = frozenset(st.kind for r in rules for st in r.steps)
         self.partials: dict[tuple[int, str], list[Partial]] = {}  # (cgroup id, rule) -> sequences under way
 
     def wants(self, kind: str) -> bool:
         """Does any rule have a step of this kind (so that allowed actions of it are worth feeding)?"""
-        return any(st.kind == kind for r in self.rules for st in r.steps)
+        return kind in self.kinds
 
     @property
     def arm_ms(self) -> int:

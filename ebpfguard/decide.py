@@ -90,6 +90,7 @@ class Report:
     pid: int | None = None                # None: the layer does not name the process (Landlock names a domain)
     comm: str | None = None
     uid: int | None = None
+    cgroup_id: int | None = None          # the instance's, where a record must name it without one
     taken: tuple[str, ...] = ()           # what the reporting layer did (eacces:landlock, oom-kill:cgroup...)
     own: tuple[str, ...] = ()             # the source's own response in enforce mode (a rule's freeze)
     escalates: bool = True                # enters the kind's response and the escalation window

@@ -64,7 +64,7 @@ class Recorder:
             body["time"] = rfc3339_ns(origin.ts_ns)
         if response_ns is not None:
             body["response_ns"] = response_ns  # detection to action done
-        return self.write(inst, body, manifest=manifest, mode=mode, cgroup_id=getattr(origin, "cgroup_id", None))
+        return self.write(inst, body, manifest=manifest, mode=mode, cgroup_id=origin.cgroup_id)
 
     def lifecycle(self, inst: Instance, event: str, *, actions: list[str] | None = None,
                   pid: int | None = None, comm: str | None = None, **detail: Any) -> dict[str, Any] | None:
