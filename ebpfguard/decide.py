@@ -139,6 +139,12 @@ def decide(ev: Event, policy: Policy | None, inst: LadderState | None, res: Reso
             if policy is not None and policy.compiled is not None and policy.compiled.allows_path(res.path, ev.access):
                 return Decision(False, Verdict.ALLOWED.label, todo=tuple(todo),
                                 reason=f"{res.path} is inside the {ev.access} rules")
+        elif inst is not None and inst.state == "killed":
+            # the instance was killed (cgroup.kill) while this call was held for its path: the path is
+            # unknown, the call may well have been allowed, and the process is gone. Recording it as a
+            # violation would tell what nobody saw (it was once a second, pathless violation after a kill)
+            return Decision(False, None, reason="the instance was killed before the held call's path could "
+                                                "be read: nothing is known of it")
         else:
             detail["unresolved"] = res.unresolved
         verdict, reason, agent_kill = _pending_verdict(ev.kind, policy)

@@ -195,6 +195,21 @@ def test_pending_kill_of_a_gone_process_is_recorded_as_detected_not_killed(engin
     assert "unresolved" in rec["detail"]
 
 
+def test_a_held_call_whose_process_died_in_a_kill_of_the_instance_is_not_a_violation(engine: Engine) -> None:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    inst = engine.prepare(manifest(response={"file": "block"}))
+    inst.state = "killed"  # the ladder killed the cgroup while the kernel held this call for its path
+    rec = one(engine, violation(inst, "file", Verdict.PENDING, path="", pid=p.pid,
+                                flags=EvFlag.UNREADABLE | EvFlag.HELD))
+    assert rec is None and records(engine) == [] and inst.violations == 0
+    # the same held call in a live instance is still recorded, with why its path is unknown
+    inst.state = "running"
+    rec = one(engine, violation(inst, "file", Verdict.PENDING, path="", pid=p.pid,
+                                flags=EvFlag.UNREADABLE | EvFlag.HELD))
+    assert rec is not None and rec["verdict"] == "detected" and "unresolved" in rec["detail"]
+
+
 # ---- escalation windows, with the injected clock -------------------------------------------------
 def test_freeze_after_n_within_the_window(engine: Engine, clock: ManualClock) -> None:
     inst = engine.prepare(manifest(escalation="{window: 10s, freeze_after: 3}"))
