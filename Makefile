@@ -54,7 +54,7 @@ run: setup
 
 lint: venv
 	$(VENV)/bin/ruff check ebpfguard tests
-	$(VENV)/bin/mypy ebpfguard
+	$(VENV)/bin/mypy
 
 test-unit: venv
 	$(VENV)/bin/pytest -q tests/unit

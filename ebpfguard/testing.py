@@ -11,8 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .kernel.abi import EvFlag, Kind, Verdict, c
-from .manifest.compile import CompiledPolicy
+from ebpfguard.common.abi import EvFlag, Kind, Verdict, c
+from ebpfguard.manifest.compile import CompiledPolicy
 
 
 class ManualClock:

@@ -18,7 +18,7 @@ rm -rf "$root/usr/lib/python3/dist-packages/bin"  # a console script for another
 rm -f "$root"/usr/lib/python3/dist-packages/ebpfguard-*.dist-info/direct_url.json  # the build's own path
 install -d "$root/usr/bin" "$root/lib/systemd/system" "$root/etc/ebpfguard/policies" "$root/usr/share/doc/ebpfguard" \
     "$root/DEBIAN"
-printf '#!/usr/bin/python3\nimport sys\n\nfrom ebpfguard.cli import main\n\nsys.exit(main())\n' > "$root/usr/bin/ebpfguard"
+printf '#!/usr/bin/python3\nimport sys\n\nfrom ebpfguard.cli.main import main\n\nsys.exit(main())\n' > "$root/usr/bin/ebpfguard"
 chmod 0755 "$root/usr/bin/ebpfguard"
 install -m 0644 "$top/contrib/ebpfguard.service" "$root/lib/systemd/system/ebpfguard.service"
 install -m 0644 "$top/contrib/ebpfguard-verify.service" "$top/contrib/ebpfguard-verify.timer" "$root/lib/systemd/system/"

@@ -9,13 +9,21 @@
     bundle      evidence bundles (export, unpack, the bundle's key)
 """
 
-from .bundle import BUNDLE_FORMAT, bundle_public_key, export, unpack_bundle
-from .chain import FIELDS, GENESIS, canonical, digest
-from .forward import Forwarder
-from .keys import host_public_key, key_id, load_or_create_key, public_pem
-from .log import CHECKPOINT_EVERY, CHECKPOINT_SECONDS, CURRENT, MAX_BYTES, BadLine, ForensicLog, log_files
-from .timefilter import parse_when, record_ns
-from .verify import Verdict, read, verify
+from ebpfguard.forensics.bundle import BUNDLE_FORMAT, bundle_public_key, export, unpack_bundle
+from ebpfguard.forensics.chain import FIELDS, GENESIS, canonical, digest
+from ebpfguard.forensics.forward import Forwarder
+from ebpfguard.forensics.keys import host_public_key, key_id, load_or_create_key, public_pem
+from ebpfguard.forensics.log import (
+           CHECKPOINT_EVERY,
+           CHECKPOINT_SECONDS,
+           CURRENT,
+           MAX_BYTES,
+           BadLine,
+           ForensicLog,
+           log_files,
+)
+from ebpfguard.forensics.timefilter import parse_when, record_ns
+from ebpfguard.forensics.verify import Verdict, read, verify
 
 __all__ = ["BUNDLE_FORMAT", "CHECKPOINT_EVERY", "CHECKPOINT_SECONDS", "CURRENT", "FIELDS", "GENESIS", "MAX_BYTES",
            "BadLine", "ForensicLog", "Forwarder", "Verdict", "bundle_public_key", "canonical", "digest", "export",

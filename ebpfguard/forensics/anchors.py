@@ -19,10 +19,11 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..errors import ForensicsError
-from ..statedir import StateDir
-from .chain import canonical, digest
-from .verify import BadLine, _lines
+from ebpfguard.common.statedir import StateDir
+from ebpfguard.errors import ForensicsError
+from ebpfguard.forensics.chain import canonical, digest
+from ebpfguard.forensics.log import BadLine
+from ebpfguard.forensics.verify import _lines
 
 
 def _record_in(line: str) -> dict[str, Any] | None:

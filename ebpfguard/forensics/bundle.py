@@ -14,11 +14,11 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..clock import rfc3339_ns
-from ..errors import ForensicsError
-from ..statedir import StateDir
-from .keys import host_public_key, key_id
-from .log import CURRENT, log_files
+from ebpfguard.common.clock import rfc3339_ns
+from ebpfguard.common.statedir import StateDir
+from ebpfguard.errors import ForensicsError
+from ebpfguard.forensics.keys import host_public_key, key_id
+from ebpfguard.forensics.log import CURRENT, log_files
 
 BUNDLE_FORMAT = "ebpfguard-evidence/1"
 BUNDLE_README = """ebpfguard evidence bundle

@@ -7,7 +7,7 @@ import os
 import socket
 from typing import Any
 
-from ..errors import ForensicsError
+from ebpfguard.errors import ForensicsError
 
 
 class Forwarder:
@@ -44,8 +44,6 @@ class Forwarder:
         if self.kind == "syslog":
             pri = self.FACILITY_AUTHPRIV * 8 + self.severity(rec)
             return f"<{pri}>ebpfguard[{os.getpid()}]: {body}".encode()
-        from ..journal import subject  # noqa: PLC0415
-
         what = subject(rec.get("detail") or {})
         fields = {"MESSAGE": f"{rec.get('extension') or '-'} {rec.get('kind')} {rec.get('verdict') or '-'} "
                              + (f"{what} " if what else "") + f"seq={rec.get('seq')}",
@@ -68,3 +66,14 @@ class Forwarder:
             self.sent += 1
         except OSError:
             self.failed += 1
+
+
+def subject(detail: dict[str, Any]) -> str:
+    """What a record is about: the path, the address and port, or the syscall."""
+    if detail.get("path"):
+        return str(detail["path"])
+    if detail.get("address"):
+        return f"{detail['address']}:{detail.get('port', '')}"
+    if detail.get("destination"):
+        return f"{detail.get('bus', '')} bus {detail['destination']} {detail.get('member', '')}".strip()
+    return str(detail.get("syscall") or "")

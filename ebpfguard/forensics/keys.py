@@ -9,8 +9,8 @@ import secrets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..errors import ForensicsError
-from ..statedir import StateDir
+from ebpfguard.common.statedir import StateDir
+from ebpfguard.errors import ForensicsError
 
 
 def key_id(public: Ed25519PublicKey) -> str:

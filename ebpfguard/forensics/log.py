@@ -40,14 +40,14 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..clock import now_ns, rfc3339_ns
-from ..errors import ForensicsError
-from ..statedir import StateDir
-from .chain import FIELDS, GENESIS, canonical, digest
-from .keys import key_id, load_or_create_key
+from ebpfguard.common.clock import now_ns, rfc3339_ns
+from ebpfguard.common.statedir import StateDir
+from ebpfguard.errors import ForensicsError
+from ebpfguard.forensics.chain import FIELDS, GENESIS, canonical, digest
+from ebpfguard.forensics.keys import key_id, load_or_create_key
 
 if TYPE_CHECKING:
-    from .forward import Forwarder
+    from ebpfguard.forensics.forward import Forwarder
 
 CHECKPOINT_EVERY = 100      # records (in a group commit: at its end, once)
 GROUP_MAX = 512             # records signed together at most (what a writer may have to cut after a crash)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..units import parse_duration
+from ebpfguard.common.units import parse_duration
 
 
 def parse_when(text: str, now_ns: int | None = None) -> int:

@@ -12,10 +12,10 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ..statedir import StateDir
-from .chain import GENESIS, canonical, digest
-from .keys import host_public_key, key_id
-from .log import CURRENT, BadLine, log_files
+from ebpfguard.common.statedir import StateDir
+from ebpfguard.forensics.chain import GENESIS, canonical, digest
+from ebpfguard.forensics.keys import host_public_key, key_id
+from ebpfguard.forensics.log import CURRENT, BadLine, log_files
 
 
 def _lines(state_dir: str | os.PathLike[str] | StateDir) -> Iterator[tuple[str, int, dict[str, Any] | BadLine]]:

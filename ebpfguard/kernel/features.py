@@ -82,8 +82,8 @@ def bpf_lsm_available() -> bool:
 
 
 def probe() -> dict[str, Any]:
-    from ..cgroups import CgroupManager
-    from ..errors import CgroupError
+    from ebpfguard.errors import CgroupError
+    from ebpfguard.kernel.cgroups import CgroupManager
 
     release = os.uname().release
     try:

@@ -26,7 +26,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from ..errors import KernelError
+from ebpfguard.errors import KernelError
 
 NETLINK_AUDIT = 9
 AUDIT_NLGRP_READLOG = 1

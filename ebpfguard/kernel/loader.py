@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import KernelError
-from ..manifest.compile import CompiledPolicy
-from ..resources import bpf_dir
-from .abi import c
-from .features import bpf_lsm_status, headers_match
+from ebpfguard.common.abi import c
+from ebpfguard.common.resources import bpf_dir
+from ebpfguard.errors import KernelError
+from ebpfguard.kernel.features import bpf_lsm_status, headers_match
+from ebpfguard.manifest.compile import CompiledPolicy
 
 SOURCES = ("lib.bpf.h", "files.bpf.c", "net.bpf.c", "syscalls.bpf.c", "lifecycle.bpf.c", "lsm.bpf.c")
 TRACEFS = Path("/sys/kernel/tracing")
@@ -46,7 +46,7 @@ def _parallel_loader(bpf_class: Any) -> Any:
     ~6 s in all, one after another); the verifier runs in the loading thread and bcc's load call
     releases the GIL, so threads verify in parallel."""
 
-    class ParallelBPF(bpf_class):  # type: ignore[misc, valid-type]
+    class ParallelBPF(bpf_class):
         def _trace_autoload(self) -> None:
             from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
@@ -543,7 +543,7 @@ class Sensor:
 
     def program_stats(self) -> dict[str, tuple[int, int]]:
         """{program: (run_time_ns, run_cnt)} from the kernel's BPF statistics (zero while they are off)."""
-        from .progstats import prog_run_stats  # noqa: PLC0415
+        from ebpfguard.kernel.progstats import prog_run_stats  # noqa: PLC0415
 
         out = {}
         for name, fn in list(self.bpf.funcs.items()):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import KernelError
-from .features import active_lsms, bpf_lsm_available, bpf_lsm_status, headers_match, landlock_abi, probe
-from .loader import Sensor
+from ebpfguard.errors import KernelError
+from ebpfguard.kernel.features import active_lsms, bpf_lsm_available, bpf_lsm_status, headers_match, landlock_abi, probe
+from ebpfguard.kernel.loader import Sensor
 
 __all__ = ["active_lsms", "bpf_lsm_available", "bpf_lsm_status", "headers_match", "landlock_abi", "probe",
            "require"]
@@ -52,7 +52,7 @@ def require(lsm: bool = False) -> int:
     if unix:
         print(f"{'unix sockets':>16}: not enforced in the kernel: {unix}")
     if info["landlock_abi"] >= 7:
-        from .laudit import LandlockAudit  # noqa: PLC0415
+        from ebpfguard.kernel.laudit import LandlockAudit  # noqa: PLC0415
 
         try:
             LandlockAudit().close()

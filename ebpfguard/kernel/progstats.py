@@ -12,7 +12,7 @@ import ctypes
 import os
 import struct
 
-from ..errors import KernelError
+from ebpfguard.errors import KernelError
 
 SYS_BPF = 321  # x86-64
 BPF_OBJ_GET_INFO_BY_FD = 15

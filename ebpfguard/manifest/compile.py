@@ -23,10 +23,10 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
-from ..errors import ManifestError, Problem
-from ..kernel.abi import c, kind_value
-from .load import Manifest, NetRule
-from .syscall_table import SYSCALLS_X86_64
+from ebpfguard.common.abi import c, kind_value
+from ebpfguard.errors import ManifestError, Problem
+from ebpfguard.manifest.load import Manifest, NetRule
+from ebpfguard.manifest.syscall_table import SYSCALLS_X86_64
 
 EXT_POLICY = struct.Struct("<II8s8Q8QII")
 PATH_KEY = struct.Struct(f"<II{c('PATH_MAX')}s")

@@ -20,12 +20,12 @@ from typing import Any
 import jsonschema
 import yaml
 
-from ..errors import ManifestError, Problem
-from ..kernel.abi import c
-from ..resources import schema_path
-from ..units import parse_duration, parse_size
-from .ipc import BUSES, DBUS_VERBS, UNIX_PATH_MAX, DBusRules, Ipc, check_bus_name, check_rule
-from .syscall_table import SYSCALLS_X86_64
+from ebpfguard.common.abi import c
+from ebpfguard.common.resources import schema_path
+from ebpfguard.common.units import parse_duration, parse_size
+from ebpfguard.errors import ManifestError, Problem
+from ebpfguard.manifest.ipc import BUSES, DBUS_VERBS, UNIX_PATH_MAX, DBusRules, Ipc, check_bus_name, check_rule
+from ebpfguard.manifest.syscall_table import SYSCALLS_X86_64
 
 MAX_MANIFEST_BYTES = 256 * 1024
 RESPONSE_KINDS = ("file", "exec", "network", "syscall", "privilege")

@@ -15,10 +15,10 @@ import resource
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import EbpfguardError
-from ..manifest.compile import bus_sockets as bus_paths
-from ..manifest.load import NEVER_ALLOWED, Manifest
-from . import landlock, mountns, seccomp
+from ebpfguard.errors import EbpfguardError
+from ebpfguard.manifest.compile import bus_sockets as bus_paths
+from ebpfguard.manifest.load import NEVER_ALLOWED, Manifest
+from ebpfguard.sandbox import landlock, mountns, seccomp
 
 
 class SandboxError(EbpfguardError):

@@ -14,8 +14,8 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from ..errors import EbpfguardError
-from ..manifest.load import Manifest
+from ebpfguard.errors import EbpfguardError
+from ebpfguard.manifest.load import Manifest
 
 SYS_CREATE, SYS_ADD_RULE, SYS_RESTRICT = 444, 445, 446
 CREATE_RULESET_VERSION = 1

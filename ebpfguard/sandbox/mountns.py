@@ -34,8 +34,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..errors import EbpfguardError
-from ..manifest.load import Manifest
+from ebpfguard.errors import EbpfguardError
+from ebpfguard.manifest.load import Manifest
 
 CLONE_NEWNS = 0x00020000
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_SLAVE = 0x2, 0x4, 0x1000, 0x4000, 0x80000

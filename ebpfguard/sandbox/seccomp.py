@@ -11,8 +11,8 @@ import ctypes
 import os
 import struct
 
-from ..kernel.abi import c
-from ..manifest.syscall_table import SYSCALLS_X86_64
+from ebpfguard.common.abi import c
+from ebpfguard.manifest.syscall_table import SYSCALLS_X86_64
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from ebpfguard.cgroups import CgroupManager
-from ebpfguard.lineage import processes
+from ebpfguard.instance.lineage import processes
+from ebpfguard.kernel.cgroups import CgroupManager
 from ebpfguard.sandbox import landlock
 
 pytestmark = pytest.mark.e2e
-EG = [sys.executable, "-m", "ebpfguard.cli"]
+EG = [sys.executable, "-m", "ebpfguard.cli.main"]
 SLICE = CgroupManager().slice_v2
 LANDLOCK_REPORTS = landlock.abi() >= 7  # file refusals are recorded from Landlock's own reports
 

@@ -59,7 +59,7 @@ def test_the_installed_command_validates_the_installed_policies(installed: objec
     assert policies
     r = installed_eg("policy", "validate", *policies)
     assert r.returncode == 0 and r.stdout.count(": ok (") == len(policies), r.stdout + r.stderr
-    where = sh("/usr/bin/python3", "-c", "import ebpfguard.resources as r; print(r.data_root())", cwd="/",
+    where = sh("/usr/bin/python3", "-c", "import ebpfguard.common.resources as r; print(r.data_root())", cwd="/",
                env={"PATH": "/usr/bin:/bin"})
     assert where.stdout.strip() == "/usr/lib/python3/dist-packages/ebpfguard/_data", where.stdout + where.stderr
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ebpfguard.trust import TrustStore, keygen, sign
+from ebpfguard.governance.trust import TrustStore, keygen, sign
 
 from .test_agent import EG, Agent, eg
 

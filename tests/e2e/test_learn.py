@@ -19,7 +19,7 @@ import pytest
 from .test_agent import SLOW
 
 pytestmark = pytest.mark.e2e
-EG = [sys.executable, "-m", "ebpfguard.cli"]
+EG = [sys.executable, "-m", "ebpfguard.cli.main"]
 
 PLUGIN = '''import html, json, pathlib, sys
 src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.e2e
-EG = [sys.executable, "-m", "ebpfguard.cli"]
+EG = [sys.executable, "-m", "ebpfguard.cli.main"]
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +28,7 @@ def sim(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_technique_is_contained(tmp_path: Path) -> None:
-    from ebpfguard.simulate import TECHNIQUES
+    from ebpfguard.lab.simulate import TECHNIQUES
 
     state = tmp_path / "state"
     r = sim("--json", "--require", "contained", "--state-dir", str(state))

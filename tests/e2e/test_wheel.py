@@ -38,7 +38,7 @@ def test_the_wheel_works_on_its_own(tmp_path: Path) -> None:
     def eg(*args: str) -> subprocess.CompletedProcess[str]:
         return sh(str(venv / "bin" / "ebpfguard"), *args, cwd=str(away), env=env)
 
-    where = sh(str(venv / "bin" / "python"), "-c", "import ebpfguard.resources as r; print(r.data_root())",
+    where = sh(str(venv / "bin" / "python"), "-c", "import ebpfguard.common.resources as r; print(r.data_root())",
                cwd=str(away), env=env)
     assert where.stdout.strip().startswith(str(venv)), where.stdout + where.stderr
     shipped = sorted(str(p) for p in (Path(where.stdout.strip()) / "policies").glob("*.yaml"))

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from ebpfguard.engine import Engine
+from ebpfguard.common.resources import data_root
 from ebpfguard.errors import KernelError
+from ebpfguard.lab.simulate import execute, listener_saw
 from ebpfguard.manifest.load import parse
-from ebpfguard.resources import data_root
-from ebpfguard.simulate import execute, listener_saw
+from ebpfguard.runtime.engine import Engine
 
 HERE = Path(__file__).parent
 

@@ -6,9 +6,9 @@ import ctypes
 
 import pytest
 
-from ebpfguard.engine import Engine
-from ebpfguard.kernel.abi import c
+from ebpfguard.common.abi import c
 from ebpfguard.manifest.compile import EXT_POLICY, NET_KEY, NET_VALUE_SIZE, PATH_KEY
+from ebpfguard.runtime.engine import Engine
 
 pytestmark = pytest.mark.kernel
 

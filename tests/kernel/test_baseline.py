@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from ebpfguard.baseline import Baseline
-from ebpfguard.engine import Engine
+from ebpfguard.governance.baseline import Baseline
+from ebpfguard.runtime.engine import Engine
 
 from .conftest import World, run_ext
 

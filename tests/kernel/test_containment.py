@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ebpfguard.engine import Engine
+from ebpfguard.runtime.engine import Engine
 from ebpfguard.sandbox import landlock
 
 from .conftest import Result, World, run_ext

@@ -3,8 +3,8 @@ one correlation record naming both seqs, and the ladder acts on it; either step 
 
 from __future__ import annotations
 
-from ebpfguard.correlate import Correlator, parse_rules
-from ebpfguard.engine import Engine
+from ebpfguard.pipeline.correlate import Correlator, parse_rules
+from ebpfguard.runtime.engine import Engine
 
 from .conftest import World, run_ext
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from ebpfguard.engine import Engine
 from ebpfguard.kernel.loader import TRACEPOINT_NAMES
-from ebpfguard.launcher import spawn
 from ebpfguard.manifest.load import BUILTIN_PRIVILEGE, BUILTIN_SYSCALL, parse
 from ebpfguard.manifest.syscall_table import SYSCALLS_X86_64
+from ebpfguard.runtime.engine import Engine
+from ebpfguard.sandbox.launcher import spawn
 
 from .conftest import Result, World, free_port, run_ext
 
@@ -135,8 +135,8 @@ def test_exec_allowed(engine: Engine, world: World) -> None:
 def test_lineage_names_each_binary_its_parent_and_how_it_ended(engine: Engine, world: World) -> None:
     """A shell's children, as a forensic reader finds them: who ran what, and how each ended (an exit
     status, or the signal that killed it), in processes records rather than a record per exec."""
-    from ebpfguard.lineage import processes
-    from ebpfguard.simulate import execute
+    from ebpfguard.instance.lineage import processes
+    from ebpfguard.lab.simulate import execute
 
     # a shell gives a background job /dev/null for stdin: where BPF-LSM decides, that open is refused unless granted
     text = world.manifest().replace(f'exec: ["{world.helper}"]', 'exec: ["/usr/", "/bin/"]').replace(
@@ -445,7 +445,7 @@ def test_identical_repeats_are_suppressed_and_counted(engine: Engine, world: Wor
 
 def test_cgroup_filter_collisions_fall_back_to_the_hash(engine: Engine, world: World) -> None:
     """Two bound cgroups with the same low bits share a filter entry; both stay enforced."""
-    from ebpfguard.kernel.abi import c
+    from ebpfguard.common.abi import c
 
     m = parse(world.manifest().encode(), "egtest.yaml", home=str(world.base))
     inst = engine.prepare(m)

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from ebpfguard.engine import Engine
+from ebpfguard.lab.simulate import execute
 from ebpfguard.manifest.load import parse
-from ebpfguard.simulate import execute
+from ebpfguard.runtime.engine import Engine
 
 from .conftest import World, run_ext
 from .test_containment import NOBODY, contained, violation
@@ -406,7 +406,7 @@ def test_dbus_calls_stream_as_activity_with_the_proxy_verdict(engine: Engine, wo
 
 def test_credential_read_then_a_dbus_call_is_one_correlation(engine: Engine, world: World,
                                                              session_bus: SessionBus) -> None:
-    from ebpfguard.correlate import Correlator, parse_rules  # noqa: PLC0415
+    from ebpfguard.pipeline.correlate import Correlator, parse_rules  # noqa: PLC0415
 
     engine.observers.correlator = Correlator(parse_rules(f"""kind: CorrelationRules
 rules:

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from ebpfguard.cgroups import cpu_quota_us, frozen, pids_max
-from ebpfguard.engine import Engine, Instance
-from ebpfguard.launcher import spawn
+from ebpfguard.kernel.cgroups import cpu_quota_us, frozen, pids_max
 from ebpfguard.manifest.load import Escalation, parse
+from ebpfguard.runtime.engine import Engine, Instance
 from ebpfguard.sandbox import Sandbox, landlock_confines, landlock_reports
+from ebpfguard.sandbox.launcher import spawn
 
 from .conftest import World
 

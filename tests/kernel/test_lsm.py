@@ -8,9 +8,9 @@ import errno
 
 import pytest
 
-from ebpfguard.engine import Engine
 from ebpfguard.kernel.features import bpf_lsm_status
 from ebpfguard.kernel.loader import program_source
+from ebpfguard.runtime.engine import Engine
 
 from .conftest import World, run_ext
 
@@ -29,7 +29,7 @@ def test_probe_names_why_bpf_lsm_is_unavailable_or_the_sensor_uses_it(engine: En
 def test_the_lsm_programs_compile_and_fail_only_at_loading_where_unusable() -> None:
     from bcc import BPF
 
-    from ebpfguard.resources import bpf_dir
+    from ebpfguard.common.resources import bpf_dir
 
     # EG_CG_LOCAL_FD: the cgroup programs' storage map, made by the Sensor; only compiled here, never loaded
     cflags = [f"-I{bpf_dir()}", "-Wno-macro-redefined", "-Wno-unused-function", "-DEG_LSM", "-DEG_CG_LOCAL_FD=-1"]

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from ebpfguard.engine import Engine
+from ebpfguard.lab.simulate import execute
 from ebpfguard.manifest.load import parse
-from ebpfguard.simulate import execute
+from ebpfguard.runtime.engine import Engine
 
 from .conftest import World
 from .test_containment import NOBODY
@@ -188,8 +188,8 @@ def test_a_file_the_user_changed_meanwhile_keeps_the_users_version(engine: Engin
 
 def test_an_instance_running_when_the_agent_stops_leaves_its_changes_for_an_operator(engine: Engine, world: World,
                                                                                    tree: Path) -> None:
+    from ebpfguard.lab.simulate import spawn
     from ebpfguard.sandbox import Sandbox, landlock_confines
-    from ebpfguard.simulate import spawn
 
     m = parse(manifest(world, tree).encode(), "egtest.yaml", home=str(world.base))
     records: list[dict[str, Any]] = []
@@ -226,7 +226,7 @@ def test_an_instance_running_when_the_agent_stops_leaves_its_changes_for_an_oper
 def test_an_area_overlayfs_refuses_is_a_precise_error_before_the_launch(tree: Path) -> None:
     """The rollback area on overlayfs (as on a live or container root): refused by a trial mount, naming both
     filesystems, before any extension runs; and nothing stays mounted."""
-    from ebpfguard.rollback import Layer, RollbackError
+    from ebpfguard.sandbox.rollback import Layer, RollbackError
 
     base = Path(tempfile.mkdtemp(prefix="ebpfguard-rb-ovl-", dir="/run"))
     for d in ("l", "u", "w", "m"):

@@ -7,7 +7,7 @@ import errno
 
 import pytest
 
-from ebpfguard.engine import Engine
+from ebpfguard.runtime.engine import Engine
 
 from .conftest import World, run_ext
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ebpfguard.cgroups import CgroupManager
-from ebpfguard.engine import Engine
+from ebpfguard.kernel.cgroups import CgroupManager
+from ebpfguard.runtime.engine import Engine
 from ebpfguard.testing import FakeSensor, ManualClock
 
 

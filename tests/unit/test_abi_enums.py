@@ -6,7 +6,7 @@ from enum import IntEnum, IntFlag
 
 import pytest
 
-from ebpfguard.kernel.abi import Access, EvFlag, Kind, LifeOp, NetOp, Verdict, constants
+from ebpfguard.common.abi import Access, EvFlag, Kind, LifeOp, NetOp, Verdict, constants
 from ebpfguard.manifest.syscall_table import SYSCALLS_X86_64
 from ebpfguard.sandbox.seccomp import CLONE_NS_FLAGS
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ebpfguard.baseline import Baseline, BaselineError, find
-from ebpfguard.learn import Evidence
+from ebpfguard.governance.baseline import Baseline, BaselineError, find
+from ebpfguard.governance.learn import Evidence
 
 
 def evidence() -> Evidence:

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ebpfguard.cli import main
+from ebpfguard.cli.main import main
 from ebpfguard.forensics import GENESIS, ForensicLog, canonical, digest, key_id, verify
 
 

@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from ebpfguard.cli import main
+from ebpfguard.cli.main import main
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -90,7 +90,7 @@ def test_a_root_only_state_dir_says_run_as_root(tmp_path: Path) -> None:
     state.mkdir(mode=0o700)
     tmp_path.chmod(tmp_path.stat().st_mode | stat.S_IXOTH)
     for args in (["forensics", "show"], ["forensics", "verify"], ["forensics", "pubkey"]):
-        r = subprocess.run([sys.executable, "-m", "ebpfguard.cli", *args, "--state-dir", str(state)], user=65534,
+        r = subprocess.run([sys.executable, "-m", "ebpfguard.cli.main", *args, "--state-dir", str(state)], user=65534,
                            capture_output=True, text=True, cwd="/")
         assert r.returncode == 1 and "run this as root" in r.stderr, (args, r.stderr)
 
@@ -126,7 +126,7 @@ def test_run_refuses_a_command_it_cannot_start(tmp_path: Path, argv: list[str], 
 def test_readiness_reaches_systemds_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from ebpfguard.sdnotify import notify
+    from ebpfguard.service.sdnotify import notify
 
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert notify("READY=1") is False  # not started by systemd: nothing to tell
@@ -142,7 +142,7 @@ def test_agent_log_lines_carry_their_syslog_priority_under_journald(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
-    from ebpfguard.journal import log_handler
+    from ebpfguard.service.journal import log_handler
 
     out = tmp_path / "stdout"
     with open(out, "w") as fh:
@@ -161,7 +161,7 @@ def test_agent_log_lines_carry_their_syslog_priority_under_journald(tmp_path: Pa
 def test_what_an_operator_acts_on_is_logged_from_the_records() -> None:
     import logging
 
-    from ebpfguard.journal import record_line
+    from ebpfguard.service.journal import record_line
 
     base = {"instance": "md-preview-1a2b", "extension": "md-preview", "pid": 42, "mode": "enforce"}
     start = {**base, "kind": "lifecycle", "detail": {"event": "start"}, "actions": []}

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from ebpfguard.kernel.abi import c, constants
+from ebpfguard.common.abi import c, constants
 from ebpfguard.manifest import compile, parse
 from ebpfguard.manifest.compile import EXT_POLICY, NET_VALUE_SIZE, PATH_KEY
 from ebpfguard.manifest.syscall_table import SYSCALLS_X86_64

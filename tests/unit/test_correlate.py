@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ebpfguard.correlate import CorrelationError, Correlator, load_rules, parse_rules
-from ebpfguard.resources import data_root
+from ebpfguard.common.resources import data_root
+from ebpfguard.pipeline.correlate import CorrelationError, Correlator, load_rules, parse_rules
 
 HOME = "/home/ann"
 RULES = """apiVersion: ebpfguard.io/v1

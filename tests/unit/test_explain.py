@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ebpfguard.cli import main
+from ebpfguard.cli.main import main
 from ebpfguard.errors import EbpfguardError
-from ebpfguard.explain import explain
 from ebpfguard.forensics import ForensicLog
+from ebpfguard.forensics.explain import explain
 
 MANIFEST = b"""apiVersion: ebpfguard.io/v1
 kind: Extension

@@ -79,5 +79,49 @@ def test_the_checker_finds_a_cycle() -> None:
 
 def test_no_import_cycles() -> None:
     edges = graph()
-    assert len(edges) > 40 and "ebpfguard.engine" in edges["ebpfguard.agent"]
+    assert len(edges) > 40 and "ebpfguard.runtime.engine" in edges["ebpfguard.service.agent"]
     assert cycles(edges) == []
+
+
+# The layers, bottom first: a module may import its own package and those before it, never one after.
+# ebpfguard/__init__.py (the surface) and testing.py (a test double) stand outside the order.
+LAYERS = ["errors", "common", "manifest", "kernel", "forensics", "sandbox", "instance", "pipeline", "runtime",
+          "governance", "observability", "service", "lab", "cli"]
+OUTSIDE = {"ebpfguard", "ebpfguard.testing"}
+
+
+def layer(mod: str) -> int:
+    return LAYERS.index(mod.split(".")[1])
+
+
+def upward(edges: dict[str, set[str]]) -> list[str]:
+    """Every import that goes up a layer (or into the test double), as 'importer -> imported'."""
+    out = []
+    for mod, targets in edges.items():
+        if mod in OUTSIDE:
+            continue
+        for t in targets:
+            if t == "ebpfguard.testing" or (t not in OUTSIDE and layer(t) > layer(mod)):
+                out.append(f"{mod} -> {t}")
+    return sorted(out)
+
+
+def test_the_layer_checker_finds_an_import_going_up() -> None:
+    edges = {"ebpfguard.pipeline.decide": {"ebpfguard.sandbox.landlock", "ebpfguard.lab.simulate"},
+             "ebpfguard.runtime.engine": {"ebpfguard.testing"}}
+    assert upward(edges) == ["ebpfguard.pipeline.decide -> ebpfguard.lab.simulate",
+                             "ebpfguard.runtime.engine -> ebpfguard.testing"]
+
+
+def test_every_package_has_a_layer_and_says_its_job() -> None:
+    packages = sorted(p.name for p in PKG.iterdir() if (p / "__init__.py").is_file())
+    assert sorted(set(packages) - set(LAYERS)) == []
+    for name in packages:
+        doc = ast.get_docstring(ast.parse((PKG / name / "__init__.py").read_text()))
+        assert doc and len(doc) > 40, f"ebpfguard/{name}/__init__.py has no docstring saying its job"
+    flat = sorted(p.name for p in PKG.glob("*.py"))
+    assert flat == ["__init__.py", "errors.py", "testing.py"], flat
+
+
+def test_no_import_goes_up_a_layer() -> None:
+    assert upward(graph()) == []

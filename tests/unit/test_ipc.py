@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ebpfguard.dbusproxy import parse_log
 from ebpfguard.errors import ManifestError
 from ebpfguard.manifest.compile import BUILTIN_UNIX, compile
 from ebpfguard.manifest.ipc import DBusRules, check_bus_name, check_rule
 from ebpfguard.manifest.load import parse
 from ebpfguard.sandbox import mountns
+from ebpfguard.sandbox.dbusproxy import parse_log
 
 HEAD = """apiVersion: ebpfguard.io/v1
 kind: Extension

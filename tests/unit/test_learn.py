@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ebpfguard.learn import Evidence, generalize, may_be_tree, render
+from ebpfguard.governance.learn import Evidence, generalize, may_be_tree, render
 from ebpfguard.manifest.load import parse
 
 HOME = "/home/ann"

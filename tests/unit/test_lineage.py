@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ebpfguard.lineage import LINEAGE_EVERY_S, LINEAGE_MAX, Lineage, ended, exits, processes
+from ebpfguard.instance.lineage import LINEAGE_EVERY_S, LINEAGE_MAX, Lineage, ended, exits, processes
 
 
 def test_ended_reads_the_wait_status_layout() -> None:

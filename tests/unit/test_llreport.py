@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ebpfguard.kernel.laudit import AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN, decode, parse
-from ebpfguard.llreport import (
+from ebpfguard.pipeline.llreport import (
     HOLD_REPORTS,
     REPEAT_WINDOW_NS,
     DomainMap,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ebpfguard.cli import main
+from ebpfguard.cli.main import main
 from ebpfguard.errors import ManifestError
 from ebpfguard.manifest import load, parse, parse_netrule
 from ebpfguard.manifest.load import Escalation

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ebpfguard.cgroups import CgroupManager
-from ebpfguard.cli import main
-from ebpfguard.engine import Engine
-from ebpfguard.metrics import EngineCollector
+from ebpfguard.cli.main import main
+from ebpfguard.kernel.cgroups import CgroupManager
+from ebpfguard.observability.metrics import EngineCollector
+from ebpfguard.runtime.engine import Engine
 from ebpfguard.testing import FakeSensor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ def test_alert_rules_cover_drops_frozen_and_failed_verification(tmp_path: Path) 
 
 
 def test_the_agents_registry_has_build_info_and_process_metrics(tmp_path: Path) -> None:
-    from ebpfguard.metrics import registry_for
+    from ebpfguard.observability.metrics import registry_for
 
     cg = tmp_path / "cg"
     (cg / "unified").mkdir(parents=True)

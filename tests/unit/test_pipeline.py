@@ -14,15 +14,25 @@ from typing import Any
 
 import pytest
 
-from ebpfguard.decide import FREEZE, KILL, QUARANTINE, RESUME, SIGKILL_AGENT, THROTTLE, LadderState, Policy, decide
-from ebpfguard.engine import Engine, Instance
-from ebpfguard.events import _MONO_TO_REAL as _MONO
-from ebpfguard.events import decode
+from ebpfguard.common.abi import Access, EvFlag, Kind, LifeOp, NetOp, Verdict
 from ebpfguard.forensics import read, verify
-from ebpfguard.kernel.abi import Access, EvFlag, Kind, LifeOp, NetOp, Verdict
-from ebpfguard.lineage import LINEAGE_EVERY_S
+from ebpfguard.instance.lineage import LINEAGE_EVERY_S
 from ebpfguard.manifest.load import Manifest, parse
-from ebpfguard.resolve import Resolution
+from ebpfguard.pipeline.decide import (
+    FREEZE,
+    KILL,
+    QUARANTINE,
+    RESUME,
+    SIGKILL_AGENT,
+    THROTTLE,
+    LadderState,
+    Policy,
+    decide,
+)
+from ebpfguard.pipeline.events import _MONO_TO_REAL as _MONO
+from ebpfguard.pipeline.events import decode
+from ebpfguard.pipeline.resolve import Resolution
+from ebpfguard.runtime.engine import Engine, Instance
 from ebpfguard.sandbox import landlock
 from ebpfguard.testing import FakeSensor, ManualClock, raw_event
 

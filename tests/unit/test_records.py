@@ -7,10 +7,10 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
-from ebpfguard.events import decode, rfc3339_ns
+from ebpfguard.common.abi import c
 from ebpfguard.forensics import FIELDS, GENESIS, BadLine, ForensicLog, read, verify
-from ebpfguard.kernel.abi import c
-from ebpfguard.trace import WIDTH, format_line
+from ebpfguard.forensics.trace import WIDTH, format_line
+from ebpfguard.pipeline.events import decode, rfc3339_ns
 
 
 def test_log_appends_with_gapless_seq_across_writers(tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_cgroup_sweep_takes_only_old_empty_unowned_groups(tmp_path: Path) -> Non
     import os
     import time
 
-    from ebpfguard.cgroups import CgroupManager
+    from ebpfguard.kernel.cgroups import CgroupManager
 
     (tmp_path / "unified").mkdir()
     (tmp_path / "unified" / "cgroup.procs").write_text("")

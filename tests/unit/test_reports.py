@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from ebpfguard.correlate import Correlator, parse_rules
-from ebpfguard.decide import FREEZE, KILL, LadderState, Report, judge
-from ebpfguard.engine import Engine, Instance
-from ebpfguard.kernel.abi import Kind, Verdict
+from ebpfguard.common.abi import Kind, Verdict
+from ebpfguard.pipeline.correlate import Correlator, parse_rules
+from ebpfguard.pipeline.decide import FREEZE, KILL, LadderState, Report, judge
+from ebpfguard.runtime.engine import Engine, Instance
 from ebpfguard.testing import ManualClock, raw_event
 
 from .test_pipeline import freezer, killed, manifest, records, sensor, violation

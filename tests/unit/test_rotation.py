@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ebpfguard.cli import main, parse_size
+from ebpfguard.cli.main import main, parse_size
 from ebpfguard.errors import ForensicsError
 from ebpfguard.forensics import BadLine, ForensicLog, Forwarder, digest, log_files, parse_when, read, record_ns, verify
 

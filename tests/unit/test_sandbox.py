@@ -113,7 +113,7 @@ def test_under_systemd_the_agent_keeps_to_its_delegated_subtree(tmp_path, monkey
     enabled from <own> down, and nothing outside <own> is written (the root's subtree_control included)."""
     import os
 
-    from ebpfguard.cgroups import CgroupManager
+    from ebpfguard.kernel.cgroups import CgroupManager
 
     root = tmp_path / "cg"
     own = root / "system.slice" / "ebpfguard.service"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ebpfguard.cli import main
-from ebpfguard.trust import TrustError, TrustStore, keygen, sign, verify
+from ebpfguard.cli.main import main
+from ebpfguard.governance.trust import TrustError, TrustStore, keygen, sign, verify
 
 MANIFEST = """apiVersion: ebpfguard.io/v1
 kind: Extension

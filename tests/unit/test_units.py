@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ebpfguard.common.units import parse_duration, parse_size
 from ebpfguard.forensics import parse_when
 from ebpfguard.manifest.load import Escalation, Resources
-from ebpfguard.units import parse_duration, parse_size
 
 
 @pytest.mark.parametrize(("text", "n"), [("0", 0), ("4096", 4096), ("256Mi", 256 << 20), ("256M", 256_000_000),

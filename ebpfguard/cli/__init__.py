@@ -1,0 +1,1 @@
+"""The ebpfguard command line: a thin layer over the library (main). Nothing imports it."""

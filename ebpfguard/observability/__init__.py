@@ -1,0 +1,1 @@
+"""What fleets scrape: the Prometheus collector (metrics). Imports the runtime and below."""

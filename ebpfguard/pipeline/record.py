@@ -1,0 +1,126 @@
+"""Stage 5, record: every forensic record the engine writes is shaped here, in one envelope (which
+extension, instance, cgroup, mode and policy), then chained, signed and made durable by the log.
+Whoever wants records (the forwarder, live trace, metrics) hooks ``log.durable`` and hears of each
+one once it is fsync'd, never before.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ebpfguard.common.abi import LifeOp
+from ebpfguard.common.clock import now_ns, rfc3339_ns
+from ebpfguard.errors import EbpfguardError
+from ebpfguard.forensics import ForensicLog
+from ebpfguard.instance.store import Instance
+from ebpfguard.manifest.load import Manifest
+from ebpfguard.pipeline.events import Event, Origin
+from ebpfguard.sandbox.rollback import Layer
+
+log = logging.getLogger("ebpfguard")
+
+
+class Recorder:
+    def __init__(self, forensic_log: ForensicLog):
+        self.log = forensic_log
+        self.errors = 0  # records that could not be written (besides the log's own count)
+
+    def write(self, inst: Instance | None, body: dict[str, Any], *, manifest: Manifest | None = None,
+              mode: str | None = None, cgroup_id: int | None = None) -> dict[str, Any] | None:
+        """The envelope, then ``body`` (kind, pid, detail, verdict, actions...)."""
+        if inst is not None and inst.lineage and body.get("detail", {}).get("event") != "processes":
+            self.lineage(inst)  # the processes behind this record are on the log before it
+        m = inst.manifest if inst else manifest
+        rec = {"time": rfc3339_ns(now_ns()), "extension": m.name if m else None,
+               "instance": inst.id if inst else None, "cgroup_id": inst.cgroup_id if inst else cgroup_id,
+               "mode": inst.mode if inst else mode, "policy_sha256": m.sha256 if m else None, **body}
+        try:
+            return self.log.append(rec)
+        except EbpfguardError as err:
+            self.errors += 1
+            log.error("%s", err)
+            return None
+
+    def flag(self, extension: str, flagged: bool, reason: str, by: str) -> dict[str, Any] | None:
+        """An administrator's flag on an extension (provenance.py reads it back), or its clearing."""
+        rec: dict[str, Any] = {
+               "time": rfc3339_ns(now_ns()), "extension": extension, "instance": None, "cgroup_id": None,
+               "mode": None, "policy_sha256": None, "kind": "policy", "pid": None, "verdict": None, "actions": [],
+               "detail": {"event": "flagged" if flagged else "unflagged", "name": extension, "reason": reason,
+                          "by": by}}
+        try:
+            return self.log.append(rec)
+        except EbpfguardError as err:
+            self.errors += 1
+            log.error("%s", err)
+            return None
+
+    def event(self, inst: Instance | None, origin: Origin, verdict: str | None, detail: dict[str, Any],
+              actions: list[str], *, manifest: Manifest | None, mode: str | None,
+              response_ns: int | None = None) -> dict[str, Any] | None:
+        """The record of one action, from the kernel (an Event) or another layer (a decide.Report)."""
+        body: dict[str, Any] = {"kind": origin.kind, "pid": origin.pid, "tgid": origin.tgid, "uid": origin.uid,
+                                "comm": origin.comm, "detail": detail, "verdict": verdict, "actions": actions}
+        if origin.ts_ns is not None:
+            body["time"] = rfc3339_ns(origin.ts_ns)
+        if response_ns is not None:
+            body["response_ns"] = response_ns  # detection to action done
+        return self.write(inst, body, manifest=manifest, mode=mode, cgroup_id=origin.cgroup_id)
+
+    def lifecycle(self, inst: Instance, event: str, *, actions: list[str] | None = None,
+                  pid: int | None = None, comm: str | None = None, **detail: Any) -> dict[str, Any] | None:
+        """start, stop, adopted, readopted, escalation, and what an operator asked for."""
+        pid = inst.leader_pid if pid is None else pid
+        body: dict[str, Any] = {"kind": "lifecycle", "pid": pid, "tgid": pid, "detail": {"event": event, **detail},
+                                "verdict": None, "actions": actions or []}
+        if comm is not None:
+            body["comm"] = comm
+        return self.write(inst, body)
+
+    def process(self, inst: Instance, ev: Event, now: float) -> None:
+        """A kernel exec or exit event: gathered into the instance's lineage, not a record of its own."""
+        if ev.op == LifeOp.EXEC:
+            inst.lineage.exec(ev.tgid, int(ev.aux), ev.path, ev.ts_ns, now)
+        else:
+            inst.lineage.exit(ev.tgid, int(ev.aux), ev.ts_ns, now)
+        if inst.lineage.due(now):
+            self.lineage(inst)
+
+    def lineage(self, inst: Instance) -> dict[str, Any] | None:
+        """One ``processes`` record of what the instance's lineage gathered (lineage.py)."""
+        procs = inst.lineage.take()
+        if not procs:
+            return None
+        return self.write(inst, {"kind": "lifecycle", "pid": inst.leader_pid, "tgid": inst.leader_pid,
+                                 "detail": {"event": "processes", "procs": procs}, "verdict": None, "actions": []})
+
+
+def finish_rollback(layer: Layer, choice: str, recorder: Recorder, kept: Path, inst: Instance | None = None,
+                    by: str | None = None) -> dict[str, Any]:
+    """commit, discard, or keep (``keep``: the instance was still running when the agent stopped) a rollback
+    area, and write its record (kind ``rollback``). Returns the record's detail."""
+    if choice == "commit":
+        detail = layer.commit(kept)
+    elif choice == "discard":
+        detail = layer.discard()
+    else:
+        detail = {**layer.show(), "event": "kept",
+                  "why": "the instance was still running when the agent stopped: `ebpfguard rollback list` offers "
+                         "it for commit or discard"}
+        detail.pop("instance", None)
+    detail = {**detail, "trees": [t.target for t in layer.trees]}
+    if by:
+        detail["by"] = by
+    pid = inst.leader_pid if inst else None
+    body: dict[str, Any] = {"kind": "rollback", "pid": pid, "tgid": pid, "verdict": None, "actions": [],
+                            "detail": detail}
+    if inst is None:  # an instance gone with an earlier agent: named from its rollback area
+        body["instance"], body["extension"] = layer.instance, layer.meta.get("extension")
+    recorder.write(inst, body)
+    conflicts = detail.get("conflicts") or []
+    log.log(logging.WARNING if choice == "discard" or conflicts else logging.INFO,
+            "rollback %s: %s, %d change(s)%s", layer.instance, detail["event"], detail.get("count", 0),
+            f", {len(conflicts)} kept as the user left them" if conflicts else "")
+    return detail

@@ -1,0 +1,96 @@
+"""``ebpfguard run``: launch a command as an extension instance, standalone or through the agent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ebpfguard.governance.trust import sig_path
+from ebpfguard.instance.store import Instance
+from ebpfguard.manifest.load import Manifest, parse
+from ebpfguard.sandbox import Sandbox
+from ebpfguard.sandbox.launcher import check_command, exit_status, resolve, spawn
+
+
+def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str | None = None,
+                   files: str | None = None, trust_dir: str | None = None) -> int:
+    """Load the programs in this process, with the shipped correlation rules, and run ``argv`` through the
+    launch loop (runtime/launch.py) until its cgroup is empty. Returns the command's status."""
+    from ebpfguard.pipeline.correlate import load_correlator  # noqa: PLC0415
+    from ebpfguard.runtime.engine import Engine  # noqa: PLC0415
+    from ebpfguard.runtime.launch import LaunchOptions, launch  # noqa: PLC0415
+
+    argv = resolve(argv)
+    check_command(m, argv, mode)
+    Sandbox.prepare(m, mode).close()  # a manifest the launcher cannot enforce fails before anything loads
+    eng = Engine(state_dir, correlator=load_correlator(None))
+    try:
+        on_started = None
+        if files:
+            from ebpfguard.governance.trust import DEFAULT_TRUST, TrustStore, launch_check  # noqa: PLC0415
+
+            signed = launch_check(eng.recorder, m, files, TrustStore(trust_dir or DEFAULT_TRUST), None, mode)
+
+            def on_started(inst: Instance) -> None:
+                inst.watch_signed(files, signed.files or [])
+
+        opts = LaunchOptions(mode=mode, on_started=on_started, collect=False, interactive=True, poll_ms=50)
+        return launch(eng, m, argv, opts).status
+    finally:
+        eng.close()
+
+
+def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | None = None,
+                  extension: str | None = None, mode: str | None = None, files: str | None = None) -> int:
+    """Ask the agent for an instance cgroup, launch into it, report the exit. The connection stays
+    open while the command runs: if this process dies, the agent sees the launcher is gone."""
+    from ebpfguard.errors import ControlError  # noqa: PLC0415
+    from ebpfguard.manifest.load import default_home  # noqa: PLC0415
+    from ebpfguard.service.control import Client  # noqa: PLC0415
+
+    argv = resolve(argv)
+    with Client(state_dir) as client:
+        checked: dict[str, Any] = {}
+        if files:  # the agent checks them against the signed list (and records a refusal)
+            checked["files"] = os.path.abspath(files)
+            if manifest is not None:
+                sig = sig_path(manifest.source)
+                checked["signature_text"] = sig.read_text(errors="replace") if sig.is_file() else ""
+        if manifest is not None:
+            ans = client.request("prepare", manifest_text=manifest.raw.decode(), manifest_path=manifest.source,
+                                 home=default_home(manifest.user), mode=mode, **checked)
+        else:
+            ans = client.request("prepare", extension=extension, mode=mode, **checked)
+        # the agent sends back the manifest it holds, and whether its config lets an extension run as root
+        m = manifest or parse(ans["manifest_text"].encode(), ans["manifest_path"], home=ans.get("home"))
+        check_command(m, argv, mode)  # (the agent releases the instance when this connection closes)
+        sandbox = Sandbox.prepare(m, mode, allow_root=bool(ans.get("allow_root")),
+                                  proxies=ans.get("dbus_proxies") or {},
+                                  overlays={t: (u, w) for t, (u, w) in (ans.get("rollback") or {}).items()})
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            proc = spawn(argv, ans["procs_files"], sandbox=sandbox)
+        finally:
+            signal.signal(signal.SIGINT, old)
+            sandbox.close()
+        client.request("started", instance=ans["instance"], pid=proc.pid, argv=list(argv),
+                       sandbox=sandbox.describe())
+        prev = signal.signal(signal.SIGINT, lambda *_: None)
+        try:
+            while True:
+                try:
+                    proc.wait()
+                    break
+                except InterruptedError:
+                    continue
+        finally:
+            signal.signal(signal.SIGINT, prev)
+        status = exit_status(proc.returncode)
+        try:
+            client.request("exited", instance=ans["instance"], status=status)
+        except ControlError as err:  # the agent stopped meanwhile: the status is still the command's
+            print(f"ebpfguard: warning: could not report the exit to the agent: {err}", file=sys.stderr)
+        return status
