@@ -3,6 +3,13 @@ one correlation record naming both seqs, and the ladder acts on it; either step 
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ebpfguard.forensics import read
 from ebpfguard.pipeline.correlate import Correlator, parse_rules
 from ebpfguard.runtime.engine import Engine
 
@@ -62,3 +69,29 @@ def test_either_step_alone_is_no_correlation(engine: Engine, world: World) -> No
         assert not [r for r in only_connect.records if r["kind"] == "network"], only_connect.records
     finally:
         engine.observers.correlator = None
+
+
+def test_a_standalone_run_is_watched_by_the_shipped_rules(world: World, tmp_path: Path) -> None:
+    """`ebpfguard run` with no agent loads the shipped correlation rules (policies/correlation/default.yaml): a
+    file written in the home and then executed is the written-then-executed rule, recorded and killed."""
+    drop = world.base / "drop"
+    drop.mkdir(exist_ok=True)
+    drop.chmod(0o777)
+    dropped = drop / "x"
+    m = tmp_path / "m.yaml"
+    m.write_text(world.manifest().replace(f'write: ["{world.out}/"]', 'write: ["~/drop/"]')
+                 .replace(f'exec: ["{world.helper}"]', f'exec: ["/usr/bin/", "/bin/", "{world.helper}", "~/drop/x"]')
+                 .replace(f'read: ["{world.allowed}/"]', f'read: ["/usr/", "/lib/", "/etc/", "{world.base}/"]'))
+    state = tmp_path / "st"
+    env = {k: v for k, v in os.environ.items() if k != "SUDO_USER"}
+    env["HOME"] = str(world.base)  # ~ in the manifest and in the shipped rules
+    try:
+        r = subprocess.run([str(Path(sys.executable).parent / "ebpfguard"), "run", "-m", str(m), "--state-dir",
+                            str(state), "--", "/bin/sh", "-c", f"cp {world.helper} {dropped} && {dropped} "
+                            f"{world.out}/m-standalone noop"], env=env, capture_output=True, text=True,
+                           timeout=180, check=False)
+        records = [rec for rec in read(state) if isinstance(rec, dict) and rec.get("kind") == "correlation"]
+        assert [c["detail"]["rule"] for c in records] == ["written-then-executed"], (r.returncode, r.stderr)
+        assert records[0]["verdict"] == "detected" and any(a.startswith("cgroup.kill") for a in records[0]["actions"])
+    finally:
+        shutil.rmtree(drop, ignore_errors=True)
