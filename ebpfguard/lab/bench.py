@@ -381,7 +381,7 @@ def run_latency(eng: Any, tmp: Path, runs: int) -> dict[str, Any]:
     by the agent (user space); for kill, the offender's exit as the kernel reports it (SIGKILL sent by
     the program that saw the violation). A killed offender must not have run one more instruction:
     the helper writes a marker right after the forbidden open, and no marker may exist."""
-    from ebpfguard.sandbox.launcher import exit_status  # noqa: PLC0415
+    from ebpfguard.runtime.launch import LaunchOptions, launch  # noqa: PLC0415
 
     helper = _build(tmp, "egact", data_root() / "sim" / "egact.c")
     for d in ("ok", "markers", "secret"):
@@ -394,29 +394,10 @@ def run_latency(eng: Any, tmp: Path, runs: int) -> dict[str, Any]:
         lat: list[float] = []
         after_kill = 0
         for i in range(runs):
-            records: list[dict[str, Any]] = []
-            eng.subscribers.append(records.append)
-            inst = eng.prepare(m)
             marker = tmp / "markers" / f"{step}-{i}"
-            try:
-                proc = spawn([str(helper), str(marker), "read", str(tmp / "secret" / "s.txt")],
-                             inst.cgroup.procs_files())
-                eng.started(inst, proc.pid, [str(helper)])
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    if inst.state == "frozen" if step == "freeze" else proc.poll() is not None:
-                        break
-                    eng.poll(5)
-                if step == "freeze":
-                    eng.kill(inst)
-                proc.wait(10)
-                eng.leader_exited(inst, exit_status(proc.returncode))
-                while inst.cgroup.populated() and time.monotonic() < deadline:
-                    eng.poll(5)
-                eng.poll(0)
-            finally:
-                eng.release(inst, kill=True)
-                eng.subscribers.remove(records.append)
+            argv = [str(helper), str(marker), "read", str(tmp / "secret" / "s.txt")]
+            records = launch(eng, m, argv, LaunchOptions(sandbox=False, stop_when_frozen=True, timeout=10,
+                                                         poll_ms=5)).records
             v = [r for r in records if r.get("kind") == "file"]
             if step == "freeze":
                 if v and "response_ns" in v[0]:
