@@ -6,6 +6,7 @@ STATE ?= /var/lib/ebpfguard
 KREL := $(shell uname -r)
 
 .PHONY: setup deps headers venv run test test-unit test-kernel test-vm vm-deps guest-tier guest-service vagrant-check lint bench \
+	bench-quick \
 	deb clean
 
 setup: deps headers venv
@@ -61,7 +62,7 @@ test-unit: venv
 
 test-kernel: setup
 	$(VENV)/bin/python -m ebpfguard.kernel.probe --require
-	$(VENV)/bin/pytest -q -rs tests/kernel tests/e2e
+	$(VENV)/bin/pytest -q -rs --durations=15 tests/kernel tests/e2e
 
 # The VM tier: the kernel tier again in a guest on Debian's own kernel (6.1, tests/vm/egvm.py), under
 # qemu's software emulation, pure cgroup v2: once with bpf among the LSMs (it fails, never skips, when
@@ -75,19 +76,23 @@ vm-deps:
 
 test-vm: setup vm-deps
 	@rc=0; \
-	$(PY) tests/vm/egvm.py run --lsm --timeout $(VM_TIMEOUT) -- \
+	s=$$(date +%s); $(PY) tests/vm/egvm.py run --lsm --timeout $(VM_TIMEOUT) -- \
 	  $(MAKE) --no-print-directory guest-tier REQUIRE=--require-lsm || rc=1; \
-	$(PY) tests/vm/egvm.py run --no-lsm --timeout $(VM_TIMEOUT) -- \
+	echo "== guest with BPF-LSM: $$(( $$(date +%s) - s )) s"; \
+	s=$$(date +%s); $(PY) tests/vm/egvm.py run --no-lsm --timeout $(VM_TIMEOUT) -- \
 	  $(MAKE) --no-print-directory guest-tier REQUIRE=--require || rc=1; \
-	$(PY) tests/vm/egvm.py run --systemd --lsm --timeout $(VM_TIMEOUT) -- \
+	echo "== guest without BPF-LSM: $$(( $$(date +%s) - s )) s"; \
+	s=$$(date +%s); $(PY) tests/vm/egvm.py run --systemd --lsm --timeout $(VM_TIMEOUT) -- \
 	  $(MAKE) --no-print-directory guest-service || rc=1; \
+	echo "== guest with systemd: $$(( $$(date +%s) - s )) s"; \
 	exit $$rc
 
-# run inside the guest by test-vm: what the kernel has, then the kernel tier
+# run inside the guest by test-vm: what the kernel has, then the kernel tier's tests whose outcome depends on
+# the kernel (marked guest in tests/kernel/conftest.py: the hooks that decide, cgroup v2, the ABI)
 guest-tier:
 	@test -n "$$EGVM_KERNEL" || { echo "guest-tier runs inside the VM tier's guest: use make test-vm"; exit 2; }
 	$(VENV)/bin/python -m ebpfguard.kernel.probe $(REQUIRE)
-	$(VENV)/bin/pytest -q -rfEsx -p no:cacheprovider tests/kernel $(GUEST_E2E)
+	$(VENV)/bin/pytest -q -rfEsx -p no:cacheprovider --durations=10 -m "guest or e2e" tests/kernel $(GUEST_E2E)
 
 # run inside the guest by test-vm with systemd as PID 1: the Debian package's unit as systemd runs it
 guest-service:
@@ -107,7 +112,14 @@ vagrant-check:
 	cd vagrant && vagrant validate --ignore-provider && sh -n provision-kernel.sh && sh -n provision-ebpfguard.sh
 
 # every tier; the kernel tier fails (never skips) when eBPF cannot be loaded
-test: setup lint test-unit test-kernel vagrant-check test-vm
+test: setup
+	@t0=$$(date +%s); \
+	for tier in lint test-unit test-kernel vagrant-check test-vm bench-quick; do \
+	  s=$$(date +%s); $(MAKE) --no-print-directory $$tier || exit 1; \
+	  echo "== tier $$tier: $$(( $$(date +%s) - s )) s"; \
+	done; echo "== make test: $$(( $$(date +%s) - t0 )) s"
+
+bench-quick: setup
 	$(VENV)/bin/ebpfguard bench --quick
 
 # build/ebpfguard_VERSION_all.deb: the package with bpf/ and policies/ inside, /usr/bin/ebpfguard, the units
