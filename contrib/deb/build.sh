@@ -26,6 +26,11 @@ for f in "$top"/policies/*.yaml; do
     install -m 0644 "$f" "$root/etc/ebpfguard/policies/"
 done
 install -m 0644 "$top/README.md" "$top/docs/escapes.md" "$root/usr/share/doc/ebpfguard/"
+install -d "$root/usr/share/man/man1"
+for f in "$top"/man/man1/*.1; do
+    gzip -9n -c "$f" > "$root/usr/share/man/man1/$(basename "$f").gz"
+done
+chmod 0644 "$root"/usr/share/man/man1/*.gz
 (cd "$root" && find etc -type f | sed 's#^#/#' | sort) > "$root/DEBIAN/conffiles"
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
 sed -e "s/@VERSION@/$version/" -e "s/@SIZE@/$size/" "$here/control.in" > "$root/DEBIAN/control"
