@@ -10,6 +10,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,25 @@ from ebpfguard.common.clock import now_ns, rfc3339_ns
 from ebpfguard.common.statedir import StateDir
 from ebpfguard.instance.lineage import Lineage
 from ebpfguard.kernel.cgroups import Cgroup
-from ebpfguard.manifest.load import Manifest
+from ebpfguard.manifest.load import Manifest, Mode
 
 log = logging.getLogger("ebpfguard")
+
+
+class State(StrEnum):
+    """Where an instance stands on the ladder (quarantine is apart: it holds in any state)."""
+
+    RUNNING = "running"
+    THROTTLED = "throttled"
+    FROZEN = "frozen"
+    KILLED = "killed"
 
 
 @dataclass
 class Instance:
     id: str
     manifest: Manifest
-    mode: str
+    mode: Mode
     slot: int
     cgroup: Cgroup
     cgroup_id: int
@@ -47,7 +57,7 @@ class Instance:
     sandbox: dict[str, Any] = field(default_factory=dict)  # what the launcher enforced (Sandbox.describe)
     limits: dict[str, Any] = field(default_factory=dict)
     resource_seen: dict[str, int] = field(default_factory=dict)
-    state: str = "running"        # running | throttled | frozen | killed (quarantine is shown apart)
+    state: State = State.RUNNING
     quarantined: bool = False
     recent: deque[float] = field(default_factory=deque)  # monotonic times of violations in the window
     repeats_seen: int = 0  # identical repeats the kernel suppressed, as last counted

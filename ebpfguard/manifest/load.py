@@ -13,6 +13,7 @@ import pwd
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -104,12 +105,19 @@ class Resources:
                    int(raw["pids"]) if "pids" in raw else None, dict(raw))
 
 
+class Mode(StrEnum):
+    """spec.mode, or a launch's --mode: record only, or deny and respond."""
+
+    AUDIT = "audit"
+    ENFORCE = "enforce"
+
+
 @dataclass
 class Manifest:
     name: str
     version: str
     publisher: str
-    mode: str
+    mode: Mode
     user: str | None
     read: list[str]
     write: list[str]
@@ -421,7 +429,7 @@ def _build(data: dict[str, Any], raw: bytes, filename: str, lines: dict[tuple[An
         raise ManifestError(problems)
     return Manifest(
         name=meta["name"], version=str(meta.get("version", "")), publisher=meta.get("publisher", ""),
-        mode=spec.get("mode", "enforce"), user=user, read=paths["read"], write=paths["write"],
+        mode=Mode(spec.get("mode", "enforce")), user=user, read=paths["read"], write=paths["write"],
         exec=paths["exec"], connect=rules["connect"], bind=rules["bind"], deny_syscalls=deny,
         resources=Resources.parse(spec.get("resources") or {}), response=response,
         escalation=Escalation.parse(escalation),

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ebpfguard.errors import EbpfguardError
-from ebpfguard.instance.store import Instance
+from ebpfguard.instance.store import Instance, State
 from ebpfguard.kernel.cgroups import freeze, throttle
-from ebpfguard.pipeline.decide import FREEZE, KILL, QUARANTINE, RESUME, SIGKILL_AGENT, THROTTLE
+from ebpfguard.pipeline.decide import FREEZE, KILL, QUARANTINE, RESUME, SIGKILL_AGENT, THROTTLE, step_of
 
 if TYPE_CHECKING:
     from ebpfguard.kernel.sensor import SensorLike
@@ -29,7 +29,7 @@ class Actuator:
         left out, so the record never claims it)."""
         done = []
         for step in todo:
-            op = step.split(":", 1)[0] if step.startswith("cgroup.") else step
+            op = step_of(step)
             try:
                 if op == RESUME:
                     self.resume(tgid)
@@ -64,23 +64,23 @@ class Actuator:
 
     def freeze(self, inst: Instance) -> None:
         freeze(inst.cgroup, True)
-        inst.state = "frozen"
+        inst.state = State.FROZEN
 
     def thaw(self, inst: Instance) -> None:
         freeze(inst.cgroup, False)
-        inst.state = "running"
+        inst.state = State.RUNNING
         inst.recent.clear()
 
     def kill(self, inst: Instance) -> None:
-        if inst.state == "frozen":  # a frozen task dies only once thawed
+        if inst.state == State.FROZEN:  # a frozen task dies only once thawed
             freeze(inst.cgroup, False)
         inst.cgroup.kill()
-        inst.state = "killed"
+        inst.state = State.KILLED
         inst.discard = True  # what it changed is rolled back (rollback.py), if its manifest asks
 
     def throttle(self, inst: Instance) -> None:
         throttle(inst.cgroup)
-        inst.state = "throttled"
+        inst.state = State.THROTTLED
 
     def quarantine(self, inst: Instance, on: bool) -> None:
         self.sensor.quarantine(inst.cgroup_id, on)

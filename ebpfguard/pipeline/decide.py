@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from ebpfguard.common.abi import EvFlag, Verdict
+from ebpfguard.instance.store import State
 from ebpfguard.manifest.compile import CompiledPolicy
-from ebpfguard.manifest.load import Escalation, Manifest
+from ebpfguard.manifest.load import Escalation, Manifest, Mode
 from ebpfguard.pipeline.events import Event
 from ebpfguard.pipeline.resolve import Resolution
 from ebpfguard.sandbox import landlock
@@ -31,13 +33,25 @@ NEED = {"read": landlock.FS["read_file"] | landlock.FS["read_dir"],
         "write": landlock.FS["write_file"] | landlock.FS["make_reg"] | landlock.FS["remove_file"],
         "exec": landlock.FS["execute"]}
 
-# What act() can do. An action may carry a note after ":" (e.g. "cgroup.kill:escalation(3 in 60s)").
-RESUME = "resume"              # SIGCONT a process the kernel held for this decision (never recorded)
-SIGKILL_AGENT = "sigkill:agent"
-KILL = "cgroup.kill"
-FREEZE = "cgroup.freeze"
-THROTTLE = "throttle"
-QUARANTINE = "quarantine"
+class Step(StrEnum):
+    """What act() can do. A ladder step may carry a note after ":" (cgroup.kill:escalation(3 in 60s)); what the
+    deciding layer already did is named whole (eacces:landlock, eperm:kernel): step_of() tells them apart."""
+
+    RESUME = "resume"              # SIGCONT a process the kernel held for this decision (never recorded)
+    SIGKILL_AGENT = "sigkill:agent"
+    KILL = "cgroup.kill"
+    FREEZE = "cgroup.freeze"
+    THROTTLE = "throttle"
+    QUARANTINE = "quarantine"
+
+
+RESUME, SIGKILL_AGENT, KILL, FREEZE, THROTTLE, QUARANTINE = (Step.RESUME, Step.SIGKILL_AGENT, Step.KILL, Step.FREEZE,
+                                                            Step.THROTTLE, Step.QUARANTINE)
+
+
+def step_of(action: str) -> str:
+    """The step an action names, without a ladder step's note."""
+    return action.split(":", 1)[0] if action.startswith("cgroup.") else action
 
 
 @dataclass(frozen=True)
@@ -54,8 +68,8 @@ class Policy:
 class LadderState:
     """What a decision needs of the instance: its ladder position and Landlock grants."""
 
-    mode: str
-    state: str = "running"
+    mode: Mode
+    state: State = State.RUNNING
     quarantined: bool = False
     window: tuple[float, ...] = ()       # monotonic times of the violations inside the escalation window
     landlock_grants: tuple[tuple[str, int], ...] = ()
@@ -105,12 +119,12 @@ class Report:
 def judge(r: Report, m: Manifest, inst: LadderState, now: float) -> Decision:
     """The Decision on a Report: its layer's verdict stands; the agent adds the source's own response and
     the ladder (enforce mode, a live instance), a step asked for twice done once."""
-    todo: list[str] = list(r.own) if inst.mode == "enforce" and inst.live else []
+    todo: list[str] = list(r.own) if inst.mode == Mode.ENFORCE and inst.live else []
     window = None
     if r.escalates:
         steps, window = ladder(m, inst, r.kind, now)
-        own = {s.split(":")[0] for s in todo}
-        todo.extend(s for s in steps if s.split(":")[0] not in own)
+        own = {step_of(s) for s in todo}
+        todo.extend(s for s in steps if step_of(s) not in own)
     return Decision(r.record, r.verdict, r.taken, tuple(todo), r.detail, f"reported: {', '.join(r.taken) or r.kind}",
                     window, violation=r.violation)
 
@@ -139,7 +153,7 @@ def decide(ev: Event, policy: Policy | None, inst: LadderState | None, res: Reso
             if policy is not None and policy.compiled is not None and policy.compiled.allows_path(res.path, ev.access):
                 return Decision(False, Verdict.ALLOWED.label, todo=tuple(todo),
                                 reason=f"{res.path} is inside the {ev.access} rules")
-        elif inst is not None and inst.state == "killed":
+        elif inst is not None and inst.state == State.KILLED:
             # the instance was killed (cgroup.kill) while this call was held for its path: the path is
             # unknown, the call may well have been allowed, and the process is gone. Recording it as a
             # violation would tell what nobody saw (it was once a second, pathless violation after a kill)
@@ -176,7 +190,7 @@ def _pending_verdict(kind: str, policy: Policy | None) -> tuple[str | None, str,
     if policy is None:
         return Verdict.DETECTED.label, "no policy bound", False
     step = policy.manifest.response.get(kind)
-    if policy.mode != "enforce" or step == "alert":
+    if policy.mode != Mode.ENFORCE or step == "alert":
         return Verdict.ALLOWED.label, "audit mode or an alert response: recorded only", False
     if step == "kill":
         return Verdict.KILLED.label, f"response {kind}: kill", True
@@ -248,7 +262,7 @@ def landlock_denied(inst: LadderState, ev: Event, res: Resolution) -> bool:
 def ladder(m: Manifest, inst: LadderState, kind: str, now: float) -> tuple[list[str], tuple[float, ...] | None]:
     """The user-space steps after a violation in enforce mode: the kind's response (freeze, kill,
     throttle), the escalation window (freeze_after, kill_after) and network quarantine."""
-    if inst.mode != "enforce" or not inst.live:
+    if inst.mode != Mode.ENFORCE or not inst.live:
         return [], None
     window = (*inst.window, now)
     step = m.response.get(kind)
@@ -257,7 +271,7 @@ def ladder(m: Manifest, inst: LadderState, kind: str, now: float) -> tuple[list[
     actions, window = escalate(m.escalation, inst.state, window, now)
     if actions and actions[0].startswith(KILL):
         return actions, window
-    state = "frozen" if actions else inst.state
+    state = State.FROZEN if actions else inst.state
     if step == "freeze" and state != "frozen":
         actions.append(FREEZE)
     elif step == "throttle" and state == "running" and not actions:
@@ -285,7 +299,7 @@ def repeats(m: Manifest, inst: LadderState, count: int, now: float) -> tuple[lis
     """Identical repeats the kernel counted but did not record are violations too: they enter the
     escalation window as if each had been recorded (at most as many as can matter)."""
     esc = m.escalation
-    if inst.mode != "enforce" or not esc or not inst.live or count <= 0:
+    if inst.mode != Mode.ENFORCE or not esc or not inst.live or count <= 0:
         return [], None
     limit = max(esc.kill_after or 0, esc.freeze_after or 0) + 1
     return escalate(esc, inst.state, (*inst.window, *([now] * min(count, limit))), now)

@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from ebpfguard.pipeline.decide import step_of
+
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -33,7 +35,7 @@ class Stats:
             self.violations[(extension, kind, verdict)] += 1
             for a in actions:
                 # "cgroup.kill:escalation(3 in 60s)" -> "cgroup.kill": bounded label values
-                self.actions[a.split(":")[0] if a.startswith("cgroup.") else a] += 1
+                self.actions[step_of(a)] += 1
 
     def observe(self, rec: dict[str, Any]) -> None:
         """A durable record (a log.durable hook): violations and actions by their record, the

@@ -24,7 +24,7 @@ from ebpfguard.instance.slots import Slots
 from ebpfguard.instance.store import Instance, InstanceStore, alive, cmdline, parent_pid, process_tree
 from ebpfguard.kernel.cgroups import CgroupManager, resource_events, set_limits
 from ebpfguard.kernel.sensor import SensorLike
-from ebpfguard.manifest.load import Manifest
+from ebpfguard.manifest.load import Manifest, Mode
 from ebpfguard.pipeline.act import Actuator
 from ebpfguard.pipeline.correlate import Correlator
 from ebpfguard.pipeline.decide import Report, repeats
@@ -189,7 +189,7 @@ class Engine:
         from ebpfguard.sandbox.dbusproxy import Proxy, default_address  # noqa: PLC0415
 
         m = inst.manifest
-        if inst.mode != "enforce" or not m.ipc.dbus:
+        if inst.mode != Mode.ENFORCE or not m.ipc.dbus:
             return
         pw = extension_user(m)
         for bus, rules in m.ipc.dbus.items():
@@ -210,13 +210,13 @@ class Engine:
         D-Bus proxies running, and the kernel told, before the first of its processes runs, that they
         will be in their own mount namespace and, with ``landlocked`` (sandbox.landlock_confines), under
         a Landlock ruleset for files that reports its denials with ``landlock_reports``."""
-        mode = mode or m.mode
+        run_mode = Mode(mode) if mode else m.mode
         watch: tuple[tuple[str, str], ...] = ()
         correlator = self.observers.correlator
         if correlator is not None:
             watch = correlator.watch_for({"read": m.read + m.write, "write": m.write, "exec": m.exec}, m.home)
         baseline = self.baseline_for(m) if self.baseline_for is not None else None
-        slot = self.slots.acquire(m, mode, shadow, watch, correlator.arm_ms if correlator else 0,
+        slot = self.slots.acquire(m, run_mode, shadow, watch, correlator.arm_ms if correlator else 0,
                                   baseline=baseline is not None)
         try:
             cg = self.cgroups.create(m.name)
@@ -226,7 +226,7 @@ class Engine:
         # the launcher's seccomp filter reports what it refuses where the audit reader runs: no syscall
         # gate for those (sandbox.seccomp_denied); the rest are recorded by the gates, attached first
         audited = launch and landlock_reports and self.audit.reader is not None
-        reported = set(seccomp_denied(m, mode)) if audited else set()
+        reported = set(seccomp_denied(m, run_mode)) if audited else set()
         try:
             limits = set_limits(cg, m.resources)
             cgid = cg.id
@@ -239,7 +239,7 @@ class Engine:
             cg.remove()
             self.slots.release(slot.index)
             raise
-        inst = Instance(cg.name, m, mode, slot.index, cg, cgid, limits=limits, seccomp_reports=bool(reported),
+        inst = Instance(cg.name, m, run_mode, slot.index, cg, cgid, limits=limits, seccomp_reports=bool(reported),
                         baseline=baseline)
         self.instances[cgid] = inst
         self.store.save(inst)
@@ -337,7 +337,7 @@ class Engine:
             except (OSError, ValueError, KeyError, EbpfguardError) as err:
                 log.error("cannot re-adopt instance from %s: %s", path.name, err)
                 continue
-            inst = Instance(cg.name, m, meta["mode"], slot.index, cg, cg.id, leader_pid=meta.get("leader_pid"),
+            inst = Instance(cg.name, m, Mode(meta["mode"]), slot.index, cg, cg.id, leader_pid=meta.get("leader_pid"),
                             argv=meta.get("argv") or [], launcher_done=True, sandbox=meta.get("sandbox") or {},
                             limits=meta.get("limits") or {}, started_ns=meta.get("started_ns") or now_ns())
             inst.resource_seen = resource_events(cg)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ebpfguard.errors import EbpfguardError
-from ebpfguard.instance.store import Instance
+from ebpfguard.instance.store import Instance, State
 from ebpfguard.manifest.load import Manifest
 from ebpfguard.runtime.engine import Engine
 from ebpfguard.sandbox import Sandbox, landlock_confines, landlock_reports
@@ -34,7 +34,7 @@ class Ended:
 
     status: int                      # the command's exit status; 128+N when signal N ended it
     pid: int                         # its leader's pid
-    state: str                       # running (ended by itself) | frozen | killed (by the ladder or the loop)
+    state: State                     # running (ended by itself), frozen or killed (by the ladder or the loop)
     records: list[dict[str, Any]] = field(default_factory=list)  # what it caused, when collected
     timed_out: bool = False          # the loop killed it at its deadline
 
@@ -75,14 +75,14 @@ def launch(engine: Engine, m: Manifest, argv: Sequence[str], opts: LaunchOptions
         engine.started(inst, proc.pid, argv, sb.describe() if sb else None)
         if o.on_started is not None:
             o.on_started(inst)
-        ended = Ended(0, proc.pid, "running", records)
+        ended = Ended(0, proc.pid, State.RUNNING, records)
         deadline = time.monotonic() + o.timeout if o.timeout is not None else None
         with _sigint_ignored(o.interactive):
             while proc.poll() is None:
                 engine.poll(o.poll_ms)
                 engine.check_resources()
-                if o.stop_when_frozen and inst.state == "frozen":
-                    ended.state = "frozen"
+                if o.stop_when_frozen and inst.state == State.FROZEN:
+                    ended.state = State.FROZEN
                     engine.kill(inst)
                 if deadline is not None and time.monotonic() > deadline:
                     ended.timed_out = True
@@ -93,7 +93,7 @@ def launch(engine: Engine, m: Manifest, argv: Sequence[str], opts: LaunchOptions
             while inst.cgroup.populated() and (deadline is None or time.monotonic() < deadline):
                 engine.poll(o.poll_ms)
             engine.poll(0)
-        if ended.state != "frozen" and inst.state in ("killed", "frozen"):
+        if ended.state != State.FROZEN and inst.state in (State.KILLED, State.FROZEN):
             ended.state = inst.state
         return ended
     finally:
