@@ -18,6 +18,8 @@ from ebpfguard.governance.trust import TrustStore, keygen, sign
 
 from .test_agent import EG, Agent, eg
 
+pytestmark = pytest.mark.e2e
+
 SIGNED = """apiVersion: ebpfguard.io/v1
 kind: Extension
 metadata: {{name: {name}, version: "{version}", publisher: acme}}

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ebpfguard.governance.baseline import Baseline
 from ebpfguard.runtime.engine import Engine
 
-from .conftest import World, run_ext
+from .harness import World, run_ext
+
+pytestmark = pytest.mark.kernel
 
 
 def test_a_new_allowed_destination_is_one_anomaly(engine: Engine, world: World) -> None:

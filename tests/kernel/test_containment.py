@@ -18,7 +18,7 @@ import pytest
 from ebpfguard.runtime.engine import Engine
 from ebpfguard.sandbox import landlock
 
-from .conftest import Result, World, run_ext
+from .harness import Result, World, run_ext
 
 pytestmark = pytest.mark.kernel
 SECRET = "SECRET-BYTES"

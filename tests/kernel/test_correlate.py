@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ebpfguard.forensics import read
 from ebpfguard.pipeline.correlate import Correlator, parse_rules
 from ebpfguard.runtime.engine import Engine
 
-from .conftest import World, run_ext
+from .harness import World, run_ext
+
+pytestmark = pytest.mark.kernel
 
 RULES = """apiVersion: ebpfguard.io/v1
 kind: CorrelationRules

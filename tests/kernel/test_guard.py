@@ -17,7 +17,7 @@ from ebpfguard.manifest.syscall_table import SYSCALLS_X86_64
 from ebpfguard.runtime.engine import Engine
 from ebpfguard.sandbox.launcher import spawn
 
-from .conftest import Result, World, free_port, run_ext
+from .harness import Result, World, free_port, run_ext
 
 pytestmark = pytest.mark.kernel
 SIGKILL_STATUS = 128 + 9

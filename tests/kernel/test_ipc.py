@@ -21,7 +21,7 @@ from ebpfguard.lab.simulate import execute
 from ebpfguard.manifest.load import parse
 from ebpfguard.runtime.engine import Engine
 
-from .conftest import World, run_ext
+from .harness import World, run_ext
 from .test_containment import NOBODY, contained, violation
 
 pytestmark = pytest.mark.kernel

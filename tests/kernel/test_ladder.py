@@ -20,7 +20,7 @@ from ebpfguard.runtime.engine import Engine, Instance
 from ebpfguard.sandbox import Sandbox, landlock_confines, landlock_reports
 from ebpfguard.sandbox.launcher import spawn
 
-from .conftest import World
+from .harness import World
 
 pytestmark = pytest.mark.kernel
 

@@ -12,7 +12,7 @@ from ebpfguard.kernel.features import bpf_lsm_status
 from ebpfguard.kernel.loader import program_source
 from ebpfguard.runtime.engine import Engine
 
-from .conftest import World, run_ext
+from .harness import World, run_ext
 
 pytestmark = pytest.mark.kernel
 USABLE, WHY = bpf_lsm_status()

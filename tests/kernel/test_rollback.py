@@ -21,7 +21,7 @@ from ebpfguard.lab.simulate import execute
 from ebpfguard.manifest.load import parse
 from ebpfguard.runtime.engine import Engine
 
-from .conftest import World
+from .harness import World
 from .test_containment import NOBODY
 
 pytestmark = pytest.mark.kernel

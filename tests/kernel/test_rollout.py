@@ -9,7 +9,9 @@ import pytest
 
 from ebpfguard.runtime.engine import Engine
 
-from .conftest import World, run_ext
+from .harness import World, run_ext
+
+pytestmark = pytest.mark.kernel
 
 
 def shadow_of(world: World) -> str:

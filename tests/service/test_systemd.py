@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.service
+
 TOP = Path(__file__).resolve().parents[2]
 UNIT = "ebpfguard.service"
 CG = Path("/sys/fs/cgroup")
