@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,3 +74,25 @@ class StateDir:
 
     def policy(self, sha256: str) -> Path:
         return self.policies / sha256
+
+
+def unreadable(*dirs: str | os.PathLike[str]) -> str | None:
+    """Why this user cannot read the first of ``dirs`` that is closed to it (a state folder is root's, 0700),
+    said for a person rather than as a bare EACCES; None when each is readable or absent."""
+    for d in dirs:
+        try:
+            st = os.stat(d)
+        except PermissionError:
+            return f"{d}: a folder on the way is closed to this user: run this as root (sudo)"
+        except OSError:
+            continue
+        if os.path.isdir(d) and not os.access(d, os.R_OK | os.X_OK):
+            return f"{d} is readable by its owner only ({_user_name(st.st_uid)}): run this as root (sudo)"
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"

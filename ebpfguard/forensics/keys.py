@@ -46,9 +46,10 @@ def load_or_create_key(state_dir: str | os.PathLike[str] | StateDir) -> Ed25519P
     return key
 
 
-def public_pem(key: Ed25519PrivateKey) -> str:
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The public half of ``key`` as PEM (SubjectPublicKeyInfo), as a verifier's --pubkey reads it."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 def host_public_key(state_dir: str | os.PathLike[str] | StateDir) -> Ed25519PublicKey:

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ebpfguard.common.clock import now_ns, rfc3339_ns
 from ebpfguard.common.statedir import StateDir
+from ebpfguard.common.units import parse_size
 from ebpfguard.errors import ForensicsError
 from ebpfguard.forensics.chain import FIELDS, GENESIS, canonical, digest
 from ebpfguard.forensics.keys import key_id, load_or_create_key
@@ -53,8 +54,18 @@ CHECKPOINT_EVERY = 100      # records (in a group commit: at its end, once)
 GROUP_MAX = 512             # records signed together at most (what a writer may have to cut after a crash)
 CHECKPOINT_SECONDS = 10.0   # at most this long between checkpoints while records arrive
 MAX_BYTES = 64 << 20        # rotate records.jsonl at this size
+MIN_BYTES = 4096            # the smallest rotation size an operator may set
 CURRENT = "records.jsonl"
 ROTATED = re.compile(r"^records-(\d{12})\.jsonl$")
+
+
+def rotate_size(text: str) -> int:
+    """A rotation size as an operator writes it (the manifest's size grammar: Mi is 2^20, M is 10^6), at least
+    MIN_BYTES; ValueError says why not."""
+    n = parse_size(text)
+    if n < MIN_BYTES:
+        raise ValueError(f"{text!r} is below the 4Ki minimum")
+    return n
 
 
 @dataclass

@@ -43,3 +43,12 @@ def record_ns(rec: dict[str, Any]) -> int | None:
     except ValueError:
         return None
     return calendar.timegm(base) * 1_000_000_000 + ns
+
+
+def within(rec: dict[str, Any], since_ns: int | None, until_ns: int | None) -> bool:
+    """Is ``rec`` at or after ``since_ns`` and before ``until_ns`` (None: unbounded)? With a bound, a record
+    with no time is not."""
+    if since_ns is None and until_ns is None:
+        return True
+    t = record_ns(rec)
+    return t is not None and (since_ns is None or t >= since_ns) and (until_ns is None or t < until_ns)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,15 @@ class Evidence:
         ev.net = {o: tab((d.get("net") or {}).get(o, {})) for o in ("connect", "bind")}
         ev.unix, ev.ungrantable = tab(d.get("unix") or {}), tab(d.get("ungrantable") or {})
         return ev
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.as_dict(), indent=1) + "\n")
+
+    def uses(self, unix: bool = True) -> int:
+        """Distinct uses: files by access and network rules, and unix sockets unless ``unix`` is false (a
+        baseline's summary has always counted without them)."""
+        n = sum(len(t) for t in self.files.values()) + sum(len(t) for t in self.net.values())
+        return n + len(self.unix) if unix else n
 
     def merge(self, other: Evidence) -> None:
         pairs = [(self.files[a], other.files[a]) for a in self.files] + \
@@ -313,4 +323,42 @@ def learn(argv: list[str], name: str, duration: float | None, state_dir: str, ho
         ending = f"stopped after --duration {duration:g} s"
     ev.runs.append({"command": shlex.join(argv), "started": started, "seconds": time.monotonic() - t0,
                     "ending": ending, "state": state})
+    return ev, status
+
+
+def evidence_file(manifest: Path) -> Path:
+    """Where a learned manifest's evidence is kept: beside it, as MANIFEST.evidence.json (what --merge reads)."""
+    return manifest.with_name(manifest.name + ".evidence.json")
+
+
+def extension_name(program: str, name: str | None = None) -> str:
+    """metadata.name for what is learned from running ``program``: ``name`` if given, else the program's file
+    name in lower case; what a name cannot hold made dashes ("learned" if nothing is left)."""
+    label = name or Path(program).name.lower().replace("_", "-")
+    return "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in label).strip("-._") or "learned"
+
+
+def write_manifest(out: Path, ev: Evidence, name: str, threshold: int = THRESHOLD) -> None:
+    """Render ``ev`` as the manifest of ``name`` at ``out``, validated before it replaces anything there (a
+    ManifestError if it does not), and keep the evidence beside it (evidence_file)."""
+    from ebpfguard.manifest.load import load  # noqa: PLC0415
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(render(ev, name, threshold))
+    load(tmp)
+    tmp.replace(out)
+    ev.save(evidence_file(out))
+
+
+def learn_into(out: Path, argv: list[str], name: str, duration: float | None, home: str,
+               threshold: int = THRESHOLD, merge: bool = False) -> tuple[Evidence, int]:
+    """learn() with its records in a scratch state folder (not the host's log), then write_manifest(); with
+    ``merge``, the evidence already beside ``out`` is added to this run's first. Returns the evidence written
+    and the command's exit status."""
+    previous = Evidence.load(evidence_file(out)) if merge else None
+    with tempfile.TemporaryDirectory(prefix="ebpfguard-learn-") as scratch:
+        ev, status = learn(argv, name, duration, scratch, home)
+    if previous is not None:
+        ev.merge(previous)
+    write_manifest(out, ev, name, threshold)
     return ev, status

@@ -4,6 +4,7 @@ columns, and a precise error with a non-zero exit for each bad input."""
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -93,6 +94,15 @@ def test_a_root_only_state_dir_says_run_as_root(tmp_path: Path) -> None:
         r = subprocess.run([sys.executable, "-m", "ebpfguard.cli.main", *args, "--state-dir", str(state)], user=65534,
                            capture_output=True, text=True, cwd="/")
         assert r.returncode == 1 and "run this as root" in r.stderr, (args, r.stderr)
+
+
+def test_a_closed_state_dir_is_said_for_a_person(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ebpfguard.common.statedir import unreadable
+
+    assert unreadable(str(tmp_path), str(tmp_path / "absent")) is None
+    monkeypatch.setattr(os, "access", lambda *_: False)  # as a user other than the owner sees a 0700 folder
+    assert unreadable(str(tmp_path / "absent"), str(tmp_path)) == (
+        f"{tmp_path} is readable by its owner only ({pwd.getpwuid(os.getuid()).pw_name}): run this as root (sudo)")
 
 
 MANIFEST = """apiVersion: ebpfguard.io/v1

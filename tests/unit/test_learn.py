@@ -4,10 +4,24 @@ home as a tree; evidence comments; merge; the output validates."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from ebpfguard.governance.learn import Evidence, generalize, may_be_tree, render
-from ebpfguard.manifest.load import parse
+import pytest
+
+from ebpfguard.errors import ManifestError
+from ebpfguard.governance import learn as learning
+from ebpfguard.governance.learn import (
+    Evidence,
+    evidence_file,
+    extension_name,
+    generalize,
+    learn_into,
+    may_be_tree,
+    render,
+    write_manifest,
+)
+from ebpfguard.manifest.load import load, parse
 
 HOME = "/home/ann"
 
@@ -81,3 +95,63 @@ def test_merge_adds_a_second_runs_evidence(tmp_path: Path) -> None:
     assert a.files["read"]["/srv/data/1.csv"].first.startswith("2026-11-25T09")
     assert set(a.files["read"]) == {"/srv/data/1.csv", "/srv/data/2.csv"} and len(a.runs) == 2
     assert "in 2 runs" in render(a, "x")
+
+
+def test_the_learned_name_comes_from_the_program_or_the_option() -> None:
+    assert extension_name("/usr/bin/My_Tool") == "my-tool"
+    assert extension_name("./plugin.py") == "plugin.py"
+    assert extension_name("tool", "Acme Viewer!") == "Acme-Viewer"  # --name is kept as given, made a name
+    assert extension_name("tool", "a_b") == "a_b"
+    assert extension_name("/usr/bin/+++") == "learned"
+
+
+def used(ev: Evidence) -> Evidence:
+    ev.add_record(rec("file", path="/srv/data/1.csv", access="read"))
+    ev.add_record(rec("network", op="connect", address="127.0.0.1", port=8080, proto="tcp"))
+    ev.add_record(rec("network", socket="unix", op="connect", path="/run/app/sock", type="stream"))
+    ev.runs.append({"command": "x", "started": "2026-11-25T10:00:00Z", "seconds": 1.0, "ending": "exit 0"})
+    return ev
+
+
+def test_uses_count_distinct_rules_with_or_without_unix_sockets() -> None:
+    ev = used(Evidence(HOME))
+    ev.add_record(rec("file", path="/srv/data/1.csv", access="read"))  # the same use again
+    assert ev.uses() == 3 and ev.uses(unix=False) == 2
+
+
+def test_the_manifest_is_written_validated_with_its_evidence_beside_it(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "plugin.yaml"
+    ev = used(Evidence(HOME))
+    write_manifest(out, ev, "plugin")
+    assert load(out).name == "plugin" and load(out).read == ["/srv/data/1.csv"]
+    assert evidence_file(out) == tmp_path / "plugin.yaml.evidence.json"
+    assert json.loads(evidence_file(out).read_text()) == ev.as_dict()
+    before = out.read_text()
+    monkeypatch.setattr(learning, "render", lambda *_: "apiVersion: nonsense\n")
+    with pytest.raises(ManifestError):
+        write_manifest(out, ev, "plugin")
+    assert out.read_text() == before  # what does not validate replaces nothing
+
+
+def test_learn_into_records_in_a_scratch_folder_and_merges_the_evidence_beside(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch: list[str] = []
+
+    def fake_learn(argv: list[str], name: str, duration: float | None, state_dir: str,
+                   home: str) -> tuple[Evidence, int]:
+        scratch.append(state_dir)
+        assert os.path.isdir(state_dir) and (argv, name, duration, home) == (["./tool"], "tool", 5.0, HOME)
+        ev = Evidence(home)
+        ev.add_record(rec("file", path=f"/srv/data/{len(scratch)}.csv", access="read"))
+        ev.runs.append({"command": "./tool", "started": "", "seconds": 0.1, "ending": "exit 3"})
+        return ev, 3
+
+    monkeypatch.setattr(learning, "learn", fake_learn)
+    out = tmp_path / "tool.yaml"
+    ev, status = learn_into(out, ["./tool"], "tool", 5.0, HOME)
+    assert status == 3 and load(out).read == ["/srv/data/1.csv"] and not os.path.exists(scratch[0])
+    assert not scratch[0].startswith(str(tmp_path)) and os.path.basename(scratch[0]).startswith("ebpfguard-learn-")
+    ev, _ = learn_into(out, ["./tool"], "tool", 5.0, HOME, merge=True)
+    assert len(ev.runs) == 2 and load(out).read == ["/srv/data/1.csv", "/srv/data/2.csv"]
+    assert len(json.loads(evidence_file(out).read_text())["runs"]) == 2

@@ -14,9 +14,21 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ebpfguard.cli.main import main, parse_size
+from ebpfguard.cli.main import main
 from ebpfguard.errors import ForensicsError
-from ebpfguard.forensics import BadLine, ForensicLog, Forwarder, digest, log_files, parse_when, read, record_ns, verify
+from ebpfguard.forensics import (
+    BadLine,
+    ForensicLog,
+    Forwarder,
+    digest,
+    log_files,
+    parse_when,
+    read,
+    record_ns,
+    rotate_size,
+    verify,
+    within,
+)
 
 
 def fill(tmp: Path, n: int, max_bytes: int = 4096) -> ForensicLog:
@@ -167,6 +179,9 @@ def test_time_filters() -> None:
         parse_when("yesterday")
     assert record_ns({"time": "2026-11-24T12:00:00.000000500Z"}) == now + 500
     assert record_ns({"time": "garbage"}) is None
+    at = {"time": "2026-11-24T12:00:00.000000000Z"}
+    assert within(at, now, now + 1) and within(at, None, None) and within({}, None, None)
+    assert not within(at, now + 1, None) and not within(at, None, now) and not within({}, now, None)
 
 
 def test_show_filters_by_time(tmp_path: Path) -> None:
@@ -201,13 +216,15 @@ def test_forwarder_sends_every_record(tmp_path: Path, kind: str) -> None:
     assert log.forward is not None and log.forward.failed == 1 and verify(tmp_path).records == 2
 
 
-def test_parse_size_is_the_manifest_grammar() -> None:
+def test_rotate_size_is_the_manifest_grammar() -> None:
     """--rotate-size speaks the manifest's quantities: Mi is 2^20, M is 10^6, wherever written."""
-    assert parse_size("64Mi") == 64 << 20 and parse_size("64M") == 64_000_000 and parse_size("8192") == 8192
-    assert parse_size("512Ki") == 512 << 10
+    assert rotate_size("64Mi") == 64 << 20 and rotate_size("64M") == 64_000_000 and rotate_size("8192") == 8192
+    assert rotate_size("512Ki") == 512 << 10
     for bad in ("1K", "lots", "-5M", "512KiB", "64mb"):
         with pytest.raises(ValueError):
-            parse_size(bad)
+            rotate_size(bad)
+    with pytest.raises(ValueError, match="below the 4Ki minimum"):
+        rotate_size("4095")
 
 
 def test_a_torn_tail_from_a_killed_writer_is_kept_as_data_and_the_chain_goes_on(tmp_path: Path) -> None:
