@@ -10,27 +10,28 @@ from typing import Any
 from ebpfguard.common.statedir import StateDir
 from ebpfguard.errors import EbpfguardError, ManifestError
 from ebpfguard.forensics import BadLine, read
+from ebpfguard.forensics.records import Record
 from ebpfguard.manifest.load import BUILTIN_PRIVILEGE, BUILTIN_SYSCALL, Manifest, field_name, parse
 
 
-def find(state_dir: str, seq: int) -> dict[str, Any]:
+def find(state_dir: str, seq: int) -> Record:
     for rec in read(state_dir):
         if not isinstance(rec, BadLine) and rec.get("seq") == seq:
-            return rec
+            return Record.of(rec)
     raise EbpfguardError(f"no record with seq {seq} in {state_dir}/forensics/records.jsonl")
 
 
-def _manifest(state_dir: str, rec: dict[str, Any]) -> Manifest:
-    sha = rec.get("policy_sha256")
+def _manifest(state_dir: str, rec: Record) -> Manifest:
+    sha = rec.policy_sha256
     if not sha:
-        raise EbpfguardError(f"record {rec.get('seq')} names no policy")
+        raise EbpfguardError(f"record {rec.seq} names no policy")
     path = StateDir.of(state_dir).policy(str(sha))
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise EbpfguardError(f"the policy {str(sha)[:12]} is not archived in {path.parent}") from err
     try:  # ~ expands to the extension user's home, as when it was in force
-        return parse(raw, f"{rec.get('extension')}@{str(sha)[:12]}")
+        return parse(raw, f"{rec.extension}@{str(sha)[:12]}")
     except ManifestError as err:
         raise EbpfguardError(f"the archived policy {str(sha)[:12]} no longer parses: {err}") from err
 
@@ -42,10 +43,10 @@ def _where(m: Manifest, *path: Any) -> str:
 
 def explain(state_dir: str, seq: int) -> dict[str, Any]:
     rec = find(state_dir, seq)
-    kind = rec.get("kind")
-    d = rec.get("detail") or {}
-    out: dict[str, Any] = {"seq": seq, "extension": rec.get("extension"), "kind": kind,
-                           "verdict": rec.get("verdict"), "actions": rec.get("actions") or []}
+    kind = str(rec.kind)
+    d = rec.detail
+    out: dict[str, Any] = {"seq": seq, "extension": rec.extension, "kind": kind,
+                           "verdict": rec.verdict, "actions": list(rec.actions)}
     if kind in ("lifecycle", "checkpoint"):
         out["why"] = f"not a violation: a {kind} record ({d.get('event', d)})"
         return out
@@ -68,7 +69,7 @@ def explain(state_dir: str, seq: int) -> dict[str, Any]:
                       + (f"; {len(d['conflicts'])} path(s) kept as the user changed them, the extension's version "
                          "under STATE/rollback-kept/" if d.get("conflicts") else ""))
         if event == "kept":
-            out["fix"] = f"ebpfguard rollback show {rec.get('instance')}, then commit or discard"
+            out["fix"] = f"ebpfguard rollback show {rec.instance}, then commit or discard"
         return out
     if kind == "correlation":
         out["why"] = (f"correlation rule {d.get('rule')}: {d.get('description')}; its steps are records "
@@ -79,7 +80,7 @@ def explain(state_dir: str, seq: int) -> dict[str, Any]:
     m = _manifest(state_dir, rec)
     out["manifest"] = {"name": m.name, "version": m.version, "sha256": m.sha256}
     step = m.response.get(str(kind), "-")
-    out["response"] = f"{kind}: {step} ({_where(m, 'spec', 'response', kind)}), mode {rec.get('mode')}"
+    out["response"] = f"{kind}: {step} ({_where(m, 'spec', 'response', kind)}), mode {rec.mode}"
     if kind in ("file", "exec"):
         access, path = d.get("access", "read"), str(d.get("path", ""))
         lists = {"read": m.read + m.write, "write": m.write, "exec": m.exec}[access]

@@ -11,35 +11,37 @@ from pathlib import Path
 from typing import Any
 
 from ebpfguard.common.statedir import StateDir
+from ebpfguard.errors import ForensicsError
+from ebpfguard.forensics.records import Kind, Record
 
 WIDTH = 80
 
 
-def detail_text(rec: dict[str, Any]) -> str:
-    d = rec.get("detail") or {}
-    kind = rec.get("kind")
-    if kind in ("file", "exec"):
+def detail_text(r: Record) -> str:
+    d = r.detail
+    kind = r.kind
+    if kind in (Kind.FILE, Kind.EXEC):
         return f"{d.get('access', '')} {d.get('path', '')}"
-    if kind == "network":
-        addr = d.get("address", "")
+    if kind == Kind.NETWORK:
+        addr = str(d.get("address", ""))
         addr = f"[{addr}]" if ":" in addr else addr
         return f"{d.get('op', '')} {addr}:{d.get('port', '')}/{d.get('proto', '')}"
-    if kind in ("syscall", "privilege"):
+    if kind in (Kind.SYSCALL, Kind.PRIVILEGE):
         return str(d.get("syscall") or d.get("nr"))
-    if kind == "ipc" and d.get("bus"):  # a D-Bus message through the instance's proxy
+    if kind == Kind.IPC and d.get("bus"):  # a D-Bus message through the instance's proxy
         iface = d.get("interface") or ""
         member = d.get("member", "") if iface in ("", d.get("destination")) else f"{iface}.{d.get('member', '')}"
         return f"{d.get('op', '')} {d.get('destination', '')} {member} @{d.get('path', '')} ({d['bus']})"
-    if kind == "anomaly":
+    if kind == Kind.ANOMALY:
         return f"new {d.get('what')} {d.get('value')}"
-    if kind == "rollback":
+    if kind == Kind.ROLLBACK:
         conflicts = len(d.get("conflicts") or [])
-        return (f"{d.get('event')} {d.get('count', 0)} change(s)" + (f", {conflicts} kept as the user left them"
-                                                                     if conflicts else ""))
-    if kind == "correlation":
+        return (f"{r.event} {d.get('count', 0)} change(s)" + (f", {conflicts} kept as the user left them"
+                                                              if conflicts else ""))
+    if kind == Kind.CORRELATION:
         return f"{d.get('rule')} seqs {','.join(str(x) for x in d.get('seqs') or [])}"
-    if kind == "lifecycle":
-        ev = d.get("event", "")
+    if kind == Kind.LIFECYCLE:
+        ev = r.event or ""
         if ev == "start":
             return "start " + " ".join(d.get("argv") or [])
         if ev == "stop":
@@ -49,7 +51,7 @@ def detail_text(rec: dict[str, Any]) -> str:
         if ev == "over-share":
             return f"over-share: {d.get('records')} not recorded (its own flood)"
         return f"{ev} {d.get('path', '')}".rstrip()
-    return json.dumps(d)
+    return json.dumps(dict(d))
 
 
 def _proc_text(p: dict[str, Any]) -> str:
@@ -59,21 +61,24 @@ def _proc_text(p: dict[str, Any]) -> str:
 
 
 def format_line(rec: dict[str, Any]) -> str:
-    t = str(rec.get("time", ""))
+    """One line within WIDTH columns; a line that is not a record says so rather than failing the view."""
+    try:
+        r = Record.of(rec)
+    except ForensicsError as err:
+        return f"(not a record: {err})"[:WIDTH]
+    t = r.time or ""
     clock = t[11:23] if len(t) >= 23 else t
-    verdict = rec.get("verdict") or "-"
-    line = (f"{clock:<12} {str(rec.get('extension') or '?')[:14]:<14} {str(rec.get('pid') or '-'):>7} "
-            f"{str(rec.get('kind'))[:9]:<9} {verdict[:8]:<8} {detail_text(rec)}")
+    verdict = r.verdict or "-"
+    line = (f"{clock:<12} {(r.extension or '?')[:14]:<14} {str(r.pid or '-'):>7} "
+            f"{r.kind[:9]:<9} {verdict[:8]:<8} {detail_text(r)}")
     return line if len(line) <= WIDTH else line[: WIDTH - 1] + "…"
 
 
 HEADER = f"{'TIME':<12} {'EXTENSION':<14} {'PID':>7} {'KIND':<9} {'VERDICT':<8} DETAIL"
 
 
-# every kind a record can have: the kernel's violation kinds, the D-Bus proxy's and Landlock's ipc, the
-# agent's lifecycle and resource records, and the log's checkpoints
-RECORD_KINDS = ("file", "exec", "network", "syscall", "privilege", "ipc", "resource", "lifecycle", "checkpoint",
-                "policy", "correlation", "anomaly", "rollback")
+# every kind a record can have (records.Kind), for --kind
+RECORD_KINDS = tuple(str(k) for k in Kind)
 
 
 def matcher(extension: str | None, pid: int | None, kinds: tuple[str, ...]) -> Callable[[dict[str, Any]], bool]:

@@ -10,8 +10,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ebpfguard.errors import ForensicsError
 from ebpfguard.forensics import BadLine, read
 from ebpfguard.forensics import verify as verify_log
+from ebpfguard.forensics.records import Kind, Record
 
 LADDER_EVENTS = ("escalation", "freeze", "kill", "quarantine")
 
@@ -51,11 +53,11 @@ class Provenance:
                 "flag": self.flag, "log": {"ok": self.log_ok, "reason": self.log_reason, "records": self.records}}
 
 
-def _incident(rec: dict[str, Any]) -> dict[str, Any]:
-    d = rec.get("detail") or {}
+def _incident(rec: Record) -> dict[str, Any]:
+    d = rec.detail
     what = d.get("path") or d.get("address") or d.get("syscall") or d.get("event") or ""
-    return {"seq": rec.get("seq"), "time": rec.get("time"), "kind": rec.get("kind"), "verdict": rec.get("verdict"),
-            "what": str(what), "actions": rec.get("actions") or [], "version_sha256": rec.get("policy_sha256")}
+    return {"seq": rec.seq, "time": rec.time, "kind": str(rec.kind), "verdict": rec.verdict, "what": str(what),
+            "actions": list(rec.actions), "version_sha256": rec.policy_sha256}
 
 
 def provenance(state_dir: str | os.PathLike[str], name: str) -> Provenance:
@@ -63,18 +65,22 @@ def provenance(state_dir: str | os.PathLike[str], name: str) -> Provenance:
     v = verify_log(state_dir)
     p.log_ok, p.log_reason, p.records = v.ok, v.reason, v.records
     versions: dict[str, Version] = {}
-    for rec in read(state_dir):
-        if isinstance(rec, BadLine) or rec.get("extension") != name:
+    for raw in read(state_dir):
+        if isinstance(raw, BadLine) or raw.get("extension") != name:
             continue
-        d = rec.get("detail") or {}
-        t = str(rec.get("time", ""))
-        sha = rec.get("policy_sha256") or ""
-        kind = rec.get("kind")
-        if kind == "policy" and d.get("event") in ("flagged", "unflagged"):
-            p.flag = rec if d["event"] == "flagged" else None
+        try:
+            rec = Record.of(raw)
+        except ForensicsError:
+            continue  # the log's verification (above) names what is wrong with it
+        d = rec.detail
+        t = rec.time or ""
+        sha = rec.policy_sha256 or ""
+        kind = rec.kind
+        if kind == Kind.POLICY and rec.event in ("flagged", "unflagged"):
+            p.flag = raw if rec.event == "flagged" else None
             continue
-        if kind == "policy" and d.get("event") in ("rejected", "launch-refused"):
-            p.refusals.append({"seq": rec.get("seq"), "time": t, "event": d["event"], "version": d.get("version"),
+        if kind == Kind.POLICY and rec.event in ("rejected", "launch-refused"):
+            p.refusals.append({"seq": rec.seq, "time": t, "event": d["event"], "version": d.get("version"),
                                "reason": d.get("reason") or (d.get("signature") or {}).get("reason", "")})
         if sha:
             ver = versions.get(sha)
@@ -95,9 +101,9 @@ def provenance(state_dir: str | os.PathLike[str], name: str) -> Provenance:
         if kind == "lifecycle" and d.get("event") in LADDER_EVENTS:
             p.ladder += 1
             p.incidents.append(_incident(rec))
-        elif rec.get("verdict") == "shadow":
+        elif rec.verdict == "shadow":
             p.shadow += 1
-        elif kind not in ("lifecycle", "policy", "checkpoint") and rec.get("verdict") is not None:
+        elif rec.violation and rec.verdict is not None:
             p.violations += 1
             p.incidents.append(_incident(rec))
     p.versions = sorted(versions.values(), key=lambda x: x.first_seen)

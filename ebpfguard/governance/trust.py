@@ -548,9 +548,7 @@ def launch_check(recorder: Any, m: Any, files: str, store: TrustStore, sig_text:
     else:
         v = verify(m.source, store, files, raw=m.raw, sig_text=sig_text)
     if not v.ok:
-        recorder.write(None, {"kind": "policy", "pid": None, "verdict": "denied", "actions": ["refuse:launch"],
-                              "detail": {"event": "launch-refused", "name": m.name, "version": m.version,
-                                         "files": str(Path(files).resolve()), "reason": v.reason,
-                                         "signature": v.as_dict()}}, manifest=m, mode=mode or m.mode)
+        recorder.policy(m, "launch-refused", verdict="denied", actions=["refuse:launch"], mode=mode,
+                        files=str(Path(files).resolve()), reason=v.reason, signature=v.as_dict())
         raise LaunchRefused(f"launch refused: {m.name}: {v.reason}")
     return v

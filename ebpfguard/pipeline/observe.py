@@ -14,6 +14,7 @@ from typing import Any
 
 from ebpfguard.common.abi import Verdict
 from ebpfguard.common.clock import now_ns, rfc3339_ns
+from ebpfguard.forensics.records import Kind, Record
 from ebpfguard.instance.store import Instance
 from ebpfguard.pipeline.correlate import KINDS, Correlator
 from ebpfguard.pipeline.decide import FREEZE, KILL, QUARANTINE, Report
@@ -75,22 +76,22 @@ class Observers:
             escalates=False, violation=False))
 
     # ---- records ------------------------------------------------------------------------------------
-    def durable(self, rec: dict[str, Any]) -> None:
+    def durable(self, raw: dict[str, Any]) -> None:
         """A record made durable: activity for a tracer of its instance; queued for the correlator (fed after
         the poll's group commit, so that the records a match names are on disk)."""
-        cgid = rec.get("cgroup_id")
+        rec = Record.of(raw)  # built by the record module: always one (a ForensicsError here is a defect)
+        cgid = rec.cgroup_id
         if self.traced and cgid in self.traced and _streamed(rec):
-            item = {"time": rec.get("time"), "extension": rec.get("extension"), "instance": rec.get("instance"),
-                    "pid": rec.get("tgid") or rec.get("pid"), "tid": rec.get("pid"), "comm": rec.get("comm"),
-                    "kind": rec.get("kind"), "verdict": rec.get("verdict"), "detail": rec.get("detail"),
-                    "seq": rec.get("seq")}
+            item = {"time": rec.time, "extension": rec.extension, "instance": rec.instance,
+                    "pid": rec.tgid or rec.pid, "tid": rec.pid, "comm": rec.comm, "kind": str(rec.kind),
+                    "verdict": rec.verdict, "detail": raw.get("detail"), "seq": rec.seq}
             for sub in list(self.subscribers):
                 sub(cgid, item)
-        if self.correlator is not None and rec.get("kind") in KINDS:
-            if rec.get("seq") in self._step_seqs:  # a step of a sequence already complete
-                self._step_seqs.discard(rec["seq"])
-            elif isinstance(cgid, int) and cgid in self.instances:
-                self._queue.append((cgid, rec))
+        if self.correlator is not None and rec.kind in KINDS:
+            if rec.seq in self._step_seqs:  # a step of a sequence already complete
+                self._step_seqs.discard(rec.seq)
+            elif cgid is not None and cgid in self.instances:
+                self._queue.append((cgid, raw))
 
     def correlate(self) -> None:
         """Feed the queued durable records to the sequence rules."""
@@ -132,9 +133,9 @@ class Observers:
             self.correlator.forget(cgroup_id)
 
 
-def _streamed(rec: dict[str, Any]) -> bool:
+def _streamed(rec: Record) -> bool:
     """Which durable records a tracer sees: refused, shadow and detected actions, and an instance's start
     and stop; not checkpoints, policy records or the other lifecycle records."""
-    if rec.get("kind") in ("checkpoint", "policy"):
+    if rec.kind in (Kind.CHECKPOINT, Kind.POLICY):
         return False
-    return rec.get("kind") != "lifecycle" or (rec.get("detail") or {}).get("event") in ("start", "stop")
+    return rec.kind != Kind.LIFECYCLE or rec.event in ("start", "stop")

@@ -28,12 +28,14 @@ class Recorder:
         self.errors = 0  # records that could not be written (besides the log's own count)
 
     def write(self, inst: Instance | None, body: dict[str, Any], *, manifest: Manifest | None = None,
-              mode: str | None = None, cgroup_id: int | None = None) -> dict[str, Any] | None:
-        """The envelope, then ``body`` (kind, pid, detail, verdict, actions...)."""
+              mode: str | None = None, cgroup_id: int | None = None,
+              extension: str | None = None) -> dict[str, Any] | None:
+        """The envelope, then ``body`` (kind, pid, detail, verdict, actions...): the one place a record is made
+        (its fields: forensics/records.py)."""
         if inst is not None and inst.lineage and body.get("detail", {}).get("event") != "processes":
             self.lineage(inst)  # the processes behind this record are on the log before it
         m = inst.manifest if inst else manifest
-        rec = {"time": rfc3339_ns(now_ns()), "extension": m.name if m else None,
+        rec = {"time": rfc3339_ns(now_ns()), "extension": m.name if m else extension,
                "instance": inst.id if inst else None, "cgroup_id": inst.cgroup_id if inst else cgroup_id,
                "mode": inst.mode if inst else mode, "policy_sha256": m.sha256 if m else None, **body}
         try:
@@ -45,17 +47,17 @@ class Recorder:
 
     def flag(self, extension: str, flagged: bool, reason: str, by: str) -> dict[str, Any] | None:
         """An administrator's flag on an extension (provenance.py reads it back), or its clearing."""
-        rec: dict[str, Any] = {
-               "time": rfc3339_ns(now_ns()), "extension": extension, "instance": None, "cgroup_id": None,
-               "mode": None, "policy_sha256": None, "kind": "policy", "pid": None, "verdict": None, "actions": [],
-               "detail": {"event": "flagged" if flagged else "unflagged", "name": extension, "reason": reason,
-                          "by": by}}
-        try:
-            return self.log.append(rec)
-        except EbpfguardError as err:
-            self.errors += 1
-            log.error("%s", err)
-            return None
+        return self.write(None, {"kind": "policy", "pid": None, "verdict": None, "actions": [],
+                                 "detail": {"event": "flagged" if flagged else "unflagged", "name": extension,
+                                            "reason": reason, "by": by}}, extension=extension)
+
+    def policy(self, m: Manifest, event: str, *, verdict: str | None = None, actions: list[str] | None = None,
+               mode: str | None = None, **detail: Any) -> dict[str, Any] | None:
+        """What became of a policy: loaded, rejected or promoted in the policy folder, a launch refused for its
+        signature."""
+        return self.write(None, {"kind": "policy", "pid": None, "verdict": verdict, "actions": actions or [],
+                                 "detail": {"event": event, "name": m.name, "version": m.version, **detail}},
+                          manifest=m, mode=mode or m.mode)
 
     def event(self, inst: Instance | None, origin: Origin, verdict: str | None, detail: dict[str, Any],
               actions: list[str], *, manifest: Manifest | None, mode: str | None,

@@ -17,6 +17,8 @@ import pytest
 
 from ebpfguard.common.resources import data_root
 from ebpfguard.errors import KernelError
+from ebpfguard.forensics import read
+from ebpfguard.forensics.records import undeclared
 from ebpfguard.runtime.engine import Engine
 
 from .harness import World, need_root
@@ -70,6 +72,9 @@ def engine(world: World) -> Iterator[Engine]:
         pytest.fail(f"eBPF cannot be loaded here: {err}")
     yield eng
     eng.close()
+    # every record the session wrote has the shape forensics/records.py declares for its kind
+    odd = {(r.get("kind"), f) for r in read(eng.state) if isinstance(r, dict) for f in undeclared(r)}
+    assert not odd, f"fields no record shape declares (forensics/records.py): {sorted(odd, key=str)}"
     leftover = [p.name for p in eng.cgroups.slice_v2.iterdir() if p.is_dir() and p.name.startswith("egtest-")] if eng.cgroups.slice_v2.exists() else []
     assert not leftover, f"cgroups left behind: {leftover}"
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ebpfguard.forensics import read
+from ebpfguard.forensics.records import undeclared
 from ebpfguard.kernel.cgroups import CgroupManager
 from ebpfguard.runtime.engine import Engine
 from ebpfguard.testing import FakeSensor, ManualClock
@@ -30,4 +32,8 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def engine(tmp_path: Path, cgroot: Path, clock: ManualClock) -> Iterator[Engine]:
-    yield Engine(tmp_path / "state", sensor=FakeSensor(), cgroups=CgroupManager(cgroot), clock=clock)
+    eng = Engine(tmp_path / "state", sensor=FakeSensor(), cgroups=CgroupManager(cgroot), clock=clock)
+    yield eng
+    # every record the test wrote has the shape forensics/records.py declares for its kind
+    odd = {(r.get("kind"), f) for r in read(eng.state) if isinstance(r, dict) for f in undeclared(r)}
+    assert not odd, f"fields no record shape declares (forensics/records.py): {sorted(odd, key=str)}"
