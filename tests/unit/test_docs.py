@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+import jsonschema
+import yaml
 
 from ebpfguard.cli.main import main
 
@@ -217,3 +219,13 @@ def test_the_reference_checker_catches_a_missing_and_an_invented_field() -> None
     assert drift(fields, whole + "Set `spec.a.z` to 3, or `spec.e: 4`, or `spec.f[0]`.\n") == \
         ([], ["spec.a.z", "spec.e", "spec.f"])
     assert drift(fields, whole + "Records carry `detail.path`; `spec.c|d` is no field path.\n") == ([], [])
+
+
+def test_the_manifest_reference_examples_validate_against_the_schema() -> None:
+    schema = json.loads(SCHEMA.read_text())
+    blocks = re.findall(r"(?ms)^```yaml\n(.*?)^```", (DOCS / "manifest.md").read_text())
+    manifests = [yaml.safe_load(b) for b in blocks]
+    assert [m for m in manifests if m.get("kind") == "Extension"], "docs/manifest.md has no example manifest"
+    for m in manifests:
+        if m.get("kind") == "Extension":
+            jsonschema.validate(m, schema)
