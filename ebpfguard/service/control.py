@@ -1,19 +1,12 @@
-"""The agent's control socket: newline-delimited JSON over a root-only unix stream socket.
+"""The client of the agent's control socket. The operations, their fields and answers are the protocol table's
+(protocol.py; docs/protocol.md lists them):
 
-Requests are {"op": ..., ...}; every answer is {"ok": true, ...} or {"ok": false, "error": "..."}.
+    with Client(state_dir) as c:
+        prepared = c.request(Prepare(extension="md-preview"))  # a Prepared
+        c.request("status")  # by name: checked against the same table; the answer as the wire has it (a dict)
 
-    ping                                         -> pid, started
-    status                                       -> agent, policies, instances
-    prepare  manifest_text+manifest_path+home | extension, [mode]
-                                                 -> instance, procs_files (the launcher joins them)
-    started  instance, pid, argv                 -> ok
-    exited   instance, status                    -> ok
-    freeze | thaw | kill   name (instance id or extension name)   -> instances
-    quarantine             name, [lift]          -> instances
-    attach   pid, manifest_text, manifest_path, home, [mode]   -> instance, cgroup, pids, not_enforced
-
-Closing the connection that prepared an instance tells the agent its launcher is gone; the agent
-then releases the instance once its cgroup is empty.
+A request is checked before it is sent (an unknown operation or field, a wrong type: BadRequest, exit code 2); a
+failure the agent answers is raised as Refused, with the exit code it gave.
 """
 
 from __future__ import annotations
@@ -21,41 +14,77 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from ebpfguard.common.statedir import StateDir
 from ebpfguard.errors import ControlError
+from ebpfguard.service.protocol import (
+    BY_REQUEST,
+    Failure,
+    Ping,
+    Request,
+    decode_answer,
+    decode_failure,
+    encode_request,
+    operation_of,
+)
 
-MAX_REQUEST = 1 << 20
+A = TypeVar("A")
 
 
 def socket_path(state_dir: str | os.PathLike[str]) -> Path:
     return StateDir.of(state_dir).socket
 
 
-def peer_uid(sock: socket.socket) -> int:
-    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return int(uid)
+class Refused(ControlError):
+    """The agent answered a request with a failure."""
+
+    def __init__(self, failure: Failure):
+        super().__init__(failure.error)
+        self.failure = failure
+        self.exit_code = failure.exit_code
 
 
 class Client:
     def __init__(self, state_dir: str | os.PathLike[str], timeout: float | None = 30.0):
         self.path = socket_path(state_dir)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
         try:
-            self.sock.connect(str(self.path))
+            sock.connect(str(self.path))
         except OSError as err:
-            self.sock.close()
+            sock.close()
             raise ControlError(f"no agent is listening on {self.path} ({err.strerror})") from err
+        self.sock = sock
         self._buf = b""
 
-    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+    @classmethod
+    def over(cls, sock: socket.socket, name: str = "<socket>") -> Client:
+        """A client on a connected socket (a socketpair in tests)."""
+        self = cls.__new__(cls)
+        self.path, self.sock, self._buf = Path(name), sock, b""
+        return self
+
+    @overload
+    def request(self, op: Request[A]) -> A: ...
+
+    @overload
+    def request(self, op: str, **fields: Any) -> dict[str, Any]: ...
+
+    def request(self, op: Request[A] | str, **fields: Any) -> A | dict[str, Any]:
+        """A typed request gets its typed answer; an operation by name with its fields (checked against the
+        table just the same) gets the answer as the agent sent it, "ok" included."""
+        if isinstance(op, str):
+            req = operation_of({"op": op}).parse(fields)
+            return self._exchange(encode_request(req))
+        answer: A = decode_answer(BY_REQUEST[type(op)], self._exchange(encode_request(op)))
+        return answer
+
+    def _exchange(self, payload: dict[str, Any]) -> dict[str, Any]:
         try:
-            self.sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+            self.sock.sendall(json.dumps(payload).encode() + b"\n")
             while b"\n" not in self._buf:
                 chunk = self.sock.recv(65536)
                 if not chunk:
@@ -64,12 +93,15 @@ class Client:
         except OSError as err:
             raise ControlError(f"control socket {self.path}: {err}") from err
         line, self._buf = self._buf.split(b"\n", 1)
-        answer = json.loads(line)
-        if not answer.get("ok"):
-            failure = ControlError(answer.get("error", "request failed"))
-            failure.exit_code = int(answer.get("exit_code") or 1)  # type: ignore[attr-defined]
-            raise failure
-        return dict(answer)
+        try:
+            answer = json.loads(line)
+        except ValueError as err:
+            raise ControlError(f"the agent answered a line that is not JSON: {err}") from err
+        if not isinstance(answer, dict):
+            raise ControlError("the agent answered something other than a JSON object")
+        if answer.get("ok") is not True:
+            raise Refused(decode_failure(answer))
+        return answer
 
     def lines(self) -> Iterator[dict[str, Any]]:
         """The JSON lines the agent streams after a request that subscribes (activity), until it closes."""
@@ -103,7 +135,7 @@ class Client:
 def agent_running(state_dir: str | os.PathLike[str]) -> bool:
     try:
         with Client(state_dir, timeout=2) as c:
-            c.request("ping")
+            c.request(Ping())
         return True
     except (ControlError, ValueError):
         return False

@@ -6,7 +6,6 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from ebpfguard.governance.trust import sig_path
 from ebpfguard.instance.store import Instance
@@ -48,36 +47,33 @@ def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
     """Ask the agent for an instance cgroup, launch into it, report the exit. The connection stays
     open while the command runs: if this process dies, the agent sees the launcher is gone."""
     from ebpfguard.errors import ControlError  # noqa: PLC0415
-    from ebpfguard.manifest.load import default_home  # noqa: PLC0415
+    from ebpfguard.manifest.load import Mode, default_home  # noqa: PLC0415
     from ebpfguard.service.control import Client  # noqa: PLC0415
+    from ebpfguard.service.protocol import Exited, Prepare, Started  # noqa: PLC0415
 
     argv = resolve(argv)
     with Client(state_dir) as client:
-        checked: dict[str, Any] = {}
-        if files:  # the agent checks them against the signed list (and records a refusal)
-            checked["files"] = os.path.abspath(files)
-            if manifest is not None:
-                sig = sig_path(manifest.source)
-                checked["signature_text"] = sig.read_text(errors="replace") if sig.is_file() else ""
+        folder = os.path.abspath(files) if files else None  # the agent checks it against the signed list
         if manifest is not None:
-            ans = client.request("prepare", manifest_text=manifest.raw.decode(), manifest_path=manifest.source,
-                                 home=default_home(manifest.user), mode=mode, **checked)
+            sig = sig_path(manifest.source)
+            ans = client.request(Prepare(
+                manifest_text=manifest.raw.decode(), manifest_path=manifest.source, home=default_home(manifest.user),
+                mode=Mode(mode) if mode else None, files=folder,
+                signature_text=(sig.read_text(errors="replace") if sig.is_file() else "") if folder else None))
         else:
-            ans = client.request("prepare", extension=extension, mode=mode, **checked)
+            ans = client.request(Prepare(extension=extension, mode=Mode(mode) if mode else None, files=folder))
         # the agent sends back the manifest it holds, and whether its config lets an extension run as root
-        m = manifest or parse(ans["manifest_text"].encode(), ans["manifest_path"], home=ans.get("home"))
+        m = manifest or parse(ans.manifest_text.encode(), ans.manifest_path, home=ans.home)
         check_command(m, argv, mode)  # (the agent releases the instance when this connection closes)
-        sandbox = Sandbox.prepare(m, mode, allow_root=bool(ans.get("allow_root")),
-                                  proxies=ans.get("dbus_proxies") or {},
-                                  overlays={t: (u, w) for t, (u, w) in (ans.get("rollback") or {}).items()})
+        sandbox = Sandbox.prepare(m, mode, allow_root=ans.allow_root, proxies=ans.dbus_proxies,
+                                  overlays=ans.rollback)
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            proc = spawn(argv, ans["procs_files"], sandbox=sandbox)
+            proc = spawn(argv, ans.procs_files, sandbox=sandbox)
         finally:
             signal.signal(signal.SIGINT, old)
             sandbox.close()
-        client.request("started", instance=ans["instance"], pid=proc.pid, argv=list(argv),
-                       sandbox=sandbox.describe())
+        client.request(Started(instance=ans.instance, pid=proc.pid, argv=list(argv), sandbox=sandbox.describe()))
         prev = signal.signal(signal.SIGINT, lambda *_: None)
         try:
             while True:
@@ -90,7 +86,7 @@ def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
             signal.signal(signal.SIGINT, prev)
         status = exit_status(proc.returncode)
         try:
-            client.request("exited", instance=ans["instance"], status=status)
+            client.request(Exited(instance=ans.instance, status=status))
         except ControlError as err:  # the agent stopped meanwhile: the status is still the command's
             print(f"ebpfguard: warning: could not report the exit to the agent: {err}", file=sys.stderr)
         return status

@@ -226,14 +226,17 @@ def request(state: Path, payload: bytes) -> dict[str, Any]:
     (b"garbage\n", "request is not JSON"),
     (b"[1, 2]\n", "a request is a JSON object"),
     (b'{"op": 5}\n', "a request is a JSON object"),
-    (b'{"op": "nope"}\n', "unknown op 'nope'"),
-    (b'{"op": "prepare"}\n', "bad prepare request"),
+    (b'{"op": "nope"}\n', "unknown op 'nope' (the agent knows ping, status, prepare,"),
+    (b'{"op": "prepare"}\n', "bad prepare request: give exactly one of extension (a policy's name) or manifest_text"),
     (b'{"op": "prepare", "manifest_text": "x: [\\n"}\n', "not valid YAML/JSON"),
-    (b'{"op": "prepare", "manifest_text": 7}\n', "manifest_text must be a string"),
+    (b'{"op": "prepare", "manifest_text": 7}\n', "field 'manifest_text': expected string, got integer 7"),
     (b'{"op": "prepare", "extension": "nosuch"}\n', "no policy named 'nosuch'"),
-    (b'{"op": "prepare", "extension": "shell-tool", "mode": "loose"}\n', "mode 'loose'"),
+    (b'{"op": "prepare", "extension": "shell-tool", "mode": "loose"}\n',
+     "field 'mode': \"loose\" is not one of \"audit\", \"enforce\""),
+    (b'{"op": "prepare", "extension": "shell-tool", "user": "root"}\n', "unknown field 'user' (Prepare takes "),
+    (b'{"op": "started", "instance": "x", "pid": 1}\n', "bad started request: missing field 'argv'"),
     (b'{"op": "started", "instance": "x", "pid": 1, "argv": []}\n', "no running instance 'x'"),
-    (b'{"op": "exited", "instance": "x", "status": "seven"}\n', "no running instance"),
+    (b'{"op": "exited", "instance": "x", "status": "seven"}\n', "field 'status': expected integer, got string \"seven\""),
 ])
 def test_bad_control_requests_get_precise_errors(agent: Agent, payload: bytes, error: str) -> None:
     ans = request(agent.state, payload)
