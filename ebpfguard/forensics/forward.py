@@ -1,4 +1,12 @@
-"""Forwarding of durable records to journald or syslog."""
+"""Forwarding of durable records to journald or syslog.
+
+The journald native protocol is encoded here (Forwarder.encode, a few lines) rather than sent with
+python3-systemd's journal.send(), because that cannot serve ``--log-forward journald:SOCKET``:
+send() takes fields only, no address, and passes them to libsystemd's sd_journal_sendv(), whose
+destination is fixed at /run/systemd/journal/socket. It would also hide an absent journal
+(sd_journal_sendv() returns success on ENOENT, so ``failed`` would not count the record) and can block
+the agent on a full journal queue (its socket is blocking; this one is not).
+"""
 
 from __future__ import annotations
 

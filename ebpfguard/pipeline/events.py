@@ -13,11 +13,11 @@ from typing import Any, Protocol
 
 from ebpfguard.common.abi import Access, EvFlag, LifeOp, NetOp, c, kind_name, verdict_name
 from ebpfguard.common.clock import now_ns, rfc3339_ns
-from ebpfguard.manifest.syscall_table import SYSCALLS_X86_64
+from ebpfguard.manifest.syscall_table import SYSCALL_NAMES_X86_64
 
 __all__ = ["Event", "Origin", "decode", "now_ns", "rfc3339_ns"]
 
-SYSCALL_NAMES = {nr: name for name, nr in SYSCALLS_X86_64.items()}
+SYSCALL_NAMES = SYSCALL_NAMES_X86_64
 PROTO_NAMES = {0: "any", 6: "tcp", 17: "udp"}
 UNIX_TYPES = {1: "stream", 2: "dgram", 5: "seqpacket"}
 FAMILY_UNIX = c("FAMILY_UNIX")

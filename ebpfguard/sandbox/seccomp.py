@@ -2,7 +2,16 @@
 
 build() is pure (a classic-BPF program as bytes) and unit-tested; install() runs in the child after
 no_new_privs. A killed call carries its syscall number in SECCOMP_RET_DATA, which the kernel puts in
-the SIGSYS's si_errno: that is how the eBPF side records which call it was.
+the SIGSYS's si_errno: that is how the eBPF side records which call it was (the signal:signal_generate
+tracepoint shows the siginfo's errno, not its si_syscall); another architecture or the x32 ABI is
+killed with 0xFFFF there.
+
+Built by hand, not with libseccomp (whose syscall table syscall_table.py reads): libseccomp's kill
+actions carry no data. KILL_PROCESS and KILL must be exactly SECCOMP_RET_KILL_PROCESS and
+SECCOMP_RET_KILL_THREAD: add_rule(KILL_PROCESS | nr, ...) and a default or bad-architecture action of
+KILL_PROCESS | 0xFFFF are refused with EINVAL (sys_chk_seccomp_action() in libseccomp's src/system.c takes
+data only with ERRNO(n) and TRACE(n)). A filter built there could not tell the eBPF side which call
+was killed.
 """
 
 from __future__ import annotations
@@ -75,7 +84,7 @@ def no_new_privs() -> None:
         raise OSError(e, f"PR_SET_NO_NEW_PRIVS: {os.strerror(e)}")
 
 
-SYS_SECCOMP = 317  # x86-64
+SYS_SECCOMP = SYSCALLS_X86_64["seccomp"]
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_LOG = 2
 
