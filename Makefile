@@ -15,14 +15,14 @@ setup: deps headers venv
 # Debian's own Python libraries (what the .deb depends on: make deb's test installs it here), prometheus
 # for promtool (the alert rules' unit tests),
 # the simulator and the benchmark build; auditd and bpftrace, the peers `ebpfguard bench` measures;
-# xdg-dbus-proxy, which filters each instance's D-Bus. The desktop components the tests start for real:
+# xdg-dbus-proxy, which filters each instance's D-Bus; python3-seccomp, libseccomp's syscall table. The desktop components the tests start for real:
 # dbus-daemon and dbus-test-tool (a service that owns a name and answers), Xvfb, xdotool and
 # xwininfo (x11-utils), ssh-agent and ssh-keygen (openssh-client). jq and curl: real programs the learn
 # round trip learns a manifest for.
 PKGS := python3-bpfcc libbpfcc python3-venv gcc libc6-dev linux-libc-dev iproute2 auditd bpftrace \
 	xdg-dbus-proxy dbus-daemon dbus-bin dbus-tests xvfb xdotool x11-utils openssh-client \
 	python3-click python3-yaml python3-jsonschema python3-cryptography python3-prometheus-client python3-psutil \
-	prometheus jq curl
+	python3-seccomp prometheus jq curl
 deps:
 	@dpkg -s $(PKGS) >/dev/null 2>&1 || { \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(PKGS) ; }

@@ -51,8 +51,8 @@ DETAIL: dict[Kind, frozenset[str]] = {
     Kind.FILE: _PATH | _LANDLOCK,
     Kind.EXEC: _PATH | _LANDLOCK,
     Kind.NETWORK: _ACTION | _LANDLOCK | {"op", "address", "port", "proto", "socket", "path", "type"},
-    Kind.IPC: _ACTION | {"bus", "destination", "interface", "member", "op", "path", "proxy", "sender", "serial",
-                         "type", "name"},
+    Kind.IPC: _ACTION | _LANDLOCK | {"bus", "destination", "interface", "member", "op", "path", "proxy", "sender",
+                                     "serial", "type", "name"},
     Kind.SYSCALL: _ACTION | _LANDLOCK | {"syscall", "nr", "signal", "target_pid", "seccomp"},
     Kind.PRIVILEGE: _ACTION | _LANDLOCK | {"syscall", "nr", "signal", "target_pid", "seccomp"},
     Kind.RESOURCE: frozenset({"resource", "event", "count", "limit"}),
@@ -62,7 +62,7 @@ DETAIL: dict[Kind, frozenset[str]] = {
         "event", "argv", "cgroup", "sandbox", "pids", "path", "not_enforced",       # start, adopted, readopted
         "exit_status", "killed_by_agent", "over_share", "repeats_suppressed", "violations",  # stop
         "procs",                                                                    # processes (lineage)
-        "repeats", "by",                                                            # escalation, operator steps
+        "repeats", "by", "why",                                                     # escalation, operator steps
         "records", "total", "share"}),                                              # over-share
     Kind.ROLLBACK: frozenset({"event", "trees", "by", "changes", "changes_sha256", "conflicts", "count", "counts",
                               "errors", "listed", "rule", "why", "upper", "extension", "started"}),
