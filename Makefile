@@ -15,8 +15,8 @@ setup: deps headers venv
 # Debian's own Python libraries (what the .deb depends on: make deb's test installs it here), prometheus
 # for promtool (the alert rules' unit tests),
 # the simulator and the benchmark build; auditd and bpftrace, the peers `ebpfguard bench` measures;
-# xdg-dbus-proxy, which filters each instance's D-Bus; python3-seccomp, libseccomp's syscall table. The desktop components the tests start for real:
-# dbus-daemon and dbus-test-tool (a service that owns a name and answers), Xvfb, xdotool and
+# xdg-dbus-proxy, which filters each instance's D-Bus; python3-seccomp, libseccomp's syscall table.
+# The desktop components the tests start for real: dbus-daemon and dbus-test-tool (a service that owns a name and answers), Xvfb, xdotool and
 # xwininfo (x11-utils), ssh-agent and ssh-keygen (openssh-client). jq and curl: real programs the learn
 # round trip learns a manifest for.
 PKGS := python3-bpfcc libbpfcc python3-venv gcc libc6-dev linux-libc-dev iproute2 auditd bpftrace \
