@@ -25,7 +25,9 @@ install -m 0644 "$top/contrib/ebpfguard-verify.service" "$top/contrib/ebpfguard-
 for f in "$top"/policies/*.yaml; do
     install -m 0644 "$f" "$root/etc/ebpfguard/policies/"
 done
-install -m 0644 "$top/README.md" "$top/docs/escapes.md" "$root/usr/share/doc/ebpfguard/"
+install -m 0644 "$top/README.md" "$root/usr/share/doc/ebpfguard/"
+install -d "$root/usr/share/doc/ebpfguard/docs"  # where the README's links lead
+install -m 0644 "$top"/docs/*.md "$root/usr/share/doc/ebpfguard/docs/"
 install -d "$root/usr/share/man/man1"
 for f in "$top"/man/man1/*.1; do
     gzip -9n -c "$f" > "$root/usr/share/man/man1/$(basename "$f").gz"
