@@ -28,7 +28,7 @@ deps:
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(PKGS) ; }
 
 # bcc needs headers for the running kernel. Use the matching package when it exists, otherwise link
-# Debian's generic headers (enough for tracepoint args, helpers and UAPI structs: see README).
+# Debian's generic headers (enough for tracepoint args, helpers and UAPI structs: see docs/install.md).
 headers:
 	@if [ -e /lib/modules/$(KREL)/build/include ]; then exit 0; fi; \
 	if apt-cache show linux-headers-$(KREL) >/dev/null 2>&1; then \
