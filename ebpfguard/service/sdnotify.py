@@ -1,6 +1,12 @@
 """systemd's readiness protocol (sd_notify(3)): a datagram to $NOTIFY_SOCKET. The unit is Type=notify, so
 that whatever is ordered after the agent (display managers, user sessions) starts once it enforces, not
-when its process merely exists."""
+when its process merely exists.
+
+Not python3-systemd's ``daemon.notify`` (libsystemd's sd_notify): for the pathname and abstract sockets a
+service manager gives a system service it is this one datagram, and the package would take a compiled
+dependency for it alone (its journal half cannot serve the forwarder: forensics/forward.py says why). What this
+does not speak is sd_notify's vsock address (NOTIFY_SOCKET=vsock:CID:PORT, for a VM's manager): the agent
+never runs as the guest of a hypervisor's systemd."""
 
 from __future__ import annotations
 
