@@ -1,25 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* files.bpf.c: opens, path-changing calls and execs, matched against the extension's path tries. */
+#include "lib/maps.bpf.h"
+#include "lib/policy.bpf.h"
+#include "lib/record.bpf.h"
+#include "lib/path.bpf.h"
 
 #define EG_AT_FDCWD -100
-
-/* Where the BPF-LSM backend runs (lsm.bpf.c), it decides opens and execs on resolved objects and these
- * tracepoints stand down, so that nothing is recorded twice; except for a launched instance under
- * Landlock (the `landlocked` map): Landlock decides its files on the objects, in whatever place the
- * kernel's LSM order gives it, and it may run before BPF-LSM and refuse what BPF-LSM then never sees.
- * For those cgroups the LSM file hooks stand down instead (lsm_defers) and these tracepoints record as
- * they do without BPF-LSM: Landlock's own reports where it has them, the string and its resolution
- * otherwise, and the read-only mount's EROFS, which no LSM hook sees. */
-#ifdef EG_LSM
-static __always_inline int lsm_defers(void)
-{
-	u64 cg = bpf_get_current_cgroup_id();
-	return landlocked.lookup(&cg) != 0;
-}
-#define EG_LSM_DECIDES() if (!lsm_defers()) return 0
-#else
-#define EG_LSM_DECIDES() do { } while (0)
-#endif
 
 /* O_WRONLY/O_RDWR, O_CREAT or O_TRUNC need a write tree; anything else a read (or write) tree. */
 static __always_inline u32 open_access(u64 flags)
@@ -27,6 +13,24 @@ static __always_inline u32 open_access(u64 flags)
 	if ((flags & 3) || (flags & (00100 | 01000)))
 		return EG_ACC_WRITE;
 	return EG_ACC_READ;
+}
+
+/* The enforced version allowed k->path. EG_V_SHADOW: would its shadow version? If not, a record of what the shadow
+ * would have refused, and nothing done to the call. EG_V_ACTIVITY: someone traces the instance, a correlation
+ * rule watches the path or a baseline wants it: an event of what it did (never a record by itself). */
+static __always_inline void allowed_path_event(struct eg_ext_policy *pol, struct eg_path_key *k, u32 access,
+					       u16 kind, s32 nr, u64 cg, int dirfd, const char *upath, u64 oflags,
+					       u16 verdict)
+{
+	if (verdict == EG_V_SHADOW && path_granted(pol->shadow - 1, k, access, 0))
+		return;
+	struct eg_event *e = path_record(pol, cg, kind, nr, verdict, access, 0, k);
+	if (!e)
+		return;
+	e->dirfd = dirfd;
+	e->uptr = (u64)upath;
+	e->aux = oflags;
+	emit(e);
 }
 
 /*
@@ -40,78 +44,10 @@ static __always_inline u32 open_access(u64 flags)
  * decides on the resolved object: no event, no hold. Holding every open of a walk would cost a round
  * trip each, and resolving it later, unheld, races with the process. The price: a refused open of a
  * plain relative name is refused but not recorded. A ".." path, an unreadable one or an fd exec is
- * still held and recorded, so that its record names what it reached. Only a record that was reserved stops anyone: a dropped one cannot be answered.
- * A path too long for the trie is a violation: refusing to guess is the safe side.
+ * still held and recorded, so that its record names what it reached. Only a record that was reserved
+ * stops anyone: a dropped one cannot be answered. A path too long for the trie is a violation: refusing
+ * to guess is the safe side.
  */
-/* 0x80 in each byte of x equal to the byte b (b in every byte of bb), 0 in the others: exact, no carry
- * from one byte to the next (Hacker's Delight, "find the first 0-byte"). */
-#define EG_LOW7 0x7f7f7f7f7f7f7f7fULL
-static __always_inline u64 eg_bytes_eq(u64 x, u64 bb)
-{
-	u64 t = x ^ bb;
-	return ~(((t & EG_LOW7) + EG_LOW7) | t | EG_LOW7);
-}
-
-/*
- * A ".." component in the NUL-terminated path p (n bytes with its NUL, as bpf_probe_read_user_str
- * says). Eight bytes at a time, stepping four: any four-byte pattern "/../" or "/..\0" lies inside one
- * such window, and a leading "../" or "..\0" is checked apart. Bytes after the NUL (left from an
- * earlier path) are masked off. Branch-free within a window: the verifier walks ~62 windows once
- * each instead of 250 branching steps (it took ~85 % of the programs' load time), and at run time a
- * 40-byte path costs ten windows.
- */
-static __always_inline int path_has_dotdot(const u8 *p, long n)
-{
-	if (p[0] == '.' && p[1] == '.' && (p[2] == '/' || p[2] == 0))
-		return 1;
-	for (int i = 0; i < (EG_PATH_MAX - 8) / 4 + 1; i++) {
-		if (i * 4 >= n)
-			break;
-		u64 x = *(const u64 *)(p + i * 4);
-		u64 nul = eg_bytes_eq(x, 0);
-		u64 sep = eg_bytes_eq(x, 0x2f2f2f2f2f2f2f2fULL) | nul;
-		u64 dot = eg_bytes_eq(x, 0x2e2e2e2e2e2e2e2eULL);
-		u64 hit = (sep << 8) & dot & (dot >> 8) & (sep >> 16);
-		if (nul) {
-			u64 first = nul & -nul;
-			hit &= (first << 1) - 1; /* nothing past the first NUL */
-		}
-		if (hit)
-			return 1;
-		if (nul)
-			break;
-	}
-	return 0;
-}
-
-static __always_inline void submit_path_event(struct eg_event *e, u16 verdict, u32 flags, int dirfd, u32 access,
-					      const char *upath, u64 oflags, struct eg_path_key *k)
-{
-	e->verdict = verdict;
-	e->flags = flags;
-	e->dirfd = dirfd;
-	e->op = access;
-	e->uptr = (u64)upath;
-	e->aux = oflags;
-	__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
-	events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
-}
-
-/* The enforced version allowed k->path. EG_V_SHADOW: would its shadow version? If not, a record of what the shadow
- * would have refused, and nothing done to the call. EG_V_ACTIVITY: someone traces the instance, a correlation
- * rule watches the path or a baseline wants it: an event of what it did (never a record by itself). */
-static __always_inline void allowed_path_event(struct eg_ext_policy *pol, struct eg_path_key *k, u32 access,
-					       u16 kind, s32 nr, u64 cg, int dirfd, const char *upath, u64 oflags,
-					       u16 verdict)
-{
-	if (verdict == EG_V_SHADOW && path_granted(pol->shadow - 1, k, access, 0))
-		return;
-	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), (u32)nr), k->path);
-	struct eg_event *e = new_violation(pol, kind, nr, verdict, EG_FNV(h, verdict), cg);
-	if (e)
-		submit_path_event(e, verdict, 0, dirfd, access, upath, oflags, k);
-}
-
 static __always_inline int check_path(const char *upath, int dirfd, u32 access, u16 kind, s32 nr,
 				      u64 oflags)
 {
@@ -129,27 +65,11 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 	int baseline = (pol->flags & EG_POL_BASELINE) && access != EG_ACC_READ;
 	if (ll_reports && !pol->shadow && !traced && !baseline && !(pol->flags & (EG_POL_WATCH_READ << access)))
 		return 0;
-	u32 zero = 0;
-	struct eg_path_key *k = path_scratch.lookup(&zero);
+	struct eg_path_key *k = scratch_key();
 	if (!k)
 		return 0;
 
-	u32 flags = 0;
-	long n = bpf_probe_read_user_str(k->path, EG_PATH_MAX, upath);
-	if (n < 0) {
-		flags |= EG_EV_UNREADABLE;
-		k->path[0] = 0;
-	} else if (n <= 1) {
-		flags |= EG_EV_EMPTY_PATH;
-	} else {
-		if (n >= EG_PATH_MAX)
-			flags |= EG_EV_TRUNCATED;
-		if (k->path[0] != '/')
-			flags |= EG_EV_RELATIVE;
-		if (path_has_dotdot(k->path, n))
-			flags |= EG_EV_DOTDOT;
-	}
-
+	u32 flags = read_user_path(k, upath);
 	if (!flags && path_granted(pol->slot, k, access, 0)) {
 		if (pol->shadow)
 			allowed_path_event(pol, k, access, kind, nr, cg, dirfd, upath, oflags, EG_V_SHADOW);
@@ -168,211 +88,127 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 	if (pending && !suspicious && ll)
 		return 0;
 	u16 verdict = pending ? EG_V_PENDING : tracepoint_verdict(pol, kind);
-	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), (u32)nr), k->path);
-	struct eg_event *e = new_violation(pol, kind, nr, verdict, h, cg);
+	struct eg_event *e = path_record(pol, cg, kind, nr, verdict, access, flags, k);
 	if (!e)
 		return 0;
 	if (pending && (pol->flags & EG_POL_ENFORCE)) {
 		bpf_send_signal(EG_SIGSTOP);
-		flags |= EG_EV_HELD;
+		e->flags |= EG_EV_HELD;
 	}
-	submit_path_event(e, verdict, flags, dirfd, access, upath, oflags, k);
+	e->dirfd = dirfd;
+	e->uptr = (u64)upath;
+	e->aux = oflags;
+	emit(e);
 	return 0;
 }
 
+/*
+ * The path tracepoints, one row each: the syscall; the field that holds the name; its directory (AT(the
+ * dirfd field), or CWD); the access it needs (OPEN: read or write by its flags, which the record carries);
+ * the kind of violation; and when the tracepoint checks it:
+ *   ALWAYS      every call
+ *   NAMED       unless the name is NULL: the call then acts on an fd (futimens), which is left to the mount
+ *   UNLESS_LSM  unless BPF-LSM decides it on the resolved object (lsm.bpf.c), which it does wherever it runs
+ *               and the cgroup's files are not Landlock's (lib/policy.bpf.h: lsm_defers)
+ * A call that names two paths (rename, link) is an EG_TWO_PATH_CALL: both names are checked, as a hardlink
+ * is a way to read a file under another name. A syscall newer than the oldest kernel supported is a row
+ * only where the running kernel has its tracepoint (the loader defines EG_HAVE_<NAME>). openat2 is written
+ * out at the end: its flags are behind a pointer.
+ *
+ * Why these calls: an open or an exec is the access itself. A folder, fifo or device node made outside the
+ * write trees (mkdir, mknod), a symlink (the link it creates is the write; its target is only a string),
+ * truncate and unlink: EROFS on the read-only mount before Landlock is asked, or Landlock's refusal in a
+ * writable mask such as the private /tmp. Mode, owner, times and extended attributes: Landlock does not
+ * govern them; the instance's read-only mount namespace refuses them outside the write trees (EROFS), and
+ * these record the attempt.
+ *
+ * The rows are macro calls at file scope, not an X-macro list: bcc writes each tracepoint's argument struct
+ * (read from tracefs) into the program text just before the line its probe comes from, so every probe
+ * needs a line of its own.
+ */
+#define EG_CWD EG_AT_FDCWD
+#define EG_AT(field) (args->field)
+#define EG_ACCESS_OPEN open_access(args->flags)
+#define EG_ACCESS_WRITE EG_ACC_WRITE
+#define EG_ACCESS_EXEC EG_ACC_EXEC
+#define EG_OFLAGS_OPEN (args->flags)
+#define EG_OFLAGS_WRITE 0
+#define EG_OFLAGS_EXEC 0
+#define EG_WHEN_ALWAYS(name) 1
+#define EG_WHEN_NAMED(name) ((name) != 0)
+#ifdef EG_LSM
+#define EG_WHEN_UNLESS_LSM(name) lsm_defers()
+#else
+#define EG_WHEN_UNLESS_LSM(name) 1
+#endif
 #define NR (args->__syscall_nr)
 
-TRACEPOINT_PROBE(syscalls, sys_enter_open)
-{
-	EG_LSM_DECIDES();
-	return check_path(args->filename, EG_AT_FDCWD, open_access(args->flags), EG_KIND_FILE, NR,
-			  args->flags);
-}
+#define EG_PATH_CALL(call, name, dirfd, access, kind, when)                                               \
+	TRACEPOINT_PROBE(syscalls, sys_enter_##call)                                                      \
+	{                                                                                                 \
+		if (!EG_WHEN_##when(args->name))                                                          \
+			return 0;                                                                         \
+		return check_path(args->name, EG_##dirfd, EG_ACCESS_##access, EG_KIND_##kind, NR,         \
+				  EG_OFLAGS_##access);                                                    \
+	}
 
-TRACEPOINT_PROBE(syscalls, sys_enter_openat)
-{
-	EG_LSM_DECIDES();
-	return check_path(args->filename, args->dfd, open_access(args->flags), EG_KIND_FILE, NR,
-			  args->flags);
-}
+#define EG_TWO_PATH_CALL(call, name1, dirfd1, name2, dirfd2)                                              \
+	TRACEPOINT_PROBE(syscalls, sys_enter_##call)                                                      \
+	{                                                                                                 \
+		check_path(args->name1, EG_##dirfd1, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);                  \
+		return check_path(args->name2, EG_##dirfd2, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);           \
+	}
+
+/*           syscall        name      dirfd       access kind  when */
+EG_PATH_CALL(open,          filename, CWD,        OPEN,  FILE, UNLESS_LSM)
+EG_PATH_CALL(openat,        filename, AT(dfd),    OPEN,  FILE, UNLESS_LSM)
+EG_PATH_CALL(creat,         pathname, CWD,        WRITE, FILE, UNLESS_LSM)
+EG_PATH_CALL(execve,        filename, CWD,        EXEC,  EXEC, UNLESS_LSM)
+EG_PATH_CALL(execveat,      filename, AT(fd),     EXEC,  EXEC, UNLESS_LSM)
+EG_PATH_CALL(truncate,      path,     CWD,        WRITE, FILE, ALWAYS)
+EG_PATH_CALL(unlink,        pathname, CWD,        WRITE, FILE, ALWAYS)
+EG_PATH_CALL(unlinkat,      pathname, AT(dfd),    WRITE, FILE, ALWAYS)
+EG_PATH_CALL(mkdir,         pathname, CWD,        WRITE, FILE, ALWAYS)
+EG_PATH_CALL(mkdirat,       pathname, AT(dfd),    WRITE, FILE, ALWAYS)
+EG_PATH_CALL(mknod,         filename, CWD,        WRITE, FILE, ALWAYS)
+EG_PATH_CALL(mknodat,       filename, AT(dfd),    WRITE, FILE, ALWAYS)
+EG_PATH_CALL(symlink,       newname,  CWD,        WRITE, FILE, ALWAYS)
+EG_PATH_CALL(symlinkat,     newname,  AT(newdfd), WRITE, FILE, ALWAYS)
+EG_PATH_CALL(chmod,         filename, CWD,        WRITE, FILE, ALWAYS)
+EG_PATH_CALL(fchmodat,      filename, AT(dfd),    WRITE, FILE, ALWAYS)
+#ifdef EG_HAVE_FCHMODAT2
+EG_PATH_CALL(fchmodat2,     filename, AT(dfd),    WRITE, FILE, ALWAYS)
+#endif
+EG_PATH_CALL(chown,         filename, CWD,        WRITE, FILE, ALWAYS)
+EG_PATH_CALL(lchown,        filename, CWD,        WRITE, FILE, ALWAYS)
+EG_PATH_CALL(fchownat,      filename, AT(dfd),    WRITE, FILE, ALWAYS)
+EG_PATH_CALL(utime,         filename, CWD,        WRITE, FILE, ALWAYS)
+EG_PATH_CALL(utimes,        filename, CWD,        WRITE, FILE, ALWAYS)
+EG_PATH_CALL(futimesat,     filename, AT(dfd),    WRITE, FILE, NAMED)
+EG_PATH_CALL(utimensat,     filename, AT(dfd),    WRITE, FILE, NAMED)
+EG_PATH_CALL(setxattr,      pathname, CWD,        WRITE, FILE, ALWAYS)
+EG_PATH_CALL(lsetxattr,     pathname, CWD,        WRITE, FILE, ALWAYS)
+EG_PATH_CALL(removexattr,   pathname, CWD,        WRITE, FILE, ALWAYS)
+EG_PATH_CALL(lremovexattr,  pathname, CWD,        WRITE, FILE, ALWAYS)
+#ifdef EG_HAVE_SETXATTRAT
+EG_PATH_CALL(setxattrat,    pathname, AT(dfd),    WRITE, FILE, NAMED)
+#endif
+#ifdef EG_HAVE_REMOVEXATTRAT
+EG_PATH_CALL(removexattrat, pathname, AT(dfd),    WRITE, FILE, NAMED)
+#endif
+
+/*               syscall    first name, its dirfd  second name, its dirfd */
+EG_TWO_PATH_CALL(rename,    oldname, CWD,          newname, CWD)
+EG_TWO_PATH_CALL(renameat,  oldname, AT(olddfd),   newname, AT(newdfd))
+EG_TWO_PATH_CALL(renameat2, oldname, AT(olddfd),   newname, AT(newdfd))
+EG_TWO_PATH_CALL(link,      oldname, CWD,          newname, CWD)
+EG_TWO_PATH_CALL(linkat,    oldname, AT(olddfd),   newname, AT(newdfd))
 
 TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
 {
-	EG_LSM_DECIDES();
+	if (!EG_WHEN_UNLESS_LSM(args->filename))
+		return 0;
 	u64 fl = 0;
 	bpf_probe_read_user(&fl, sizeof(fl), args->how); /* open_how.flags is the first member */
 	return check_path(args->filename, args->dfd, open_access(fl), EG_KIND_FILE, NR, fl);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_creat)
-{
-	EG_LSM_DECIDES();
-	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_truncate)
-{
-	return check_path(args->path, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_unlink)
-{
-	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat)
-{
-	return check_path(args->pathname, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-/* rename and link touch both names: a hardlink is a way to read a file under another name */
-TRACEPOINT_PROBE(syscalls, sys_enter_rename)
-{
-	check_path(args->oldname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-	return check_path(args->newname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_renameat)
-{
-	check_path(args->oldname, args->olddfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_renameat2)
-{
-	check_path(args->oldname, args->olddfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_link)
-{
-	check_path(args->oldname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-	return check_path(args->newname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_linkat)
-{
-	check_path(args->oldname, args->olddfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-/* a folder, fifo or device node made outside the write trees (EROFS on the read-only mount before
- * Landlock is asked, or Landlock's make_* refusal in a writable mask such as the private /tmp) */
-TRACEPOINT_PROBE(syscalls, sys_enter_mkdir)
-{
-	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_mkdirat)
-{
-	return check_path(args->pathname, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_mknod)
-{
-	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_mknodat)
-{
-	return check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-/* a symlink's target is only a string; the link it creates is the write */
-TRACEPOINT_PROBE(syscalls, sys_enter_symlink)
-{
-	return check_path(args->newname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_symlinkat)
-{
-	return check_path(args->newname, args->newdfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_chmod)
-{
-	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat)
-{
-	return check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-
-#ifdef EG_HAVE_FCHMODAT2
-TRACEPOINT_PROBE(syscalls, sys_enter_fchmodat2)
-{
-	return check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-#endif
-
-/* owner, times and extended attributes: Landlock does not govern them; the instance's read-only mount
- * namespace refuses them outside the write trees (EROFS), and these record the attempt. A NULL name
- * (futimens) acts on an fd, and is left to the mount. */
-TRACEPOINT_PROBE(syscalls, sys_enter_chown)
-{
-	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_lchown)
-{
-	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_fchownat)
-{
-	return check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_utime)
-{
-	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_utimes)
-{
-	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_futimesat)
-{
-	return args->filename ? check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0) : 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_utimensat)
-{
-	return args->filename ? check_path(args->filename, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0) : 0;
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_setxattr)
-{
-	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_lsetxattr)
-{
-	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_removexattr)
-{
-	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_lremovexattr)
-{
-	return check_path(args->pathname, EG_AT_FDCWD, EG_ACC_WRITE, EG_KIND_FILE, NR, 0);
-}
-#ifdef EG_HAVE_SETXATTRAT
-TRACEPOINT_PROBE(syscalls, sys_enter_setxattrat)
-{
-	return args->pathname ? check_path(args->pathname, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0) : 0;
-}
-#endif
-#ifdef EG_HAVE_REMOVEXATTRAT
-TRACEPOINT_PROBE(syscalls, sys_enter_removexattrat)
-{
-	return args->pathname ? check_path(args->pathname, args->dfd, EG_ACC_WRITE, EG_KIND_FILE, NR, 0) : 0;
-}
-#endif
-TRACEPOINT_PROBE(syscalls, sys_enter_execve)
-{
-	EG_LSM_DECIDES();
-	return check_path(args->filename, EG_AT_FDCWD, EG_ACC_EXEC, EG_KIND_EXEC, NR, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
-{
-	EG_LSM_DECIDES();
-	return check_path(args->filename, args->fd, EG_ACC_EXEC, EG_KIND_EXEC, NR, 0);
 }

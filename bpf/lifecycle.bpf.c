@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * lifecycle.bpf.c: exec and exit of processes inside extension cgroups (not threads, not forks), for
- * the lineage the agent writes (ebpfguard/lineage.py). With an exec, aux is the parent's pid; with an
- * exit, the exit code in the wait status layout. Both come from tracepoint fields, never from struct
+ * the lineage the agent writes (ebpfguard/instance/lineage.py). With an exec, aux is the parent's pid;
+ * with an exit, the exit code in the wait status layout. Both come from tracepoint fields, never from struct
  * offsets (the headers bcc compiles against may not be the running kernel's):
  *   parent_of  a fork inside an extension cgroup: the child's pid -> the forking process's pid
  *   ending     how a process is ending, as last seen: exit_group()/exit() with its status, or a
@@ -17,6 +17,9 @@
  * without). The agent takes them at its next poll (Sensor.poll consumes after waiting); violations
  * force a wakeup, since one submitted behind unconsumed records would otherwise wake nobody.
  */
+#include "lib/maps.bpf.h"
+#include "lib/policy.bpf.h"
+#include "lib/record.bpf.h"
 
 #if !defined(EG_HAVE_GROUP_DEAD) && defined(EG_KERNEL_STRUCTS)
 #include <linux/sched.h>

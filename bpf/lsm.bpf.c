@@ -18,13 +18,24 @@
  *                         adopted processes), recorded as privilege "kill" with the target
  *   socket_connect,       a pathname unix socket, where the kernel has no cgroup unix programs (before
  *   socket_sendmsg        6.7: the loader sets lsm_unix_on): the same string decision as net.bpf.c's
- *                         unix_check, refused with EPERM before the protocol looks the path up
+ *                         unix_check (lib/unix.bpf.h), refused with EPERM before the protocol looks the
+ *                         path up
  *
- * Internet sockets are covered by the cgroup connect4/6, sendmsg4/6 and bind4/6 programs, which decide on the socket address in the kernel for every process of the cgroup already.
+ * Internet sockets are covered by the cgroup connect4/6, sendmsg4/6 and bind4/6 programs, which decide on
+ * the socket address in the kernel for every process of the cgroup already.
  * Where these run, the open and exec tracepoints stand down (files.bpf.c), so nothing is recorded twice;
- * for a launched instance under Landlock it is the other way round (lsm_defers): Landlock decides its
- * files, and the tracepoints record them as they do without BPF-LSM.
+ * for a launched instance under Landlock it is the other way round (lib/policy.bpf.h: lsm_defers):
+ * Landlock decides its files, and the tracepoints record them as they do without BPF-LSM.
+ *
+ * The project's headers are included outside #ifdef EG_LSM: the loader writes each into the program
+ * text once, where it is first included, whatever the preprocessor later keeps.
  */
+#include "lib/maps.bpf.h"
+#include "lib/policy.bpf.h"
+#include "lib/record.bpf.h"
+#include "lib/path.bpf.h"
+#include "lib/unix.bpf.h"
+
 #ifdef EG_LSM
 #include <linux/fs.h>
 #include <linux/binfmts.h>
@@ -38,37 +49,38 @@ BPF_ARRAY(lsm_unix_on, u32, 1); /* [0] = 1: the cgroup unix programs are missing
 #define EG_FMODE_WRITE 0x2
 #define EG_FMODE_EXEC_FLAG 0x20  /* __FMODE_EXEC: FMODE_EXEC carried in the open flags */
 
-/* The LSM answer for a violation: deny unless audit mode or an `alert` response (deny_in_mode); kill
- * if asked. A repeat (or a full ring) has no record and is answered all the same. */
-static __always_inline int lsm_answer(struct eg_ext_policy *pol, u32 kind, struct eg_event *e, int err)
-{
-	int deny = deny_in_mode(pol, kind);
-	int killing = deny && should_kill(pol, kind);
-	if (deny)
-		count(EG_CTR_DENIALS);
-	if (killing)
-		kill_current();
-	if (e) {
-		e->verdict = killing ? EG_V_KILLED : deny ? EG_V_DENIED : EG_V_ALLOWED;
-		e->flags |= EG_EV_LSM;
-		events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
-	}
-	return deny ? -err : 0;
-}
-
-/* The verdict a violation of this kind will get, for new_violation's repeat gate (a kill is never a repeat). */
+/* The verdict of a violation of this kind, acted on: deny unless audit mode or an `alert` response
+ * (deny_in_mode), kill if asked. A repeat (or a full ring) has no record and is answered all the same. */
 static __always_inline u16 lsm_verdict(struct eg_ext_policy *pol, u32 kind)
 {
 	if (!deny_in_mode(pol, kind))
 		return EG_V_ALLOWED;
-	return should_kill(pol, kind) ? EG_V_KILLED : EG_V_DENIED;
+	count(EG_CTR_DENIALS);
+	if (!should_kill(pol, kind))
+		return EG_V_DENIED;
+	kill_current();
+	return EG_V_KILLED;
+}
+
+/* What the hook returns for that verdict. */
+static __always_inline int lsm_answer(u16 verdict, int err)
+{
+	return verdict == EG_V_ALLOWED ? 0 : -err;
+}
+
+/* The record of a violation or an allowed event of the resolved path in k->path, sent. */
+static __always_inline void lsm_path_event(struct eg_ext_policy *pol, u64 cg, struct eg_path_key *k, u32 access,
+					   u16 kind, u16 verdict)
+{
+	struct eg_event *e = path_record(pol, cg, kind, -1, verdict, access, EG_EV_LSM, k);
+	if (e)
+		emit(e);
 }
 
 static __always_inline int lsm_path(struct eg_ext_policy *pol, u64 cg, struct path *p, u32 access, u32 alt,
 				    u16 kind)
 {
-	u32 zero = 0;
-	struct eg_path_key *k = path_scratch.lookup(&zero);
+	struct eg_path_key *k = scratch_key();
 	if (!k)
 		return 0;
 	long n = bpf_d_path(p, (char *)k->path, EG_PATH_MAX);
@@ -76,37 +88,17 @@ static __always_inline int lsm_path(struct eg_ext_policy *pol, u64 cg, struct pa
 		k->path[0] = 0;
 	if (n > 0 && path_granted(pol->slot, k, access, alt)) {
 		/* allowed: a shadow version (staged rollout) that would refuse it is recorded, nothing done */
-		if (pol->shadow && !path_granted(pol->shadow - 1, k, access, alt)) {
-			u64 sh = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), EG_V_SHADOW), k->path);
-			struct eg_event *se = new_violation(pol, kind, -1, EG_V_SHADOW, sh, cg);
-			if (se) {
-				se->verdict = EG_V_SHADOW;
-				se->flags |= EG_EV_LSM;
-				se->op = access;
-				__builtin_memcpy(se->path, k->path, EG_PATH_MAX);
-				events.ringbuf_submit(se, BPF_RB_FORCE_WAKEUP);
-			}
-		}
-		if ((n > 0 && watch_path(pol, k, access, cg)) || watched(cg) ||
-		    ((pol->flags & EG_POL_BASELINE) && access != EG_ACC_READ)) { /* activity, correlation, baseline */
-			u64 ah = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), EG_V_ACTIVITY), k->path);
-			struct eg_event *ae = new_violation(pol, kind, -1, EG_V_ACTIVITY, ah, cg);
-			if (ae) {
-				ae->flags |= EG_EV_LSM;
-				ae->op = access;
-				__builtin_memcpy(ae->path, k->path, EG_PATH_MAX);
-				events.ringbuf_submit(ae, BPF_RB_FORCE_WAKEUP);
-			}
-		}
+		if (pol->shadow && !path_granted(pol->shadow - 1, k, access, alt))
+			lsm_path_event(pol, cg, k, access, kind, EG_V_SHADOW);
+		/* activity, correlation, baseline */
+		if (watch_path(pol, k, access, cg) || watched(cg) ||
+		    ((pol->flags & EG_POL_BASELINE) && access != EG_ACC_READ))
+			lsm_path_event(pol, cg, k, access, kind, EG_V_ACTIVITY);
 		return 0;
 	}
-	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), access), k->path);
-	struct eg_event *e = new_violation(pol, kind, -1, lsm_verdict(pol, kind), h, cg);
-	if (e) {
-		e->op = access;
-		__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
-	}
-	return lsm_answer(pol, kind, e, EG_EACCES);
+	u16 verdict = lsm_verdict(pol, kind);
+	lsm_path_event(pol, cg, k, access, kind, verdict);
+	return lsm_answer(verdict, EG_EACCES);
 }
 
 LSM_PROBE(file_open, struct file *file)
@@ -140,17 +132,17 @@ LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)
 	return lsm_path(pol, cg, &bprm->file->f_path, EG_ACC_EXEC, 0, EG_KIND_EXEC);
 }
 
-/* A syscall-level refusal decided on the object (ptrace, namespaces): recorded as syscall nr. */
-static __always_inline int lsm_syscall(struct eg_ext_policy *pol, u64 cg, s32 nr, u64 aux)
+/* A syscall-level refusal decided on the object (ptrace, namespaces, signals): recorded as syscall nr, with
+ * ``aux`` naming what it was done to (the ptrace mode, the clone flags, the target's pid). */
+static __always_inline int lsm_syscall(struct eg_ext_policy *pol, u64 cg, u16 kind, s32 nr, u32 op, u64 aux)
 {
-	u16 kind = syscall_kind(pol, nr);
-	if (!kind)
-		return 0;
-	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), (u32)nr), aux);
-	struct eg_event *e = new_violation(pol, kind, nr, lsm_verdict(pol, kind), h, cg);
-	if (e)
+	u16 verdict = lsm_verdict(pol, kind);
+	struct eg_event *e = new_violation(pol, cg, kind, nr, verdict, op, EG_EV_LSM, aux);
+	if (e) {
 		e->aux = aux;
-	return lsm_answer(pol, kind, e, EG_EPERM);
+		emit(e);
+	}
+	return lsm_answer(verdict, EG_EPERM);
 }
 
 LSM_PROBE(ptrace_access_check, struct task_struct *child, unsigned int mode)
@@ -159,7 +151,8 @@ LSM_PROBE(ptrace_access_check, struct task_struct *child, unsigned int mode)
 	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol)
 		return 0;
-	return lsm_syscall(pol, cg, EG_NR_PTRACE, mode);
+	u16 kind = syscall_kind(pol, EG_NR_PTRACE);
+	return kind ? lsm_syscall(pol, cg, kind, EG_NR_PTRACE, 0, mode) : 0;
 }
 
 LSM_PROBE(task_alloc, struct task_struct *task, unsigned long clone_flags)
@@ -170,7 +163,8 @@ LSM_PROBE(task_alloc, struct task_struct *task, unsigned long clone_flags)
 	struct eg_ext_policy *pol = current_policy_cg(&cg);
 	if (!pol)
 		return 0;
-	return lsm_syscall(pol, cg, EG_NR_UNSHARE, clone_flags);
+	u16 kind = syscall_kind(pol, EG_NR_UNSHARE);
+	return kind ? lsm_syscall(pol, cg, kind, EG_NR_UNSHARE, 0, clone_flags) : 0;
 }
 
 /* The v2 cgroup id of a task (what bpf_get_current_cgroup_id gives for current). */
@@ -198,17 +192,11 @@ LSM_PROBE(task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig
 		return 0;
 	u32 tgid = 0;
 	bpf_probe_read_kernel(&tgid, sizeof(tgid), &p->tgid);
-	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_PRIVILEGE), EG_NR_KILL), tgid);
-	struct eg_event *e = new_violation(pol, EG_KIND_PRIVILEGE, EG_NR_KILL, lsm_verdict(pol, EG_KIND_PRIVILEGE), h, cg);
-	if (e) {
-		e->aux = tgid;
-		e->op = sig;
-	}
-	return lsm_answer(pol, EG_KIND_PRIVILEGE, e, EG_EPERM);
+	return lsm_syscall(pol, cg, EG_KIND_PRIVILEGE, EG_NR_KILL, sig, tgid);
 }
 
 /* A pathname unix socket address (kernel memory: the kernel's own copy of the user's) against the
- * extension's grants, as unix_check (net.bpf.c) decides it: relative or ".." names are refused. */
+ * extension's grants, as unix_check (net.bpf.c) decides it: lib/unix.bpf.h. */
 static __always_inline int lsm_unix(struct socket *sock, void *addr, int addrlen, u32 op)
 {
 	u32 zero = 0;
@@ -223,43 +211,19 @@ static __always_inline int lsm_unix(struct socket *sock, void *addr, int addrlen
 	bpf_probe_read_kernel(&family, sizeof(family), addr);
 	if (family != AF_UNIX)
 		return 0;
-	struct eg_path_key *k = path_scratch.lookup(&zero);
+	struct eg_path_key *k = scratch_key();
 	if (!k)
 		return 0;
-	u32 n = (u32)addrlen - 2;
-	if (n > EG_UNIX_PATH_MAX)
-		n = EG_UNIX_PATH_MAX;
-	/* the kernel's copy of an address is a sockaddr_storage (128 bytes): sun_path can be read whole, and
-	 * cut at the length given; the volatile keeps the mask the verifier needs from being folded away */
-	volatile u32 end = n;
-	u32 flags = 0;
-	if (bpf_probe_read_kernel(k->path, EG_UNIX_PATH_MAX, (char *)addr + 2) < 0) {
-		flags = EG_EV_UNREADABLE;
-		k->path[0] = 0;
-	} else {
-		if (k->path[0] == 0)
-			return 0; /* abstract: Landlock's scoping, where the kernel has it */
-		k->path[end & 127] = 0;
-		flags = unix_path_flags(k, n);
-	}
+	s32 flags = read_sun_path(k, addr, (u32)addrlen);
+	if (flags < 0)
+		return 0; /* abstract: Landlock's scoping, where the kernel has it */
 	short type = 0;
 	bpf_probe_read_kernel(&type, sizeof(type), &sock->type);
-	if (!flags && unix_allows(pol, k, mountns.lookup(&cg) != 0)) {
-		if (watched(cg) || armed_now(pol, cg))  /* activity (net.bpf.c's unix_event) */
-			unix_event(pol, k, op, (u8)type, EG_V_ACTIVITY, EG_EV_LSM, cg);
+	if (unix_granted(pol, cg, k, op, (u8)type, flags, mountns.lookup(&cg) != 0, EG_EV_LSM))
 		return 0;
-	}
-	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), EG_FAMILY_UNIX), (u8)type),
-			  k->path);
-	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, lsm_verdict(pol, EG_KIND_NETWORK), h, cg);
-	if (e) {
-		e->flags = flags;
-		e->op = op;
-		e->family = EG_FAMILY_UNIX;
-		e->proto = (u8)type;
-		__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
-	}
-	return lsm_answer(pol, EG_KIND_NETWORK, e, EG_EPERM);
+	u16 verdict = lsm_verdict(pol, EG_KIND_NETWORK);
+	unix_event(pol, cg, k, op, (u8)type, verdict, flags | EG_EV_LSM);
+	return lsm_answer(verdict, EG_EPERM);
 }
 
 LSM_PROBE(socket_connect, struct socket *sock, struct sockaddr *address, int addrlen)

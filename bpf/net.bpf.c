@@ -6,11 +6,15 @@
  * signal, so when the response is "kill" the tracepoint sends SIGKILL before the syscall proceeds.
  *
  * Pathname unix sockets (kernel >= 6.7: BPF_CGROUP_UNIX_CONNECT and _SENDMSG) are decided the same way,
- * on the socket path against the extension's EG_ACC_UNIX grants (spec.ipc.unix).
+ * on the socket path against the extension's EG_ACC_UNIX grants (spec.ipc.unix: lib/unix.bpf.h).
  */
+#include "lib/maps.bpf.h"
+#include "lib/policy.bpf.h"
+#include "lib/record.bpf.h"
+#include "lib/unix.bpf.h"
 
-/* The policy of the cgroup this program is attached to, and its EG_CG_* flags (events.h: cg_local). The
- * cgroup id is read only when a violation is recorded. */
+/* The policy of the cgroup this program is attached to, and its EG_CG_* flags (include/maps.h: cg_local),
+ * from the program's run context: no cgroup-id read and no hash lookup for the slot. */
 static __always_inline struct eg_ext_policy *cgroup_policy(u32 *flags)
 {
 	struct eg_cg_local *l = bpf_get_local_storage((void *)bpf_pseudo_fd(1, EG_CG_LOCAL_FD), 0);
@@ -43,23 +47,19 @@ static __always_inline int net_allows(struct eg_ext_policy *pol, u32 op, u16 fam
 	return 0;
 }
 
-static __always_inline void net_event(struct eg_ext_policy *pol, u32 op, u16 family, u8 *addr, u16 port,
+static __always_inline void net_event(struct eg_ext_policy *pol, u64 cg, u32 op, u16 family, u8 *addr, u16 port,
 				      u8 proto, u16 verdict, u32 flags)
 {
-	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), port), proto);
-	h = EG_FNV(EG_FNV(EG_FNV(h, flags), verdict), family);
-	for (int i = 0; i < 16; i++)
-		h = EG_FNV(h, addr[i]);
-	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, verdict, h, bpf_get_current_cgroup_id());
-	if (e) {
-		e->flags = flags;
-		e->op = op;
-		e->family = family == AF_INET ? 4 : 6;
-		e->port = port;
-		e->proto = proto;
-		__builtin_memcpy(e->addr, addr, 16);
-		events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
-	}
+	u16 fam = family == AF_INET ? 4 : 6;
+	struct eg_event *e = new_violation(pol, cg, EG_KIND_NETWORK, -1, verdict, op, flags,
+					   addr_object(fam, port, proto, addr));
+	if (!e)
+		return;
+	e->family = fam;
+	e->port = port;
+	e->proto = proto;
+	__builtin_memcpy(e->addr, addr, 16);
+	emit(e);
 }
 
 /* family is a constant in each caller, so each program reads only its own ctx fields */
@@ -90,11 +90,11 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 		/* allowed: would the shadow version (a staged rollout) allow it too? recorded, nothing done */
 		u32 s = pol->shadow - 1;
 		struct eg_ext_policy *sp = pol->shadow ? ext_policy.lookup(&s) : 0;
-		if (sp && !net_allows(sp, op, family, addr, port, proto))
-			net_event(pol, op, family, addr, port, proto, EG_V_SHADOW, 0);
 		u64 cg = bpf_get_current_cgroup_id();
+		if (sp && !net_allows(sp, op, family, addr, port, proto))
+			net_event(pol, cg, op, family, addr, port, proto, EG_V_SHADOW, 0);
 		if (watched(cg) || armed_now(pol, cg) || (pol->flags & EG_POL_BASELINE))
-			net_event(pol, op, family, addr, port, proto, EG_V_ACTIVITY, 0);
+			net_event(pol, cg, op, family, addr, port, proto, EG_V_ACTIVITY, 0);
 		return 1;
 	}
 
@@ -107,7 +107,8 @@ static __always_inline int sock_check(struct bpf_sock_addr *ctx, u32 op, const u
 		if (!quarantine && should_kill(pol, EG_KIND_NETWORK) && !net_allows(pol, op, family, addr, port, 0))
 			verdict = EG_V_KILLED;
 	}
-	net_event(pol, op, family, addr, port, proto, verdict, quarantine ? EG_EV_QUARANTINE : 0);
+	net_event(pol, bpf_get_current_cgroup_id(), op, family, addr, port, proto, verdict,
+		  quarantine ? EG_EV_QUARANTINE : 0);
 	return deny ? 0 : 1;
 }
 
@@ -123,9 +124,8 @@ int eg_bind6(struct bpf_sock_addr *ctx) { return sock_check(ctx, EG_NET_BIND, AF
  * the program's ctx points at it. The uapi view has no field for sun_path, and the kfuncs the kernel's
  * selftests use to reach it (bpf_cast_to_kern_ctx) are not callable from bcc, so the two pointers and
  * the length are read with bpf_probe_read_kernel (allowed to privileged programs). uaddr is the
- * kernel's own copy of the address (move_addr_to_kernel), so what is checked is what the kernel uses;
- * sun_path is not NUL-terminated there yet, so uaddrlen bounds it. tests/kernel checks the layout by
- * its effect: a granted path connects, another does not.
+ * kernel's own copy of the address (move_addr_to_kernel), so what is checked is what the kernel uses.
+ * tests/kernel checks the layout by its effect: a granted path connects, another does not.
  */
 struct eg_sock_addr_kern {
 	void *sk;
@@ -135,76 +135,29 @@ struct eg_sock_addr_kern {
 	u32 uaddrlen;
 };
 
-/* Is ``k->path`` (absolute, ".."-free) a socket this extension may reach? The _NS grants (the D-Bus
- * proxy's socket, at the real bus's path) only hold inside the instance's own mount namespace. */
-static __always_inline int unix_allows(struct eg_ext_policy *pol, struct eg_path_key *k, int own_mountns)
-{
-	return path_granted(pol->slot, k, EG_ACC_UNIX, own_mountns ? EG_ACC_UNIX_NS : 0);
-}
-
-static __always_inline void unix_event(struct eg_ext_policy *pol, struct eg_path_key *k, u32 op, u8 type,
-				       u16 verdict, u32 flags, u64 cg)
-{
-	u64 h = hash_path(EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, EG_KIND_NETWORK), op), EG_FAMILY_UNIX), type),
-			  k->path);
-	struct eg_event *e = new_violation(pol, EG_KIND_NETWORK, -1, verdict, EG_FNV(h, verdict), cg);
-	if (e) {
-		e->flags = flags;
-		e->op = op;
-		e->family = EG_FAMILY_UNIX;
-		e->proto = type;
-		__builtin_memcpy(e->path, k->path, EG_PATH_MAX);
-		events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
-	}
-}
-
-/* EG_EV_RELATIVE / EG_EV_DOTDOT for a socket path: neither can be decided on the string, so both are
- * refused (a relative name resolves against a cwd the string does not show). */
-static __always_inline u32 unix_path_flags(struct eg_path_key *k, u32 n)
-{
-	if (k->path[0] != '/')
-		return EG_EV_RELATIVE;
-	return unix_has_dotdot((const char *)k->path, n) ? EG_EV_DOTDOT : 0;
-}
-
 static __always_inline int unix_check(struct bpf_sock_addr *ctx, u32 op)
 {
 	u32 cgflags = 0;
 	struct eg_ext_policy *pol = cgroup_policy(&cgflags);
 	if (!pol)
 		return 1;
-	u32 zero = 0;
-	struct eg_path_key *k = path_scratch.lookup(&zero);
+	struct eg_path_key *k = scratch_key();
 	if (!k)
 		return 1;
 	struct eg_sock_addr_kern kern = {};
-	u32 flags = 0;
-	u32 n = 0;
+	s32 flags;
 	if (bpf_probe_read_kernel(&kern, sizeof(kern), (void *)ctx) < 0 || !kern.uaddr) {
 		flags = EG_EV_UNREADABLE;
 		k->path[0] = 0;
 	} else {
-		n = kern.uaddrlen > 2 ? kern.uaddrlen - 2 : 0;
-		if (n > EG_UNIX_PATH_MAX)
-			n = EG_UNIX_PATH_MAX;
-		if (n == 0)
-			return 1; /* unnamed: nothing to reach */
-		if (bpf_probe_read_kernel(k->path, n & 127, (char *)kern.uaddr + 2) < 0) {
-			flags = EG_EV_UNREADABLE;
-			k->path[0] = 0;
-		} else {
-			if (k->path[0] == 0)
-				return 1; /* abstract: Landlock's abstract-unix scoping decides */
-			k->path[n & 127] = 0;
-			flags = unix_path_flags(k, n);
-		}
+		flags = read_sun_path(k, kern.uaddr, kern.uaddrlen);
+		if (flags < 0)
+			return 1; /* unnamed or abstract */
 	}
-	if (!flags && unix_allows(pol, k, cgflags & EG_CG_MOUNTNS)) {
-		u64 cg = bpf_get_current_cgroup_id();
-		if (watched(cg) || armed_now(pol, cg))
-			unix_event(pol, k, op, (u8)ctx->type, EG_V_ACTIVITY, 0, cg);
+	u64 cg = bpf_get_current_cgroup_id();
+	u8 type = (u8)ctx->type;
+	if (unix_granted(pol, cg, k, op, type, flags, cgflags & EG_CG_MOUNTNS, 0))
 		return 1;
-	}
 
 	int deny = deny_in_mode(pol, EG_KIND_NETWORK);
 	u16 verdict = deny ? EG_V_DENIED : EG_V_ALLOWED;
@@ -213,7 +166,7 @@ static __always_inline int unix_check(struct bpf_sock_addr *ctx, u32 op)
 		if (should_kill(pol, EG_KIND_NETWORK))
 			verdict = EG_V_KILLED; /* the connect/sendto tracepoint killed before this hook ran */
 	}
-	unix_event(pol, k, op, (u8)ctx->type, verdict, flags, bpf_get_current_cgroup_id());
+	unix_event(pol, cg, k, op, type, verdict, flags);
 	return deny ? 0 : 1;
 }
 
@@ -241,8 +194,7 @@ static __always_inline int net_kill_check(const void *uaddr, u32 op)
 	if (sa.family == AF_UNIX) {
 		if (op == EG_NET_BIND)
 			return 0;
-		u32 zero = 0;
-		struct eg_path_key *k = path_scratch.lookup(&zero);
+		struct eg_path_key *k = scratch_key();
 		if (!k)
 			return 0;
 		long n = bpf_probe_read_user_str(k->path, EG_UNIX_PATH_MAX, (const char *)uaddr + 2);

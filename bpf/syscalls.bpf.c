@@ -12,6 +12,9 @@
  * the filter reports its refusals to audit (seccomp_reports), the agent records them from there and
  * syscall_exit_gate leaves them alone; the gates are then attached only for another instance's sake.
  */
+#include "lib/maps.bpf.h"
+#include "lib/policy.bpf.h"
+#include "lib/record.bpf.h"
 
 BPF_TABLE("lru_hash", u64, u32, gate_seen, EG_MAX_THREADS);
 
@@ -49,12 +52,9 @@ int syscall_gate(struct eg_sys_enter_ctx *ctx)
 	u64 id = bpf_get_current_pid_tgid();
 	u32 n = nr;
 	gate_seen.update(&id, &n);
-	u16 verdict = tracepoint_verdict(pol, kind);
-	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), (u32)nr), verdict);
-	struct eg_event *e = new_violation(pol, kind, nr, verdict, h, cg);
-	if (!e)
-		return 0;
-	events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	struct eg_event *e = new_violation(pol, cg, kind, nr, tracepoint_verdict(pol, kind), 0, 0, 0);
+	if (e)
+		emit(e);
 	return 0;
 }
 
@@ -79,13 +79,11 @@ int syscall_exit_gate(struct eg_sys_exit_ctx *ctx)
 		kill_current();
 		verdict = EG_V_KILLED;
 	}
-	u64 h = EG_FNV(EG_FNV(EG_FNV(EG_FNV(EG_FNV_BASIS, kind), (u32)nr), verdict), EG_EV_AT_EXIT);
-	struct eg_event *e = new_violation(pol, kind, nr, verdict, h, cg);
+	struct eg_event *e = new_violation(pol, cg, kind, nr, verdict, 0, EG_EV_SECCOMP | EG_EV_AT_EXIT, 0);
 	if (!e)
 		return 0;
-	e->flags = EG_EV_SECCOMP | EG_EV_AT_EXIT;
 	e->aux = (u64)ctx->ret;
-	events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	emit(e);
 	return 0;
 }
 
@@ -101,11 +99,8 @@ TRACEPOINT_PROBE(signal, signal_generate)
 	u16 kind = syscall_kind(pol, nr);
 	if (!kind)
 		kind = EG_KIND_PRIVILEGE;  /* the filter's built-in kills are privilege syscalls */
-	u64 h = EG_FNV(EG_FNV(EG_FNV_BASIS, kind), (u32)nr);
-	struct eg_event *e = new_violation(pol, kind, nr, EG_V_KILLED, h, cg);
-	if (!e)
-		return 0;
-	e->flags = EG_EV_SECCOMP;
-	events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	struct eg_event *e = new_violation(pol, cg, kind, nr, EG_V_KILLED, 0, EG_EV_SECCOMP, 0);
+	if (e)
+		emit(e);
 	return 0;
 }

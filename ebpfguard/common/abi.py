@@ -1,4 +1,5 @@
-"""The constants of bpf/events.h, read from that file so that they are defined once.
+"""The constants of bpf/include/ (events.h: the record; maps.h: the maps), read from those headers so that
+they are defined once.
 
 This module does not import bcc: the pure manifest compiler uses it too.
 """
@@ -9,23 +10,29 @@ import re
 from enum import IntEnum, IntFlag
 from functools import lru_cache
 
-from ebpfguard.common.resources import bpf_dir
+from ebpfguard.common.resources import bpf_include_dir
 
 _DEFINE = re.compile(r"^#define\s+(EG_[A-Z0-9_]+)\s+(-?\d+)\s*(?:/\*.*)?$")
 
 
 @lru_cache(maxsize=1)
 def constants() -> dict[str, int]:
+    """Every "#define EG_NAME integer" of the shared headers (bpf/include/*.h); a name defined twice is an
+    error."""
     out: dict[str, int] = {}
-    for line in (bpf_dir() / "events.h").read_text().splitlines():
-        m = _DEFINE.match(line.strip())
-        if m:
+    for header in sorted(bpf_include_dir().glob("*.h")):
+        for line in header.read_text().splitlines():
+            m = _DEFINE.match(line.strip())
+            if not m:
+                continue
+            if m.group(1) in out:
+                raise ValueError(f"{m.group(1)} is defined twice in bpf/include/ ({header.name})")
             out[m.group(1)] = int(m.group(2))
     return out
 
 
 def c(name: str) -> int:
-    """The value of EG_<name> in events.h."""
+    """The value of EG_<name> in bpf/include/."""
     return constants()["EG_" + name]
 
 

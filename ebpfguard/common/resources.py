@@ -18,13 +18,19 @@ def data_root() -> Path:
     if env:
         return Path(env)
     checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "bpf" / "events.h").is_file():
+    if (checkout / "bpf" / "include" / "events.h").is_file():
         return checkout
     return Path(str(resources.files("ebpfguard").joinpath("_data")))
 
 
 def bpf_dir() -> Path:
+    """The eBPF sources: the hook families (*.bpf.c), lib/ (their helpers), include/ (what Python shares)."""
     return data_root() / "bpf"
+
+
+def bpf_include_dir() -> Path:
+    """The headers the agent shares with the kernel programs: the record (events.h), the maps (maps.h)."""
+    return bpf_dir() / "include"
 
 
 def policies_dir() -> Path:

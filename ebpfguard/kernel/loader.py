@@ -1,5 +1,9 @@
 """The sensor: compiles bpf/*.bpf.c with bcc, attaches the programs, owns their maps.
 
+bpf/ holds one *.bpf.c file per hook family, the kernel-side helpers they share in bpf/lib/*.bpf.h and
+what the agent shares with them (the record, the maps' layout) in bpf/include/*.h. program_source() joins
+them into the one program bcc compiles.
+
 This is the only module that imports bcc. bcc and OSError failures become KernelError here.
 The tracepoints (bcc's TRACEPOINT_PROBE) attach when the program is compiled; they cost one hash miss
 for any task outside an extension cgroup. The cgroup sock_addr programs attach per extension cgroup.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import struct
 import time
 from collections import Counter
@@ -22,7 +27,8 @@ from ebpfguard.errors import KernelError
 from ebpfguard.kernel.features import bpf_lsm_status, headers_match
 from ebpfguard.manifest.compile import CompiledPolicy
 
-SOURCES = ("lib.bpf.h", "files.bpf.c", "net.bpf.c", "syscalls.bpf.c", "lifecycle.bpf.c", "lsm.bpf.c")
+SOURCES = ("files.bpf.c", "net.bpf.c", "syscalls.bpf.c", "lifecycle.bpf.c", "lsm.bpf.c")  # the hook families
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 TRACEFS = Path("/sys/kernel/tracing")
 # syscalls whose SYSCALL_DEFINE (and so tracepoint) name differs from the x86-64 table's name
 TRACEPOINT_NAMES = {"umount2": "umount"}
@@ -30,6 +36,7 @@ OPTIONAL_TRACEPOINTS = ("fchmodat2", "setxattrat", "removexattrat")
 # enum bpf_attach_type (uapi/linux/bpf.h, 6.7+); bcc 0.26's BPFAttachType predates them
 UNIX_ATTACH = {"eg_connect_unix": 49, "eg_sendmsg_unix": 50}  # BPF_CGROUP_UNIX_CONNECT, _SENDMSG
 BPF_MAP_TYPE_CGROUP_STORAGE = 19
+CG_LOCAL = struct.Struct("<II")  # struct eg_cg_local (bpf/include/maps.h): slot + 1, EG_CG_* flags
 IDLE_DETACH_S = 10.0  # the syscall tracepoints go this long after the last instance (Sensor.idle_check)
 # The network tracepoints only kill (the cgroup programs decide and record): attached while some loaded
 # policy answers network violations with kill, so that no process pays for them otherwise
@@ -91,8 +98,31 @@ def _strerror(rc: int) -> str:
 
 
 def program_source(directory: Path | None = None) -> str:
+    """The hook families as one program, so that they share one set of maps, with the project's own headers
+    (an #include "..." found beside the including file or under bpf/) written in where each is first
+    included, and only there. bcc rewrites map calls (``counters.lookup(...)``) only in the text it is
+    given, not in a header the compiler finds. The expansion does not evaluate #if, so a family's project
+    includes stay outside its #if blocks (lsm.bpf.c)."""
     d = directory or bpf_dir()
-    return "\n".join(f"/* ---- {name} ---- */\n" + (d / name).read_text() for name in SOURCES)
+    done: set[Path] = set()
+
+    def expand(path: Path) -> list[str]:
+        done.add(path)
+        out = [f"/* ---- {path.relative_to(d)} ---- */"]
+        for line in path.read_text().splitlines():
+            m = _INCLUDE.match(line)
+            found = [p for p in (path.parent / m.group(1), d / m.group(1)) if p.is_file()] if m else []
+            if not found:
+                out.append(line)
+                continue
+            target = Path(os.path.normpath(found[0]))
+            if target in done:
+                out.append(f"/* {line.strip()}: above */")
+            else:
+                out.extend([*expand(target), f"/* ---- {path.relative_to(d)}, continued ---- */"])
+        return out
+
+    return "\n".join(line for name in SOURCES for line in expand(d / name)) + "\n"
 
 
 class Sensor:
@@ -110,10 +140,11 @@ class Sensor:
         ensure_tracefs()
         from bcc import lib as libbcc  # noqa: PLC0415
         self._lib = libbcc
-        # cg_local (events.h): bcc declares no cgroup-storage table, so the map is made here and the
+        # cg_local (bpf/include/maps.h): bcc declares no cgroup-storage table, so the map is made here and the
         # programs reach it by its fd. A u64 key (the cgroup id alone) shares one value among every
         # program attached to a cgroup (Linux 5.9+).
-        self._cg_local_fd = libbcc.bcc_create_map(BPF_MAP_TYPE_CGROUP_STORAGE, b"cg_local", 8, 8, 0, 0)
+        self._cg_local_fd = libbcc.bcc_create_map(BPF_MAP_TYPE_CGROUP_STORAGE, b"cg_local", 8, CG_LOCAL.size,
+                                                   0, 0)
         if self._cg_local_fd < 0:
             raise KernelError(f"cannot create the cgroup storage map: {_strerror(self._cg_local_fd)}")
         cflags = [f"-I{d}", "-Wno-macro-redefined", "-Wno-unused-function",
@@ -389,11 +420,11 @@ class Sensor:
             return 0
 
     def over_share(self, cgroup_id: int) -> int:
-        """Records this cgroup could not reserve: it held its share of the ring buffer (lib.bpf.h)."""
+        """Records this cgroup could not reserve: it held its share of the ring buffer (lib/record.bpf.h)."""
         return self._cg_count("share", cgroup_id, "over")
 
     def suppressed(self, cgroup_id: int) -> int:
-        """Identical repeats the kernel suppressed for this cgroup (repeat_gate in lib.bpf.h)."""
+        """Identical repeats the kernel suppressed for this cgroup (repeat_gate in lib/record.bpf.h)."""
         return self._cg_count("suppressed", cgroup_id, "value")
 
     def set_landlocked(self, cgroup_id: int, on: bool, reports: bool = False) -> None:
@@ -423,7 +454,7 @@ class Sensor:
         t[ctypes.c_int(0)] = t.Leaf(len(self._traced))
 
     def quarantine(self, cgroup_id: int, on: bool) -> None:
-        self._flag("quarantined", cgroup_id, on)
+        """Deny every address of this cgroup's network (the cgroup programs read it from cg_local)."""
         self._set_cg_flag(cgroup_id, c("CG_QUARANTINE"), on)
 
     def _set_cg_flag(self, cgroup_id: int, bit: int, on: bool) -> None:
@@ -439,7 +470,7 @@ class Sensor:
         if cgroup_id not in self._attached_ids:
             return
         slot = self._cg_slot.get(cgroup_id)
-        value = struct.pack("<II", 0 if slot is None else slot + 1, self._cg_flags.get(cgroup_id, 0))
+        value = CG_LOCAL.pack(0 if slot is None else slot + 1, self._cg_flags.get(cgroup_id, 0))
         key = ctypes.c_uint64(cgroup_id)
         buf = ctypes.create_string_buffer(value, len(value))
         rc = self._lib.bpf_update_elem(self._cg_local_fd, ctypes.byref(key), buf, 0)

@@ -4,6 +4,7 @@ from Debian's packages), and run away from the checkout."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -17,9 +18,13 @@ def sh(*argv: str, **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, **kw)  # type: ignore[call-overload]
 
 
+def bpf_files(d: Path) -> set[str]:
+    return {p.relative_to(d).as_posix() for p in d.rglob("*") if p.suffix in (".c", ".h")}
+
+
 def test_the_wheel_works_on_its_own(tmp_path: Path) -> None:
     """A wheel installed by pip into a fresh virtualenv, away from this checkout, runs every command that
-    needs no kernel: its data (bpf/, policies/, sim/) comes from inside the wheel."""
+    needs no kernel: its data (bpf/ with its include/ and lib/, policies/, sim/) comes from inside the wheel."""
     pip = Path(os.environ.get("VIRTUAL_ENV", TOP / ".venv")) / "bin" / "pip"
     build = sh(str(pip), "wheel", "-q", "--no-deps", "-w", str(tmp_path / "wheel"), str(TOP))
     assert build.returncode == 0, build.stderr
@@ -41,6 +46,12 @@ def test_the_wheel_works_on_its_own(tmp_path: Path) -> None:
     where = sh(str(venv / "bin" / "python"), "-c", "import ebpfguard.common.resources as r; print(r.data_root())",
                cwd=str(away), env=env)
     assert where.stdout.strip().startswith(str(venv)), where.stdout + where.stderr
+    # the eBPF sources with their folders (the families, lib/, include/), and the program text they make
+    bpf = Path(where.stdout.strip()) / "bpf"
+    assert bpf_files(bpf) == bpf_files(TOP / "bpf") and {"include/events.h", "lib/record.bpf.h"} <= bpf_files(bpf)
+    r = eg("agent", "--ebpf")
+    assert r.returncode == 0 and "/* ---- include/maps.h ---- */" in r.stdout, r.stdout[-2000:] + r.stderr
+    assert not re.search(r'^\s*#\s*include\s+"', r.stdout, re.M), "a header of bpf/ that the wheel does not carry"
     shipped = sorted(str(p) for p in (Path(where.stdout.strip()) / "policies").glob("*.yaml"))
     assert len(shipped) >= 4
     r = eg("policy", "validate", *shipped)
