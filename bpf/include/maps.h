@@ -71,7 +71,7 @@
  *                             ring buffer now. agent
  *   last_event      LRU_HASH  u64 pid_tgid -> struct eg_last: the thread's last recorded violation and the
  *                             repeats of it suppressed since (lib/record.bpf.h: repeat_gate). kernel
- *   suppressed      HASH      u64 cgroup id -> u64: repeats suppressed in this cgroup, in total; the agent
+ *   suppressed      HASH      u64 cgroup id -> u64: repeats of violations suppressed in this cgroup; the agent
  *                             counts them toward the escalation window. kernel (the agent deletes it)
  *
  * Working state of one hook family:

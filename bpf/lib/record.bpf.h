@@ -137,25 +137,29 @@ static __always_inline u64 repeat_key(u16 kind, u16 verdict, s32 nr, u32 op, u32
 
 /*
  * Identical repeats: a thread that repeats the violation it last recorded (same key ``h``) less than
- * EG_REPEAT_NS later is not recorded again. The repeat is counted (per cgroup in `suppressed`, and
- * globally) and -1 is returned; the caller reserves nothing. Otherwise it returns how many repeats were
+ * EG_REPEAT_NS later is not recorded again. The repeat is counted (globally, and per cgroup in
+ * `suppressed` when it is a violation's) and -1 is returned; the caller reserves nothing. Otherwise it returns how many repeats were
  * suppressed since the previous record of the same violation, for the new record to carry. A flood of
  * one violation so costs one record a second and no ring-buffer space, and cannot fill the ring buffer
  * to hide a different violation behind it. Pending and killing decisions never come here.
  */
-static __always_inline s64 repeat_gate(u64 h, u64 cg)
+static __always_inline s64 repeat_gate(u64 h, u64 cg, int violation)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u64 now = bpf_ktime_get_ns();
 	struct eg_last *l = last_event.lookup(&id);
 	if (l && l->hash == h && now - l->ts_ns < EG_REPEAT_NS) {
 		__sync_fetch_and_add(&l->suppressed, 1);
-		u64 one = 1;
-		u64 *n = suppressed.lookup(&cg);
-		if (n)
-			__sync_fetch_and_add(n, 1);
-		else
-			suppressed.update(&cg, &one);
+		/* the cgroup's total enters its escalation window (decide.repeats): only a violation's repeats
+		 * count there, never those of an allowed action a tracer, a baseline or a shadow version watches */
+		if (violation) {
+			u64 one = 1;
+			u64 *n = suppressed.lookup(&cg);
+			if (n)
+				__sync_fetch_and_add(n, 1);
+			else
+				suppressed.update(&cg, &one);
+		}
 		count(EG_CTR_SUPPRESSED);
 		return -1;
 	}
@@ -187,7 +191,8 @@ static __always_inline struct eg_event *new_violation(struct eg_ext_policy *pol,
 	int ordinary = verdict != EG_V_PENDING && verdict != EG_V_KILLED;
 	s64 rep = 0;
 	if (ordinary) {
-		rep = repeat_gate(repeat_key(kind, verdict, nr, op, flags, object), cg);
+		rep = repeat_gate(repeat_key(kind, verdict, nr, op, flags, object), cg,
+				  verdict != EG_V_ACTIVITY && verdict != EG_V_SHADOW);
 		if (rep < 0)
 			return 0;
 	}

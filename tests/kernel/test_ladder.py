@@ -173,3 +173,18 @@ def test_network_state_is_written_again_when_the_programs_are_reattached(engine:
         proc, marker = launch(world, inst, ["connect4", str(world.port("tcp4_ok"))])
         until(engine, lambda: proc.poll() is not None)
         assert marker.read_text().startswith("0 0 ") and world.saw_connection("tcp4_ok")
+
+
+def test_repeats_of_an_allowed_action_while_traced_never_escalate(engine: Engine, world: World) -> None:
+    """A traced instance's allowed actions are activity events, their repeats suppressed in the kernel like a
+    violation's: those repeats must not enter the escalation window (only a violation's count there)."""
+    with instance(engine, world, "alert") as (inst, records):
+        inst.manifest.escalation = Escalation(window=60.0, freeze_after=2)
+        engine.trace_activity(inst, True)
+        proc, _ = launch(world, inst, ["floodfor", "0.5", f"{world.allowed}/a.txt"])
+        until(engine, lambda: proc.poll() is not None or inst.state != "running")
+        for _ in range(5):
+            engine.poll(20)
+        assert inst.state == "running" and proc.wait(5) == 0, (inst.state, records)
+        assert not [r for r in records if r["detail"].get("event") == "escalation"], records
+        assert violations(records) == [] and inst.violations == 0

@@ -188,8 +188,8 @@ def test_a_file_the_user_changed_meanwhile_keeps_the_users_version(engine: Engin
 
 def test_an_instance_running_when_the_agent_stops_leaves_its_changes_for_an_operator(engine: Engine, world: World,
                                                                                    tree: Path) -> None:
-    from ebpfguard.lab.simulate import spawn
     from ebpfguard.sandbox import Sandbox, landlock_confines
+    from ebpfguard.sandbox.launcher import spawn
 
     m = parse(manifest(world, tree).encode(), "egtest.yaml", home=str(world.base))
     records: list[dict[str, Any]] = []
