@@ -13,8 +13,9 @@ import os
 import struct
 
 from ebpfguard.errors import KernelError
+from ebpfguard.manifest.syscall_table import SYSCALLS_X86_64
 
-SYS_BPF = 321  # x86-64
+SYS_BPF = SYSCALLS_X86_64["bpf"]
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_ENABLE_STATS = 32
 BPF_STATS_RUN_TIME = 0

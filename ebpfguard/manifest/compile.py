@@ -1,10 +1,10 @@
 """compile(): a pure function from a manifest to the exact bytes the kernel maps hold.
 
-The layouts are those of bpf/events.h (little-endian, x86-64); tests/kernel/test_abi.py checks the
+The layouts are those of bpf/include/maps.h (little-endian, x86-64); tests/kernel/test_abi.py checks the
 sizes below against the compiled program's own map types.
 
     struct eg_ext_policy  "<II8s8Q8QII" flags, slot, response[8] by kind, sys_deny[8], sys_priv[8],
-                                       shadow (1 + the slot of a shadow version, 0: none), pad
+                                       shadow (1 + the slot of a shadow version, 0: none), arm_ms
     struct eg_path_key    "<II252s"    prefixlen (bits of scope+path), scope = slot<<8 | access, path
                                        (access: read, write, exec, or unix / unix_ns for socket paths)
     struct eg_net_key     "<II16s"     prefixlen (32 + CIDR bits), scope = slot<<8 | op<<4 | 4|6, address

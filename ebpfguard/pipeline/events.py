@@ -1,6 +1,6 @@
 """Decoded kernel events and the forensic record they become.
 
-The kernel's struct eg_event (bpf/events.h) arrives as the ctypes type bcc builds from the compiled
+The kernel's struct eg_event (bpf/include/events.h) arrives as the ctypes type bcc builds from the compiled
 program; decode() copies it into an Event at once, because the ring-buffer memory is reused.
 """
 
