@@ -112,7 +112,7 @@ class DomainMap:
             del self.known[dom]
 
 
-REPEAT_WINDOW_NS = 1_000_000_000  # as the kernel's repeat gate (bpf/lib/record.bpf.h): one record a second per violation
+REPEAT_WINDOW_NS = 1_000_000_000  # the kernel's repeat gate (bpf/lib/record.bpf.h): a record a second per violation
 
 
 @dataclass
