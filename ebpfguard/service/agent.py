@@ -143,9 +143,7 @@ class Agent:
             (log.warning if " rejected" in line or "unsigned" in line or "untrusted" in line else log.info)("%s", line)
         while self.policies.pending:
             m, detail = self.policies.pending.pop(0)
-            self.engine.recorder.write(None, {"kind": "policy", "pid": None, "verdict": None, "actions": [],
-                                              "detail": {"name": m.name, "version": m.version, **detail}},
-                                       manifest=m, mode=m.mode)
+            self.engine.recorder.policy(m, **detail)
 
     def _log_drops(self) -> None:
         """Kernel records lost since the last look (the ring buffer was full): denied, but not recorded."""
@@ -358,10 +356,7 @@ class Agent:
     def promote(self, s: Session, req: p.Promote) -> p.Promoted:
         old, new = self.policies.promote(req.extension)
         replaces = p.Replaced(version=old.version, sha256=old.sha256) if old else None
-        detail = {"event": "promoted", "name": req.extension, "version": new.version, "file": Path(new.source).name,
-                  "replaces": to_wire(replaces)}
-        self.engine.recorder.write(None, {"kind": "policy", "pid": None, "verdict": None, "actions": [],
-                                          "detail": detail}, manifest=new, mode=new.mode)
+        self.engine.recorder.policy(new, "promoted", file=Path(new.source).name, replaces=to_wire(replaces))
         log.warning("%s: shadow version %s (%s) promoted: it is enforced for instances launched from now on",
                     req.extension, new.version, new.sha256[:12])
         return p.Promoted(name=req.extension, version=new.version, sha256=new.sha256, replaces=replaces)
