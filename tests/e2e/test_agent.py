@@ -65,10 +65,14 @@ class Agent:
         self.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(self.state), "--policy-dir", str(self.policies),
                                       *extra], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60 * SLOW
-        while eg("status", state=self.state).returncode != 0:
-            assert self.proc.poll() is None, self.output()
-            assert time.monotonic() < deadline, "the agent did not start enforcing"
-            time.sleep(0.2)
+        try:
+            while eg("status", state=self.state).returncode != 0:
+                assert self.proc.poll() is None, self.output()
+                assert time.monotonic() < deadline, f"the agent did not start enforcing: {self.output()}"
+                time.sleep(0.2)
+        except BaseException:
+            self.stop()  # an agent that never answered is stopped all the same (by its pid), its programs unloaded
+            raise
 
     def output(self) -> str:
         self.log.seek(0)
