@@ -25,6 +25,17 @@ from ebpfguard.manifest.load import Manifest, Mode
 log = logging.getLogger("ebpfguard")
 
 
+@dataclass
+class LandlockPart:
+    """What the instance's Landlock ruleset grants and how its refusals reach the agent."""
+
+    grants: list[tuple[str, int]] = field(default_factory=list)  # (real path, rights) of its file rules
+    handled: int = 0              # the filesystem rights the ruleset handles
+    reports: bool = False         # the file programs leave reads and execs to Landlock's own reports
+    domains: list[str] = field(default_factory=list)  # its Landlock domain ids, as learned from the audit reports
+    repeats: int = 0              # identical Landlock reports counted, not recorded (llreport.Repeats)
+
+
 class State(StrEnum):
     """Where an instance stands on the ladder (quarantine is apart: it holds in any state)."""
 
@@ -64,13 +75,8 @@ class Instance:
     over_share_seen: int = 0  # records the kernel could not reserve over the cgroup's share, as last recorded
     over_share_at: float = 0.0  # monotonic time of that record
     lineage: Lineage = field(default_factory=Lineage)  # execs and exits not yet in a processes record
-    landlock_domains: list[str] = field(default_factory=list)  # its Landlock domain ids, as learned
     seccomp_reports: bool = False  # its seccomp filter reports refusals to audit: recorded from there
-    landlock_grants: list[tuple[str, int]] = field(default_factory=list)  # (real path, rights)
-    landlock_handled: int = 0
-    landlock_reports: bool = False  # the file programs leave reads and execs to Landlock's reports
-    landlock_repeats: int = 0  # identical Landlock reports counted, not recorded (llreport.Repeats)
-    released: bool = False
+    landlock: LandlockPart = field(default_factory=LandlockPart)
     proxies: dict[str, Any] = field(default_factory=dict)  # bus -> its running dbusproxy.Proxy
     rollback: Any = None  # rollback.Layer: its write trees as overlays (spec.filesystem.rollback)
     discard: bool = False  # the agent killed it (or the kernel killed one of its tasks): its changes are discarded
@@ -110,7 +116,7 @@ class InstanceStore:
         meta = {"id": inst.id, "manifest_text": inst.manifest.raw.decode(), "manifest_path": inst.manifest.source,
                 "home": inst.manifest.home, "mode": inst.mode, "leader_pid": inst.leader_pid, "argv": inst.argv,
                 "sandbox": inst.sandbox, "limits": inst.limits, "started_ns": inst.started_ns,
-                "landlock_domains": inst.landlock_domains,
+                "landlock_domains": inst.landlock.domains,
                 "owner_pid": os.getpid()}
         path = self.state.instance(inst.id)
         try:

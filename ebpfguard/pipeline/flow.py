@@ -63,7 +63,7 @@ class Pipeline:
             log.warning("event from unknown cgroup %d (pid %d): %s", ev.cgroup_id, ev.pid, ev.detail())
             return None
         try:
-            res = resolve(ev, landlocked=bool(inst and inst.landlock_grants))
+            res = resolve(ev, landlocked=bool(inst and inst.landlock.grants))
             d = decide(ev, policy, self.ladder_state(inst), res, self.clock())
         except BaseException:
             if ev.has(EvFlag.HELD):
@@ -132,8 +132,8 @@ class Pipeline:
         """What a decision needs of the instance (decide.LadderState)."""
         mount = inst.sandbox.get("mount") or {}
         writable = tuple(mount.get("writable") or ()) if mount.get("readonly") else None
-        return LadderState(inst.mode, inst.state, inst.quarantined, tuple(inst.recent), tuple(inst.landlock_grants),
-                           inst.landlock_handled, live=inst.cgroup_id in self.instances, mount_writable=writable,
+        return LadderState(inst.mode, inst.state, inst.quarantined, tuple(inst.recent), tuple(inst.landlock.grants),
+                           inst.landlock.handled, live=inst.cgroup_id in self.instances, mount_writable=writable,
                            mount_readonly=tuple(mount.get("readonly_within") or ()))
 
     def repeats(self, inst: Instance, count: int, todo: list[str], window: tuple[float, ...] | None) -> list[str]:

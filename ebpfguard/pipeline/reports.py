@@ -92,8 +92,8 @@ class AuditReports:
         """The kernel names a domain's creator once ("allocated"): an agent that restarts learns the domain
         from the instance's saved state. Returns the reports held until then."""
         inst = self.instance_of_pid(int(pid or 0) if pid.isdigit() else 0)
-        if inst is not None and dom not in inst.landlock_domains:
-            inst.landlock_domains.append(dom)
+        if inst is not None and dom not in inst.landlock.domains:
+            inst.landlock.domains.append(dom)
             self.store.save(inst)
         return self.domains.learn(dom, inst.cgroup_id if inst else None)
 
@@ -105,14 +105,14 @@ class AuditReports:
             return
         blockers = blockers_of(fields)
         kind = kind_of(blockers)
-        if not ours(blockers, inst.landlock_reports and inst.manifest.response.get(kind) != "kill"):
+        if not ours(blockers, inst.landlock.reports and inst.manifest.response.get(kind) != "kill"):
             return
         detail = detail_of(fields, blockers)
         key = (inst.cgroup_id, tuple(blockers), detail.get("path"), detail.get("target_pid"), detail.get("address"),
                detail.get("port"))
         carried = self.repeats.seen(key, ts_ns)
         if carried is None:
-            inst.landlock_repeats += 1
+            inst.landlock.repeats += 1
         elif carried:
             detail["repeats_suppressed"] = carried
         # the report names the domain, not the process: pid stays unknown rather than guessed

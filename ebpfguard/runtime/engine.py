@@ -348,15 +348,15 @@ class Engine:
                 except EbpfguardError as err:
                     log.error("instance %s: %s", inst.id, err)
             inst.seccomp_reports = bool(reported)
-            inst.landlock_domains = [str(d) for d in meta.get("landlock_domains") or []]
-            for dom in inst.landlock_domains:
+            inst.landlock.domains = [str(d) for d in meta.get("landlock_domains") or []]
+            for dom in inst.landlock.domains:
                 self.audit.domains.learn(dom, cg.id)
             try:  # the old proxies exited with the old engine; new ones in the same folders
                 self.start_proxies(inst)
             except EbpfguardError as err:
                 log.error("instance %s: %s", inst.id, err)
             self._note_landlock(inst)
-            if inst.landlock_reports and not inst.landlock_domains:
+            if inst.landlock.reports and not inst.landlock.domains:
                 # its domain never reported a denial to an agent (the kernel names a domain once): its
                 # reports cannot be told apart, so the file programs record its refusals again
                 self._set_landlocked(inst, reports=False)
@@ -387,20 +387,20 @@ class Engine:
         if "mountns" in inst.sandbox.get("layers", []):
             self.sensor.set_mountns(inst.cgroup_id, True)
         if "landlock-fs" not in inst.sandbox.get("layers", []):
-            if inst.landlock_grants:  # predicted at prepare, but the launcher did not enforce it
-                inst.landlock_grants, inst.landlock_handled, inst.landlock_reports = [], 0, False
+            if inst.landlock.grants:  # predicted at prepare, but the launcher did not enforce it
+                inst.landlock.grants, inst.landlock.handled, inst.landlock.reports = [], 0, False
                 self.sensor.set_landlocked(inst.cgroup_id, False)
             return
         self._set_landlocked(inst, reports=bool(inst.sandbox.get("landlock_reports", False)))
 
     def _set_landlocked(self, inst: Instance, reports: bool) -> None:
         ll = landlock.plan(inst.manifest, 5, inst.mode)
-        inst.landlock_grants = [(os.path.realpath(p) + ("/" if p.endswith("/") else ""), r) for p, r in ll.paths]
-        inst.landlock_handled = ll.handled_fs
+        inst.landlock.grants = [(os.path.realpath(p) + ("/" if p.endswith("/") else ""), r) for p, r in ll.paths]
+        inst.landlock.handled = ll.handled_fs
         # Landlock reports its denials (ABI 7+, restricted with LOG_NEW_EXEC_ON): the file programs leave
         # reads and execs to it
-        inst.landlock_reports = reports and self.audit.reader is not None
-        self.sensor.set_landlocked(inst.cgroup_id, True, reports=inst.landlock_reports)
+        inst.landlock.reports = reports and self.audit.reader is not None
+        self.sensor.set_landlocked(inst.cgroup_id, True, reports=inst.landlock.reports)
 
     def leader_exited(self, inst: Instance, status: int) -> None:
         inst.exit_status = status
@@ -417,7 +417,7 @@ class Engine:
             while inst.cgroup.populated() and time.monotonic() < deadline:
                 time.sleep(0.01)
         self.sensor.consume()  # attribute the last events while the cgroup is still bound
-        self.landlock_denials(settle_s=0.02 if self.audit.reader is not None and inst.landlock_grants else 0.0)
+        self.landlock_denials(settle_s=0.02 if self.audit.reader is not None and inst.landlock.grants else 0.0)
         self.check_resources()
         self.stop_proxies(inst)
         suppressed = self.sensor.suppressed(inst.cgroup_id)
@@ -433,7 +433,7 @@ class Engine:
         self.store.forget(inst.id)
         self.slots.release(inst.slot)
         self.recorder.lifecycle(inst, "stop", actions=["cgroup.kill"] if kill else [], exit_status=inst.exit_status,
-                                violations=inst.violations, repeats_suppressed=suppressed + inst.landlock_repeats,
+                                violations=inst.violations, repeats_suppressed=suppressed + inst.landlock.repeats,
                                 over_share=inst.over_share_seen, killed_by_agent=kill)
         if inst.rollback is not None:
             choice = inst.rollback_choice or ("discard" if inst.discard else "keep" if interrupted else "commit")

@@ -24,7 +24,7 @@ BODY = ["kind", "pid", "tgid", "uid", "comm", "detail", "verdict", "actions"]
 def landlock_report(eng: Engine, inst: Instance, path: str, ts_ns: int, blockers: str = "fs.read_file") -> None:
     """A Landlock access report for the instance's domain, as the audit reader passes it on; the instance's
     reads are left to Landlock's reports (as when the launcher restricted it with logging on)."""
-    inst.landlock_reports = True
+    inst.landlock.reports = True
     eng.audit.domains.learn("d1", inst.cgroup_id)
     with eng.log.batch():
         for owner, r in eng.audit.landlock({"domain": "d1", "blockers": blockers, "path": path}, ts_ns):
@@ -94,7 +94,7 @@ def test_an_identical_landlock_repeat_counts_toward_the_ladder_but_is_not_writte
         landlock_report(engine, inst, "/etc/shadow", 10**18 + i)  # within a second: repeats
         clock.t += 1
     recs = records(engine)
-    assert len(recs) == 1 and inst.violations == 3 and inst.landlock_repeats == 2
+    assert len(recs) == 1 and inst.violations == 3 and inst.landlock.repeats == 2
     assert killed(inst) and inst.state == "killed"
     landlock_report(engine, inst, "/etc/shadow", 10**18 + 2 * 10**9)  # a second later: recorded, carrying them
     assert records(engine)[-1]["detail"]["repeats_suppressed"] == 2
