@@ -76,11 +76,11 @@ vm-deps:
 
 test-vm: setup vm-deps
 	@rc=0; \
-	s=$$(date +%s); $(PY) tests/vm/egvm.py run --lsm --timeout $(VM_TIMEOUT) -- \
-	  $(MAKE) --no-print-directory guest-tier REQUIRE=--require-lsm || rc=1; \
+	s=$$(date +%s); $(PY) tests/vm/egvm.py run --lsm --timeout $(VM_TIMEOUT) --env EG_REQUIRE_LSM=1 -- \
+	  $(MAKE) --no-print-directory guest-tier GUEST_E2E="$(GUEST_E2E)" || rc=1; \
 	echo "== guest with BPF-LSM: $$(( $$(date +%s) - s )) s"; \
 	s=$$(date +%s); $(PY) tests/vm/egvm.py run --no-lsm --timeout $(VM_TIMEOUT) -- \
-	  $(MAKE) --no-print-directory guest-tier REQUIRE=--require || rc=1; \
+	  $(MAKE) --no-print-directory guest-tier GUEST_E2E= || rc=1; \
 	echo "== guest without BPF-LSM: $$(( $$(date +%s) - s )) s"; \
 	s=$$(date +%s); $(PY) tests/vm/egvm.py run --systemd --lsm --timeout $(VM_TIMEOUT) -- \
 	  $(MAKE) --no-print-directory guest-service || rc=1; \
@@ -88,10 +88,14 @@ test-vm: setup vm-deps
 	exit $$rc
 
 # run inside the guest by test-vm: what the kernel has, then the kernel tier's tests whose outcome depends on
-# the kernel (marked guest in tests/kernel/conftest.py: the hooks that decide, cgroup v2, the ABI)
+# the kernel (marked guest in tests/kernel/conftest.py: the hooks that decide, cgroup v2, the ABI). Each program
+# load costs minutes under emulation, so the programs are loaded once, by the tier's engine fixture, which
+# fails (never skips) when they cannot be, or, in the BPF-LSM guest (EG_REQUIRE_LSM), when they load without
+# their LSM half; the probe only prints what the kernel has. The e2e tests (agents that compile again) run
+# in the BPF-LSM guest only.
 guest-tier:
 	@test -n "$$EGVM_KERNEL" || { echo "guest-tier runs inside the VM tier's guest: use make test-vm"; exit 2; }
-	$(VENV)/bin/python -m ebpfguard.kernel.probe $(REQUIRE)
+	$(VENV)/bin/python -m ebpfguard.kernel.probe
 	$(VENV)/bin/pytest -q -rfEsx -p no:cacheprovider --durations=10 -m "guest or e2e" tests/kernel $(GUEST_E2E)
 
 # run inside the guest by test-vm with systemd as PID 1: the Debian package's unit as systemd runs it

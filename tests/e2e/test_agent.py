@@ -103,6 +103,14 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
     a.stop()
 
 
+@pytest.fixture(scope="module")
+def one_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    """One agent for tests that leave it as they found it (refused requests): started, and compiled, once."""
+    a = Agent(tmp_path_factory.mktemp("one-agent"))
+    yield a
+    a.stop()
+
+
 def test_status_lists_policies_and_instances(agent: Agent) -> None:
     st = agent.status()
     assert st["agent"]["state"] == "enforcing" and [p["name"] for p in st["policies"]] == ["shell-tool"]
@@ -242,10 +250,10 @@ def request(state: Path, payload: bytes) -> dict[str, Any]:
     (b'{"op": "started", "instance": "x", "pid": 1, "argv": []}\n', "no running instance 'x'"),
     (b'{"op": "exited", "instance": "x", "status": "seven"}\n', "field 'status': expected integer, got string \"seven\""),
 ])
-def test_bad_control_requests_get_precise_errors(agent: Agent, payload: bytes, error: str) -> None:
-    ans = request(agent.state, payload)
+def test_bad_control_requests_get_precise_errors(one_agent: Agent, payload: bytes, error: str) -> None:
+    ans = request(one_agent.state, payload)
     assert ans["ok"] is False and error in ans["error"], ans
-    assert request(agent.state, b'{"op": "ping"}\n')["ok"] is True
+    assert request(one_agent.state, b'{"op": "ping"}\n')["ok"] is True
 
 
 def test_control_socket_is_root_only(agent: Agent) -> None:

@@ -6,6 +6,7 @@ These tests never skip in CI: when eBPF cannot be loaded the session fails with 
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from ebpfguard.common.resources import data_root
 from ebpfguard.errors import KernelError
 from ebpfguard.forensics import read
 from ebpfguard.forensics.records import undeclared
+from ebpfguard.kernel.features import bpf_lsm_status
 from ebpfguard.runtime.engine import Engine
 
 from .harness import World, need_root
@@ -70,6 +72,10 @@ def engine(world: World) -> Iterator[Engine]:
         eng = Engine(str(world.base / "state"))
     except KernelError as err:
         pytest.fail(f"eBPF cannot be loaded here: {err}")
+    lsm = getattr(eng.sensor, "lsm", False)
+    if os.environ.get("EG_REQUIRE_LSM") and not lsm:  # the VM tier's BPF-LSM guest: fail, never skip
+        eng.close()
+        pytest.fail(f"BPF-LSM is required here, but the programs loaded without it: {bpf_lsm_status()[1]}")
     yield eng
     eng.close()
     # every record the session wrote has the shape forensics/records.py declares for its kind
@@ -101,8 +107,16 @@ GUEST_TESTS = {
 }
 
 
+# Where BPF-LSM is required (EG_REQUIRE_LSM) the engine fixture has loaded the LSM programs already: compiling
+# them again apart (minutes under emulation) shows nothing more there.
+NOT_WHERE_LSM_IS_REQUIRED = {"test_the_lsm_programs_compile_and_fail_only_at_loading_where_unusable"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    lsm_required = bool(os.environ.get("EG_REQUIRE_LSM"))
     for item in items:
         name = getattr(item, "originalname", item.name)
+        if lsm_required and name in NOT_WHERE_LSM_IS_REQUIRED:
+            continue
         if item.path.name in GUEST_FILES or name in GUEST_TESTS:
             item.add_marker(pytest.mark.guest)
