@@ -33,6 +33,8 @@ class Problem:
 
 
 class ManifestError(EbpfguardError):
+    exit_code = 2  # bad input
+
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))

@@ -39,10 +39,15 @@ from ebpfguard.errors import EbpfguardError
 @click.option("--anomaly-response", default="alert", show_default=True, type=click.Choice(["alert", "freeze", "kill"]),
               help="What an allowed action new to the extension's baseline (POLICY_DIR/baselines/) makes the agent "
                    "do, besides its anomaly record.")
+@click.option("--socket", "socket_file", metavar="PATH",
+              help="The control socket, 0666: every local user launches and watches their own plug-ins through it "
+                   "[default: /run/ebpfguard/agent.sock with the default --state-dir, else STATE/agent.sock].")
+@click.option("--socket-group", metavar="GROUP",
+              help="Make the control socket 0660 and of this group: only its members (and root) reach the agent.")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the eBPF C source and exit.")
 def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_address: str, allow_root_extensions: bool,
           rotate_size: str, log_forward: str, bpf_stats: bool, require_signed: bool, trust_dir: str,
-          anomaly_response: str, ebpf: bool) -> None:
+          anomaly_response: str, socket_file: str | None, socket_group: str | None, ebpf: bool) -> None:
     """Run the root service: load the programs once, serve the control socket, watch the policies.
 
     Logs go to stdout (journald under systemd). SIGTERM stops it cleanly: running extensions are
@@ -54,6 +59,7 @@ def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_addres
       ebpfguard agent --policy-dir /etc/ebpfguard/policies --state-dir /run/eg
       ebpfguard agent --policy-dir policies --log-forward journald --bpf-stats
       ebpfguard agent --policy-dir /etc/ebpfguard/policies --require-signed
+      ebpfguard agent --policy-dir policies --socket-group ebpfguard-users
     """
     if ebpf:
         from ebpfguard.kernel.loader import program_source
@@ -82,7 +88,8 @@ def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_addres
     require_root()
     a = Agent(state_dir, policy_dir, allow_root_extensions=allow_root_extensions, metrics_address=metrics_address,
               rotate_bytes=rotate_bytes, log_forward=log_forward, bpf_stats=bpf_stats, trust_dir=trust_dir,
-              require_signed=require_signed, anomaly_response=anomaly_response)
+              require_signed=require_signed, anomaly_response=anomaly_response, socket_file=socket_file,
+              socket_group=socket_group)
     try:
         a.start()
     except EbpfguardError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -26,8 +27,12 @@ def run(manifest: str | None, extension: str | None, mode: str | None, standalon
         trust_dir: str, state_dir: str, command: tuple[str, ...]) -> None:
     """Run COMMAND as an extension instance in its own cgroup, under its manifest.
 
-    Without an agent it loads the eBPF programs itself; with one it goes through the agent's control
-    socket. Exits with COMMAND's status, or 128+N if COMMAND was killed by signal N.
+    Without an agent it loads the eBPF programs itself (root only); with one it goes through the agent's
+    control socket. A user other than root runs through the agent: it launches COMMAND as that user, with
+    this terminal's stdin, stdout and stderr, environment (as the manifest filters it) and working folder;
+    SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH are passed on, and if this command dies
+    the instance is stopped. Exits with COMMAND's status, or 128+N if COMMAND was killed by signal N.
+    The agent's socket: /run/ebpfguard/agent.sock, or $EBPFGUARD_SOCKET.
 
     \b
     Examples:
@@ -37,8 +42,8 @@ def run(manifest: str | None, extension: str | None, mode: str | None, standalon
       ebpfguard run -m plugin/plugin.yaml --files plugin -- plugin/bin/tool
     """
     from ebpfguard.manifest.load import load
-    from ebpfguard.service.control import agent_running
-    from ebpfguard.service.runner import run_standalone, run_via_agent
+    from ebpfguard.service.control import agent_running, socket_path
+    from ebpfguard.service.runner import run_as_caller, run_standalone, run_via_agent
 
     if bool(manifest) == bool(extension):
         fail("give exactly one of --manifest or --extension", 2)
@@ -48,6 +53,17 @@ def run(manifest: str | None, extension: str | None, mode: str | None, standalon
             m = load(manifest)
         except ManifestError as err:
             fail(str(err), 2)
+    if os.geteuid() != 0:  # the agent launches it, as this user
+        if standalone or files:
+            fail(f"{'--standalone' if standalone else '--files'} needs root; as uid {os.geteuid()}, run through "
+                 "the agent (without it)", 2)
+        if not agent_running(state_dir):
+            fail(f"no agent is listening on {socket_path(state_dir)}: an instance of a user is launched by the "
+                 "agent (systemctl start ebpfguard)", 1)
+        try:
+            sys.exit(run_as_caller(state_dir, command, manifest=m, extension=extension, mode=mode))
+        except EbpfguardError as err:
+            fail(str(err), getattr(err, "exit_code", 1))
     try:
         if not standalone and agent_running(state_dir):
             status = run_via_agent(state_dir, command, manifest=m, extension=extension, mode=mode, files=files)

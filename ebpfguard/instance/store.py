@@ -82,6 +82,12 @@ class Instance:
     discard: bool = False  # the agent killed it (or the kernel killed one of its tasks): its changes are discarded
     rollback_choice: str | None = None  # commit | discard, as an operator said (ebpfguard rollback)
 
+    @property
+    def launched_by(self) -> int:
+        """The uid of who launched it: a user through the agent (launch), else 0 (root's launcher, an adoption).
+        Kept in what the launcher enforced (Sandbox.describe), so that a restarted agent knows it too."""
+        return int(self.sandbox.get("launched_by", 0))
+
     def proxy_folders(self) -> dict[str, str]:
         """Where each D-Bus proxy must appear in the namespace (the real bus's path) -> its folder."""
         from ebpfguard.manifest.compile import bus_sockets  # noqa: PLC0415
@@ -103,7 +109,7 @@ class Instance:
                 "started": rfc3339_ns(self.started_ns),
                 "layers": ["cgroup", "cgroup-sock-addr", "tracepoints", *self.sandbox.get("layers", [])],
                 "not_enforced": self.sandbox.get("not_enforced", []), "user": self.sandbox.get("user"),
-                "policy_sha256": self.manifest.sha256, "argv": self.argv}
+                "policy_sha256": self.manifest.sha256, "argv": self.argv, "launched_by": self.launched_by}
 
 
 class InstanceStore:

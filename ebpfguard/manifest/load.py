@@ -173,6 +173,15 @@ def _validator() -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
+def _same_user(a: str, b: str) -> bool:
+    def uid(name: str) -> int | None:
+        try:
+            return int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
+        except KeyError:
+            return None
+    return uid(a) is not None and uid(a) == uid(b)
+
+
 def default_home(user: str | None) -> str:
     """The home that ~ and ${HOME} expand to: the extension user's, else the invoking user's."""
     for name in (user, os.environ.get("SUDO_USER")):
@@ -208,7 +217,9 @@ def load(path: str | os.PathLike[str], *, home: str | None = None) -> Manifest:
     return parse(raw, str(p), home=home)
 
 
-def parse(raw: bytes, filename: str = "<manifest>", *, home: str | None = None) -> Manifest:
+def parse(raw: bytes, filename: str = "<manifest>", *, home: str | None = None, as_user: str | None = None) -> Manifest:
+    """``as_user``: the user an instance of it will run as, whoever spec.user names (a user's own launch through
+    the agent): a spec.user naming anyone else is a problem; ~, ${HOME} and ${XDG_RUNTIME_DIR} are theirs."""
     def fail(line: int | None, fld: str, msg: str) -> ManifestError:
         return ManifestError([Problem(filename, line, fld, msg)])
 
@@ -241,7 +252,7 @@ def parse(raw: bytes, filename: str = "<manifest>", *, home: str | None = None) 
     problems = _schema_problems(data, lines, filename)
     if problems:
         raise ManifestError(problems)
-    return _build(data, raw, filename, lines, home)
+    return _build(data, raw, filename, lines, home, as_user)
 
 
 def _index(node: yaml.Node | None, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int],
@@ -354,11 +365,17 @@ def _check_path(p: str, home: str, runtime: str | None = None) -> str:
 
 
 def _build(data: dict[str, Any], raw: bytes, filename: str, lines: dict[tuple[Any, ...], int],
-           home: str | None) -> Manifest:
+           home: str | None, as_user: str | None = None) -> Manifest:
     problems: list[Problem] = []
     meta = data["metadata"]
     spec = data.get("spec") or {}
     user = spec.get("user")
+    if as_user is not None:
+        if user is not None and not _same_user(str(user), as_user):
+            raise ManifestError([Problem(filename, _line(lines, ("spec", "user")), "spec.user",
+                                         f"names {user!r}, but an instance you launch runs as you ({as_user}): "
+                                         "remove spec.user, or ask the administrator")])
+        user = as_user
     home = home or default_home(user)
 
     def problem(path: tuple[Any, ...], msg: str) -> None:

@@ -1,7 +1,8 @@
 """The one launch loop: prepare -> sandbox -> spawn -> poll -> drain -> release, for every caller that runs
 an instance in this process (a standalone ``ebpfguard run``, ``learn``, ``simulate`` and ``bench``). The
-agent runs the same stages, split across its control requests (prepare, started, exited) because the client
-spawns; what each stage means is the engine's (runtime/engine.py).
+agent runs the same stages, split across its control requests (prepare, started, exited) when root's client
+spawns, and as start_for_caller() then its loop's watch when it launches for a user (the launch request); what
+each stage means is the engine's (runtime/engine.py).
 
     prepare   the instance's cgroup, policy slot, proxies and rollback overlays (Engine.prepare)
     sandbox   the launcher's layers for it: user, mount namespace, Landlock, seccomp (sandbox/)
@@ -14,7 +15,10 @@ spawns; what each stage means is the engine's (runtime/engine.py).
 from __future__ import annotations
 
 import contextlib
+import pwd
+import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +29,7 @@ from ebpfguard.instance.store import Instance, State
 from ebpfguard.manifest.load import Manifest
 from ebpfguard.runtime.engine import Engine
 from ebpfguard.sandbox import Sandbox, landlock_confines, landlock_reports
-from ebpfguard.sandbox.launcher import exit_status, spawn
+from ebpfguard.sandbox.launcher import check_command, exit_status, spawn
 
 
 @dataclass
@@ -122,3 +126,56 @@ def _sigint_ignored(on: bool) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def start_for_caller(engine: Engine, m: Manifest, argv: Sequence[str], *, uid: int, mode: str | None = None,
+                     env: dict[str, str] | None = None, cwd: str = "/", stdio: Sequence[int] = (),
+                     shadow: Manifest | None = None) -> tuple[Instance, subprocess.Popen[bytes]]:
+    """prepare, sandbox, spawn and started for a user's launch through the agent: ``m`` was parsed as that
+    user (manifest.load.parse as_user), so the instance runs as them; their environment is filtered by the
+    manifest (caller_environ); ``stdio`` are the caller's own stdin, stdout and stderr, ``cwd`` is entered with
+    their rights in the instance's namespace. The caller's loop then watches the process and releases the
+    instance once its cgroup is empty. A launch that fails leaves nothing behind."""
+    check_command(m, argv, mode)
+    inst = engine.prepare(m, mode, landlocked=landlock_confines(m, mode), landlock_reports=landlock_reports(m, mode),
+                          shadow=shadow)
+    try:
+        if inst.rollback is not None:  # whose area it is, after a restart too (rollback list, commit, discard)
+            inst.rollback.meta["launched_by"] = uid
+            inst.rollback.save()
+        sb = Sandbox.prepare(m, mode, proxies=inst.proxy_folders(),
+                             overlays=inst.rollback.overlays() if inst.rollback else None)
+        try:
+            if sb.uid != uid:  # parse(as_user) made spec.user the caller: never anyone else's rights
+                raise EbpfguardError(f"the instance would run as uid {sb.uid}, not as its caller (uid {uid})")
+            base = caller_environ(m, env or {}, pwd.getpwuid(uid))
+            std = [*stdio, None, None, None][:3]
+            proc = spawn(argv, inst.cgroup.procs_files(), env=sb.environ(base), sandbox=sb, stdin=std[0],
+                         stdout=std[1], stderr=std[2], cwd=cwd)
+        finally:
+            sb.close()
+        engine.started(inst, proc.pid, list(argv), {**sb.describe(), "launched_by": uid})
+    except BaseException:
+        engine.release(inst, kill=_still_running(inst))
+        raise
+    return inst, proc
+
+
+_X_DISPLAY = re.compile(r"^(?:unix)?:(\d+)(?:\.\d+)?$")
+
+
+def caller_environ(m: Manifest, env: dict[str, str], pw: pwd.struct_passwd) -> dict[str, str]:
+    """The caller's environment as its plug-in gets it: DISPLAY (and XAUTHORITY) only where the manifest grants
+    that X server's socket, WAYLAND_DISPLAY only where it grants the compositor's; HOME, USER, LOGNAME and SHELL
+    from the user's account. The D-Bus addresses and XDG_RUNTIME_DIR are the sandbox's to set (Sandbox.environ)."""
+    out = {k: v for k, v in env.items() if isinstance(k, str) and isinstance(v, str) and "=" not in k and k}
+    display = _X_DISPLAY.match(out.get("DISPLAY", ""))
+    if display is None or not m.ipc.unix_allows(f"/tmp/.X11-unix/X{display.group(1)}"):
+        out.pop("DISPLAY", None)
+        out.pop("XAUTHORITY", None)
+    wayland = out.get("WAYLAND_DISPLAY", "")
+    where = wayland if wayland.startswith("/") else f"{m.runtime_dir}/{wayland}"
+    if not wayland or not m.ipc.unix_allows(where):
+        out.pop("WAYLAND_DISPLAY", None)
+    out.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name, SHELL=pw.pw_shell or "/bin/sh")
+    return out

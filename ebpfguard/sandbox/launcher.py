@@ -64,9 +64,12 @@ def check_command(m: Manifest, argv: Sequence[str], mode: str | None = None) -> 
 
 
 def spawn(argv: Sequence[str], procs_files: Sequence[str], env: dict[str, str] | None = None,
-          stdout: Any = None, sandbox: Sandbox | None = None) -> subprocess.Popen[bytes]:
+          stdout: Any = None, sandbox: Sandbox | None = None, *, stdin: Any = None, stderr: Any = None,
+          cwd: str | None = None) -> subprocess.Popen[bytes]:
     """fork, join every cgroup in ``procs_files`` (the v2 one last), enter ``sandbox``, exec ``argv``.
-    With no ``procs_files`` the command runs where the caller is (the benchmark's outside runs)."""
+    With no ``procs_files`` the command runs where the caller is (the benchmark's outside runs). ``cwd`` is
+    entered in the child once it runs as the extension's user, in its own mount namespace: a folder that user
+    cannot enter fails the launch, as it would fail for them."""
     fds = [os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in [*procs_files[1:], *procs_files[:1]]]
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
 
@@ -77,6 +80,9 @@ def spawn(argv: Sequence[str], procs_files: Sequence[str], env: dict[str, str] |
                 sandbox.isolate()
                 step = "drop privileges"
                 sandbox.drop()
+            if cwd is not None:
+                step = f"enter the working directory {cwd}"
+                os.chdir(cwd)
             step = "join the extension cgroup"
             for fd in fds:
                 os.write(fd, b"0")
@@ -90,8 +96,8 @@ def spawn(argv: Sequence[str], procs_files: Sequence[str], env: dict[str, str] |
     try:
         if env is None and sandbox is not None:
             env = sandbox.environ()
-        proc = subprocess.Popen(list(argv), preexec_fn=child if fds or sandbox else None,  # noqa: PLW1509
-                                close_fds=True, env=env, stdout=stdout)
+        proc = subprocess.Popen(list(argv), preexec_fn=child if fds or sandbox or cwd else None,  # noqa: PLW1509
+                                close_fds=True, env=env, stdin=stdin, stdout=stdout, stderr=stderr)
     except (OSError, subprocess.SubprocessError) as err:
         os.close(err_w)
         detail = os.read(err_r, 4096).decode(errors="replace")

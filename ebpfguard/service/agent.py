@@ -1,7 +1,9 @@
 """``ebpfguard agent``: loads the programs once, serves the control socket (server.py, from the protocol table in
-protocol.py), watches the policy folder (governance/policydir.py), releases instances whose cgroups have emptied,
-and on SIGTERM detaches everything. The operations' handlers are here, one method per row of the table, each taking
-its typed request and returning its typed answer.
+protocol.py) to every local user, watches the policy folder (governance/policydir.py), launches users' instances as
+them and watches their processes, releases instances whose cgroups have emptied, and on SIGTERM detaches everything.
+The operations' handlers are here, one method per row of the table, each taking its typed request and returning its
+typed answer. An OWNER-class handler acts on the caller's own instances only (protocol.owns): another user's are
+answered as if they did not exist.
 
 One thread: the loop polls the ring buffer (20 ms), then the sockets, then its timers.
 """
@@ -10,9 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import signal
 import socket
+import stat
+import subprocess
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +33,13 @@ from ebpfguard.manifest.load import Manifest, parse
 from ebpfguard.pipeline.correlate import load_correlator
 from ebpfguard.pipeline.events import now_ns, rfc3339_ns
 from ebpfguard.runtime.engine import Engine, Instance
+from ebpfguard.runtime.launch import start_for_caller
 from ebpfguard.sandbox import landlock_confines, landlock_reports
+from ebpfguard.sandbox.launcher import exit_status
 from ebpfguard.service import protocol as p
 from ebpfguard.service.control import socket_path
 from ebpfguard.service.journal import record_line
-from ebpfguard.service.protocol import RollbackAction, Session
+from ebpfguard.service.protocol import BadRequest, Limits, RollbackAction, Session, owns
 from ebpfguard.service.sdnotify import notify
 from ebpfguard.service.server import Server
 from ebpfguard.service.wire import decode, to_wire
@@ -38,12 +47,36 @@ from ebpfguard.service.wire import decode, to_wire
 log = logging.getLogger("ebpfguard")
 
 
+@dataclass(eq=False)
+class Launch:
+    """An instance the agent launched for a caller: its main process, until its cgroup is empty."""
+
+    session: Session | None  # None once the caller's connection is gone
+    inst: Instance
+    proc: subprocess.Popen[bytes]
+    pidfd: int
+    status: int | None = None  # the main process's, once it exited
+
+
+@dataclass
+class UidLimits:
+    """One non-root uid's launches in the window (protocol.Limits)."""
+
+    launches: deque[float] = field(default_factory=deque)
+
+
 class Agent:
     def __init__(self, state_dir: str, policy_dir: str | None, engine: Engine | None = None,
                  allow_root_extensions: bool = False, metrics_address: str = "", rotate_bytes: int = MAX_BYTES,
                  log_forward: str = "", bpf_stats: bool = False, trust_dir: str | None = None,
-                 require_signed: bool = False, anomaly_response: str = "alert"):
+                 require_signed: bool = False, anomaly_response: str = "alert", socket_file: str | None = None,
+                 socket_group: str | None = None, limits: Limits | None = None):
         self.state_dir = state_dir
+        self.socket_file = socket_file
+        self.socket_group = socket_group
+        self.limits = limits or Limits()
+        self.launches: dict[int, Launch] = {}  # cgroup id -> a launch for a caller
+        self.by_uid: dict[int, UidLimits] = {}
         self.rotate_bytes = rotate_bytes
         self.log_forward = log_forward
         self.bpf_stats = bpf_stats
@@ -54,7 +87,7 @@ class Agent:
         self.anomaly_response = anomaly_response
         self._engine = engine
         self.engine: Engine
-        self.server = Server(self, on_close=self._closed)
+        self.server = Server(self, on_close=self._closed, limits=self.limits)
         self.stopping = False
         self.started_ns = now_ns()
         self.metrics_error = ""  # why the metrics endpoint is not served (status says so)
@@ -64,7 +97,7 @@ class Agent:
     def start(self) -> None:
         Path(self.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.state_dir, 0o700)
-        path = socket_path(self.state_dir)
+        path = socket_path(self.state_dir, self.socket_file, client=False)
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(str(path))
@@ -74,7 +107,7 @@ class Agent:
         finally:
             probe.close()
         self.setup()
-        self.server.listen(path)
+        self.server.listen(path, self.socket_group)
         self.scan_policies()
         if self.metrics_address:
             from ebpfguard.observability.metrics import serve  # noqa: PLC0415
@@ -169,6 +202,7 @@ class Agent:
         while not self.stopping:
             self.engine.poll(20)
             self.server.step(0)
+            self._watch_launches()
             now = time.monotonic()
             if now - last_scan >= 1.0:
                 last_scan = now
@@ -184,6 +218,8 @@ class Agent:
         if n:
             log.info("stopping: killing %d running extension instance(s)", n)
         self.engine.close()  # ends with a checkpoint
+        for launch in list(self.launches.values()):  # their cgroups were killed: each caller hears how it ended
+            self._ended(launch, launch.proc.wait() if launch.status is None else None)
         self.server.close()
         try:
             self.engine.cgroups.slice_v2.rmdir()
@@ -211,17 +247,81 @@ class Agent:
             inst = self.engine.instances.get(cgid)
             if inst is not None:
                 inst.launcher_done = True
+        for cgid in s.launched:  # the caller is gone: so is what it launched (its changes kept aside, if any)
+            launch = self.launches.get(cgid)
+            if launch is None:
+                continue
+            launch.session = None
+            inst = launch.inst
+            if cgid in self.engine.instances and inst.cgroup.populated():
+                self.engine.recorder.lifecycle(inst, "kill", by="agent", why="the connection that launched it closed",
+                                               actions=["cgroup.kill"])
+                self.engine.kill(inst)
+                inst.discard = False
+                inst.rollback_choice = "keep" if inst.rollback is not None else None
+            inst.launcher_done = True
+
+    # ---- launches for callers ---------------------------------------------------------------------------
+    def _watch_launches(self) -> None:
+        """Each launched main process that exited is reported to the engine; once the instance's cgroup is empty
+        it is released and its caller told how it ended."""
+        for cgid, launch in list(self.launches.items()):
+            if launch.status is None:
+                rc = launch.proc.poll()
+                if rc is None:
+                    continue
+                launch.status = exit_status(rc)
+                if cgid in self.engine.instances:
+                    self.engine.leader_exited(launch.inst, launch.status)
+            if cgid in self.engine.instances:
+                if launch.inst.cgroup.populated():
+                    continue
+                self.engine.release(launch.inst)
+            self._ended(launch, None)
+
+    def _ended(self, launch: Launch, rc: int | None) -> None:
+        if rc is not None:
+            launch.status = exit_status(rc)
+        self.launches.pop(launch.inst.cgroup_id, None)
+        os.close(launch.pidfd)
+        if launch.session is not None:
+            self.server.tell(launch.session, {"exited": launch.status, "instance": launch.inst.id})
+            if launch.inst.cgroup_id in launch.session.launched:
+                launch.session.launched.remove(launch.inst.cgroup_id)
+
+    def _admit_launch(self, uid: int) -> None:
+        """A non-root uid's limits: running instances, launches in the window."""
+        if uid == 0:
+            return
+        lim = self.limits
+        running = sum(1 for i in self.engine.instances.values() if i.launched_by == uid)
+        if running >= lim.instances:
+            log.warning("refused a launch of uid %d: %d instances running (the limit)", uid, running)
+            raise EbpfguardError(f"uid {uid} has {running} instances running (the limit is {lim.instances}): "
+                                 "stop one first")
+        recent = self.by_uid.setdefault(uid, UidLimits()).launches
+        now = time.monotonic()
+        while recent and now - recent[0] > lim.launch_window_s:
+            recent.popleft()
+        if len(recent) >= lim.launches:
+            log.warning("refused a launch of uid %d: %d launches in %g s (the limit)", uid, len(recent),
+                        lim.launch_window_s)
+            raise EbpfguardError(f"uid {uid} launched {len(recent)} instances in the last {lim.launch_window_s:g} s "
+                                 f"(the limit is {lim.launches}): try again in a moment")
+        recent.append(now)
 
     # ---- trace --activity ---------------------------------------------------------------------------
     def _retrace(self) -> None:
         """Trace exactly the instances some connection follows (the hooks cost nothing for the rest)."""
         for cgid, inst in list(self.engine.instances.items()):
-            want = any(s.follows(cgid, inst.manifest.name) for s in self.server.sessions())
+            want = any(s.follows(cgid, inst.manifest.name, inst.launched_by) for s in self.server.sessions())
             if want != (cgid in self.engine.observers.traced):
                 self.engine.trace_activity(inst, want)
 
     def _on_activity(self, cgroup_id: int, item: dict[str, Any]) -> None:
-        self.server.stream(item, lambda s: s.follows(cgroup_id, item.get("extension")))
+        inst = self.engine.instances.get(cgroup_id)
+        owner = inst.launched_by if inst is not None else 0
+        self.server.stream(item, lambda s: s.follows(cgroup_id, item.get("extension"), owner))
 
     # ---- operations (the rows of protocol.OPERATIONS) -------------------------------------------------
     def ping(self, s: Session, req: p.Ping) -> p.Pong:
@@ -252,17 +352,92 @@ class Agent:
                                                       if i.manifest.name == m.name))
                      for m in self.policies.shadows().values()],
             require_signed=self.policies.require_signed, trust=str(self.policies.trust.root),
-            policy_errors=dict(self.policies.errors),
-            instances=[decode(p.InstanceState, i.summary(), strict=False) for i in self.engine.instances.values()])
+            policy_errors=dict(self.policies.errors) if s.peer.uid == 0 else {},
+            instances=[decode(p.InstanceState, i.summary(), strict=False) for i in self._own(s)])
+
+    def _own(self, s: Session) -> list[Instance]:
+        """The running instances this session's peer may see and act on."""
+        return [i for i in self.engine.instances.values() if owns(s.peer, i.launched_by)]
+
+    def _who(self, s: Session, said: str) -> str:
+        """Who asked, for a record: what root's client says, the account's name for anyone else."""
+        if s.peer.uid == 0:
+            return said
+        try:
+            return f"{pwd.getpwuid(s.peer.uid).pw_name} (uid {s.peer.uid})"
+        except KeyError:
+            return f"uid {s.peer.uid}"
+
+    def _policy(self, name: str) -> Manifest:
+        m = self.policies.manifests().get(name)
+        if m is None and name in self.policies.shadows():
+            raise EbpfguardError(f"{name!r} has only a shadow version: promote it (policy promote) or add an "
+                                 "enforced one")
+        if m is None:
+            raise EbpfguardError(f"no policy named {name!r} in {self.policies.dir}")
+        return m
+
+    def launch(self, s: Session, req: p.Launch) -> p.Launched:
+        """A command launched by the agent as the caller, with the caller's stdio, environment (as the manifest
+        filters it) and working directory."""
+        uid = s.peer.uid
+        try:
+            pw = pwd.getpwuid(uid)
+        except KeyError:
+            raise EbpfguardError(f"uid {uid} has no account on this host: nothing is launched for it") from None
+        if len(s.fds) != 3:
+            raise BadRequest(f"a launch carries the caller's stdin, stdout and stderr (SCM_RIGHTS): {len(s.fds)} "
+                             "file descriptors came with it")
+        for name, fd in zip(("stdin", "stdout", "stderr"), s.fds, strict=True):
+            try:
+                st = os.fstat(fd)
+            except OSError as err:
+                raise BadRequest(f"the {name} passed is not usable: {err.strerror}") from None
+            if stat.S_ISDIR(st.st_mode):
+                raise BadRequest(f"the {name} passed is a folder, not a stream")
+        if req.extension is not None:
+            held = self._policy(req.extension)
+            if req.mode is not None and uid != 0:
+                raise p.NotAllowed(f"the administrator's policy {req.extension!r} decides its mode: a launch by "
+                                   f"uid {uid} cannot override it")
+            m = parse(held.raw, held.source, as_user=pw.pw_name)
+        else:
+            assert req.manifest_text is not None  # Launch holds one of them
+            m = parse(req.manifest_text.encode(), req.manifest_path, as_user=pw.pw_name)
+            if self.policies.require_signed and (req.mode or m.mode) == "enforce":
+                raise EbpfguardError("this agent requires signed manifests: launch a policy it holds by name "
+                                     "(ebpfguard run -e NAME)")
+        self._admit_launch(uid)
+        shadow = self.policies.shadows().get(m.name)
+        inst, proc = start_for_caller(self.engine, m, req.argv, uid=uid, mode=req.mode, env=req.env, cwd=req.cwd,
+                                      stdio=s.fds, shadow=shadow if shadow is not None and shadow.sha256 != m.sha256
+                                      else None)
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except OSError:  # it is gone already: the watch reports its status
+            pidfd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        self.launches[inst.cgroup_id] = Launch(s, inst, proc, pidfd)
+        s.launched.append(inst.cgroup_id)
+        self._retrace()
+        log.info("launched %s for %s (uid %d): %s", inst.id, pw.pw_name, uid, " ".join(req.argv)[:200])
+        return p.Launched(instance=inst.id, pid=proc.pid, cgroup=str(inst.cgroup.v2), user=pw.pw_name,
+                          layers=list(inst.sandbox.get("layers", [])),
+                          not_enforced=list(inst.sandbox.get("not_enforced", [])))
+
+    def signal(self, s: Session, req: p.Signal) -> p.Done:
+        launch = next((x for x in self.launches.values() if x.session is s and x.inst.id == req.instance), None)
+        if launch is None:
+            raise EbpfguardError(f"no running instance {req.instance!r} launched on this connection")
+        if launch.status is None:
+            try:
+                signal.pidfd_send_signal(launch.pidfd, getattr(signal, req.signal))
+            except OSError as err:  # it exited meanwhile: the watch reports it
+                log.debug("signal %s to %s: %s", req.signal, req.instance, err)
+        return p.Done()
 
     def prepare(self, s: Session, req: p.Prepare) -> p.Prepared:
         if req.extension is not None:
-            m = self.policies.manifests().get(req.extension)
-            if m is None and req.extension in self.policies.shadows():
-                raise EbpfguardError(f"{req.extension!r} has only a shadow version: promote it "
-                                     "(policy promote) or add an enforced one")
-            if m is None:
-                raise EbpfguardError(f"no policy named {req.extension!r} in {self.policies.dir}")
+            m = self._policy(req.extension)
         else:
             assert req.manifest_text is not None  # Prepare holds one of them
             m = parse(req.manifest_text.encode(), req.manifest_path, home=req.home)
@@ -306,9 +481,9 @@ class Agent:
         self.engine.reap()
         return p.Done()
 
-    def _operator(self, req: p.Target, action: str) -> p.Acted:
-        """By an instance's id, or every running instance of an extension by its name."""
-        found = [i for i in self.engine.instances.values() if req.name in (i.id, i.manifest.name)]
+    def _operator(self, s: Session, req: p.Target, action: str) -> p.Acted:
+        """By an instance's id, or every running instance of an extension by its name (the caller's own)."""
+        found = [i for i in self._own(s) if req.name in (i.id, i.manifest.name)]
         if not found:
             raise EbpfguardError(f"no running instance or extension named {req.name!r}")
         for inst in found:
@@ -316,40 +491,42 @@ class Agent:
         return p.Acted(instances=[i.id for i in found])
 
     def freeze(self, s: Session, req: p.Freeze) -> p.Acted:
-        return self._operator(req, "freeze")
+        return self._operator(s, req, "freeze")
 
     def thaw(self, s: Session, req: p.Thaw) -> p.Acted:
-        return self._operator(req, "thaw")
+        return self._operator(s, req, "thaw")
 
     def kill(self, s: Session, req: p.Kill) -> p.Acted:
-        return self._operator(req, "kill")
+        return self._operator(s, req, "kill")
 
     def quarantine(self, s: Session, req: p.Quarantine) -> p.Acted:
-        return self._operator(req, "lift" if req.lift else "quarantine")
+        return self._operator(s, req, "lift" if req.lift else "quarantine")
 
     def rollback(self, s: Session, req: p.Rollback) -> p.RollbackResult:
         """list; show, commit or discard ID: a running (frozen) instance's overlays, or those an instance left
         when the agent or the host went down. A running instance is killed first, then its changes go as asked."""
-        live = {i.id: i for i in self.engine.instances.values() if i.rollback is not None}
+        live = {i.id: i for i in self._own(s) if i.rollback is not None}
+        pending = [x for x in self.engine.pending_rollbacks() if owns(s.peer, _launched_by(x.meta))]
+        by = self._who(s, req.by)
         if req.action is RollbackAction.LIST:
             return p.RollbackResult(running=[_area(i.rollback.show(), i.state) for i in live.values()],
-                                    pending=[_area(layer.show()) for layer in self.engine.pending_rollbacks()])
+                                    pending=[_area(layer.show()) for layer in pending])
         assert req.id is not None  # Rollback needs one for all but list
         if req.id in live:
             inst = live[req.id]
             if req.action is RollbackAction.SHOW:
                 return p.RollbackResult.of_area(_area(inst.rollback.show(), inst.state))
             inst.rollback_choice = req.action.value
-            self.engine.recorder.lifecycle(inst, f"rollback-{req.action}", by=req.by, actions=["cgroup.kill"])
+            self.engine.recorder.lifecycle(inst, f"rollback-{req.action}", by=by, actions=["cgroup.kill"])
             self.engine.kill(inst)  # its stop (when its launcher is done) commits or discards, as asked
             return p.RollbackResult(instance=req.id, stopped=True,
                                     event="committed" if req.action is RollbackAction.COMMIT else "discarded")
-        layer = next((x for x in self.engine.pending_rollbacks() if x.instance == req.id), None)
+        layer = next((x for x in pending if x.instance == req.id), None)
         if layer is None:
             raise EbpfguardError(f"no rollback area for an instance {req.id!r} (ebpfguard rollback list)")
         if req.action is RollbackAction.SHOW:
             return p.RollbackResult.of_area(_area(layer.show()))
-        detail = self.engine.finish_rollback(layer, req.action.value, by=req.by)
+        detail = self.engine.finish_rollback(layer, req.action.value, by=by)
         return p.RollbackResult(instance=req.id, stopped=False, event=detail["event"], count=detail["count"],
                                 counts=detail["counts"], conflicts=detail.get("conflicts") or [])
 
@@ -371,14 +548,14 @@ class Agent:
 
     def activity(self, s: Session, req: p.Activity) -> p.Following:
         if req.pid is not None:
-            owner = next((i for i in self.engine.instances.values() if req.pid in i.cgroup.pids()), None)
+            owner = next((i for i in self._own(s) if req.pid in i.cgroup.pids()), None)
             if owner is None:
                 raise EbpfguardError(f"pid {req.pid} is in no extension instance (ebpfguard status lists them)")
             s.watch_cgroups.add(owner.cgroup_id)
         else:
             ext = req.extension
-            known = set(self.policies.manifests()) | {i.manifest.name for i in self.engine.instances.values()}
-            inst = next((i for i in self.engine.instances.values() if i.id == ext), None)
+            known = set(self.policies.manifests()) | {i.manifest.name for i in self._own(s)}
+            inst = next((i for i in self._own(s) if i.id == ext), None)
             if ext not in known and inst is None:
                 raise EbpfguardError(f"no extension or instance named {ext!r} (policies and running instances: "
                                      f"{', '.join(sorted(known)) or 'none'})")
@@ -388,7 +565,16 @@ class Agent:
                 s.watch_extension = ext
         s.watching = True
         self._retrace()
-        return p.Following(following=[i.id for c, i in self.engine.instances.items() if s.follows(c, i.manifest.name)])
+        return p.Following(following=[i.id for c, i in self.engine.instances.items()
+                                      if s.follows(c, i.manifest.name, i.launched_by)])
+
+
+def _launched_by(meta: dict[str, Any]) -> int:
+    """Who launched the instance a rollback area was left by (0 when its record does not say)."""
+    try:
+        return int(meta.get("launched_by") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _area(shown: dict[str, Any], state: str | None = None) -> p.RollbackArea:

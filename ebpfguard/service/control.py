@@ -11,6 +11,7 @@ failure the agent answers is raised as Refused, with the exit code it gave.
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import socket
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+from ebpfguard.common.statedir import DEFAULT as DEFAULT_STATE
 from ebpfguard.common.statedir import StateDir
 from ebpfguard.errors import ControlError
 from ebpfguard.service.protocol import (
@@ -34,7 +36,21 @@ from ebpfguard.service.protocol import (
 A = TypeVar("A")
 
 
-def socket_path(state_dir: str | os.PathLike[str]) -> Path:
+DEFAULT_SOCKET = Path("/run/ebpfguard/agent.sock")
+SOCKET_ENV = "EBPFGUARD_SOCKET"
+
+
+def socket_path(state_dir: str | os.PathLike[str], explicit: str | os.PathLike[str] | None = None, *,
+                client: bool = True) -> Path:
+    """Where the agent of ``state_dir`` serves: ``explicit`` (--socket), else, for a client, $EBPFGUARD_SOCKET,
+    else /run/ebpfguard/agent.sock for the system agent (the default state folder), else STATE/agent.sock: a
+    second agent's socket (a test's, a trial's) sits in its 0700 state folder, root's alone."""
+    if explicit:
+        return Path(explicit)
+    if client and os.environ.get(SOCKET_ENV):
+        return Path(os.environ[SOCKET_ENV])
+    if os.path.abspath(state_dir) == DEFAULT_STATE:
+        return DEFAULT_SOCKET
     return StateDir.of(state_dir).socket
 
 
@@ -48,8 +64,9 @@ class Refused(ControlError):
 
 
 class Client:
-    def __init__(self, state_dir: str | os.PathLike[str], timeout: float | None = 30.0):
-        self.path = socket_path(state_dir)
+    def __init__(self, state_dir: str | os.PathLike[str], timeout: float | None = 30.0,
+                 socket_file: str | os.PathLike[str] | None = None):
+        self.path = socket_path(state_dir, socket_file)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
@@ -68,23 +85,35 @@ class Client:
         return self
 
     @overload
-    def request(self, op: Request[A]) -> A: ...
+    def request(self, op: Request[A], *, fds: list[int] | None = None) -> A: ...
 
     @overload
-    def request(self, op: str, **fields: Any) -> dict[str, Any]: ...
+    def request(self, op: str, *, fds: list[int] | None = None, **fields: Any) -> dict[str, Any]: ...
 
-    def request(self, op: Request[A] | str, **fields: Any) -> A | dict[str, Any]:
+    def request(self, op: Request[A] | str, *, fds: list[int] | None = None, **fields: Any) -> A | dict[str, Any]:
         """A typed request gets its typed answer; an operation by name with its fields (checked against the
-        table just the same) gets the answer as the agent sent it, "ok" included."""
+        table just the same) gets the answer as the agent sent it, "ok" included. ``fds`` go with the request
+        (SCM_RIGHTS): a launch's stdin, stdout and stderr."""
         if isinstance(op, str):
             req = operation_of({"op": op}).parse(fields)
-            return self._exchange(encode_request(req))
-        answer: A = decode_answer(BY_REQUEST[type(op)], self._exchange(encode_request(op)))
+            return self._exchange(encode_request(req), fds)
+        answer: A = decode_answer(BY_REQUEST[type(op)], self._exchange(encode_request(op), fds))
         return answer
 
-    def _exchange(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def send(self, op: Request[Any]) -> None:
+        """A request whose answer is read later, among the lines (a launch's signals)."""
         try:
-            self.sock.sendall(json.dumps(payload).encode() + b"\n")
+            self.sock.sendall(json.dumps(encode_request(op)).encode() + b"\n")
+        except OSError as err:
+            raise ControlError(f"control socket {self.path}: {err}") from err
+
+    def _exchange(self, payload: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
+        try:
+            data = json.dumps(payload).encode() + b"\n"
+            if fds:  # the descriptors ride on the first bytes; the rest of a long line follows
+                sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                data = data[sent:]
+            self.sock.sendall(data)
             while b"\n" not in self._buf:
                 chunk = self.sock.recv(65536)
                 if not chunk:

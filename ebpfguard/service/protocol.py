@@ -22,7 +22,21 @@ from ebpfguard.errors import ControlError
 from ebpfguard.manifest.load import Mode
 from ebpfguard.service.wire import Mismatch, decode, doc_of, hints, to_wire, type_name
 
-MAX_REQUEST = 1 << 20  # bytes of one request line; a longer one is refused and its connection closed
+MAX_REQUEST = 1 << 20  # bytes of one request line from root; a longer one is refused and its connection closed
+MAX_FDS = 3  # file descriptors one request may carry (SCM_RIGHTS): a launch's stdin, stdout and stderr
+FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one non-root uid may hold at once; over a limit a request gets a precise error and the agent keeps
+    serving everyone else. Root has none of these limits."""
+
+    connections: int = 16          # open connections
+    request_bytes: int = 256 << 10  # one request line (a launch carries argv and environment)
+    instances: int = 32            # running instances launched by it
+    launches: int = 20             # launches within launch_window_s
+    launch_window_s: float = 10.0
 A = TypeVar("A")
 
 
@@ -49,10 +63,15 @@ class Caller(enum.Enum):
 
 
 CALLERS = {
-    Caller.ROOT: "uid 0 only: policies, promotion, flags, any instance",
-    Caller.OWNER: "any local user, on their own instances and records",
+    Caller.ROOT: "uid 0 only: policies, promotion, flags, root's own launcher, any instance",
+    Caller.OWNER: "any local user, on their own instances and records (root: on all of them)",
     Caller.ANYONE: "any local user: what is safe to say to all",
 }
+
+
+def owns(peer: Peer, owner_uid: int) -> bool:
+    """Whether an OWNER-class call of ``peer`` may touch a thing launched by ``owner_uid``: root's calls touch all."""
+    return peer.uid == 0 or peer.uid == owner_uid
 
 
 @dataclass(eq=False)
@@ -62,13 +81,15 @@ class Session:
 
     peer: Peer
     instances: list[int] = field(default_factory=list)  # cgroup ids
+    launched: list[int] = field(default_factory=list)  # cgroup ids of instances the agent launched for it
     watch_extension: str | None = None
     watch_cgroups: set[int] = field(default_factory=set)
     watching: bool = False
+    fds: list[int] = field(default_factory=list)  # what came with the request being answered (SCM_RIGHTS)
 
-    def follows(self, cgroup_id: int, extension: str | None) -> bool:
-        return self.watching and (cgroup_id in self.watch_cgroups or
-                                  (self.watch_extension is not None and extension == self.watch_extension))
+    def follows(self, cgroup_id: int, extension: str | None, owner_uid: int = 0) -> bool:
+        return self.watching and owns(self.peer, owner_uid) and (
+            cgroup_id in self.watch_cgroups or (self.watch_extension is not None and extension == self.watch_extension))
 
 
 class BadRequest(ControlError):
@@ -166,6 +187,7 @@ class InstanceState:
     user: Annotated[str | None, "the user it runs as, once started"]
     policy_sha256: str
     argv: list[str]
+    launched_by: Annotated[int, "the uid of who launched it (0: root)"] = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,6 +213,16 @@ class Prepared:
     dbus_proxies: Annotated[dict[str, str], "the bus's path in the namespace -> the instance's proxy folder"]
     rollback: Annotated[dict[str, tuple[str, str]],
                         "write tree -> (upper, work) of its overlay (spec.filesystem.rollback)"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Launched:
+    instance: Annotated[str, "the instance id"]
+    pid: Annotated[int, "its main process (in the agent's pid namespace)"]
+    cgroup: Annotated[str, "its cgroup v2 folder"]
+    user: Annotated[str, "the user it runs as: the caller"]
+    layers: Annotated[list[str], "the launcher's layers in force"]
+    not_enforced: Annotated[list[str], "what the launcher could not enforce here"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -324,6 +356,34 @@ class Exited(Request[Done]):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Launch(Request[Launched]):
+    extension: Annotated[str | None, "a policy the agent holds, by name"] = None
+    manifest_text: Annotated[str | None, "a manifest of the caller's (instead of extension)"] = None
+    manifest_path: Annotated[str, "where the manifest was read (in errors and records)"] = "<request>"
+    mode: Annotated[Mode | None, "overrides spec.mode (not of a policy the agent holds, for a non-root caller)"] = None
+    argv: Annotated[list[str], "the command, argv[0] an absolute path"]
+    env: Annotated[dict[str, str], "the caller's environment; the manifest filters it"] = field(default_factory=dict)
+    cwd: Annotated[str, "the working directory, entered with the caller's rights in the instance's namespace"] = "/"
+
+    def __post_init__(self) -> None:
+        _one_of(self.extension, self.manifest_text, "extension (a policy's name) or manifest_text")
+        if not self.argv or not self.argv[0].startswith("/"):
+            raise BadRequest("field 'argv': a command whose first word is an absolute path")
+        if not self.cwd.startswith("/"):
+            raise BadRequest("field 'cwd': an absolute path")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Signal(Request[Done]):
+    instance: Annotated[str, "an instance this connection launched"]
+    signal: Annotated[str, f"one of {', '.join(FORWARDED_SIGNALS)}"]
+
+    def __post_init__(self) -> None:
+        if self.signal not in FORWARDED_SIGNALS:
+            raise BadRequest(f"field 'signal': {self.signal!r} is not forwarded ({', '.join(FORWARDED_SIGNALS)})")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Target(Request[Acted]):
     name: Annotated[str, "an instance id, or an extension's name (all its running instances)"]
 
@@ -412,6 +472,8 @@ class Handlers(Protocol):
     def prepare(self, s: Session, req: Prepare) -> Prepared: ...
     def started(self, s: Session, req: Started) -> Done: ...
     def exited(self, s: Session, req: Exited) -> Done: ...
+    def launch(self, s: Session, req: Launch) -> Launched: ...
+    def signal(self, s: Session, req: Signal) -> Done: ...
     def freeze(self, s: Session, req: Freeze) -> Acted: ...
     def thaw(self, s: Session, req: Thaw) -> Acted: ...
     def kill(self, s: Session, req: Kill) -> Acted: ...
@@ -446,9 +508,19 @@ class Operation(Generic[A]):
 
 
 OPERATIONS: tuple[Operation[Any], ...] = (
-    Operation("ping", Ping, Caller.ROOT, lambda h, s, r: h.ping(s, r), "Whether the agent is there."),
-    Operation("status", Status, Caller.ROOT, lambda h, s, r: h.status(s, r),
-              "The agent, its policies and every running instance (`ebpfguard status`)."),
+    Operation("ping", Ping, Caller.ANYONE, lambda h, s, r: h.ping(s, r), "Whether the agent is there."),
+    Operation("status", Status, Caller.OWNER, lambda h, s, r: h.status(s, r),
+              "The agent, its policies and the running instances (`ebpfguard status`): a non-root caller sees its "
+              "own instances only, and no policy errors."),
+    Operation("launch", Launch, Caller.OWNER, lambda h, s, r: h.launch(s, r),
+              "Run a command as an instance, launched by the agent as the caller (`ebpfguard run` of a non-root "
+              "user): the request carries the caller's stdin, stdout and stderr (SCM_RIGHTS, in that order). "
+              "After the answer the connection carries one more line, `{\"exited\": STATUS, \"instance\": ID}`, "
+              "once the instance has ended (STATUS 128+N when signal N ended its main process); `signal` requests "
+              "on the same connection are answered in between. Closing the connection stops the instance. A "
+              "manifest whose spec.user names another user is refused (exit code 2)."),
+    Operation("signal", Signal, Caller.OWNER, lambda h, s, r: h.signal(s, r),
+              "Send a signal to the main process of an instance this connection launched."),
     Operation("prepare", Prepare, Caller.ROOT, lambda h, s, r: h.prepare(s, r),
               "An instance cgroup for a launch (`ebpfguard run`): the launcher joins its procs_files, reports "
               "`started`, then `exited`. Closing the connection tells the agent the launcher is gone: the instance "
@@ -456,23 +528,27 @@ OPERATIONS: tuple[Operation[Any], ...] = (
     Operation("started", Started, Caller.ROOT, lambda h, s, r: h.started(s, r),
               "The launcher started the instance's main process."),
     Operation("exited", Exited, Caller.ROOT, lambda h, s, r: h.exited(s, r), "The main process exited."),
-    Operation("freeze", Freeze, Caller.ROOT, lambda h, s, r: h.freeze(s, r), "Freeze instances by hand."),
-    Operation("thaw", Thaw, Caller.ROOT, lambda h, s, r: h.thaw(s, r),
-              "Thaw instances by hand (their escalation window starts again)."),
-    Operation("kill", Kill, Caller.ROOT, lambda h, s, r: h.kill(s, r), "Kill instances by hand."),
-    Operation("quarantine", Quarantine, Caller.ROOT, lambda h, s, r: h.quarantine(s, r),
-              "Revoke instances' network, or give it back (lift)."),
+    Operation("freeze", Freeze, Caller.OWNER, lambda h, s, r: h.freeze(s, r),
+              "Freeze instances by hand (a non-root caller: its own)."),
+    Operation("thaw", Thaw, Caller.OWNER, lambda h, s, r: h.thaw(s, r),
+              "Thaw instances by hand (their escalation window starts again; a non-root caller: its own)."),
+    Operation("kill", Kill, Caller.OWNER, lambda h, s, r: h.kill(s, r),
+              "Kill instances by hand (a non-root caller: its own)."),
+    Operation("quarantine", Quarantine, Caller.OWNER, lambda h, s, r: h.quarantine(s, r),
+              "Revoke instances' network, or give it back (lift; a non-root caller: its own)."),
     Operation("attach", Attach, Caller.ROOT, lambda h, s, r: h.attach(s, r),
               "Adopt a running process tree into a new instance (`ebpfguard attach`)."),
     Operation("flag", Flag, Caller.ROOT, lambda h, s, r: h.flag(s, r),
               "Flag an extension for security concerns, or clear the flag: a signed record."),
     Operation("promote", Promote, Caller.ROOT, lambda h, s, r: h.promote(s, r),
               "Make an extension's shadow version the enforced one for instances launched from now on."),
-    Operation("activity", Activity, Caller.ROOT, lambda h, s, r: h.activity(s, r),
+    Operation("activity", Activity, Caller.OWNER, lambda h, s, r: h.activity(s, r),
               "Follow what instances do, allowed or not (`ebpfguard trace --activity`): after the answer, the "
-              "connection streams one JSON object per line until it closes."),
-    Operation("rollback", Rollback, Caller.ROOT, lambda h, s, r: h.rollback(s, r),
-              "List, show, commit or discard an instance's rollback overlays; a running instance is killed first."),
+              "connection streams one JSON object per line until it closes. A non-root caller follows its own "
+              "instances only."),
+    Operation("rollback", Rollback, Caller.OWNER, lambda h, s, r: h.rollback(s, r),
+              "List, show, commit or discard an instance's rollback overlays; a running instance is killed first. A "
+              "non-root caller sees and acts on the areas of its own instances."),
 )
 BY_NAME: dict[str, Operation[Any]] = {op.name: op for op in OPERATIONS}
 BY_REQUEST: dict[type[Any], Operation[Any]] = {op.request: op for op in OPERATIONS}
@@ -499,20 +575,10 @@ def operation_of(obj: object) -> Operation[Any]:
     return op
 
 
-def admitted(peer: Peer) -> bool:
-    """Whether any operation admits this peer (none: the connection is refused at once)."""
-    return any(op.caller.admits(peer) for op in OPERATIONS)
-
-
 def authorize(op: Operation[Any], peer: Peer) -> None:
     if not op.caller.admits(peer):
         raise NotAllowed(f"{op.name} is for {op.caller.value} only ({CALLERS[op.caller]}); "
                          f"this connection's peer is uid {peer.uid}")
-
-
-def refusal(peer: Peer) -> str:
-    """What a peer no operation admits hears before the agent hangs up."""
-    return f"the control socket serves root only: uid {peer.uid} may call none of its operations"
 
 
 # ---- the wire, both ways -----------------------------------------------------------------------------------
@@ -589,7 +655,8 @@ def reference() -> str:
     out = ["# The control protocol", "",
            "<!-- Generated from the table in ebpfguard/service/protocol.py by "
            "`python -m ebpfguard.service.protocol > docs/protocol.md`; a unit test fails when they differ. -->", "",
-           "The agent's control socket (`STATE/agent.sock`) speaks newline-delimited JSON. A request is one line, "
+           "The agent's control socket (`/run/ebpfguard/agent.sock`, 0666: every local user reaches it; `--socket` "
+           "on the agent, `EBPFGUARD_SOCKET` for clients) speaks newline-delimited JSON. A request is one line, "
            '`{"op": NAME, FIELD: VALUE, ...}`; a field given as `null` is the same as one left out. Each request '
            'gets one answer line: `{"ok": true, FIELD: VALUE, ...}`, or a failure:', "",
            *_fields_table(Failure, request=False),
@@ -599,7 +666,11 @@ def reference() -> str:
            "`Client(state_dir).request(Prepare(extension=\"md-preview\"))` returns a `Prepared`.", "",
            "## Callers", "",
            "Each request is authorized from the peer's credentials (`SO_PEERCRED`) by the caller class of its "
-           "operation; a peer that no operation admits is answered with a failure and disconnected.", "",
+           "operation. An OWNER call of a non-root user sees and acts on the instances that user launched, and records "
+           "of them; another user's are answered as if they did not exist. A non-root uid has limits (open "
+           f"connections {Limits.connections}, request line {Limits.request_bytes} bytes, running instances "
+           f"{Limits.instances}, launches {Limits.launches} per {Limits.launch_window_s:g} s): over one, a "
+           "request is refused with an error that names it, and the agent serves everyone else.", "",
            "| class | who |", "|---|---|",
            *[f"| {c.value} | {who} |" for c, who in CALLERS.items()], "",
            "## Operations", "",

@@ -24,7 +24,7 @@ def run_standalone(m: Manifest, argv: Sequence[str], state_dir: str, mode: str |
 
     argv = resolve(argv)
     check_command(m, argv, mode)
-    Sandbox.prepare(m, mode).close()  # a manifest the launcher cannot enforce fails before anything loads
+    Sandbox.prepare(m, mode, check_proxies=False).close()  # a manifest the launcher cannot enforce fails first
     eng = Engine(state_dir, correlator=load_correlator(None))
     try:
         on_started = None
@@ -90,3 +90,41 @@ def run_via_agent(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
         except ControlError as err:  # the agent stopped meanwhile: the status is still the command's
             print(f"ebpfguard: warning: could not report the exit to the agent: {err}", file=sys.stderr)
         return status
+
+
+def run_as_caller(state_dir: str, argv: Sequence[str], *, manifest: Manifest | None = None,
+                  extension: str | None = None, mode: str | None = None) -> int:
+    """A non-root user's `run`: the agent launches the instance as this user, with this process's stdin, stdout
+    and stderr, environment and working directory. Signals this process gets (SIGINT, SIGTERM, SIGHUP, SIGQUIT,
+    SIGUSR1, SIGUSR2, SIGWINCH) go to the instance's main process; the status is its, 128+N when signal N ended
+    it. If this process dies, the agent stops the instance."""
+    from ebpfguard.errors import ControlError  # noqa: PLC0415
+    from ebpfguard.manifest.load import Mode  # noqa: PLC0415
+    from ebpfguard.service.control import Client  # noqa: PLC0415
+    from ebpfguard.service.protocol import FORWARDED_SIGNALS, Launch  # noqa: PLC0415
+    from ebpfguard.service.protocol import Signal as SignalRequest  # noqa: PLC0415
+
+    argv = resolve(argv)
+    req = Launch(extension=extension, manifest_text=manifest.raw.decode() if manifest else None,
+                 manifest_path=manifest.source if manifest else "<request>", mode=Mode(mode) if mode else None,
+                 argv=argv, env=dict(os.environ), cwd=os.getcwd())
+    with Client(state_dir, timeout=None) as client:
+        launched = client.request(req, fds=[0, 1, 2])
+
+        def forward(signum: int, _frame: object) -> None:
+            try:
+                client.send(SignalRequest(instance=launched.instance, signal=signal.Signals(signum).name))
+            except ControlError:
+                pass
+
+        old = {name: signal.signal(getattr(signal, name), forward) for name in FORWARDED_SIGNALS}
+        try:
+            for line in client.lines():
+                if "exited" in line:
+                    return int(line["exited"])
+                if line.get("ok") is False:
+                    print(f"ebpfguard: warning: {line.get('error')}", file=sys.stderr)
+        finally:
+            for name, handler in old.items():
+                signal.signal(getattr(signal, name), handler)
+    raise ControlError(f"the agent closed the connection before {launched.instance} ended (it was stopped)")

@@ -1,16 +1,20 @@
 """The control socket's server: accepts connections and learns each peer from SO_PEERCRED, reads newline-delimited
-requests and answers each from the protocol table (protocol.OPERATIONS) only: an operation the table does not know,
-a peer outside the operation's caller class or a malformed field is refused with a precise error; the rest go to the
-operation's handler, typed. It also streams what a session follows (trace --activity) without letting a slow
-reader block the agent. One thread: the agent's loop calls step()."""
+requests (and the file descriptors a launch passes with SCM_RIGHTS) and answers each from the protocol table
+(protocol.OPERATIONS) only: an operation the table does not know, a peer outside the operation's caller class or a
+malformed field is refused with a precise error; the rest go to the operation's handler, typed. A non-root uid is
+held to protocol.Limits (connections, request size). It also streams what a session follows (trace --activity)
+without letting a slow reader block the agent. One thread: the agent's loop calls step()."""
 
 from __future__ import annotations
 
+import array
+import grp
 import json
 import logging
 import os
 import selectors
 import socket
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,18 +22,18 @@ from typing import Any
 
 from ebpfguard.errors import EbpfguardError
 from ebpfguard.service.protocol import (
+    MAX_FDS,
     MAX_REQUEST,
     BadRequest,
     Failure,
     Handlers,
+    Limits,
     Peer,
     Session,
-    admitted,
     authorize,
     encode_answer,
     encode_failure,
     operation_of,
-    refusal,
 )
 
 log = logging.getLogger("ebpfguard")
@@ -50,6 +54,12 @@ class Conn:
         self.buf = b""
         self.out = bytearray()
         self.lost = 0  # activity lines dropped because the tracer fell behind
+        self.fds: list[int] = []  # received with SCM_RIGHTS, not yet handed to a request
+
+    def close_fds(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
 
 
 class Server:
@@ -57,8 +67,9 @@ class Server:
     session that ends."""
 
     def __init__(self, handlers: Handlers, *, credentials: Callable[[socket.socket], Peer] = peer_credentials,
-                 on_close: Callable[[Session], None] | None = None):
+                 on_close: Callable[[Session], None] | None = None, limits: Limits | None = None):
         self.handlers = handlers
+        self.limits = limits or Limits()
         self.credentials = credentials
         self.on_close = on_close
         self.sel = selectors.DefaultSelector()
@@ -66,8 +77,26 @@ class Server:
         self.listener: socket.socket | None = None
         self.path: Path | None = None
 
-    def listen(self, path: Path) -> None:
-        """Serve the socket at ``path``, 0600 (root's, in root's 0700 state folder)."""
+    def listen(self, path: Path, group: str | None = None) -> None:
+        """Serve the socket at ``path``: 0666, every local user reaches it (each request is authorized from the
+        peer's credentials), or 0660 with ``group``. Its folder is made 0755 if missing, and must be root's and
+        writable by nobody else: another user's folder could swap the socket for its own."""
+        folder = path.parent
+        gid = -1
+        if group is not None:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise EbpfguardError(f"--socket-group {group!r}: no such group") from None
+        try:
+            folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+            st = os.lstat(folder)
+        except OSError as err:
+            raise EbpfguardError(f"control socket folder {folder}: {err.strerror}") from err
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            what = oct(st.st_mode & 0o7777) if stat.S_ISDIR(st.st_mode) else "not a folder"
+            raise EbpfguardError(f"control socket folder {folder} must be a folder of root's that only root can "
+                                 f"write (it is {what}, uid {st.st_uid})")
         path.unlink(missing_ok=True)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -75,19 +104,25 @@ class Server:
             self.listener.bind(str(path))
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+        if gid >= 0:
+            os.chown(path, 0, gid)
+        os.chmod(path, 0o660 if gid >= 0 else 0o666)
         self.listener.listen(64)
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, None)
         self.path = path
 
     def add(self, sock: socket.socket) -> Conn | None:
-        """Serve a connected socket (accepted, or a test's socketpair); a peer no operation admits is told so and
-        hung up on."""
+        """Serve a connected socket (accepted, or a test's socketpair); a uid over its connection limit is told so
+        and hung up on."""
         peer = self.credentials(sock)
-        if not admitted(peer):
+        most = self.limits.connections
+        if peer.uid != 0 and sum(c.session.peer.uid == peer.uid for c in self.conns.values()) >= most:
+            log.warning("refused a connection of uid %d: it has %d open (the limit)", peer.uid, most)
             try:
-                sock.sendall((json.dumps(encode_failure(Failure(error=refusal(peer)))) + "\n").encode())
+                sock.sendall((json.dumps(encode_failure(Failure(
+                    error=f"uid {peer.uid} has {self.limits.connections} connections open to the agent (the limit): "
+                          "close one"))) + "\n").encode())
             except OSError:
                 pass
             sock.close()
@@ -120,6 +155,13 @@ class Server:
             self.listener = None
             if self.path is not None:
                 self.path.unlink(missing_ok=True)
+
+    def tell(self, session: Session, item: dict[str, Any]) -> None:
+        """One line to a session, outside any answer (a launch's exit)."""
+        for conn in list(self.conns.values()):
+            if conn.session is session:
+                conn.out += (json.dumps(item) + "\n").encode()
+                self._flush(conn)
 
     # ---- a request ------------------------------------------------------------------------------------------
     def answer(self, session: Session, line: bytes) -> dict[str, Any]:
@@ -170,6 +212,7 @@ class Server:
     def _drop(self, conn: Conn) -> None:
         if self.conns.get(conn.sock.fileno()) is not conn:
             return
+        conn.close_fds()
         if self.on_close is not None:
             self.on_close(conn.session)
         try:
@@ -180,30 +223,49 @@ class Server:
         conn.sock.close()
 
     def _read(self, conn: Conn) -> None:
+        fds = array.array("i")
         try:
-            chunk = conn.sock.recv(65536)
+            chunk, anc, flags, _ = conn.sock.recvmsg(65536, socket.CMSG_SPACE((MAX_FDS + 1) * fds.itemsize),
+                                                     socket.MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            chunk = b""
+            chunk, anc, flags = b"", [], 0
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+        conn.fds += list(fds)
+        if len(conn.fds) > MAX_FDS or flags & socket.MSG_CTRUNC:
+            self._send(conn, encode_failure(Failure(error=f"a request carries at most {MAX_FDS} file descriptors",
+                                                    exit_code=BadRequest.exit_code)))
+            self._drop(conn)
+            return
         if not chunk:
             self._drop(conn)
             return
         conn.buf += chunk
         while b"\n" in conn.buf and conn.sock.fileno() >= 0:
             line, conn.buf = conn.buf.split(b"\n", 1)
-            self._send(conn, self.answer(conn.session, line))
-        if len(conn.buf) > MAX_REQUEST:
-            self._send(conn, encode_failure(Failure(error=f"request longer than {MAX_REQUEST} bytes",
+            conn.session.fds, conn.fds = conn.fds, []
+            try:
+                self._send(conn, self.answer(conn.session, line))
+            finally:  # what the handler did not take
+                for fd in conn.session.fds:
+                    os.close(fd)
+                conn.session.fds = []
+        most = MAX_REQUEST if conn.session.peer.uid == 0 else self.limits.request_bytes
+        if len(conn.buf) > most:
+            self._send(conn, encode_failure(Failure(error=f"request longer than {most} bytes",
                                                     exit_code=BadRequest.exit_code)))
             self._drop(conn)
 
     def _send(self, conn: Conn, answer: dict[str, Any]) -> None:
-        try:
-            conn.sock.setblocking(True)
-            conn.sock.sendall(json.dumps(answer).encode() + b"\n")
-            conn.sock.setblocking(False)
-        except OSError:
+        """Queued behind what the connection has not read yet and sent as far as the socket takes it: a client that
+        sends requests and never reads the answers is hung up on, never waited for."""
+        conn.out += json.dumps(answer).encode() + b"\n"
+        self._flush(conn)
+        if len(conn.out) > 2 * ACTIVITY_BUFFER:
+            log.warning("hung up on a connection of uid %d: it does not read its answers", conn.session.peer.uid)
             self._drop(conn)
 
     def _flush(self, conn: Conn) -> None:

@@ -285,7 +285,7 @@ def test_the_answer_types_name_every_key_of_what_they_carry(agent: Agent, tmp_pa
 @pytest.mark.parametrize("payload,error", [
     (b"garbage\n", "request is not JSON"),
     (b"[1, 2]\n", "a request is a JSON object with a string 'op'"),
-    (b'{"op": "nope"}\n', "unknown op 'nope' (the agent knows ping, status, prepare, started, exited, freeze, thaw, "
+    (b'{"op": "nope"}\n', "unknown op 'nope' (the agent knows ping, status, launch, signal, prepare, started, exited, freeze, thaw, "
                           "kill, quarantine, attach, flag, promote, activity, rollback)"),
     (b'{"op": "status", "verbose": true}\n', "bad status request: unknown field 'verbose' (Status takes no fields)"),
     (b'{"op": "exited", "instance": "x", "status": "seven"}\n',
@@ -301,24 +301,119 @@ def test_a_malformed_request_gets_a_precise_error_and_the_agent_keeps_serving(se
     assert served.raw(b'{"op": "ping"}\n')["ok"] is True
 
 
-def test_a_peer_no_operation_admits_is_told_and_hung_up_on(served: Served) -> None:
-    with served.connect(p.Peer(pid=9, uid=1000, gid=1000)) as s:
-        answer = s.makefile("rb").readline()
-        assert json.loads(answer) == {"ok": False, "error": "the control socket serves root only: uid 1000 may call "
-                                                            "none of its operations", "exit_code": 1}
-        assert s.recv(1) == b""
+USER = p.Peer(pid=9, uid=1000, gid=1000)
+OTHER = p.Peer(pid=10, uid=1001, gid=1001)
 
 
-def test_the_caller_class_is_checked_per_request(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the next caller classes need: one row opened to anyone, the rest still root's."""
-    ping = p.BY_NAME["ping"]
-    opened = p.Operation(ping.name, ping.request, p.Caller.ANYONE, ping.handler, ping.doc)
-    monkeypatch.setitem(p.BY_NAME, "ping", opened)
-    monkeypatch.setattr(p, "OPERATIONS", tuple(opened if op is ping else op for op in p.OPERATIONS))
-    with served.client(p.Peer(pid=9, uid=1000, gid=1000)) as c:
-        assert c.request(p.Ping()).pid == os.getpid()
-        with pytest.raises(Refused, match="status is for root only .*; this connection's peer is uid 1000"):
-            c.request(p.Status())
+def _owned_by(agent: Agent, ident: str, uid: int) -> None:
+    inst = next(i for i in agent.engine.instances.values() if i.id == ident)
+    inst.sandbox["launched_by"] = uid  # as the agent's launch for that user records it
+
+
+def test_a_user_sees_and_acts_on_their_own_instances_only(served: Served, agent: Agent) -> None:
+    with served.client() as root:
+        mine = root.request(p.Prepare(extension="tool")).instance
+        theirs = root.request(p.Prepare(extension="tool")).instance
+        _owned_by(agent, mine, USER.uid)
+        _owned_by(agent, theirs, OTHER.uid)
+        with served.client(USER) as c:
+            assert c.request(p.Ping()).pid == os.getpid()
+            report = c.request(p.Status())
+            assert [i.instance for i in report.instances] == [mine] and report.instances[0].launched_by == USER.uid
+            assert report.policy_errors == {}
+            # by id, another user's instance is answered as if it did not exist; by name, only the caller's own
+            with pytest.raises(Refused, match=f"no running instance or extension named '{theirs}'"):
+                c.request(p.Kill(name=theirs))
+            assert c.request(p.Freeze(name="tool")).instances == [mine]
+            assert c.request(p.Thaw(name="tool")).instances == [mine]
+            assert c.request(p.Activity(extension="tool")).following == [mine]
+            with pytest.raises(Refused, match=f"no extension or instance named '{theirs}'"):
+                c.request(p.Activity(extension=theirs))
+            assert c.request(p.Rollback(action=p.RollbackAction.LIST)) == p.RollbackResult(running=[], pending=[])
+        assert {i.instance for i in root.request(p.Status()).instances} == {mine, theirs}  # root sees every one
+
+
+@pytest.mark.parametrize("op", [p.Flag(extension="tool", reason="x"), p.Promote(extension="tool"),
+                                p.Prepare(extension="tool"), p.Started(instance="i", pid=1, argv=[]),
+                                p.Exited(instance="i", status=0), p.Attach(pid=1, manifest_text="x")])
+def test_root_operations_refuse_a_user(served: Served, op: p.Request[Any]) -> None:
+    with served.client(USER) as c:
+        with pytest.raises(Refused, match=f"{p.BY_REQUEST[type(op)].name} is for root only .*; this connection's "
+                                          "peer is uid 1000") as err:
+            c.request(op)
+        assert err.value.exit_code == 1
+        assert c.request(p.Ping()).pid == os.getpid()  # the connection still serves
+
+
+def test_a_users_record_names_them_not_what_they_claim(served: Served, agent: Agent) -> None:
+    with served.client() as root:
+        mine = root.request(p.Prepare(extension="tool")).instance
+    _owned_by(agent, mine, USER.uid)
+    agent._who(p.Session(USER), "root")  # the account may not exist here: then "uid 1000"
+    assert agent._who(p.Session(USER), "root") != "root" and "1000" in agent._who(p.Session(USER), "root")
+    assert agent._who(p.Session(p.Peer(pid=1, uid=0, gid=0)), "alice") == "alice"
+
+
+def test_a_users_connections_are_limited_and_others_still_served(served: Served, agent: Agent) -> None:
+    socks = [served.connect(USER) for _ in range(agent.limits.connections)]
+    try:
+        with served.connect(USER) as over:
+            answer = json.loads(over.makefile("rb").readline())
+            assert answer["ok"] is False and "has 16 connections open to the agent (the limit)" in answer["error"]
+            assert over.recv(1) == b""
+        with served.client(OTHER) as c:
+            assert c.request(p.Ping()).pid == os.getpid()
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_users_request_size_is_limited(served: Served, agent: Agent) -> None:
+    with served.connect(USER) as s:
+        s.sendall(b"x" * (agent.limits.request_bytes + 2))
+        f = s.makefile("rb")
+        assert json.loads(f.readline())["error"] == f"request longer than {agent.limits.request_bytes} bytes"
+        assert f.readline() == b""
+
+
+def test_a_launch_without_its_stdio_or_with_a_folder_is_refused(served: Served, tmp_path: Path) -> None:
+    import array  # noqa: PLC0415
+
+    req = {"op": "launch", "extension": "tool", "argv": ["/bin/true"]}
+    with served.client(USER) as c:
+        with pytest.raises(Refused, match="carries the caller's stdin, stdout and stderr .*: 0 file descriptors"):
+            c.request("launch", extension="tool", argv=["/bin/true"])
+    with served.connect(USER) as s:
+        d = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            s.sendmsg([json.dumps(req).encode() + b"\n"],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, d, 2]))])
+        finally:
+            os.close(d)
+        answer = json.loads(s.makefile("rb").readline())
+        assert answer == {"ok": False, "error": "the stdout passed is a folder, not a stream", "exit_code": 2}
+    with served.connect(USER) as s:  # more descriptors than a request carries: refused, hung up on
+        s.sendmsg([json.dumps(req).encode() + b"\n"],
+                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2, 0]))])
+        f = s.makefile("rb")
+        assert json.loads(f.readline())["error"] == "a request carries at most 3 file descriptors"
+        assert f.readline() == b""
+
+
+def test_a_launch_naming_another_user_is_refused(served: Served) -> None:
+    import pwd  # noqa: PLC0415
+
+    user = pwd.getpwuid(65534)  # nobody: a user every host has
+    text = manifest("mine").replace("spec:\n", "spec:\n  user: root\n", 1)
+    assert "user: root" in text
+    with served.connect(p.Peer(pid=9, uid=user.pw_uid, gid=user.pw_gid)) as s:
+        import array  # noqa: PLC0415
+
+        s.sendmsg([json.dumps({"op": "launch", "manifest_text": text, "argv": ["/bin/true"]}).encode() + b"\n"],
+                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
+        answer = json.loads(s.makefile("rb").readline())
+    assert answer["ok"] is False and answer["exit_code"] == 2, answer
+    assert f"spec.user: names 'root', but an instance you launch runs as you ({user.pw_name})" in answer["error"]
 
 
 def test_an_overlong_request_is_refused_and_its_connection_closed(served: Served) -> None:

@@ -25,6 +25,8 @@ USER = p.Peer(pid=2, uid=1000, gid=1000)
 REQUESTS: dict[str, p.Request[Any]] = {
     "ping": p.Ping(),
     "status": p.Status(),
+    "launch": p.Launch(extension="e", argv=["/usr/bin/env", "-i"], env={"LANG": "C"}, cwd="/home/u"),
+    "signal": p.Signal(instance="i", signal="SIGINT"),
     "prepare": p.Prepare(manifest_text="x", manifest_path="/m.yaml", home="/home/u", mode=Mode.AUDIT, files="/ext",
                          signature_text="sig"),
     "started": p.Started(instance="i", pid=7, argv=["/bin/true", "-x"], sandbox={"layers": ["landlock-fs"]}),
@@ -49,8 +51,13 @@ def test_the_table_names_each_operation_and_request_type_once() -> None:
         assert op.request.__dataclass_params__.frozen and op.answer.__dataclass_params__.frozen
 
 
-def test_every_operation_is_for_root_today() -> None:
-    assert {op.caller for op in p.OPERATIONS} == {p.Caller.ROOT}
+def test_each_operations_caller_class() -> None:
+    """What only root may do (policies, root's own launcher, adoption), what a user does on their own, and ping."""
+    by = {c: sorted(op.name for op in p.OPERATIONS if op.caller is c) for c in p.Caller}
+    assert by == {p.Caller.ROOT: ["attach", "exited", "flag", "prepare", "promote", "started"],
+                  p.Caller.OWNER: ["activity", "freeze", "kill", "launch", "quarantine", "rollback", "signal",
+                                   "status", "thaw"],
+                  p.Caller.ANYONE: ["ping"]}
 
 
 def test_each_rows_handler_is_the_method_of_its_own_operation() -> None:
@@ -160,13 +167,29 @@ def test_a_null_field_is_the_same_as_one_left_out() -> None:
 def test_the_caller_classes_admit_by_uid() -> None:
     assert p.Caller.ROOT.admits(ROOT) and not p.Caller.ROOT.admits(USER)
     assert p.Caller.OWNER.admits(USER) and p.Caller.ANYONE.admits(USER)
-    assert p.admitted(ROOT) and not p.admitted(USER)  # every operation is root's today
-    p.authorize(p.BY_NAME["status"], ROOT)
-    with pytest.raises(p.NotAllowed, match=r"status is for root only \(uid 0 only: .*\); this connection's peer is "
+    p.authorize(p.BY_NAME["flag"], ROOT)
+    with pytest.raises(p.NotAllowed, match=r"flag is for root only \(uid 0 only: .*\); this connection's peer is "
                                            r"uid 1000"):
-        p.authorize(p.BY_NAME["status"], USER)
+        p.authorize(p.BY_NAME["flag"], USER)
     for caller in (p.Caller.OWNER, p.Caller.ANYONE):
-        p.authorize(dataclasses.replace(p.BY_NAME["status"], caller=caller), USER)
+        p.authorize(dataclasses.replace(p.BY_NAME["flag"], caller=caller), USER)
+    assert p.owns(ROOT, 1000) and p.owns(USER, 1000) and not p.owns(USER, 1001) and not p.owns(USER, 0)
+
+
+@pytest.mark.parametrize(("fields", "error"), [
+    ({"extension": "e", "argv": ["true"]}, "field 'argv': a command whose first word is an absolute path"),
+    ({"extension": "e", "argv": []}, "field 'argv': a command whose first word is an absolute path"),
+    ({"extension": "e", "argv": ["/bin/true"], "cwd": "rel"}, "field 'cwd': an absolute path"),
+    ({"argv": ["/bin/true"]}, "give exactly one of extension (a policy's name) or manifest_text"),
+])
+def test_a_launch_request_is_checked(fields: dict[str, Any], error: str) -> None:
+    with pytest.raises(p.BadRequest, match=f"bad launch request: {error}".replace("(", r"\(").replace(")", r"\)")):
+        p.BY_NAME["launch"].parse(fields)
+
+
+def test_only_the_forwarded_signals_are_sent() -> None:
+    with pytest.raises(p.BadRequest, match="'SIGKILL' is not forwarded"):
+        p.BY_NAME["signal"].parse({"instance": "i", "signal": "SIGKILL"})
 
 
 def test_the_reference_is_the_table() -> None:
