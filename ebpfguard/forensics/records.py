@@ -65,7 +65,8 @@ DETAIL: dict[Kind, frozenset[str]] = {
         "repeats", "by", "why",                                                     # escalation, operator steps
         "records", "total", "share"}),                                              # over-share
     Kind.ROLLBACK: frozenset({"event", "trees", "by", "changes", "changes_sha256", "conflicts", "count", "counts",
-                              "errors", "listed", "rule", "why", "upper", "extension", "started_ns"}),
+                              "errors", "listed", "rule", "why", "upper", "extension", "started_ns",
+                              "user"}),  # user: {uid, gid} whose rights a commit took
     Kind.POLICY: frozenset({"event", "name", "version", "file", "files", "reason", "signature", "replaces", "by",
                             "errors", "sha256", "previous"}),
     Kind.CHECKPOINT: frozenset({"records"}),

@@ -17,7 +17,7 @@ from ebpfguard.forensics import ForensicLog
 from ebpfguard.instance.store import Instance
 from ebpfguard.manifest.load import Manifest
 from ebpfguard.pipeline.events import Event, Origin
-from ebpfguard.sandbox.rollback import Layer
+from ebpfguard.sandbox.rollback import Layer, instance_user
 
 log = logging.getLogger("ebpfguard")
 
@@ -102,12 +102,16 @@ class Recorder:
 def finish_rollback(layer: Layer, choice: str, recorder: Recorder, kept: Path, inst: Instance | None = None,
                     by: str | None = None) -> dict[str, Any]:
     """commit, discard, or keep (``keep``: the instance was still running when the agent stopped) a rollback
-    area, and write its record (kind ``rollback``). Returns the record's detail."""
+    area, and write its record (kind ``rollback``). Returns the record's detail. The commit takes the rights of
+    the user the instance ran as (its launcher said whom), saved in the area when it is kept for later."""
+    user = instance_user(inst.sandbox) if inst else None
     if choice == "commit":
-        detail = layer.commit(kept)
+        detail = layer.commit(kept, user)
     elif choice == "discard":
-        detail = layer.discard()
+        detail = layer.discard(user)
     else:
+        if user is not None:
+            layer.remember(user)
         detail = {**layer.show(), "event": "kept",
                   "why": "the instance was still running when the agent stopped: `ebpfguard rollback list` offers "
                          "it for commit or discard"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -242,3 +243,162 @@ def test_an_area_overlayfs_refuses_is_a_precise_error_before_the_launch(tree: Pa
     finally:
         subprocess.run(["umount", str(base / "m")], check=True)
         shutil.rmtree(base)
+
+
+# ---- write trees under the private /tmp and /var/tmp ----------------------------------------------------
+@pytest.fixture(params=["/var/tmp", "/tmp"])
+def tmp_tree(request: pytest.FixtureRequest, world: World, engine: Engine) -> Iterator[Path]:
+    """The same tree in the host's /var/tmp or /tmp, which the instance sees as a private tmpfs: its write tree
+    is carried into it, and must be the rollback overlay there, not the real folder."""
+    area = Path(tempfile.mkdtemp(prefix="ebpfguard-rb-", dir="/run"))
+    os.chmod(area, 0o755)
+    w = Path(tempfile.mkdtemp(prefix="ebpfguard-rb-tree-", dir=request.param))
+    os.chmod(w, 0o755)
+    (w / "a.txt").write_text("original a\n")
+    (w / "b.txt").write_text("original b\n")
+    (w / "c.txt").write_text("original c\n")
+    (w / "old").mkdir()
+    (w / "old" / "keep.txt").write_text("in old\n")
+    for p in [w, *w.rglob("*")]:
+        os.chown(p, NOBODY, NOBODY)
+    old_root, engine.rollback_root = engine.rollback_root, area / "rollback"
+    yield w
+    engine.rollback_root = old_root
+    shutil.rmtree(area, ignore_errors=True)
+    shutil.rmtree(w, ignore_errors=True)
+    shutil.rmtree(engine.state.rollback_kept, ignore_errors=True)
+
+
+def test_killed_by_the_ladder_a_tree_in_the_private_tmp_is_as_before(engine: Engine, world: World,
+                                                                     tmp_tree: Path) -> None:
+    before = snapshot(tmp_tree)
+    status, records, state = run(engine, world, tmp_tree, f"cd {tmp_tree} && echo changed > a.txt && "
+                                 f"echo new > new.txt && rm c.txt && cat {world.secret}/s.txt; sleep 10", kill_after=1)
+    assert state == "killed" or status == 128 + 9, (status, state, records)
+    assert snapshot(tmp_tree) == before  # the real tree: nothing reached it
+    d = rollback_record(records)["detail"]
+    assert d["event"] == "discarded" and d["trees"] == [str(tmp_tree)], d
+    got = {(c["op"], c["path"].removeprefix(f"{tmp_tree}/")) for c in d["changes"]}
+    assert got == {("write", "a.txt"), ("write", "new.txt"), ("delete", "c.txt")} and d["count"] == 3, d
+
+
+def test_a_clean_exit_commits_a_tree_in_the_private_tmp(engine: Engine, world: World, tmp_tree: Path) -> None:
+    status, records, _ = run(engine, world, tmp_tree, f"cd {tmp_tree} && echo changed > a.txt && echo new > new.txt "
+                             "&& rm c.txt")
+    assert status == 0, records
+    assert sorted(snapshot(tmp_tree)) == ["a.txt", "b.txt", "new.txt", "old", "old/keep.txt"]
+    assert (tmp_tree / "a.txt").read_text() == "changed\n" and (tmp_tree / "new.txt").read_text() == "new\n"
+    d = rollback_record(records)["detail"]
+    assert d["event"] == "committed" and d["count"] == 3 and d["errors"] == [], d
+
+
+# ---- root never acts for the user unsafely: the real tree resolved beneath, the upper layer read as hostile ----
+def a_root_folder(tree: Path) -> Path:
+    """A folder of root's beside the write tree (a stand-in for /etc), with one file."""
+    rootdir = tree.parent / "rootdir"
+    rootdir.mkdir(mode=0o755)
+    (rootdir / "conf").write_text("root's\n")
+    return rootdir
+
+
+def listing(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    return {p.name: (p.lstat().st_uid, p.lstat().st_mode, p.read_bytes() if p.is_file() else b"")
+            for p in folder.iterdir()}
+
+
+def when_upper_has(inst: Any, names: list[str], then: Any, done: threading.Event) -> None:
+    """Once the extension has written ``names`` (in its upper layer), ``then(upper)``, on a thread."""
+    upper = Path(inst.rollback.trees[0].upper)
+
+    def wait() -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if all(os.path.lexists(upper / n) for n in names):
+                then(upper)
+                done.set()
+                return
+            time.sleep(0.01)
+
+    threading.Thread(target=wait, daemon=True).start()
+
+
+def test_a_folder_swapped_for_a_symlink_meanwhile_is_not_written_through(engine: Engine, world: World,
+                                                                          tree: Path) -> None:
+    """The extension writes sub/NAME; meanwhile the user replaces the folder sub with a symlink to root's folder.
+    The commit writes nothing there: root's folder is as it was, and the record names both paths as conflicts."""
+    rootdir = a_root_folder(tree)
+    (tree / "sub").mkdir()
+    os.chown(tree / "sub", NOBODY, NOBODY)
+    before = listing(rootdir)
+    done = threading.Event()
+
+    def swap(upper: Path) -> None:
+        (tree / "sub").rename(tree / "sub.old")
+        (tree / "sub").symlink_to(rootdir)
+
+    status, records, _ = run(engine, world, tree, f"cd {tree} && echo planted > sub/NAME && echo ok > fine.txt && "
+                             "sleep 2", on_instance=lambda i: when_upper_has(i, ["sub/NAME", "fine.txt"], swap, done))
+    assert done.wait(5) and status == 0, records
+    assert listing(rootdir) == before  # nothing written through the symlink
+    assert os.readlink(tree / "sub") == str(rootdir) and sorted(p.name for p in (tree / "sub.old").iterdir()) == []
+    assert (tree / "fine.txt").read_text() == "ok\n" and (tree / "fine.txt").stat().st_uid == NOBODY
+    d = rollback_record(records)["detail"]
+    got = {c["path"].removeprefix(f"{tree}/"): c for c in d["conflicts"]}
+    assert sorted(got) == ["sub", "sub/NAME"], d["conflicts"]
+    assert got["sub"]["user"] == "changed" and got["sub/NAME"]["why"] == "its folder is a conflict"
+    assert Path(got["sub/NAME"]["extension_version"]).read_text() == "planted\n"  # kept aside, in root's area
+    assert [c["path"] for c in d["changes"]] == [f"{tree}/fine.txt"] and d["count"] == 1
+    assert d["user"] == {"uid": NOBODY, "gid": NOBODY} and d["errors"] == []
+
+
+def test_a_symlink_out_of_the_tree_and_a_hard_link_to_roots_file_in_the_upper_layer_are_refused(
+        engine: Engine, world: World, tree: Path) -> None:
+    """The extension makes a symlink to root's folder (a symlink inside the tree goes in); a hard link to a file
+    of root's appears in its upper layer. Neither reaches the real tree, root's file is neither read into it nor
+    kept aside, and the record says why."""
+    rootdir = a_root_folder(tree)
+    secret = tree.parent / "root-secret"
+    secret.write_text("ROOT-ONLY\n")
+    secret.chmod(0o600)
+    before = (listing(rootdir), secret.stat().st_uid, secret.stat().st_mode)
+    done = threading.Event()
+    status, records, _ = run(engine, world, tree, f"cd {tree} && ln -s {rootdir} out && ln -s a.txt in && "
+                             "ln -s ../../.. up && echo mine > mine.txt && sleep 2",
+                             on_instance=lambda i: when_upper_has(i, ["mine.txt"], lambda u: os.link(secret, u / "hl"),
+                                                                  done))
+    assert done.wait(5) and status == 0, records
+    assert not os.path.lexists(tree / "out") and not os.path.lexists(tree / "up") and not (tree / "hl").exists()
+    assert os.readlink(tree / "in") == "a.txt" and (tree / "mine.txt").read_text() == "mine\n"
+    assert (listing(rootdir), secret.stat().st_uid, secret.stat().st_mode) == before
+    d = rollback_record(records)["detail"]
+    got = {c["path"].removeprefix(f"{tree}/"): c for c in d["conflicts"]}
+    assert sorted(got) == ["hl", "out", "up"], d["conflicts"]
+    assert "symlink out of the write tree" in got["out"]["why"] and "symlink out" in got["up"]["why"]
+    assert got["hl"]["why"].startswith("a file of uid 0, not the instance user's")
+    assert "extension_version" not in got["hl"] and "sha256" not in got["hl"]  # never read, never kept
+    kept = engine.state.rollback_kept
+    assert not any(p.is_file() and not p.is_symlink() and p.read_bytes() == b"ROOT-ONLY\n" for p in kept.rglob("*"))
+    assert sorted(c["path"].removeprefix(f"{tree}/") for c in d["changes"]) == ["in", "mine.txt"]
+
+
+def test_a_fifo_and_a_device_node_in_the_upper_layer_are_never_opened(engine: Engine, world: World,
+                                                                      tree: Path) -> None:
+    """A FIFO the extension made and a device node in its upper layer: the commit neither blocks on the FIFO nor
+    makes either in the real tree; both are conflicts in the record."""
+    done = threading.Event()
+
+    def node(upper: Path) -> None:
+        os.mknod(upper / "dev", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+
+    t0 = time.monotonic()
+    status, records, _ = run(engine, world, tree, f"cd {tree} && mkfifo pipe && echo x > x.txt && sleep 2",
+                             on_instance=lambda i: when_upper_has(i, ["pipe", "x.txt"], node, done))
+    assert done.wait(5) and status == 0, records
+    assert time.monotonic() - t0 < 60
+    assert not os.path.lexists(tree / "pipe") and not os.path.lexists(tree / "dev")
+    assert (tree / "x.txt").read_text() == "x\n"
+    d = rollback_record(records)["detail"]
+    got = {c["path"].removeprefix(f"{tree}/"): (c["op"], c["why"]) for c in d["conflicts"]}
+    assert got == {"pipe": ("special", "a FIFO: never opened nor made in the real tree"),
+                   "dev": ("special", "a device node: never opened nor made in the real tree")}, d["conflicts"]
+    assert d["counts"] == {"write": 1}
