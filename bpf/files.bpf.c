@@ -22,7 +22,7 @@ static __always_inline void allowed_path_event(struct eg_ext_policy *pol, struct
 					       u16 kind, s32 nr, u64 cg, int dirfd, const char *upath, u64 oflags,
 					       u16 verdict)
 {
-	if (verdict == EG_V_SHADOW && path_granted(pol->shadow - 1, k, access, 0))
+	if (verdict == EG_V_SHADOW && file_granted(pol->shadow - 1, k, access, 0, cg))
 		return;
 	struct eg_event *e = path_record(pol, cg, kind, nr, verdict, access, 0, k);
 	if (!e)
@@ -70,7 +70,7 @@ static __always_inline int check_path(const char *upath, int dirfd, u32 access, 
 		return 0;
 
 	u32 flags = read_user_path(k, upath);
-	if (!flags && path_granted(pol->slot, k, access, 0)) {
+	if (!flags && file_granted(pol->slot, k, access, 0, cg)) {
 		if (pol->shadow)
 			allowed_path_event(pol, k, access, kind, nr, cg, dirfd, upath, oflags, EG_V_SHADOW);
 		if (watch_path(pol, k, access, cg) || traced || baseline)

@@ -86,9 +86,9 @@ static __always_inline int lsm_path(struct eg_ext_policy *pol, u64 cg, struct pa
 	long n = bpf_d_path(p, (char *)k->path, EG_PATH_MAX);
 	if (n < 0)  /* unnamed or too long to name: refusing to guess is the safe side */
 		k->path[0] = 0;
-	if (n > 0 && path_granted(pol->slot, k, access, alt)) {
+	if (n > 0 && file_granted(pol->slot, k, access, alt, cg)) {
 		/* allowed: a shadow version (staged rollout) that would refuse it is recorded, nothing done */
-		if (pol->shadow && !path_granted(pol->shadow - 1, k, access, alt))
+		if (pol->shadow && !file_granted(pol->shadow - 1, k, access, alt, cg))
 			lsm_path_event(pol, cg, k, access, kind, EG_V_SHADOW);
 		/* activity, correlation, baseline */
 		if (watch_path(pol, k, access, cg) || watched(cg) ||

@@ -24,6 +24,10 @@
  *                             of sun_path. A tree "/usr/" is stored without its NUL, so it is a prefix of
  *                             "/usr/bin/x"; an exact file "/etc/hosts" is stored with its NUL, so only that
  *                             path matches. prefixlen counts bits of scope + path: 32 + 8 * len(bytes).
+ *                             The EG_PATH_PRIVATE scope holds the private /tmp and /var/tmp of a launched
+ *                             instance (value 1: read and written there) and the host paths carried into
+ *                             them read-only (value 0: the longer prefix takes them back out); it counts
+ *                             only for a cgroup in the `mountns` map, whose "/tmp/x" is its own tmpfs.
  *   net_rules       LPM_TRIE  struct eg_net_key -> struct eg_net_value. agent
  *                             data = u32 scope (slot << 8 | op << 4 | family 4|6) then 16 address bytes
  *                             (IPv4 in the first 4). The value lists the port ranges of this CIDR *and of
@@ -98,6 +102,7 @@
 #define EG_FILTER_SLOTS 65536
 #define EG_FILTER_SHARED 1 /* id 1 is the root cgroup, never an extension's */
 #define EG_MAX_PATH_RULES 65536
+#define EG_PATH_PRIVATE 5 /* the path_rules scope of the private /tmp (beside the EG_ACC_* classes) */
 #define EG_MAX_NET_RULES 4096
 #define EG_SYSCALL_WORDS 8
 #define EG_NET_RANGES 16

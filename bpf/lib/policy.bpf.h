@@ -39,6 +39,26 @@ static __always_inline int path_granted(u32 slot, struct eg_path_key *k, u32 acc
 	return path_rules.lookup(k) != 0;
 }
 
+/* Is a read or write of k->path inside the private /tmp or /var/tmp of an instance that runs in its own mount
+ * namespace (the `mountns` map)? There "/tmp/x" names its own tmpfs, thrown away with it, never the host's. */
+static __always_inline int private_granted(u32 slot, struct eg_path_key *k, u32 access, u64 cg)
+{
+	if (access != EG_ACC_READ && access != EG_ACC_WRITE)
+		return 0;
+	if (!mountns.lookup(&cg))
+		return 0;
+	k->prefixlen = 32 + EG_PATH_MAX * 8;
+	k->scope = (slot << 8) | EG_PATH_PRIVATE;
+	u8 *v = path_rules.lookup(k);
+	return v && *v;
+}
+
+/* A rule of ``access`` (or ``alt``), or the private /tmp, covers k->path for this cgroup. */
+static __always_inline int file_granted(u32 slot, struct eg_path_key *k, u32 access, u32 alt, u64 cg)
+{
+	return path_granted(slot, k, access, alt) || private_granted(slot, k, access, cg);
+}
+
 /* Does someone trace this cgroup's activity? One array load when no one traces anything. */
 static __always_inline int watched(u64 cg)
 {

@@ -12,7 +12,12 @@ sizes below against the compiled program's own map types.
 
 Path semantics: a tree "/usr/" is stored without its NUL (a byte prefix of "/usr/bin/x") plus the
 directory itself "/usr" with its NUL; an exact file is stored with its NUL. A write tree is also a read
-tree. Network semantics: "send" (unconnected UDP sendto/sendmsg) uses the connect rules; an IPv4
+tree. The private /tmp and /var/tmp (private_tmp) are "private" scope entries, value 1: read and written,
+but only by a cgroup the kernel knows runs in the instance's own mount namespace, where those paths are an
+empty tmpfs of its own and never the host's; a host path carried into them read-only (a read, exec or
+socket grant under /tmp) is a "private" entry of value 0, which, as the longer prefix, takes it back out.
+
+Network semantics: "send" (unconnected UDP sendto/sendmsg) uses the connect rules; an IPv4
 rule is also stored as its IPv4-mapped IPv6 network; each CIDR's value carries the port ranges of every
 CIDR that contains it, so the kernel's one longest-prefix lookup is enough.
 """
@@ -37,7 +42,9 @@ NET_VALUE_SIZE = NET_VALUE_HEAD.size + c("NET_RANGES") * PORT_RANGE.size
 
 ACCESS = {"read": c("ACC_READ"), "write": c("ACC_WRITE"), "exec": c("ACC_EXEC"), "unix": c("ACC_UNIX"),
           "unix_ns": c("ACC_UNIX_NS"), "watch_read": c("ACC_WATCH") + c("ACC_READ"),
-          "watch_write": c("ACC_WATCH") + c("ACC_WRITE"), "watch_exec": c("ACC_WATCH") + c("ACC_EXEC")}
+          "watch_write": c("ACC_WATCH") + c("ACC_WRITE"), "watch_exec": c("ACC_WATCH") + c("ACC_EXEC"),
+          "private": c("PATH_PRIVATE")}
+PRIVATE_TMP = ("/tmp", "/var/tmp")
 # Sockets every extension may reach: name-service lookups (glibc's nscd client and nss-systemd's
 # userdb), which answer what /etc/passwd and /etc/group already tell anyone. Refusing them would turn
 # every `ls -l` into a violation.
@@ -50,6 +57,23 @@ def bus_sockets(m: Manifest) -> dict[str, str]:
     so that clients that ignore DBUS_SESSION_BUS_ADDRESS find the proxy too."""
     where = {"session": f"{m.runtime_dir}/bus", "system": SYSTEM_BUS}
     return {bus: where[bus] for bus in m.ipc.dbus}
+
+
+def _under(path: str, folder: str) -> bool:
+    folder = folder.rstrip("/") or "/"
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def private_tmp(m: Manifest, mode: str | None = None) -> list[str]:
+    """The folders every launched instance of ``m`` gets as an empty tmpfs of its own, writable, thrown away
+    with it (systemd's PrivateTmp=): /tmp and /var/tmp, unless a grant names the folder itself or one above
+    it (then the host's folder is what the manifest asked for). None in audit mode, which changes nothing."""
+    if (mode or m.mode) == "audit":
+        return []
+    grants = [*m.write, *m.read, *m.exec]
+    return [t for t in PRIVATE_TMP if not any(_under(t, g) for g in grants)]
+
+
 NET_OPS = {"connect": c("NET_CONNECT"), "send": c("NET_SEND"), "bind": c("NET_BIND")}
 RESPONSES = {"alert": c("RESP_ALERT"), "block": c("RESP_BLOCK"), "throttle": c("RESP_BLOCK"),
              "freeze": c("RESP_FREEZE"), "kill": c("RESP_KILL")}
@@ -62,6 +86,7 @@ class PathEntry:
     access: str
     path: str
     exact: bool
+    granted: bool = True  # False: a "private" entry that takes a path back out of the private /tmp
 
     def key(self, slot: int) -> bytes:
         data = self.path.encode() + (b"\0" if self.exact else b"")
@@ -99,15 +124,34 @@ class CompiledPolicy:
     kills_network: bool = False  # enforce mode with response.network kill: the net tracepoints must run
 
     def path_items(self) -> list[tuple[bytes, bytes]]:
-        return [(e.key(self.slot), b"\1") for e in self.paths]
+        return [(e.key(self.slot), b"\1" if e.granted else b"\0") for e in self.paths]
 
     def net_items(self) -> list[tuple[bytes, bytes]]:
         return [(e.key(self.slot), e.value()) for e in self.nets]
 
     # The same decisions in user space, for the paths the kernel side leaves pending.
     def allows_path(self, path: str, access: str) -> bool:
-        """Does a rule of ``access`` cover ``path``? (file, exec and unix-socket rules alike)"""
-        return any(e.access == access and e.matches(path) for e in self.paths)
+        """Does a rule of ``access`` cover ``path``? (file, exec and unix-socket rules alike; the longest
+        "private" entry decides, as the kernel's longest-prefix lookup does)"""
+        hits = [e for e in self.paths if e.access == access and e.matches(path)]
+        if access != "private":
+            return bool(hits)
+        return max(hits, key=lambda e: len(e.path) + e.exact).granted if hits else False
+
+
+def _private_entries(m: Manifest, mode: str | None) -> list[PathEntry]:
+    """The private /tmp and /var/tmp, and what the launcher carries into them read-only (mountns.plan: every
+    grant under a masked folder is the host's, bound in; only write grants stay writable)."""
+    folders = private_tmp(m, mode)
+    out = []
+    for t in folders:
+        out += [PathEntry("private", t + "/", False), PathEntry("private", t, True)]
+    for p in dict.fromkeys([*m.read, *m.exec, *m.ipc.unix]):
+        if p not in m.write and any(_under(p, t) for t in folders):
+            out.append(PathEntry("private", p, not p.endswith("/"), granted=False))
+            if p.endswith("/"):
+                out.append(PathEntry("private", p.rstrip("/"), True, granted=False))
+    return out
 
 
 def _path_entries(m: Manifest) -> list[PathEntry]:
@@ -184,5 +228,6 @@ def compile(m: Manifest, slot: int, mode: str | None = None, shadow: int | None 
     watched = [PathEntry(f"watch_{access}", p, not p.endswith("/")) for access, p in watch]
     watched += [PathEntry(f"watch_{access}", p.rstrip("/"), True)
                 for access, p in watch if p.endswith("/") and p != "/"]
-    return CompiledPolicy(slot, enforce, blob, _path_entries(m) + watched, _net_entries(m), syscalls,
+    paths = _path_entries(m) + _private_entries(m, mode) + watched
+    return CompiledPolicy(slot, enforce, blob, paths, _net_entries(m), syscalls,
                           kills_network=enforce and m.response.get("network") == "kill")

@@ -46,9 +46,11 @@ class Sandbox:
     @classmethod
     def prepare(cls, m: Manifest, mode: str | None = None, *, allow_root: bool = False,
                 landlock_abi: int | None = None, proxies: dict[str, str] | None = None,
-                overlays: dict[str, tuple[str, str]] | None = None) -> Sandbox:
+                overlays: dict[str, tuple[str, str]] | None = None, check_proxies: bool = True) -> Sandbox:
         """``proxies``: where each D-Bus proxy socket of the instance must appear (the real bus's path)
-        -> the proxy's socket. ``overlays``: write tree -> (upper, work) of its rollback overlay."""
+        -> the proxy's socket. ``overlays``: write tree -> (upper, work) of its rollback overlay.
+        ``check_proxies=False``: a check of the manifest before any instance exists (so before its proxies
+        are started); such a Sandbox is for close() only, never for a launch."""
         pw = extension_user(m)
         if pw.pw_uid == 0 and not (m.user in ("root", "0") and allow_root):
             raise SandboxError("refusing to run an extension as root: spec.user must name an unprivileged "
@@ -75,6 +77,9 @@ class Sandbox:
             mounts = mountns.plan(m, mode, pw.pw_uid, pw.pw_gid, proxies, overlays=overlays)
             layers += mounts.describe()
             not_enforced += [f"mount namespace: write tree {s} not bound" for s in mounts.skipped]
+            unmounted = sorted(set(overlays or {}) - {t for t, _, _ in mounts.overlays})
+            if unmounted:  # its rollback record would say "discarded" of changes made to the real tree
+                raise SandboxError(f"rollback: no overlay can be mounted on the write tree {', '.join(unmounted)}")
             if not mounts.readonly:
                 not_enforced.append("mount namespace: not read-only (a write tree is / or file response is alert)")
         if m.rollback and audit:
@@ -85,14 +90,15 @@ class Sandbox:
             not_enforced.append("d-bus proxy: audit mode filters nothing")
         elif m.ipc.dbus:
             missing = [b for b, t in bus_paths(m).items() if t not in (proxies or {})]
-            if missing:
+            if missing and check_proxies:
                 raise SandboxError(f"spec.ipc.dbus names the {', '.join(missing)} bus but no proxy was started "
                                    "for it")
             layers.append("dbus-proxy:" + ",".join(sorted(m.ipc.dbus)))
         later = None
-        if fd is not None and mounts is not None and mounts.overlays:
-            # Landlock's rules hold inodes: those of the real folders would not cover the overlays mounted
-            # over them, so the ruleset is built again in the child, once they are mounted (isolate)
+        if fd is not None and mounts is not None and (mounts.overlays or plan.private):
+            # Landlock's rules hold inodes: those of the real folders would not cover the overlays and the
+            # private /tmp mounted over them, so the ruleset is built again in the child, once they are
+            # mounted (isolate)
             os.close(fd)
             fd, later = None, plan
         return cls(pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir, fd, seccomp.build(deny), rl, layers, not_enforced,

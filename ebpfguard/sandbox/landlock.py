@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ebpfguard.errors import EbpfguardError
+from ebpfguard.manifest.compile import private_tmp
 from ebpfguard.manifest.load import Manifest
 
 SYS_CREATE, SYS_ADD_RULE, SYS_RESTRICT = 444, 445, 446
@@ -58,6 +59,7 @@ class Plan:
     scoped: int
     paths: list[tuple[str, int]] = field(default_factory=list)   # (path, rights)
     not_enforced: list[str] = field(default_factory=list)
+    private: list[str] = field(default_factory=list)  # paths that name the private /tmp once it is mounted
 
     @property
     def enforced(self) -> list[str]:
@@ -148,6 +150,11 @@ def plan(m: Manifest, abi_version: int, mode: str | None = None) -> Plan:
         interps = _interpreters_in(path) if path.endswith("/") else {_interpreter(path) or ""} - {""}
         for interp in interps:
             rights[interp] = rights.get(interp, 0) | EXEC
+    # the private /tmp and /var/tmp (mountns.py): the instance's own tmpfs, where temporary files are made.
+    # A rule holds an inode: these must be added once that tmpfs is mounted (in the child, see private)
+    for folder in private_tmp(m, mode):
+        rights[folder + "/"] = rights.get(folder + "/", 0) | WRITE
+        p.private.append(folder + "/")
     for path, r in rights.items():
         if path.endswith("/"):
             r &= handled

@@ -13,11 +13,16 @@ read-only).
   no socket (ECONNREFUSED). Where the kernel decides unix sockets itself (the cgroup unix programs, 6.7+,
   or BPF-LSM) it refuses first, with a record; on older kernels without BPF-LSM this is what keeps them
   out of reach. Sockets bound later, and those in the extension's own write trees, are not covered.
-- ``/tmp`` and ``/var/tmp`` are private (empty tmpfs, as systemd's PrivateTmp=) unless a grant names
-  the folder itself or ``/``; granted paths under them are carried in.
-- With ``spec.filesystem.rollback``, each write tree outside the masks is an overlay whose lower layer is
-  the real folder and whose upper layer is the instance's rollback area (rollback.py): the real tree is
-  not written while the instance runs.
+- ``/tmp`` and ``/var/tmp`` are private (empty tmpfs, as systemd's PrivateTmp=), writable by the
+  instance and thrown away with it, unless a grant names the folder itself or one above it
+  (compile.private_tmp); granted paths under them are carried in, writable only if write grants. Landlock
+  and the file programs grant the private folders too (landlock.plan, compile.py's "private" scope).
+- With ``spec.filesystem.rollback``, each write tree is an overlay whose lower layer is the real folder and
+  whose upper layer is the instance's rollback area (rollback.py): the real tree is not written while the
+  instance runs. One under a private /tmp is mounted on its real path first, then carried in like any
+  other grant under a mask (the overlay itself, not the real folder).
+- The real bus's path in a masked folder is a symlink to the instance's D-Bus proxy: it is never one of
+  the bound sockets covered by ``/dev/null``, nor is any socket a mask hides already.
 
 plan() is pure (manifest -> what to mount); enter() runs in the child, as root, between fork and the
 privilege drop. Mount, umount, pivot_root and setns stay killed by the seccomp filter afterwards, so the
@@ -35,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ebpfguard.errors import EbpfguardError
+from ebpfguard.manifest.compile import private_tmp
 from ebpfguard.manifest.load import Manifest
 
 CLONE_NEWNS = 0x00020000
@@ -141,9 +147,8 @@ def plan(m: Manifest, mode: str | None, uid: int, gid: int, proxies: dict[str, s
     proxies = dict(proxies or {})
     p = MountPlan(readonly=m.response.get("file") != "alert" and "/" not in m.write)
     grants = [(path, path in m.write) for path in dict.fromkeys([*m.write, *m.read, *m.exec])]
-    for tmp in ("/tmp", "/var/tmp"):
-        if not any(_under(tmp, g.rstrip("/") or "/") for g, _ in grants):
-            p.masks.append(Mask(tmp, 0o1777, writable=True))
+    for tmp in private_tmp(m, mode):
+        p.masks.append(Mask(tmp, 0o1777, writable=True))
     runtime = m.runtime_dir
     if check(runtime):
         p.masks.append(Mask(runtime, 0o700, uid, gid))
@@ -178,16 +183,18 @@ def plan(m: Manifest, mode: str | None, uid: int, gid: int, proxies: dict[str, s
     if p.readonly:
         p.writable += [c.target for c in p.carry if c.writable]
     for target, (upper, work) in (overlays or {}).items():
-        if masked_by(target):
-            p.skipped.append(f"{target} (rollback: inside a private folder, which is thrown away anyway)")
-            continue
+        # under a mask, the write tree is carried in (above): enter() carries the overlay, not the real folder
         p.overlays.append((target, upper, work))
         if p.readonly and target not in p.writable:
             p.writable.append(target)
     granted = {u.rstrip("/") for u in m.ipc.unix}
+    carried = [c.target for c in p.carry]
     for sock in bound_sockets() if sockets is None else sockets:
-        if sock not in granted and not any(_under(sock, w.rstrip("/") or "/") for w in m.write):
-            p.sockets.append(sock)
+        if sock in granted or any(_under(sock, w.rstrip("/") or "/") for w in m.write) or sock in proxies:
+            continue
+        if masked_by(sock) and not any(_under(sock, t) for t in carried):
+            continue  # an empty tmpfs hides it already (and at the bus's path is the proxy's link)
+        p.sockets.append(sock)
     return p
 
 
@@ -229,21 +236,30 @@ def enter(p: MountPlan) -> None:
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _mount(None, "/", None, MS_REC | MS_SLAVE)  # nothing done here propagates back to the host
     trees = []
-    # detached copies, taken before the masks hide their sources; parents before what they hold
-    for c in sorted(p.carry, key=lambda c: c.target.count("/")):
+    overlaid = {t for t, _, _ in p.overlays}
+
+    def clone(c: Carry) -> None:
         fd = int(_libc.syscall(SYS_OPEN_TREE, AT_FDCWD, c.source.encode(),
                                ctypes.c_uint(OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC)))
         _check(fd, f"open_tree {c.source}")
         trees.append((fd, c, os.path.isdir(c.source)))
-    overlaid = {t for t, _, _ in p.overlays}
+
+    # detached copies, taken before the masks hide their sources; a rollback tree's once its overlay is on it
+    for c in p.carry:
+        if not (c.writable and c.target in overlaid):
+            clone(c)
     for w in p.writable:
         if not any(c.target == w for c in p.carry) and w not in overlaid:
             _mount(w, w, None, MS_BIND | MS_REC)  # MS_BIND: its own mount, so that it can stay writable
     for target, upper, work in p.overlays:  # the real folder below, the rollback area above
         _mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV,
                f"lowerdir={target},upperdir={upper},workdir={work},{ROLLBACK_OPTIONS}")
+    for c in p.carry:
+        if c.writable and c.target in overlaid:
+            clone(c)
     for mk in p.masks:
         _mount("tmpfs", mk.folder, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mk.mode:o},uid={mk.uid},gid={mk.gid}")
+    trees.sort(key=lambda t: t[1].target.count("/"))  # parents before what they hold
     for fd, c, is_dir in trees:
         _mountpoint(c.target, is_dir)
         rc = _libc.syscall(SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, c.target.encode(), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
@@ -253,6 +269,8 @@ def enter(p: MountPlan) -> None:
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(dest, link)
     for sock in p.sockets:  # after the masks and carries: one under a mask is gone already (ENOENT)
+        if os.path.islink(sock):  # mount(2) would follow it, to what it leads to (a proxy's socket)
+            continue
         rc = _libc.mount(b"/dev/null", sock.encode(), None, ctypes.c_ulong(MS_BIND), None)
         if rc < 0 and ctypes.get_errno() != errno.ENOENT:
             _check(rc, f"mount /dev/null on {sock}")

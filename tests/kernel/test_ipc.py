@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
+import shutil
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from ebpfguard.forensics import read
 from ebpfguard.lab.simulate import execute
 from ebpfguard.manifest.load import parse
 from ebpfguard.runtime.engine import Engine
@@ -270,25 +274,26 @@ def test_nothing_leaks_back_to_the_host(engine: Engine, world: World) -> None:
 
 # ---- D-Bus through the instance's xdg-dbus-proxy -------------------------------------------------
 class SessionBus:
-    """A real dbus-daemon --session as the extension's user, with two dbus-test-tool services."""
+    """A real dbus-daemon --session as the extension's user (``uid``), listening at ``folder``/bus, with two
+    dbus-test-tool services."""
 
     ALLOWED, FORBIDDEN = "org.ebpfguard.Allowed", "org.ebpfguard.Forbidden"
 
-    def __init__(self, base: Path) -> None:
-        self.dir = base / "bus"
-        self.dir.mkdir(exist_ok=True)
-        os.chown(self.dir, NOBODY, NOBODY)
+    def __init__(self, folder: Path, uid: int = NOBODY, gid: int = NOBODY) -> None:
+        self.dir, self.uid = folder, uid
+        self.dir.mkdir(exist_ok=True, mode=0o700)
+        os.chown(self.dir, uid, gid)
         self.path = self.dir / "bus"
         self.address = f"unix:path={self.path}"
         env = {"PATH": "/usr/bin:/bin", "DBUS_SESSION_BUS_ADDRESS": self.address}
         self.daemon = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--nopidfile",
-                                        f"--address={self.address}"], user=NOBODY, group=NOBODY, env=env)
+                                        f"--address={self.address}"], user=uid, group=gid, env=env)
         deadline = time.monotonic() + 10
         while not self.path.exists():
             assert self.daemon.poll() is None and time.monotonic() < deadline, "dbus-daemon did not start"
             time.sleep(0.05)
         self.services = [subprocess.Popen(["dbus-test-tool", "echo", "--session", f"--name={name}"],
-                                          user=NOBODY, group=NOBODY, env=env) for name in (self.ALLOWED, self.FORBIDDEN)]
+                                          user=uid, group=gid, env=env) for name in (self.ALLOWED, self.FORBIDDEN)]
         for name in (self.ALLOWED, self.FORBIDDEN):
             while not self.owned(name):
                 assert time.monotonic() < deadline, f"{name} was not owned"
@@ -297,7 +302,8 @@ class SessionBus:
     def owned(self, name: str) -> bool:
         out = subprocess.run(["dbus-send", "--session", "--print-reply", "--dest=org.freedesktop.DBus",
                               "/org/freedesktop/DBus", "org.freedesktop.DBus.NameHasOwner", f"string:{name}"],
-                             env={"DBUS_SESSION_BUS_ADDRESS": self.address}, user=NOBODY, capture_output=True, text=True)
+                             env={"DBUS_SESSION_BUS_ADDRESS": self.address}, user=self.uid, capture_output=True,
+                             text=True)
         return "boolean true" in out.stdout
 
     def close(self) -> None:
@@ -308,26 +314,30 @@ class SessionBus:
 
 @pytest.fixture(scope="module")
 def session_bus(world: World, engine: Engine) -> Iterator[SessionBus]:
-    bus = SessionBus(world.base)
+    bus = SessionBus(world.base / "bus")
     engine.bus_addresses["session"] = bus.address
     yield bus
     engine.bus_addresses.pop("session", None)
     bus.close()
 
 
-def dbus_manifest(world: World) -> str:
-    return world.manifest(extra=f"""  ipc:
+def dbus_manifest(world: World, user: str | None = None) -> str:
+    text = world.manifest(extra=f"""  ipc:
     dbus:
       session:
         talk: ["{SessionBus.ALLOWED}"]
 """).replace(f'exec: ["{world.helper}"]', f'exec: ["{world.helper}", "/usr/bin/dbus-send"]').replace(
         f'read: ["{world.allowed}/"]', f'read: ["{world.allowed}/", "/usr/", "/lib/", "/lib64/", "/etc/"]')
+    return text.replace("\nspec:\n", f"\nspec:\n  user: {user}\n") if user else text
 
 
-def dbus_send(engine: Engine, world: World, dest: str) -> tuple[int, list[dict[str, Any]]]:
-    m = parse(dbus_manifest(world).encode(), "dbus.yaml", home=str(world.base))
-    argv = ["/usr/bin/dbus-send", "--session", "--print-reply", f"--dest={dest}", "/org/ebpfguard/Test",
-            f"{dest}.Ping"]
+def dbus_ping(dest: str) -> list[str]:
+    return ["/usr/bin/dbus-send", "--session", "--print-reply", f"--dest={dest}", "/org/ebpfguard/Test", f"{dest}.Ping"]
+
+
+def dbus_send(engine: Engine, world: World, dest: str, user: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+    m = parse(dbus_manifest(world, user).encode(), "dbus.yaml", home=str(world.base))
+    argv = dbus_ping(dest)
     status, _, records, _ = execute(engine, m, argv, sandbox=True)
     return status, [r for r in records if r["kind"] not in ("lifecycle", "checkpoint")]
 
@@ -524,3 +534,124 @@ def test_ssh_agent_works_when_granted(engine: Engine, world: World, ssh_agent: s
     status, violations = run_tool(engine, world, tool_manifest(world, "/usr/bin/ssh-add", [ssh_agent]),
                                   ["/usr/bin/ssh-add", "-l"])
     assert status == 0 and violations == [], [(r["kind"], r["verdict"], r["detail"]) for r in violations]
+
+
+# ---- the private /tmp and /var/tmp: writable, the instance's own, thrown away with it ------------------
+@pytest.mark.guest  # Landlock's ABI, the hooks that see the socket: the VM tier runs it on 6.1 too
+def test_the_private_tmp_is_writable_and_thrown_away(engine: Engine, world: World) -> None:
+    """What a Jupyter kernel does first: find a usable temporary directory. Temporary files and folders are
+    made, renamed, linked and removed in /tmp and /var/tmp with no violation, and none of it reaches the host."""
+    tag = f"ebpfguard-private-{os.getpid()}"
+    script = (f'set -e; cd /tmp; f=$(mktemp); echo hi > "$f"; test "$(cat "$f")" = hi; d=$(mktemp -d -p /var/tmp); '
+              f'echo x > "$d/y"; mv "$d/y" "$d/z"; ln -s z "$d/l"; chmod 600 "$d/z"; rm -r "$d" "$f"; '
+              f'echo kept > /tmp/{tag}; mkdir /var/tmp/{tag}; echo kept > /var/tmp/{tag}/f; '
+              f'/usr/bin/python3 -I -S -c "import tempfile; tempfile.TemporaryFile().close(); '
+              f'print(tempfile.gettempdir())" > /var/tmp/{tag}/py; test "$(cat /var/tmp/{tag}/py)" = /tmp')
+    reads = '"/usr/", "/lib/", "/lib64/", "/etc/", "/proc/filesystems"'  # the last: libselinux's, in mv and mkdir
+    text = world.manifest().replace(f'exec: ["{world.helper}"]', 'exec: ["/usr/bin/"]').replace(
+        f'read: ["{world.allowed}/"]', f'read: ["{world.allowed}/", {reads}]')
+    m = parse(text.encode(), "tmp.yaml", home=str(world.base))
+    status, _, records, _ = execute(engine, m, ["/usr/bin/sh", "-c", script], sandbox=True)
+    violations = [r for r in records if r["kind"] not in ("lifecycle", "checkpoint")]
+    assert status == 0 and violations == [], (status, [(r["kind"], r["verdict"], r["detail"]) for r in violations])
+    (start,) = [r for r in records if r["kind"] == "lifecycle" and r["detail"].get("event") == "start"]
+    assert {"/tmp", "/var/tmp"} <= set(start["detail"]["sandbox"]["mount"]["writable"])
+    assert not os.path.lexists(f"/tmp/{tag}") and not os.path.lexists(f"/var/tmp/{tag}")  # the host's are untouched
+
+
+def test_a_write_in_the_hosts_tmp_is_still_a_violation(engine: Engine, world: World) -> None:
+    """The private /tmp's grant counts only for a cgroup the kernel knows is in its own mount namespace: a
+    process of the same manifest outside one (an adopted process: the host's /tmp) is recorded writing there."""
+    from ebpfguard.sandbox.launcher import spawn  # noqa: PLC0415
+
+    planted = Path(f"/tmp/ebpfguard-real-{os.getpid()}")
+    marker = world.out / f"m-real-tmp-{os.getpid()}"
+    m = parse(world.manifest().encode(), "egtest.yaml", home=str(world.base))
+    records: list[dict[str, Any]] = []
+    engine.subscribers.append(records.append)
+    inst = engine.prepare(m, launch=False)
+    try:
+        argv = [str(world.helper), str(marker), "write", str(planted)]
+        proc = spawn(argv, inst.cgroup.procs_files())
+        engine.started(inst, proc.pid, argv, None)
+        proc.wait(timeout=20)
+        deadline = time.monotonic() + 10
+        while inst.cgroup.populated() and time.monotonic() < deadline:
+            engine.poll(10)
+        engine.poll(0)
+    finally:
+        engine.release(inst, kill=True)
+        engine.subscribers.remove(records.append)
+        planted.unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+    got = [r for r in records if r["kind"] == "file" and r["detail"].get("path") == str(planted)]
+    assert [r["detail"]["access"] for r in got] == ["write"], records
+
+
+# ---- the session bus at its real path, /run/user/UID/bus ------------------------------------------------
+@pytest.fixture(scope="module")
+def bus_user() -> Iterator[pwd.struct_passwd]:
+    """A user made for these tests (useradd), removed after, with its own /run/user/UID."""
+    name = f"egbus{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], check=True)
+
+
+@pytest.fixture(scope="module")
+def real_path_bus(engine: Engine, bus_user: pwd.struct_passwd) -> Iterator[SessionBus]:
+    """dbus-daemon --session at /run/user/UID/bus, where the instance's proxy is mounted too; the engine
+    finds it at its default address (nothing in engine.bus_addresses)."""
+    runtime = Path(f"/run/user/{bus_user.pw_uid}")
+    assert not runtime.exists(), f"{runtime} exists already"
+    Path("/run/user").mkdir(exist_ok=True, mode=0o755)
+    saved = engine.bus_addresses.pop("session", None)
+    bus = SessionBus(runtime, bus_user.pw_uid, bus_user.pw_gid)
+    try:
+        assert bus.path == runtime / "bus"
+        yield bus
+    finally:
+        bus.close()
+        shutil.rmtree(runtime, ignore_errors=True)
+        if saved is not None:
+            engine.bus_addresses["session"] = saved
+
+
+@pytest.mark.guest  # Landlock's ABI, the hooks that see the socket: the VM tier runs it on 6.1 too
+def test_a_granted_call_works_with_the_bus_at_its_real_path(engine: Engine, world: World, real_path_bus: SessionBus,
+                                                            bus_user: pwd.struct_passwd) -> None:
+    status, violations = dbus_send(engine, world, SessionBus.ALLOWED, bus_user.pw_name)
+    assert status == 0 and violations == [], (status, [(r["kind"], r["verdict"], r["detail"]) for r in violations])
+
+
+@pytest.mark.guest  # Landlock's ABI, the hooks that see the socket: the VM tier runs it on 6.1 too
+def test_an_ungranted_call_is_refused_and_recorded_with_the_bus_at_its_real_path(
+        engine: Engine, world: World, real_path_bus: SessionBus, bus_user: pwd.struct_passwd) -> None:
+    status, violations = dbus_send(engine, world, SessionBus.FORBIDDEN, bus_user.pw_name)
+    assert status != 0
+    (rec,) = [r for r in violations if r["kind"] == "ipc"]
+    assert (rec["detail"]["destination"], rec["detail"]["member"], rec["verdict"]) == (SessionBus.FORBIDDEN, "Ping",
+                                                                                      "denied"), rec
+    assert real_path_bus.owned(SessionBus.FORBIDDEN)
+
+
+def test_a_standalone_run_of_a_manifest_with_dbus_rules(world: World, real_path_bus: SessionBus,
+                                                        bus_user: pwd.struct_passwd, tmp_path: Path) -> None:
+    """`ebpfguard run -m M -- cmd` with no agent: the check before the programs load does not ask for the
+    proxies (they start with the instance); the granted call answers, the ungranted one is refused and recorded."""
+    m = tmp_path / "dbus.yaml"
+    m.write_text(dbus_manifest(world, bus_user.pw_name))
+    env = {k: v for k, v in os.environ.items() if k not in ("SUDO_USER", "SUDO_UID", "DBUS_SESSION_BUS_ADDRESS")}
+    out = {}
+    for name in (SessionBus.ALLOWED, SessionBus.FORBIDDEN):
+        state = tmp_path / f"st-{name}"
+        r = subprocess.run([str(Path(sys.executable).parent / "ebpfguard"), "run", "--standalone", "-m", str(m),
+                            "--state-dir", str(state), "--", *dbus_ping(name)], env=env, capture_output=True,
+                           text=True, timeout=300, check=False)
+        ipc = [rec for rec in read(state) if isinstance(rec, dict) and rec.get("kind") == "ipc"]
+        out[name] = (r.returncode, [(rec["detail"]["destination"], rec["verdict"]) for rec in ipc], r.stderr[-800:])
+    assert out[SessionBus.ALLOWED][:2] == (0, []), out
+    code, ipc, err = out[SessionBus.FORBIDDEN]
+    assert code != 0 and ipc == [(SessionBus.FORBIDDEN, "denied")], out

@@ -269,6 +269,7 @@ def tmp_tree(request: pytest.FixtureRequest, world: World, engine: Engine) -> It
     shutil.rmtree(engine.state.rollback_kept, ignore_errors=True)
 
 
+@pytest.mark.guest  # the overlay carried into a tmpfs, on that kernel
 def test_killed_by_the_ladder_a_tree_in_the_private_tmp_is_as_before(engine: Engine, world: World,
                                                                      tmp_tree: Path) -> None:
     before = snapshot(tmp_tree)

@@ -137,3 +137,91 @@ def test_under_systemd_the_agent_keeps_to_its_delegated_subtree(tmp_path, monkey
     assert (root / "cgroup.subtree_control").read_text() == "" and "ebpfguard.slice" not in os.listdir(root)
     monkeypatch.setattr(os, "getppid", lambda: 4242)  # inherited INVOCATION_ID, not systemd's child
     assert CgroupManager.for_service(root, proc_cgroup=str(proc)).delegated is None
+
+
+# ---- the private /tmp and /var/tmp ---------------------------------------------------------------------
+PRIVATE = M.replace("read: [/usr/, /etc/hosts]", "read: [/usr/, /etc/hosts, /tmp/data/, /var/tmp/notes.txt]")
+
+
+def test_the_private_tmp_is_granted_inside_the_namespace_only_and_not_what_is_carried_into_it() -> None:
+    from ebpfguard.manifest.compile import compile, private_tmp
+
+    m = parse(PRIVATE.encode(), "t.yaml", home="/h")
+    assert private_tmp(m) == ["/tmp", "/var/tmp"]
+    cp = compile(m, 3)
+    for path in ("/tmp/x", "/tmp/a/b", "/tmp", "/var/tmp/jupyter-1/k.json"):
+        assert cp.allows_path(path, "private"), path
+        assert not cp.allows_path(path, "write"), path  # never a plain grant: adopted processes see the host's
+    # read grants carried in read-only: taken back out, so that a write there is still a violation
+    for path in ("/tmp/data", "/tmp/data/f.txt", "/var/tmp/notes.txt"):
+        assert not cp.allows_path(path, "private"), path
+    assert cp.allows_path("/tmp/datax", "private") and cp.allows_path("/var/tmp/notes.txt.1", "private")
+    assert cp.allows_path("/tmp/t/f", "write")  # a write grant under /tmp is carried writable, as before
+    values = {k: v for k, v in cp.path_items()}
+    assert sorted(set(values.values())) == [b"\0", b"\1"]
+    # audit mode has no namespace; a grant naming the folder itself (or one above it) exposes the host's
+    assert private_tmp(m, "audit") == [] and not compile(m, 3, "audit").allows_path("/tmp/x", "private")
+    host = parse(PRIVATE.replace("write: [/tmp/t/]", "write: [/tmp/]").encode(), "t.yaml", home="/h")
+    assert private_tmp(host) == ["/var/tmp"] and not compile(host, 3).allows_path("/tmp/x", "private")
+    everything = parse(PRIVATE.replace("read: [/usr/,", "read: [/,").encode(), "t.yaml", home="/h")
+    assert private_tmp(everything) == []
+
+
+def test_landlock_grants_the_private_tmp_and_is_built_once_it_is_mounted() -> None:
+    from ebpfguard.sandbox import Sandbox
+
+    m = parse(PRIVATE.encode(), "t.yaml", home="/h")
+    p = landlock.plan(m, 7)
+    rights = dict(p.paths)
+    assert rights["/tmp/"] == landlock.WRITE & p.handled_fs and rights["/var/tmp/"] == landlock.WRITE & p.handled_fs
+    assert p.private == ["/tmp/", "/var/tmp/"]
+    assert landlock.plan(m, 7, "audit").paths == []
+    sb = Sandbox.prepare(m, landlock_abi=landlock.abi())
+    try:
+        assert [mk.folder for mk in sb.mounts.masks if mk.writable] == ["/tmp", "/var/tmp"]  # type: ignore[union-attr]
+        if landlock.abi() > 0:  # the host's /tmp inode would not cover the tmpfs: the child builds the ruleset
+            assert sb.ruleset_fd is None and sb.landlock_later is not None
+    finally:
+        sb.close()
+
+
+def test_a_rollback_tree_under_a_private_tmp_is_an_overlay_carried_in() -> None:
+    from ebpfguard.sandbox import mountns
+
+    text = M.replace("write: [/tmp/t/]", "write: [/var/tmp/tree/]")
+    m = parse(text.encode(), "t.yaml", home="/h")
+    p = mountns.plan(m, None, 1, 1, exists=lambda path: True, sockets=[],
+                     overlays={"/var/tmp/tree": ("/st/rb/0/upper", "/st/rb/0/work")})
+    assert p.overlays == [("/var/tmp/tree", "/st/rb/0/upper", "/st/rb/0/work")] and p.skipped == []
+    assert mountns.Carry("/var/tmp/tree", "/var/tmp/tree", True) in p.carry
+    assert "/var/tmp/tree" in p.summary()["writable"] and p.summary()["rollback"] == ["/var/tmp/tree"]  # type: ignore[operator]
+
+
+def test_the_bus_at_its_real_path_is_the_proxy_not_a_covered_socket() -> None:
+    """A session bus at /run/user/UID/bus is a bound socket; in the namespace that path is the link to the
+    instance's proxy, which /dev/null must not cover. Sockets a mask hides need no cover; one in a folder
+    carried into a mask does."""
+    from ebpfguard.sandbox import mountns
+
+    text = M.replace("read: [/usr/, /etc/hosts]", "read: [/usr/, /etc/hosts, /tmp/shared/]") + \
+        "  ipc: {dbus: {session: {talk: [org.a.B]}}}\n"
+    m = parse(text.encode(), "t.yaml", home="/h")
+    bus = f"{m.runtime_dir}/bus"
+    p = mountns.plan(m, None, 1, 1, {bus: "/run/ebpfguard/dbus/i/session"}, exists=lambda path: True,
+                     sockets=[bus, f"{m.runtime_dir}/other.sock", "/tmp/.X11-unix/X0", "/tmp/shared/s.sock",
+                              "/home/u/.ssh/agent"])
+    assert p.links == [(bus, ".ebpfguard-dbus-session/bus")]
+    assert p.sockets == ["/tmp/shared/s.sock", "/home/u/.ssh/agent"]
+
+
+def test_a_check_before_the_proxies_start_does_not_ask_for_them() -> None:
+    import pytest
+
+    from ebpfguard.sandbox import Sandbox, SandboxError
+
+    m = parse((M + "  ipc: {dbus: {session: {talk: [org.a.B]}}}\n").encode(), "t.yaml", home="/h")
+    with pytest.raises(SandboxError, match="no proxy was started"):
+        Sandbox.prepare(m, landlock_abi=0)
+    sb = Sandbox.prepare(m, landlock_abi=0, check_proxies=False)
+    sb.close()
+    assert "dbus-proxy:session" in sb.layers
