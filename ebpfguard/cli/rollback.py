@@ -42,7 +42,9 @@ def rollback_cmd(state_dir: str, action: str, instance: str | None, as_json: boo
              a path the user changed meanwhile keeps the user's version
     discard  throw them away (a running instance is killed first)
 
-    Each commit and discard is a signed record of kind rollback.
+    Each commit and discard is a signed record of kind rollback. Through the
+    agent, any user acts on the areas of their own instances; without a
+    running agent, root alone.
 
     \b
     Examples:
@@ -55,12 +57,12 @@ def rollback_cmd(state_dir: str, action: str, instance: str | None, as_json: boo
 
     if action != "list" and not instance:
         fail(f"rollback {action} needs an INSTANCE (see ebpfguard rollback list)", 2)
-    require_root()
     try:
-        if agent_running(state_dir):
+        if agent_running(state_dir):  # any user, on the areas of their own instances
             with Client(state_dir, timeout=60) as c:
                 ans = c.request("rollback", action=action, id=instance, by=operator_name())
         else:
+            require_root()
             ans = offline(state_dir, action, instance, by=operator_name())
     except EbpfguardError as err:
         fail(str(err))

@@ -341,7 +341,7 @@ def _rollback_run(eng: Any, m: Any, tmp: Path, binary: Path, procs: list[str], s
     finally:
         sb.close()
     t0 = time.perf_counter_ns()
-    detail = layer.commit(tmp / "rollback-kept")  # ~1000 new files into the real tree
+    detail = layer.commit(tmp / "rollback-kept", (sb.uid, sb.gid))  # ~1000 new files into the real tree, as the user
     shutil.rmtree(tmp / "work" / "job", ignore_errors=True)
     if detail["errors"] or detail["conflicts"]:
         raise EbpfguardError(f"rollback commit in the bench: {detail['errors'][:3] or detail['conflicts'][:3]}")
@@ -444,8 +444,8 @@ def _flood_once(eng: Any, tmp: Path, seconds: float, action: str, target: str) -
 
     helper = tmp / "egact"
     m = parse(FLOOD_MANIFEST.format(dir=tmp, bin=helper).encode(), "bench-flood.yaml")
-    inst = eng.prepare(m)
-    quiet = eng.prepare(m) if action == "floodfor-distinct" else None
+    inst = eng.prepare(m, sandboxed=False)  # the flooders run without the launcher's layers
+    quiet = eng.prepare(m, sandboxed=False) if action == "floodfor-distinct" else None
     quiet_paths: set[str] = set()
 
     def quiet_hook(rec: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ from ebpfguard.pipeline.observe import Observers
 from ebpfguard.pipeline.record import Recorder, finish_rollback
 from ebpfguard.pipeline.reports import AuditReports, proxy_reports, resource_reports
 from ebpfguard.pipeline.stats import Stats
-from ebpfguard.sandbox import landlock, seccomp_denied
+from ebpfguard.sandbox import extension_user, landlock, seccomp_denied
 from ebpfguard.sandbox.rollback import Layer, pending
 
 log = logging.getLogger("ebpfguard")
@@ -205,11 +205,13 @@ class Engine:
         inst.proxies.clear()
 
     def prepare(self, m: Manifest, mode: str | None = None, *, launch: bool = True, landlocked: bool = False,
-                landlock_reports: bool = False, shadow: Manifest | None = None) -> Instance:
+                landlock_reports: bool = False, shadow: Manifest | None = None, sandboxed: bool = True) -> Instance:
         """A new instance cgroup under ``m``, bound and attached. For a ``launch`` (not an adoption): its
         D-Bus proxies running, and the kernel told, before the first of its processes runs, that they
-        will be in their own mount namespace and, with ``landlocked`` (sandbox.landlock_confines), under
-        a Landlock ruleset for files that reports its denials with ``landlock_reports``."""
+        will be in their own mount namespace (unless not ``sandboxed``: a launch without the launcher's layers
+        sees the host's /tmp and buses, so the grants that hold only in the namespace are not its) and, with
+        ``landlocked`` (sandbox.landlock_confines), under a Landlock ruleset for files that reports its denials
+        with ``landlock_reports``."""
         run_mode = Mode(mode) if mode else m.mode
         watch: tuple[tuple[str, str], ...] = ()
         correlator = self.observers.correlator
@@ -251,13 +253,15 @@ class Engine:
                 raise EbpfguardError(f"{m.name}: spec.filesystem.rollback needs the launcher's Landlock layer "
                                      "where the BPF-LSM programs decide (this kernel has no Landlock for files)")
             try:
+                pw = extension_user(m)  # whose rights the commit, keep-aside and discard use
                 inst.rollback = Layer.create(self.rollback_root / inst.id, inst.id, m.name,
-                                             [w.rstrip("/") for w in m.write], inst.started_ns)
+                                             [w.rstrip("/") for w in m.write], inst.started_ns,
+                                             user=(pw.pw_uid, pw.pw_gid))
             except (OSError, EbpfguardError) as err:
                 self.release(inst)
                 raise EbpfguardError(f"cannot make the rollback area of {inst.id}: {err}") from err
         if launch:
-            if (mode or m.mode) != "audit":
+            if (mode or m.mode) != "audit" and sandboxed:
                 self.sensor.set_mountns(cgid, True)
             # before the first process runs: with reports, the file programs leave reads and execs to
             # Landlock (or a refusal would be recorded twice); under BPF-LSM, the LSM file hooks leave the

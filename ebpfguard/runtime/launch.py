@@ -63,7 +63,7 @@ def launch(engine: Engine, m: Manifest, argv: Sequence[str], opts: LaunchOptions
     records: list[dict[str, Any]] = []
     if o.collect:
         engine.subscribers.append(records.append)
-    inst = engine.prepare(m, o.mode, landlocked=o.sandbox and landlock_confines(m, o.mode),
+    inst = engine.prepare(m, o.mode, sandboxed=o.sandbox, landlocked=o.sandbox and landlock_confines(m, o.mode),
                           landlock_reports=o.sandbox and landlock_reports(m, o.mode), shadow=o.shadow)
     try:
         argv = list(o.on_instance(inst) if o.on_instance is not None else argv)

@@ -109,16 +109,24 @@ def run_as_caller(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
                  manifest_path=manifest.source if manifest else "<request>", mode=Mode(mode) if mode else None,
                  argv=argv, env=dict(os.environ), cwd=os.getcwd())
     with Client(state_dir, timeout=None) as client:
-        launched = client.request(req, fds=[0, 1, 2])
+        held: list[str] = []  # signals that came before the agent named the instance
+        instance: list[str] = []
 
         def forward(signum: int, _frame: object) -> None:
+            name = signal.Signals(signum).name
+            if not instance:
+                held.append(name)
+                return
             try:
-                client.send(SignalRequest(instance=launched.instance, signal=signal.Signals(signum).name))
+                client.send(SignalRequest(instance=instance[0], signal=name))
             except ControlError:
                 pass
 
         old = {name: signal.signal(getattr(signal, name), forward) for name in FORWARDED_SIGNALS}
         try:
+            instance.append(client.request(req, fds=[0, 1, 2]).instance)
+            for name in held:
+                client.send(SignalRequest(instance=instance[0], signal=name))
             for line in client.lines():
                 if "exited" in line:
                     return int(line["exited"])
@@ -127,4 +135,4 @@ def run_as_caller(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
         finally:
             for name, handler in old.items():
                 signal.signal(getattr(signal, name), handler)
-    raise ControlError(f"the agent closed the connection before {launched.instance} ended (it was stopped)")
+    raise ControlError(f"the agent closed the connection before {instance[0]} ended (it was stopped)")
