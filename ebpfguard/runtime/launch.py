@@ -129,13 +129,14 @@ def _sigint_ignored(on: bool) -> Iterator[None]:
 
 
 def start_for_caller(engine: Engine, m: Manifest, argv: Sequence[str], *, uid: int, mode: str | None = None,
-                     env: dict[str, str] | None = None, cwd: str = "/", stdio: Sequence[int] = (),
+                     env: dict[str, str] | None = None, cwd: str = "/", umask: int = 0o022, stdio: Sequence[int] = (),
                      shadow: Manifest | None = None) -> tuple[Instance, subprocess.Popen[bytes]]:
     """prepare, sandbox, spawn and started for a user's launch through the agent: ``m`` was parsed as that
     user (manifest.load.parse as_user), so the instance runs as them; their environment is filtered by the
     manifest (caller_environ); ``stdio`` are the caller's own stdin, stdout and stderr, ``cwd`` is entered with
-    their rights in the instance's namespace. The caller's loop then watches the process and releases the
-    instance once its cgroup is empty. A launch that fails leaves nothing behind."""
+    their rights in the instance's namespace, ``umask`` is theirs (not the agent's 0077). The caller's loop
+    then watches the process and releases the instance once its cgroup is empty. A launch that fails leaves
+    nothing behind."""
     check_command(m, argv, mode)
     inst = engine.prepare(m, mode, landlocked=landlock_confines(m, mode), landlock_reports=landlock_reports(m, mode),
                           shadow=shadow)
@@ -151,7 +152,7 @@ def start_for_caller(engine: Engine, m: Manifest, argv: Sequence[str], *, uid: i
             base = caller_environ(m, env or {}, pwd.getpwuid(uid))
             std = [*stdio, None, None, None][:3]
             proc = spawn(argv, inst.cgroup.procs_files(), env=sb.environ(base), sandbox=sb, stdin=std[0],
-                         stdout=std[1], stderr=std[2], cwd=cwd)
+                         stdout=std[1], stderr=std[2], cwd=cwd, umask=umask)
         finally:
             sb.close()
         engine.started(inst, proc.pid, list(argv), {**sb.describe(), "launched_by": uid})

@@ -65,7 +65,7 @@ def check_command(m: Manifest, argv: Sequence[str], mode: str | None = None) -> 
 
 def spawn(argv: Sequence[str], procs_files: Sequence[str], env: dict[str, str] | None = None,
           stdout: Any = None, sandbox: Sandbox | None = None, *, stdin: Any = None, stderr: Any = None,
-          cwd: str | None = None) -> subprocess.Popen[bytes]:
+          cwd: str | None = None, umask: int = -1) -> subprocess.Popen[bytes]:
     """fork, join every cgroup in ``procs_files`` (the v2 one last), enter ``sandbox``, exec ``argv``.
     With no ``procs_files`` the command runs where the caller is (the benchmark's outside runs). ``cwd`` is
     entered in the child once it runs as the extension's user, in its own mount namespace: a folder that user
@@ -97,7 +97,7 @@ def spawn(argv: Sequence[str], procs_files: Sequence[str], env: dict[str, str] |
         if env is None and sandbox is not None:
             env = sandbox.environ()
         proc = subprocess.Popen(list(argv), preexec_fn=child if fds or sandbox or cwd else None,  # noqa: PLW1509
-                                close_fds=True, env=env, stdin=stdin, stdout=stdout, stderr=stderr)
+                                close_fds=True, env=env, stdin=stdin, stdout=stdout, stderr=stderr, umask=umask)
     except (OSError, subprocess.SubprocessError) as err:
         os.close(err_w)
         detail = os.read(err_r, 4096).decode(errors="replace")

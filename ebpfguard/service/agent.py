@@ -409,9 +409,16 @@ class Agent:
                                      "(ebpfguard run -e NAME)")
         self._admit_launch(uid)
         shadow = self.policies.shadows().get(m.name)
+        if shadow is not None and shadow.sha256 != m.sha256:  # it decides beside, for this user too
+            try:
+                shadow = parse(shadow.raw, shadow.source, as_user=pw.pw_name)
+            except EbpfguardError as err:
+                log.warning("%s: the shadow version does not decide beside uid %d's launch: %s", m.name, uid, err)
+                shadow = None
+        else:
+            shadow = None
         inst, proc = start_for_caller(self.engine, m, req.argv, uid=uid, mode=req.mode, env=req.env, cwd=req.cwd,
-                                      stdio=s.fds, shadow=shadow if shadow is not None and shadow.sha256 != m.sha256
-                                      else None)
+                                      umask=req.umask, stdio=s.fds, shadow=shadow)
         try:
             pidfd = os.pidfd_open(proc.pid)
         except OSError:  # it is gone already: the watch reports its status

@@ -364,6 +364,7 @@ class Launch(Request[Launched]):
     argv: Annotated[list[str], "the command, argv[0] an absolute path"]
     env: Annotated[dict[str, str], "the caller's environment; the manifest filters it"] = field(default_factory=dict)
     cwd: Annotated[str, "the working directory, entered with the caller's rights in the instance's namespace"] = "/"
+    umask: Annotated[int, "the caller's file mode creation mask, the instance's"] = 0o022
 
     def __post_init__(self) -> None:
         _one_of(self.extension, self.manifest_text, "extension (a policy's name) or manifest_text")
@@ -371,6 +372,8 @@ class Launch(Request[Launched]):
             raise BadRequest("field 'argv': a command whose first word is an absolute path")
         if not self.cwd.startswith("/"):
             raise BadRequest("field 'cwd': an absolute path")
+        if not 0 <= self.umask <= 0o777:
+            raise BadRequest(f"field 'umask': {self.umask} is not a mode mask (0 to 0o777)")
 
 
 @dataclass(frozen=True, kw_only=True)
