@@ -8,25 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
-import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import SLOW, Served, User, serve, wait
+
 pytestmark = pytest.mark.e2e
 
-TOP = Path(__file__).resolve().parents[2]
-SLOW = 5.0 if os.environ.get("EGVM_KERNEL") else 1.0  # the waits stretch under the VM tier's emulation
 POLICY = """apiVersion: ebpfguard.io/v1
 kind: Extension
 metadata: {{name: {name}, version: "1"}}
@@ -41,134 +33,14 @@ spec:
 """
 
 
-@dataclass
-class User:
-    name: str
-    uid: int
-    gid: int
-    home: Path
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen[bytes]
-    state: Path
-    socket: Path
-    code: Path  # the package, readable by any user
-    log: Path
-
-    def env(self, user: User | None = None) -> dict[str, str]:
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": str(self.code),
-               "EBPFGUARD_SOCKET": str(self.socket), "PYTHONDONTWRITEBYTECODE": "1"}
-        if user is not None:
-            env.update(HOME=str(user.home), USER=user.name, LOGNAME=user.name)
-        return env
-
-    def argv(self, *args: str) -> list[str]:
-        return ["/usr/bin/python3", "-m", "ebpfguard.cli.main", *args]
-
-    def as_user(self, user: User, *args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*args), user=user.uid, group=user.gid, extra_groups=[], env=self.env(user),
-                              cwd=kw.pop("cwd", user.home), capture_output=True, text=True, timeout=timeout * SLOW,
-                              **kw)
-
-    def start_as_user(self, user: User, *args: str, **kw: Any) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.argv(*args), user=user.uid, group=user.gid, extra_groups=[], env=self.env(user),
-                                cwd=user.home, text=True, **kw)
-
-    def root(self, *args: str) -> subprocess.CompletedProcess[str]:
-        n = 2 if args[0] in ("forensics", "policy") else 1
-        return subprocess.run([sys.executable, "-m", "ebpfguard.cli.main", *args[:n], "--state-dir", str(self.state),
-                               *args[n:]], capture_output=True, text=True, timeout=60 * SLOW,
-                              env={**os.environ, "EBPFGUARD_SOCKET": str(self.socket)})
-
-    def status(self) -> dict[str, Any]:
-        r = self.root("status", "--json")
-        assert r.returncode == 0, r.stderr
-        return dict(json.loads(r.stdout))
-
-    def records(self) -> list[dict[str, Any]]:
-        r = self.root("forensics", "show", "--json")
-        assert r.returncode == 0, r.stderr
-        return [json.loads(line) for line in r.stdout.splitlines()]
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _useradd(name: str) -> User:
-    r = subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    pw = pwd.getpwnam(name)
-    work = Path(pw.pw_dir) / "work"
-    work.mkdir()
-    os.chown(work, pw.pw_uid, pw.pw_gid)
-    return User(name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
-
-
-@pytest.fixture(scope="module")
-def users() -> Iterator[tuple[User, User]]:
-    if os.geteuid() != 0:
-        pytest.fail("the e2e tier needs root (useradd), and CI runs it as root")
-    tag = uuid.uuid4().hex[:6]
-    made: list[User] = []
-    try:
-        made.append(_useradd(f"egu1-{tag}"))
-        made.append(_useradd(f"egu2-{tag}"))
-        yield made[0], made[1]
-    finally:
-        for u in made:
-            subprocess.run(["pkill", "-KILL", "-u", str(u.uid)], capture_output=True)  # by uid: only theirs
-            subprocess.run(["userdel", "--remove", u.name], capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def served(users: tuple[User, User]) -> Iterator[Served]:
-    top = Path(tempfile.mkdtemp(prefix="eg-users-"))
-    os.chmod(top, 0o755)
-    code = top / "code"
-    shutil.copytree(TOP / "ebpfguard", code / "ebpfguard", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(TOP / "bpf", code / "bpf")  # the ABI the client reads records by (bpf/include/events.h)
-    shutil.copytree(TOP / "policies", code / "policies")
-    for d, _, files in os.walk(code):
-        os.chmod(d, 0o755)
-        for f in files:
-            os.chmod(Path(d) / f, 0o644)
-    policies = top / "policies"
-    policies.mkdir()
-    (policies / "user-tool.yaml").write_text(POLICY.format(name="user-tool"))
-    sock_dir = Path(f"/run/ebpfguard-e2e-{uuid.uuid4().hex[:8]}")
-    log = top / "agent.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ebpfguard.cli.main", "agent", "--state-dir",
-                                 str(top / "state"), "--policy-dir", str(policies), "--socket",
-                                 str(sock_dir / "agent.sock"), "--metrics-address", ""],
-                                stdout=out, stderr=subprocess.STDOUT)
-    s = Served(proc, top / "state", sock_dir / "agent.sock", code, log)
-    try:
-        deadline = time.monotonic() + 60 * SLOW
-        while s.root("status").returncode != 0:
-            assert proc.poll() is None, s.output()
-            assert time.monotonic() < deadline, f"the agent did not start enforcing: {s.output()}"
-            time.sleep(0.2)
+    with serve({"user-tool.yaml": POLICY.format(name="user-tool")}) as s:
         yield s
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-        shutil.rmtree(top, ignore_errors=True)
-        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def _instances(s: Served) -> list[dict[str, Any]]:
     return list(s.status()["instances"])
-
-
-def _wait(what: str, cond: Any, within: float = 10) -> None:
-    deadline = time.monotonic() + within * SLOW
-    while not cond():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 def test_the_socket_reaches_every_user_and_its_folder_is_roots(served: Served, users: tuple[User, User]) -> None:
@@ -208,7 +80,7 @@ def test_a_user_launches_their_own_manifest_and_a_credential_read_fails(served: 
     os.chmod(secret, 0o600)
     r = served.as_user(u, "run", "-m", str(mine), "--", "/bin/cat", str(secret))
     assert r.returncode != 0 and "the user's own key" not in r.stdout, r.stdout + r.stderr
-    _wait("the refused read is recorded", lambda: any(
+    wait("the refused read is recorded", lambda: any(
         x["kind"] == "file" and x["extension"] == "own-tool" and x["detail"].get("path") == str(secret)
         for x in served.records()))
 
@@ -233,7 +105,7 @@ def test_a_second_user_can_neither_see_nor_touch_the_first_users_instance(served
     client = served.start_as_user(u, "run", "-e", "user-tool", "--", "/bin/sleep", "60",
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait("the instance runs", lambda: bool(_instances(served)))
+        wait("the instance runs", lambda: bool(_instances(served)))
         (inst,) = _instances(served)
         assert inst["launched_by"] == u.uid and inst["user"] == u.name
         theirs = json.loads(served.as_user(other, "status", "--json").stdout)
@@ -253,7 +125,7 @@ def test_a_second_user_can_neither_see_nor_touch_the_first_users_instance(served
         if client.poll() is None:
             client.kill()
             client.wait()
-    _wait("the instance is released", lambda: not _instances(served))
+    wait("the instance is released", lambda: not _instances(served))
 
 
 def test_signals_reach_the_instance_and_the_status_is_its_own(served: Served, users: tuple[User, User]) -> None:
@@ -277,11 +149,11 @@ def test_a_client_that_dies_stops_its_instance(served: Served, users: tuple[User
     u = users[0]
     client = served.start_as_user(u, "run", "-e", "user-tool", "--", "/bin/sleep", "60",
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait("the instance runs", lambda: bool(_instances(served)))
+    wait("the instance runs", lambda: bool(_instances(served)))
     (inst,) = _instances(served)
     client.kill()
     client.wait()
-    _wait("the instance of a dead client is stopped", lambda: not _instances(served))
+    wait("the instance of a dead client is stopped", lambda: not _instances(served))
     recs = [x for x in served.records() if x.get("instance") == inst["instance"]]
     assert any(x["kind"] == "lifecycle" and x["detail"]["event"] == "kill" and
                x["detail"].get("why") == "the connection that launched it closed" for x in recs), recs
@@ -334,7 +206,7 @@ def test_a_thousand_launches_in_a_loop_hit_the_limit_and_others_are_served(serve
     windows = int(got["seconds"] // 10) + 1  # the limit: 20 launches in any 10 s
     assert 0 < got["ok"] <= 20 * windows and got["ok"] + got["refused"] == 1000, got
     assert any("launched 20 instances in the last 10 s (the limit is 20)" in e for e in got["errors"]), got
-    _wait("the launched instances end", lambda: not _instances(served), within=60)
+    wait("the launched instances end", lambda: not _instances(served), within=60)
     assert served.root("status").returncode == 0
 
 
