@@ -5,12 +5,29 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import click
 
 from ebpfguard.cli.common import STATE_OPT, Group, fail, state_readable
 from ebpfguard.errors import EbpfguardError, ForensicsError
 from ebpfguard.forensics.trace import RECORD_KINDS
+
+
+def own_records(state_dir: str, since_seq: int = 0, extension: str | None = None,
+                kinds: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
+    """A non-root user's records, from the agent (the log is root's): those of the instances they launched."""
+    from ebpfguard.service.control import Client
+    from ebpfguard.service.protocol import Records
+
+    with Client(state_dir, timeout=60) as c:
+        while True:
+            page = c.request(Records(since_seq=since_seq, extension=extension, kinds=list(kinds), limit=10000))
+            yield from page.records
+            if not page.more or not page.records:
+                return
+            since_seq = int(page.records[-1]["seq"])
 
 
 @click.group(cls=Group)
@@ -38,7 +55,8 @@ def forensics() -> None:
 def show(state_dir: str, as_json: bool, extension: str | None, kind: tuple[str, ...], since: str | None,
          until: str | None) -> None:
     """List forensic records, oldest first, across rotated files. A line that is not a record is
-    reported on stderr (exit 1).
+    reported on stderr (exit 1). A user other than root gets the records of the instances they
+    launched, from the running agent.
 
     \b
     Examples:
@@ -50,7 +68,6 @@ def show(state_dir: str, as_json: bool, extension: str | None, kind: tuple[str, 
     from ebpfguard.forensics import BadLine, parse_when, read, within
     from ebpfguard.forensics.trace import HEADER, format_line, matcher
 
-    state_readable(state_dir)
     try:
         lo = parse_when(since) if since else None
         hi = parse_when(until) if until else None
@@ -58,6 +75,20 @@ def show(state_dir: str, as_json: bool, extension: str | None, kind: tuple[str, 
         fail(f"--since/--until: {err}", 2)
     ok = matcher(extension, None, kind)
     bad = 0
+    from ebpfguard.service.control import agent_running
+
+    if os.geteuid() != 0 and agent_running(state_dir):
+        try:
+            records = list(own_records(state_dir, 0, extension, kind))
+        except EbpfguardError as err:
+            fail(f"{err} (a user reads their own records through the agent)")
+        if not as_json:
+            click.echo(HEADER)
+        for own in records:
+            if within(own, lo, hi) and ok(own):
+                click.echo(json.dumps(own) if as_json else format_line(own))
+        return
+    state_readable(state_dir)
     if not as_json:
         click.echo(HEADER)
     for rec in read(state_dir):

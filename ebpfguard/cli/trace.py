@@ -4,7 +4,9 @@ instance does, streamed by the agent); `explain` says why one record was raised.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 
 import click
 
@@ -41,6 +43,9 @@ def trace(state_dir: str, extension: str | None, pid: int | None, kind: tuple[st
 
     if activity:
         _trace_activity(state_dir, extension, pid, kind, as_json)
+        return
+    if os.geteuid() != 0 and agent_running(state_dir):
+        _trace_own(state_dir, extension, pid, kind, as_json, from_start)
         return
     state_readable(state_dir)
     if not agent_running(state_dir):
@@ -98,6 +103,35 @@ def _trace_activity(state_dir: str, extension: str | None, pid: int | None, kind
         fail(str(err))
 
 
+def _trace_own(state_dir: str, extension: str | None, pid: int | None, kind: tuple[str, ...], as_json: bool,
+               from_start: bool) -> None:
+    """A non-root user's trace: the records of the instances they launched, asked of the agent twice a second."""
+    from ebpfguard.cli.forensics import own_records
+    from ebpfguard.forensics.trace import HEADER, format_line, matcher
+
+    ok = matcher(extension, pid, kind)
+    try:
+        last = 0
+        if not from_start:
+            for rec in own_records(state_dir):
+                last = int(rec["seq"])
+        if not as_json:
+            click.echo(HEADER)
+        while True:
+            for rec in own_records(state_dir, last, extension, kind):
+                last = int(rec["seq"])
+                if ok(rec):
+                    click.echo(json.dumps(rec) if as_json else format_line(rec), nl=True)
+            sys.stdout.flush()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        sys.stderr.close()
+    except EbpfguardError as err:
+        fail(f"{err} (a user follows their own records through the agent)")
+
+
 @click.command(cls=Command, name="explain")
 @STATE_OPT
 @click.argument("seq", type=int)
@@ -115,7 +149,15 @@ def explain_cmd(state_dir: str, seq: int, as_json: bool) -> None:
     from ebpfguard.forensics.explain import explain, format_text
 
     try:
-        e = explain(state_dir, seq)
+        from ebpfguard.service.control import Client, agent_running
+        from ebpfguard.service.protocol import Explain
+
+        if os.geteuid() != 0 and agent_running(state_dir):  # the log is root's: the agent explains a user's own
+
+            with Client(state_dir, timeout=30) as c:
+                e = c.request(Explain(seq=seq)).explanation
+        else:
+            e = explain(state_dir, seq)
     except EbpfguardError as err:
         fail(str(err))
     click.echo(json.dumps(e, indent=2) if as_json else format_text(e))

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ebpfguard.errors import EbpfguardError
-from ebpfguard.forensics import MAX_BYTES, ForensicLog, Forwarder
+from ebpfguard.forensics import MAX_BYTES, BadLine, ForensicLog, Forwarder, read
+from ebpfguard.forensics.explain import explain
 from ebpfguard.governance.policydir import PolicyDir
 from ebpfguard.governance.trust import launch_check
 from ebpfguard.kernel.cgroups import CgroupManager
@@ -58,6 +59,49 @@ class Launch:
     status: int | None = None  # the main process's, once it exited
 
 
+class Book:
+    """The records of the instances users launched, for their own `records` and `explain` requests (root reads the
+    log itself): read back from the log once, at the first such request, then kept from each record as it
+    becomes durable. At most MAX records (the oldest go first; the log keeps them all)."""
+
+    MAX = 50_000
+
+    def __init__(self, state_dir: str):
+        self.state_dir = state_dir
+        self.owner: dict[str, int] = {}  # instance id -> the uid that launched it (non-root only)
+        self.recs: deque[dict[str, Any]] = deque(maxlen=self.MAX)
+        self.filled = False
+
+    def note(self, rec: dict[str, Any]) -> None:
+        detail = rec.get("detail")
+        if rec.get("kind") == "lifecycle" and isinstance(detail, dict) and detail.get("event") == "start":
+            sandbox = detail.get("sandbox")
+            by = sandbox.get("launched_by") if isinstance(sandbox, dict) else None
+            if isinstance(by, int) and by > 0:
+                self.owner[str(rec.get("instance"))] = by
+        if self.owner.get(str(rec.get("instance"))):
+            self.recs.append(rec)
+
+    def fill(self) -> None:
+        if self.filled:
+            return
+        self.filled = True
+        kept = list(self.recs)
+        self.recs.clear()
+        last = 0
+        for rec in read(self.state_dir):
+            if not isinstance(rec, BadLine):
+                self.note(rec)
+                last = max(last, int(rec.get("seq") or 0))
+        for rec in kept:  # written while the log was read back
+            if int(rec.get("seq") or 0) > last:
+                self.recs.append(rec)
+
+    def of(self, uid: int) -> list[dict[str, Any]]:
+        self.fill()
+        return [r for r in self.recs if self.owner.get(str(r.get("instance"))) == uid]
+
+
 @dataclass
 class UidLimits:
     """One non-root uid's launches in the window (protocol.Limits)."""
@@ -76,6 +120,7 @@ class Agent:
         self.socket_group = socket_group
         self.limits = limits or Limits()
         self.launches: dict[int, Launch] = {}  # cgroup id -> a launch for a caller
+        self.book = Book(state_dir)
         self.by_uid: dict[int, UidLimits] = {}
         self.rotate_bytes = rotate_bytes
         self.log_forward = log_forward
@@ -137,6 +182,7 @@ class Agent:
             self.engine.baseline_for = self._baseline_for
         self.engine.observers.anomaly_response = self.anomaly_response
         self.engine.log.durable.append(self._log_record)
+        self.engine.log.durable.append(self.book.note)
         self.engine.observers.subscribers.append(self._on_activity)
         if forward := self.engine.log.forward:
             log.info("records also go to %s at %s", forward.kind, forward.address)
@@ -430,6 +476,26 @@ class Agent:
         return p.Launched(instance=inst.id, pid=proc.pid, cgroup=str(inst.cgroup.v2), user=pw.pw_name,
                           layers=list(inst.sandbox.get("layers", [])),
                           not_enforced=list(inst.sandbox.get("not_enforced", [])))
+
+    def records(self, s: Session, req: p.Records) -> p.RecordList:
+        source = self.book.of(s.peer.uid) if s.peer.uid != 0 else (r for r in read(self.state_dir)
+                                                                   if not isinstance(r, BadLine))
+        out: list[dict[str, Any]] = []
+        for rec in source:
+            if int(rec.get("seq") or 0) <= req.since_seq:
+                continue
+            if (req.extension is not None and rec.get("extension") != req.extension) or \
+                    (req.kinds and rec.get("kind") not in req.kinds):
+                continue
+            if len(out) == req.limit:
+                return p.RecordList(records=out, more=True)
+            out.append(rec)
+        return p.RecordList(records=out, more=False)
+
+    def explain(self, s: Session, req: p.Explain) -> p.Explained:
+        if s.peer.uid != 0 and not any(int(r.get("seq") or 0) == req.seq for r in self.book.of(s.peer.uid)):
+            raise EbpfguardError(f"no record {req.seq} of an instance uid {s.peer.uid} launched")
+        return p.Explained(explanation=explain(self.state_dir, req.seq))
 
     def signal(self, s: Session, req: p.Signal) -> p.Done:
         launch = next((x for x in self.launches.values() if x.session is s and x.inst.id == req.instance), None)

@@ -226,6 +226,17 @@ class Launched:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RecordList:
+    records: Annotated[list[dict[str, Any]], "forensic records, oldest first (the log's own lines)"]
+    more: Annotated[bool, "more records matched than limit: ask again with since_seq the last one's seq"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Explained:
+    explanation: Annotated[dict[str, Any], "what `ebpfguard explain --json` prints: why, the rule, the fix"]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Attached:
     instance: Annotated[str, "the new instance's id"]
     cgroup: Annotated[str, "its cgroup v2 folder"]
@@ -387,6 +398,23 @@ class Signal(Request[Done]):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Records(Request[RecordList]):
+    since_seq: Annotated[int, "only records after this sequence number"] = 0
+    extension: Annotated[str | None, "only this extension's"] = None
+    kinds: Annotated[list[str], "only these kinds (none: all)"] = field(default_factory=list)
+    limit: Annotated[int, "at most this many (1 to 10000)"] = 1000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= 10000:
+            raise BadRequest(f"field 'limit': {self.limit} is not between 1 and 10000")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Explain(Request[Explained]):
+    seq: Annotated[int, "a record's sequence number"]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Target(Request[Acted]):
     name: Annotated[str, "an instance id, or an extension's name (all its running instances)"]
 
@@ -477,6 +505,8 @@ class Handlers(Protocol):
     def exited(self, s: Session, req: Exited) -> Done: ...
     def launch(self, s: Session, req: Launch) -> Launched: ...
     def signal(self, s: Session, req: Signal) -> Done: ...
+    def records(self, s: Session, req: Records) -> RecordList: ...
+    def explain(self, s: Session, req: Explain) -> Explained: ...
     def freeze(self, s: Session, req: Freeze) -> Acted: ...
     def thaw(self, s: Session, req: Thaw) -> Acted: ...
     def kill(self, s: Session, req: Kill) -> Acted: ...
@@ -524,6 +554,11 @@ OPERATIONS: tuple[Operation[Any], ...] = (
               "manifest whose spec.user names another user is refused (exit code 2)."),
     Operation("signal", Signal, Caller.OWNER, lambda h, s, r: h.signal(s, r),
               "Send a signal to the main process of an instance this connection launched."),
+    Operation("records", Records, Caller.OWNER, lambda h, s, r: h.records(s, r),
+              "Forensic records (`ebpfguard forensics show`, `trace` of a user): a non-root caller gets the records "
+              "of the instances it launched, from those the agent has written since it started or read back once."),
+    Operation("explain", Explain, Caller.OWNER, lambda h, s, r: h.explain(s, r),
+              "Why a record was raised (`ebpfguard explain` of a user): a non-root caller, of its own records only."),
     Operation("prepare", Prepare, Caller.ROOT, lambda h, s, r: h.prepare(s, r),
               "An instance cgroup for a launch (`ebpfguard run`): the launcher joins its procs_files, reports "
               "`started`, then `exited`. Closing the connection tells the agent the launcher is gone: the instance "

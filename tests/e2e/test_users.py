@@ -83,6 +83,18 @@ def test_a_user_launches_their_own_manifest_and_a_credential_read_fails(served: 
     wait("the refused read is recorded", lambda: any(
         x["kind"] == "file" and x["extension"] == "own-tool" and x["detail"].get("path") == str(secret)
         for x in served.records()))
+    # the user reads their own records through the agent (the log is root's); the other user sees none of them
+    r = served.as_user(u, "forensics", "show", "--json", "--kind", "file")
+    assert r.returncode == 0, r.stderr
+    (rec,) = [x for x in map(json.loads, r.stdout.splitlines()) if x["detail"].get("path") == str(secret)]
+    why = served.as_user(u, "explain", str(rec["seq"]))
+    assert why.returncode == 0 and "spec.filesystem" in why.stdout, why.stdout + why.stderr
+    other = users[1]
+    theirs = served.as_user(other, "forensics", "show", "--json")
+    assert theirs.returncode == 0 and str(secret) not in theirs.stdout and "own-tool" not in theirs.stdout
+    refused = served.as_user(other, "explain", str(rec["seq"]))
+    assert refused.returncode != 0 and f"no record {rec['seq']} of an instance uid {other.uid} launched" in \
+        refused.stderr, refused.stderr
 
 
 def test_a_manifest_naming_root_or_another_user_is_refused(served: Served, users: tuple[User, User]) -> None:

@@ -285,7 +285,7 @@ def test_the_answer_types_name_every_key_of_what_they_carry(agent: Agent, tmp_pa
 @pytest.mark.parametrize("payload,error", [
     (b"garbage\n", "request is not JSON"),
     (b"[1, 2]\n", "a request is a JSON object with a string 'op'"),
-    (b'{"op": "nope"}\n', "unknown op 'nope' (the agent knows ping, status, launch, signal, prepare, started, exited, freeze, thaw, "
+    (b'{"op": "nope"}\n', "unknown op 'nope' (the agent knows ping, status, launch, signal, records, explain, prepare, started, exited, freeze, thaw, "
                           "kill, quarantine, attach, flag, promote, activity, rollback)"),
     (b'{"op": "status", "verbose": true}\n', "bad status request: unknown field 'verbose' (Status takes no fields)"),
     (b'{"op": "exited", "instance": "x", "status": "seven"}\n',

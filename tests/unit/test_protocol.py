@@ -27,6 +27,8 @@ REQUESTS: dict[str, p.Request[Any]] = {
     "status": p.Status(),
     "launch": p.Launch(extension="e", argv=["/usr/bin/env", "-i"], env={"LANG": "C"}, cwd="/home/u"),
     "signal": p.Signal(instance="i", signal="SIGINT"),
+    "records": p.Records(since_seq=7, extension="e", kinds=["file"], limit=10),
+    "explain": p.Explain(seq=7),
     "prepare": p.Prepare(manifest_text="x", manifest_path="/m.yaml", home="/home/u", mode=Mode.AUDIT, files="/ext",
                          signature_text="sig"),
     "started": p.Started(instance="i", pid=7, argv=["/bin/true", "-x"], sandbox={"layers": ["landlock-fs"]}),
@@ -55,8 +57,8 @@ def test_each_operations_caller_class() -> None:
     """What only root may do (policies, root's own launcher, adoption), what a user does on their own, and ping."""
     by = {c: sorted(op.name for op in p.OPERATIONS if op.caller is c) for c in p.Caller}
     assert by == {p.Caller.ROOT: ["attach", "exited", "flag", "prepare", "promote", "started"],
-                  p.Caller.OWNER: ["activity", "freeze", "kill", "launch", "quarantine", "rollback", "signal",
-                                   "status", "thaw"],
+                  p.Caller.OWNER: ["activity", "explain", "freeze", "kill", "launch", "quarantine", "records",
+                                   "rollback", "signal", "status", "thaw"],
                   p.Caller.ANYONE: ["ping"]}
 
 
