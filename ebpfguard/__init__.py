@@ -13,6 +13,7 @@ The packages, each importing only those before it (tests/unit/test_imports.py ke
     governance       trust, the policy folder, learning, baselines, provenance
     observability    Prometheus metrics
     service          the agent, its control protocol and client, systemd and journald
+    client           for platforms: launch plug-ins through the agent as their user (ebpfguard.client)
     lab              simulate, bench, peers (product code never imports it)
     cli              the command line (nothing imports it)
 

@@ -6,7 +6,9 @@
         c.request("status")  # by name: checked against the same table; the answer as the wire has it (a dict)
 
 A request is checked before it is sent (an unknown operation or field, a wrong type: BadRequest, exit code 2); a
-failure the agent answers is raised as Refused, with the exit code it gave.
+failure the agent answers is raised as Refused, with the exit code it gave. A launch for the caller (the `launch`
+operation: its stdio over SCM_RIGHTS, then signals and the exit line on the same connection) is a Launching, which
+`ebpfguard run` of a user and ebpfguard.client both drive.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from __future__ import annotations
 import array
 import json
 import os
+import select
 import socket
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -25,8 +30,12 @@ from ebpfguard.errors import ControlError
 from ebpfguard.service.protocol import (
     BY_REQUEST,
     Failure,
+    Kill,
+    Launch,
+    Launched,
     Ping,
     Request,
+    Signal,
     decode_answer,
     decode_failure,
     encode_request,
@@ -102,54 +111,66 @@ class Client:
 
     def send(self, op: Request[Any]) -> None:
         """A request whose answer is read later, among the lines (a launch's signals)."""
-        try:
-            self.sock.sendall(json.dumps(encode_request(op)).encode() + b"\n")
-        except OSError as err:
-            raise ControlError(f"control socket {self.path}: {err}") from err
+        self._send_line(encode_request(op))
 
-    def _exchange(self, payload: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
+    def _send_line(self, payload: dict[str, Any], fds: list[int] | None = None) -> None:
         try:
             data = json.dumps(payload).encode() + b"\n"
             if fds:  # the descriptors ride on the first bytes; the rest of a long line follows
                 sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
                 data = data[sent:]
-            self.sock.sendall(data)
-            while b"\n" not in self._buf:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise ControlError("the agent closed the connection")
-                self._buf += chunk
+            if data:  # (a send of nothing to a peer that has answered and closed would be a broken pipe)
+                self.sock.sendall(data)
         except OSError as err:
             raise ControlError(f"control socket {self.path}: {err}") from err
+
+    def _exchange(self, payload: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
+        self._send_line(payload, fds)
+        answer = self.next_line()
+        if answer is None:
+            raise ControlError("the agent closed the connection")
+        return checked(answer)
+
+    def next_line(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next JSON object the agent sends (an answer, an activity item, a launch's exit line), None once it
+        has closed the connection. With a ``timeout`` (seconds), TimeoutError when none came within it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            if deadline is not None and not self._readable(deadline - time.monotonic()):
+                raise TimeoutError(f"no line from the agent within {timeout:g} s")
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError as err:
+                raise ControlError(f"control socket {self.path}: {err}") from err
+            if not chunk:
+                return None
+            self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
         try:
-            answer = json.loads(line)
+            item = json.loads(line)
         except ValueError as err:
-            raise ControlError(f"the agent answered a line that is not JSON: {err}") from err
-        if not isinstance(answer, dict):
-            raise ControlError("the agent answered something other than a JSON object")
-        if answer.get("ok") is not True:
-            raise Refused(decode_failure(answer))
-        return answer
+            raise ControlError(f"the agent sent a line that is not JSON: {err}") from err
+        if not isinstance(item, dict):
+            raise ControlError("the agent sent something other than a JSON object")
+        return item
+
+    def _readable(self, seconds: float) -> bool:
+        poller = select.poll()  # not select(): an application may hold more than 1024 descriptors
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(max(0, int(seconds * 1000))))
 
     def lines(self) -> Iterator[dict[str, Any]]:
         """The JSON lines the agent streams after a request that subscribes (activity), until it closes."""
-        while True:
-            while b"\n" not in self._buf:
-                try:
-                    chunk = self.sock.recv(65536)
-                except OSError as err:
-                    raise ControlError(f"control socket {self.path}: {err}") from err
-                if not chunk:
-                    return
-                self._buf += chunk
-            line, self._buf = self._buf.split(b"\n", 1)
-            try:
-                item = json.loads(line)
-            except ValueError as err:
-                raise ControlError(f"the agent sent a line that is not JSON: {err}") from err
-            if isinstance(item, dict):
-                yield item
+        while (item := self.next_line()) is not None:
+            yield item
+
+    def shutdown(self) -> None:
+        """Ends the connection at once, for a thread blocked reading it too (close() alone does not wake it)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.close()
 
     def close(self) -> None:
         self.sock.close()
@@ -159,6 +180,133 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def checked(answer: dict[str, Any]) -> dict[str, Any]:
+    """An answer that says ok, or the Refused it stands for."""
+    if answer.get("ok") is not True:
+        raise Refused(decode_failure(answer))
+    return answer
+
+
+class Launching:
+    """A launch for the caller on its own connection (the `launch` operation): ``stdio`` goes with the request; the
+    answer (Launched) is read at once. After it the connection carries the answers of the requests sent on it
+    (``call``, ``signal``, ``kill``, ``forward``), in their order, and the exit line, in between them or after.
+    Several threads may use one: one reads at a time and files what it read, the others wait for the read lock and
+    find theirs filed. ``forward`` only sends (a signal handler must not wait for an answer): a failure it gets is
+    given to ``on_refused``. Closing the connection stops the instance (the agent's side)."""
+
+    def __init__(self, client: Client, req: Launch, stdio: Sequence[int], *,
+                 on_refused: Callable[[Failure], None] | None = None) -> None:
+        self.client = client
+        self.launched: Launched = client.request(req, fds=list(stdio))
+        self.instance = self.launched.instance
+        self.status: int | None = None  # once the exit line came: 128+N when signal N ended the main process
+        self.gone = False  # the agent closed the connection
+        self._on_refused = on_refused
+        self._reading = threading.Lock()  # held by the one thread reading; what it reads is filed before release
+        self._sending = threading.RLock()  # reentrant: a signal handler may forward while its thread sends
+        self._sent = self._heard = 0  # requests sent after the launch, answers read
+        self._answers: dict[int, dict[str, Any]] = {}  # by the request's number, until its caller takes it
+        self._unheard: set[int] = set()  # the numbers of forwarded requests: nobody waits for their answer
+
+    @overload
+    def wait(self) -> int: ...
+
+    @overload
+    def wait(self, timeout: float | None) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The instance's status once it ended; None if it still runs after ``timeout`` seconds (0: a poll)."""
+        if not self._until(lambda: self.status is not None, timeout):
+            return None
+        if self.status is None:
+            raise ControlError(f"the agent closed the connection before {self.instance} ended (it was stopped)")
+        return self.status
+
+    def call(self, req: Request[A], timeout: float | None = None) -> A:
+        """A request on the launch's connection and its typed answer (Refused for a failure)."""
+        n = self._send(req, heard=True)
+        if not self._until(lambda: n in self._answers, timeout):
+            raise TimeoutError(f"the agent did not answer {BY_REQUEST[type(req)].name} within {timeout:g} s")
+        if n not in self._answers:
+            raise ControlError(f"the agent closed the connection before it answered {BY_REQUEST[type(req)].name}")
+        answer: A = decode_answer(BY_REQUEST[type(req)], checked(self._answers.pop(n)))
+        return answer
+
+    def signal(self, name: str) -> None:
+        """``name`` (one of protocol.FORWARDED_SIGNALS) to the main process, while the instance runs."""
+        self._while_running(Signal(instance=self.instance, signal=name))
+
+    def kill(self) -> None:
+        """The whole instance killed (the `kill` operation on its id), while it runs: its status becomes 137."""
+        self._while_running(Kill(name=self.instance))
+
+    def _while_running(self, req: Request[Any]) -> None:
+        if self.status is not None:
+            return
+        try:
+            self.call(req)
+        except Refused:
+            if self.status is None:  # the exit line comes before the refusal of what came after it
+                raise
+
+    def forward(self, name: str) -> None:
+        """``name`` to the main process, not waiting for the answer (from a signal handler)."""
+        try:
+            self._send(Signal(instance=self.instance, signal=name), heard=False)
+        except ControlError:
+            pass  # the agent is gone: wait() says so
+
+    def _send(self, req: Request[Any], heard: bool) -> int:
+        with self._sending:
+            n = self._sent
+            self._sent += 1
+            if not heard:
+                self._unheard.add(n)
+            self.client.send(req)
+        return n
+
+    def _until(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Reads until ``done()`` or the connection's end (True), or until ``timeout`` passed (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done() and not self.gone:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._reading.acquire(timeout=-1 if left is None else left):
+                return False
+            try:
+                if done() or self.gone:  # the thread that read before filed it
+                    break
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    item = self.client.next_line(left)
+                except TimeoutError:
+                    return False
+                if item is None:
+                    self.gone = True
+                else:
+                    self._file(item)
+            finally:
+                self._reading.release()
+        return True
+
+    def _file(self, item: dict[str, Any]) -> None:
+        if "exited" in item and "ok" not in item:
+            self.status = int(item["exited"])
+            return
+        n = self._heard
+        self._heard += 1
+        if n not in self._unheard:
+            self._answers[n] = item
+            return
+        self._unheard.discard(n)
+        if item.get("ok") is not True and self.status is None and self._on_refused is not None:
+            self._on_refused(decode_failure(item))
+
+    def close(self) -> None:
+        """Ends the connection: the agent stops the instance if it still runs."""
+        self.client.shutdown()
 
 
 def agent_running(state_dir: str | os.PathLike[str]) -> bool:

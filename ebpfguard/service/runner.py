@@ -98,41 +98,35 @@ def run_as_caller(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
     and stderr, environment and working directory. Signals this process gets (SIGINT, SIGTERM, SIGHUP, SIGQUIT,
     SIGUSR1, SIGUSR2, SIGWINCH) go to the instance's main process; the status is its, 128+N when signal N ended
     it. If this process dies, the agent stops the instance."""
-    from ebpfguard.errors import ControlError  # noqa: PLC0415
     from ebpfguard.manifest.load import Mode  # noqa: PLC0415
-    from ebpfguard.service.control import Client  # noqa: PLC0415
-    from ebpfguard.service.protocol import FORWARDED_SIGNALS, Launch  # noqa: PLC0415
-    from ebpfguard.service.protocol import Signal as SignalRequest  # noqa: PLC0415
+    from ebpfguard.service.control import Client, Launching  # noqa: PLC0415
+    from ebpfguard.service.protocol import FORWARDED_SIGNALS, Failure, Launch  # noqa: PLC0415
 
     argv = resolve(argv)
     req = Launch(extension=extension, manifest_text=manifest.raw.decode() if manifest else None,
                  manifest_path=manifest.source if manifest else "<request>", mode=Mode(mode) if mode else None,
                  argv=argv, env=dict(os.environ), cwd=os.getcwd())
+
+    def warn(failure: Failure) -> None:
+        print(f"ebpfguard: warning: {failure.error}", file=sys.stderr)
+
     with Client(state_dir, timeout=None) as client:
         held: list[str] = []  # signals that came before the agent named the instance
-        instance: list[str] = []
+        launched: list[Launching] = []
 
         def forward(signum: int, _frame: object) -> None:
             name = signal.Signals(signum).name
-            if not instance:
+            if launched:
+                launched[0].forward(name)
+            else:
                 held.append(name)
-                return
-            try:
-                client.send(SignalRequest(instance=instance[0], signal=name))
-            except ControlError:
-                pass
 
         old = {name: signal.signal(getattr(signal, name), forward) for name in FORWARDED_SIGNALS}
         try:
-            instance.append(client.request(req, fds=[0, 1, 2]).instance)
+            launched.append(Launching(client, req, [0, 1, 2], on_refused=warn))
             for name in held:
-                client.send(SignalRequest(instance=instance[0], signal=name))
-            for line in client.lines():
-                if "exited" in line:
-                    return int(line["exited"])
-                if line.get("ok") is False:
-                    print(f"ebpfguard: warning: {line.get('error')}", file=sys.stderr)
+                launched[0].forward(name)
+            return launched[0].wait()
         finally:
             for name, handler in old.items():
                 signal.signal(getattr(signal, name), handler)
-    raise ControlError(f"the agent closed the connection before {instance[0]} ended (it was stopped)")
