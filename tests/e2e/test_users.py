@@ -251,3 +251,33 @@ def test_passed_descriptors_must_be_streams(served: Served, users: tuple[User, U
     assert json.loads(r.stdout) == {"ok": False, "error": "the stdin passed is a folder, not a stream",
                                     "exit_code": 2}, r.stdout + r.stderr
     assert not _instances(served)
+
+
+def test_a_user_adopts_a_tree_of_their_own_and_nothing_privileged(served: Served, users: tuple[User, User]) -> None:
+    u, other = users
+    mine = u.home / "adopt.yaml"
+    mine.write_text(POLICY.format(name="adopted-tool"))
+    os.chown(mine, u.uid, u.gid)
+    theirs = subprocess.Popen(["/bin/sleep", "60"], user=u.uid, group=u.gid, extra_groups=[])
+    roots = subprocess.Popen(["/bin/sleep", "60"])  # root's: a user may never put it under their manifest
+    try:
+        r = served.as_user(other, "attach", "--pid", str(theirs.pid), "--manifest", str(mine))
+        assert r.returncode != 0 and f"runs with uids {u.uid} {u.uid} {u.uid} {u.uid}, not {other.uid} alone" in \
+            r.stderr, r.stderr
+        r = served.as_user(u, "attach", "--pid", str(roots.pid), "--manifest", str(mine))
+        assert r.returncode != 0 and "runs with uids 0 0 0 0" in r.stderr, r.stderr
+        r = served.as_user(u, "attach", "--pid", str(theirs.pid), "--manifest", str(mine))
+        assert r.returncode == 0, r.stderr
+        (inst,) = served.status()["instances"]
+        assert inst["extension"] == "adopted-tool" and inst["launched_by"] == u.uid and theirs.pid in inst["pids"]
+        again = served.as_user(u, "attach", "--pid", str(theirs.pid), "--manifest", str(mine))
+        assert again.returncode != 0 and "is in an extension instance already" in again.stderr, again.stderr
+        assert not json.loads(served.as_user(other, "status", "--json").stdout)["instances"]
+        assert served.as_user(u, "kill", "adopted-tool").returncode == 0
+        assert theirs.wait(30) == -9
+    finally:
+        for proc in (theirs, roots):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    wait("the adopted instance is released", lambda: not served.status()["instances"], within=15)
