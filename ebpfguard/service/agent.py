@@ -442,6 +442,8 @@ class Agent:
                 raise BadRequest(f"the {name} passed is not usable: {err.strerror}") from None
             if stat.S_ISDIR(st.st_mode):
                 raise BadRequest(f"the {name} passed is a folder, not a stream")
+            if name != "stdin" and stat.S_ISFIFO(st.st_mode) and _reader_gone(fd):
+                raise BadRequest(f"the {name} passed is a pipe whose reading end is closed: nothing could be written")
         if req.extension is not None:
             held = self._policy(req.extension)
             if req.mode is not None and uid != 0:
@@ -656,6 +658,15 @@ class Agent:
         self._retrace()
         return p.Following(following=[i.id for c, i in self.engine.instances.items()
                                       if s.follows(c, i.manifest.name, i.launched_by)])
+
+
+def _reader_gone(fd: int) -> bool:
+    """A pipe's writing end whose every reader has closed (poll says POLLERR)."""
+    import select  # noqa: PLC0415
+
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(ev & select.POLLERR for _, ev in poller.poll(0))
 
 
 def _not_plainly_theirs(pid: int, uid: int, gid: int, contained: set[int]) -> str | None:

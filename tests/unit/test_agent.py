@@ -392,6 +392,17 @@ def test_a_launch_without_its_stdio_or_with_a_folder_is_refused(served: Served, 
             os.close(d)
         answer = json.loads(s.makefile("rb").readline())
         assert answer == {"ok": False, "error": "the stdout passed is a folder, not a stream", "exit_code": 2}
+    r, w = os.pipe()
+    os.close(r)
+    with served.connect(USER) as s:  # a pipe nobody reads any more
+        try:
+            s.sendmsg([json.dumps(req).encode() + b"\n"],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, w, 2]))])
+        finally:
+            os.close(w)
+        answer = json.loads(s.makefile("rb").readline())
+        assert answer == {"ok": False, "exit_code": 2, "error": "the stdout passed is a pipe whose reading end is "
+                                                                "closed: nothing could be written"}
     with served.connect(USER) as s:  # more descriptors than a request carries: refused, hung up on
         s.sendmsg([json.dumps(req).encode() + b"\n"],
                   [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2, 0]))])
