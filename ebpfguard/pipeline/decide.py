@@ -153,6 +153,11 @@ def decide(ev: Event, policy: Policy | None, inst: LadderState | None, res: Reso
             if policy is not None and policy.compiled is not None and policy.compiled.allows_path(res.path, ev.access):
                 return Decision(False, Verdict.ALLOWED.label, todo=tuple(todo),
                                 reason=f"{res.path} is inside the {ev.access} rules")
+            if policy is not None and policy.compiled is not None and ev.access in ("read", "write") and \
+                    inst is not None and inst.mount_writable is not None and \
+                    policy.compiled.allows_path(res.path, "private"):
+                return Decision(False, Verdict.ALLOWED.label, todo=tuple(todo),
+                                reason=f"{res.path} is in the instance's private /tmp or /var/tmp")
         elif inst is not None and inst.state == State.KILLED:
             # the instance was killed (cgroup.kill) while this call was held for its path: the path is
             # unknown, the call may well have been allowed, and the process is gone. Recording it as a

@@ -187,6 +187,27 @@ def test_pending_outside_the_rules(engine: Engine, child: subprocess.Popen[bytes
     assert _state(child.pid) != "T"
 
 
+def test_a_held_write_reached_by_dotdot_into_the_private_tmp_is_allowed(engine: Engine, tmp_path: Path) -> None:
+    """In its own mount namespace an instance's /tmp is its private one (compile's "private" scope): a write
+    there reached by a relative path with '..' is resolved in user space, and is no violation."""
+    cwd = tmp_path / "w"
+    cwd.mkdir()
+    child = subprocess.Popen(["sleep", "30"], cwd=cwd)
+    try:
+        inst = engine.prepare(manifest(response={"file": "block"}))
+        up = "../" * len(cwd.parts[1:])
+        raw = violation(inst, "file", Verdict.PENDING, path=f"{up}tmp/scratch", pid=child.pid,
+                        op=int(Access.WRITE), flags=EvFlag.DOTDOT | EvFlag.RELATIVE | EvFlag.HELD)
+        inst.sandbox = {"mount": {"readonly": True, "writable": ["/tmp", "/var/tmp"]}}  # in its own namespace
+        assert one(engine, raw) is None and inst.violations == 0
+        inst.sandbox = {}  # an adopted process sees the host's /tmp: the same write is a violation
+        rec = one(engine, raw)
+        assert rec is not None and rec["detail"]["path"] == "/tmp/scratch" and rec["verdict"] == "detected"
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_pending_kill_is_killed_only_when_the_kill_landed(engine: Engine, child: subprocess.Popen[bytes]) -> None:
     inst = engine.prepare(manifest(response={"exec": "kill"}))
     rec = one(engine, violation(inst, "exec", Verdict.PENDING, path="./x", pid=child.pid,
