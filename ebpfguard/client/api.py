@@ -18,7 +18,7 @@ from typing import IO, Any, Protocol
 from ebpfguard.common.statedir import DEFAULT as DEFAULT_STATE
 from ebpfguard.errors import ControlError
 from ebpfguard.manifest.load import Mode
-from ebpfguard.service.control import Client, Launching
+from ebpfguard.service.control import Client, Launching, caller_umask
 from ebpfguard.service.protocol import FORWARDED_SIGNALS, Activity, Launch, Records
 
 PIPE = subprocess.PIPE  # a pipe: this process keeps the other end (Instance.stdin, .stdout, .stderr)
@@ -219,7 +219,7 @@ def _request(argv: Sequence[str], extension: str | None, manifest: str | os.Path
         raise ValueError(f"mode: {mode!r} is not one of {', '.join(Mode)}")
     text, source = (None, "<request>") if manifest is None else _manifest(manifest)
     return Launch(extension=extension, manifest_text=text, manifest_path=source,
-                  mode=Mode(mode) if mode else None, env=environ, cwd=where,
+                  mode=Mode(mode) if mode else None, env=environ, cwd=where, umask=caller_umask(),
                   argv=[_command(argv[0], environ.get("PATH", os.defpath), where), *argv[1:]])
 
 

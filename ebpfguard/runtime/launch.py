@@ -137,7 +137,7 @@ def start_for_caller(engine: Engine, m: Manifest, argv: Sequence[str], *, uid: i
     their rights in the instance's namespace, ``umask`` is theirs (not the agent's 0077). The caller's loop
     then watches the process and releases the instance once its cgroup is empty. A launch that fails leaves
     nothing behind."""
-    check_command(m, argv, mode)
+    check_command(m, argv, mode, look=False)
     inst = engine.prepare(m, mode, landlocked=landlock_confines(m, mode), landlock_reports=landlock_reports(m, mode),
                           shadow=shadow)
     try:

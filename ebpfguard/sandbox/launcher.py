@@ -44,16 +44,18 @@ def resolve(argv: Sequence[str]) -> list[str]:
     return [os.path.abspath(exe), *argv[1:]]
 
 
-def check_command(m: Manifest, argv: Sequence[str], mode: str | None = None) -> None:
+def check_command(m: Manifest, argv: Sequence[str], mode: str | None = None, *, look: bool = True) -> None:
     """Refuse, before anything is made, a command that cannot run as an instance of ``m``: missing,
     not executable, or (in enforce mode) not under spec.filesystem.exec, whose exec the kernel would
-    refuse or kill with no word of why."""
+    refuse or kill with no word of why. ``look=False``: not whether the file is there and executable (the
+    agent, for a user: root's answer would tell the user of files they cannot see; their client looks, and
+    the exec as them says the rest)."""
     from ebpfguard.manifest.compile import compile as compile_policy  # noqa: PLC0415
 
     exe = argv[0]
-    if not os.path.lexists(exe):
+    if look and not os.path.lexists(exe):
         raise LaunchError(f"{exe}: no such file", 127)
-    if os.path.isdir(exe) or not os.access(exe, os.X_OK):
+    if look and (os.path.isdir(exe) or not os.access(exe, os.X_OK)):
         raise LaunchError(f"{exe}: not an executable file", 126)
     if (mode or m.mode) != "enforce" or m.response.get("exec") == "alert":
         return

@@ -63,6 +63,19 @@ def socket_path(state_dir: str | os.PathLike[str], explicit: str | os.PathLike[s
     return StateDir.of(state_dir).socket
 
 
+def caller_umask() -> int:
+    """This process's umask, read without changing it (/proc/self/status), for a launch request."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 class Refused(ControlError):
     """The agent answered a request with a failure."""
 

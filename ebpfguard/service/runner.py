@@ -99,13 +99,18 @@ def run_as_caller(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
     SIGUSR1, SIGUSR2, SIGWINCH) go to the instance's main process; the status is its, 128+N when signal N ended
     it. If this process dies, the agent stops the instance."""
     from ebpfguard.manifest.load import Mode  # noqa: PLC0415
-    from ebpfguard.service.control import Client, Launching  # noqa: PLC0415
+    from ebpfguard.sandbox.launcher import LaunchError  # noqa: PLC0415
+    from ebpfguard.service.control import Client, Launching, caller_umask  # noqa: PLC0415
     from ebpfguard.service.protocol import FORWARDED_SIGNALS, Failure, Launch  # noqa: PLC0415
 
     argv = resolve(argv)
+    if not os.path.lexists(argv[0]):  # with this user's rights (the agent does not look for them)
+        raise LaunchError(f"{argv[0]}: no such file", 127)
+    if os.path.isdir(argv[0]) or not os.access(argv[0], os.X_OK):
+        raise LaunchError(f"{argv[0]}: not an executable file", 126)
     req = Launch(extension=extension, manifest_text=manifest.raw.decode() if manifest else None,
                  manifest_path=manifest.source if manifest else "<request>", mode=Mode(mode) if mode else None,
-                 argv=argv, env=dict(os.environ), cwd=os.getcwd())
+                 argv=argv, env=dict(os.environ), cwd=os.getcwd(), umask=caller_umask())
 
     def warn(failure: Failure) -> None:
         print(f"ebpfguard: warning: {failure.error}", file=sys.stderr)

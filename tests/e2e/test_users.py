@@ -58,11 +58,12 @@ def test_a_user_launches_a_policy_by_name_as_themselves(served: Served, users: t
     u = users[0]
     r = served.as_user(u, "run", "-e", "user-tool", "--", "/bin/sh", "-c",
                        'id -u; cat > "$HOME/work/out.txt"; cat "$HOME/work/out.txt"; exit 7',
-                       input="typed by the user\n")
+                       input="typed by the user\n", umask=0o027)
     assert r.returncode == 7, r.stdout + r.stderr + served.output()
     assert r.stdout.splitlines() == [str(u.uid), "typed by the user"], r.stdout
     made = (u.home / "work" / "out.txt").stat()
     assert (made.st_uid, made.st_gid) == (u.uid, u.gid)  # their files stay theirs
+    assert made.st_mode & 0o777 == 0o640  # made with the umask of the client that launched it
     start = next(x for x in served.records() if x["kind"] == "lifecycle" and x["detail"]["event"] == "start"
                  and x["extension"] == "user-tool" and x["detail"].get("sandbox", {}).get("launched_by") == u.uid)
     assert start["detail"]["sandbox"]["uid"] == u.uid and start["detail"]["sandbox"]["user"] == u.name
