@@ -184,6 +184,7 @@ class Agent:
         self.engine.observers.anomaly_response = self.anomaly_response
         self.engine.log.durable.append(self._log_record)
         self.engine.log.durable.append(self.book.note)
+        self.engine.log.durable.append(self._to_subscribers)
         self.engine.observers.subscribers.append(self._on_activity)
         if forward := self.engine.log.forward:
             log.info("records also go to %s at %s", forward.kind, forward.address)
@@ -426,7 +427,14 @@ class Agent:
 
     def launch(self, s: Session, req: p.Launch) -> p.Launched:
         """A command launched by the agent as the caller, with the caller's stdio, environment (as the manifest
-        filters it) and working directory."""
+        filters it) and working directory. A refusal is also told to the caller's subscribers (notify)."""
+        try:
+            return self._launch(s, req)
+        except EbpfguardError as err:
+            self._refused(s.peer.uid, req.extension or _manifest_name(req.manifest_text), str(err))
+            raise
+
+    def _launch(self, s: Session, req: p.Launch) -> p.Launched:
         uid = s.peer.uid
         try:
             pw = pwd.getpwuid(uid)
@@ -479,6 +487,21 @@ class Agent:
         return p.Launched(instance=inst.id, pid=proc.pid, cgroup=str(inst.cgroup.v2), user=pw.pw_name,
                           layers=list(inst.sandbox.get("layers", [])),
                           not_enforced=list(inst.sandbox.get("not_enforced", [])))
+
+    def subscribe(self, s: Session, req: p.Subscribe) -> p.Subscribed:
+        self.book.fill()  # who launched the instances started before this agent (their start records)
+        s.subscribed = True
+        return p.Subscribed(uid=s.peer.uid, running=[i.id for i in self._own(s)])
+
+    def _to_subscribers(self, rec: dict[str, Any]) -> None:
+        """Each durable record to the connections that follow its instance's owner (and root's)."""
+        owner = self.book.owner.get(str(rec.get("instance")), 0)
+        self.server.stream({"record": rec}, lambda s: s.subscribed and owns(s.peer, owner) and
+                           (owner != 0 or s.peer.uid == 0))
+
+    def _refused(self, uid: int, extension: str | None, error: str) -> None:
+        self.server.stream({"refusal": {"extension": extension, "error": error}},
+                           lambda s: s.subscribed and s.peer.uid == uid)
 
     def records(self, s: Session, req: p.Records) -> p.RecordList:
         source = self.book.of(s.peer.uid) if s.peer.uid != 0 else (r for r in read(self.state_dir)
@@ -658,6 +681,14 @@ class Agent:
         self._retrace()
         return p.Following(following=[i.id for c, i in self.engine.instances.items()
                                       if s.follows(c, i.manifest.name, i.launched_by)])
+
+
+def _manifest_name(text: str | None) -> str | None:
+    """metadata.name of a manifest that may not parse (for a refusal's notice)."""
+    import re  # noqa: PLC0415
+
+    found = re.search(r"^\s*name:\s*['\"]?([A-Za-z0-9._-]+)", text or "", re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def _reader_gone(fd: int) -> bool:

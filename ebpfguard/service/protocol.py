@@ -85,6 +85,7 @@ class Session:
     watch_extension: str | None = None
     watch_cgroups: set[int] = field(default_factory=set)
     watching: bool = False
+    subscribed: bool = False  # what happens to the peer's instances streams on this connection (subscribe)
     fds: list[int] = field(default_factory=list)  # what came with the request being answered (SCM_RIGHTS)
 
     def follows(self, cgroup_id: int, extension: str | None, owner_uid: int = 0) -> bool:
@@ -229,6 +230,12 @@ class Launched:
 class RecordList:
     records: Annotated[list[dict[str, Any]], "forensic records, oldest first (the log's own lines)"]
     more: Annotated[bool, "more records matched than limit: ask again with since_seq the last one's seq"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Subscribed:
+    uid: Annotated[int, "whose instances' records follow (0: root, every instance's)"]
+    running: Annotated[list[str], "the caller's running instances now"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -410,6 +417,11 @@ class Records(Request[RecordList]):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Subscribe(Request[Subscribed]):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
 class Explain(Request[Explained]):
     seq: Annotated[int, "a record's sequence number"]
 
@@ -507,6 +519,7 @@ class Handlers(Protocol):
     def signal(self, s: Session, req: Signal) -> Done: ...
     def records(self, s: Session, req: Records) -> RecordList: ...
     def explain(self, s: Session, req: Explain) -> Explained: ...
+    def subscribe(self, s: Session, req: Subscribe) -> Subscribed: ...
     def freeze(self, s: Session, req: Freeze) -> Acted: ...
     def thaw(self, s: Session, req: Thaw) -> Acted: ...
     def kill(self, s: Session, req: Kill) -> Acted: ...
@@ -557,6 +570,12 @@ OPERATIONS: tuple[Operation[Any], ...] = (
     Operation("records", Records, Caller.OWNER, lambda h, s, r: h.records(s, r),
               "Forensic records (`ebpfguard forensics show`, `trace` of a user): a non-root caller gets the records "
               "of the instances it launched, from those the agent has written since it started or read back once."),
+    Operation("subscribe", Subscribe, Caller.OWNER, lambda h, s, r: h.subscribe(s, r),
+              "Follow what happens to the caller's instances (`ebpfguard notify`): after the answer, the connection "
+              "carries `{\"record\": RECORD}` for each record of them as it is written (violations, the ladder's "
+              "steps, stops, rollback), `{\"refusal\": {\"extension\": NAME, \"error\": TEXT}}` for each launch of "
+              "theirs the agent refused, and `{\"lost\": N}` when N lines were dropped because the reader fell "
+              "behind; root follows every instance."),
     Operation("explain", Explain, Caller.OWNER, lambda h, s, r: h.explain(s, r),
               "Why a record was raised (`ebpfguard explain` of a user): a non-root caller, of its own records only."),
     Operation("prepare", Prepare, Caller.ROOT, lambda h, s, r: h.prepare(s, r),

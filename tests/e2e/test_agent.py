@@ -238,7 +238,7 @@ def request(state: Path, payload: bytes) -> dict[str, Any]:
     (b"garbage\n", "request is not JSON"),
     (b"[1, 2]\n", "a request is a JSON object"),
     (b'{"op": 5}\n', "a request is a JSON object"),
-    (b'{"op": "nope"}\n', "unknown op 'nope' (the agent knows ping, status, launch, signal, records, explain, prepare,"),
+    (b'{"op": "nope"}\n', "unknown op 'nope' (the agent knows ping, status, launch, signal, records, subscribe, explain, prepare,"),
     (b'{"op": "prepare"}\n', "bad prepare request: give exactly one of extension (a policy's name) or manifest_text"),
     (b'{"op": "prepare", "manifest_text": "x: [\\n"}\n', "not valid YAML/JSON"),
     (b'{"op": "prepare", "manifest_text": 7}\n', "field 'manifest_text': expected string, got integer 7"),

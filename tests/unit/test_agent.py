@@ -240,6 +240,24 @@ def test_activity_follows_an_extension_and_streams_its_lines(served: Served, age
         time.sleep(0.01)
 
 
+def test_a_subscriber_hears_of_its_own_instances_and_refusals_only(served: Served, agent: Agent) -> None:
+    with served.client() as root, served.client(USER) as mine, served.client(OTHER) as theirs:
+        assert mine.request(p.Subscribe()) == p.Subscribed(uid=USER.uid, running=[])
+        assert theirs.request(p.Subscribe()).uid == OTHER.uid
+        ans = root.request(p.Prepare(extension="tool"))
+        inst = next(i for i in agent.engine.instances.values() if i.id == ans.instance)
+        with served.lock:  # as the agent's launch for USER records it
+            agent.engine.started(inst, os.getpid(), ["/usr/bin/true"], {"launched_by": USER.uid, "layers": []})
+        first = next(mine.lines())
+        assert first["record"]["kind"] == "lifecycle" and first["record"]["detail"]["event"] == "start"
+        assert first["record"]["instance"] == ans.instance
+        with served.lock:
+            agent._refused(USER.uid, "tool", "no policy named 'tool'")
+            agent._refused(OTHER.uid, "theirs", "refused")
+        assert next(mine.lines()) == {"refusal": {"extension": "tool", "error": "no policy named 'tool'"}}
+        assert next(theirs.lines()) == {"refusal": {"extension": "theirs", "error": "refused"}}  # nothing before
+
+
 def pending_area(agent: Agent, real: Path) -> Layer:
     """A rollback area an instance left when its agent went down: one file written in ``real``."""
     root = agent.engine.rollback_root / "tool-left"
@@ -285,7 +303,7 @@ def test_the_answer_types_name_every_key_of_what_they_carry(agent: Agent, tmp_pa
 @pytest.mark.parametrize("payload,error", [
     (b"garbage\n", "request is not JSON"),
     (b"[1, 2]\n", "a request is a JSON object with a string 'op'"),
-    (b'{"op": "nope"}\n', "unknown op 'nope' (the agent knows ping, status, launch, signal, records, explain, prepare, started, exited, freeze, thaw, "
+    (b'{"op": "nope"}\n', "unknown op 'nope' (the agent knows ping, status, launch, signal, records, subscribe, explain, prepare, started, exited, freeze, thaw, "
                           "kill, quarantine, attach, flag, promote, activity, rollback)"),
     (b'{"op": "status", "verbose": true}\n', "bad status request: unknown field 'verbose' (Status takes no fields)"),
     (b'{"op": "exited", "instance": "x", "status": "seven"}\n',

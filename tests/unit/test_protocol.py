@@ -28,6 +28,7 @@ REQUESTS: dict[str, p.Request[Any]] = {
     "launch": p.Launch(extension="e", argv=["/usr/bin/env", "-i"], env={"LANG": "C"}, cwd="/home/u"),
     "signal": p.Signal(instance="i", signal="SIGINT"),
     "records": p.Records(since_seq=7, extension="e", kinds=["file"], limit=10),
+    "subscribe": p.Subscribe(),
     "explain": p.Explain(seq=7),
     "prepare": p.Prepare(manifest_text="x", manifest_path="/m.yaml", home="/home/u", mode=Mode.AUDIT, files="/ext",
                          signature_text="sig"),
@@ -58,7 +59,7 @@ def test_each_operations_caller_class() -> None:
     by = {c: sorted(op.name for op in p.OPERATIONS if op.caller is c) for c in p.Caller}
     assert by == {p.Caller.ROOT: ["exited", "flag", "prepare", "promote", "started"],
                   p.Caller.OWNER: ["activity", "attach", "explain", "freeze", "kill", "launch", "quarantine",
-                                   "records", "rollback", "signal", "status", "thaw"],
+                                   "records", "rollback", "signal", "status", "subscribe", "thaw"],
                   p.Caller.ANYONE: ["ping"]}
 
 
