@@ -18,11 +18,12 @@ setup: deps headers venv
 # xdg-dbus-proxy, which filters each instance's D-Bus; python3-seccomp, libseccomp's syscall table.
 # The desktop components the tests start for real: dbus-daemon and dbus-test-tool (a service that owns a name and answers), Xvfb, xdotool and
 # xwininfo (x11-utils), ssh-agent and ssh-keygen (openssh-client). jq and curl: real programs the learn
-# round trip learns a manifest for.
+# round trip learns a manifest for. python3-jupyter-client, python3-ipykernel and python3-pylsp: the platforms
+# docs/recipes.md launches through ebpfguard (a notebook kernel, a language server), tested as a user.
 PKGS := python3-bpfcc libbpfcc python3-venv gcc libc6-dev linux-libc-dev iproute2 auditd bpftrace \
 	xdg-dbus-proxy dbus-daemon dbus-bin dbus-tests xvfb xdotool x11-utils openssh-client \
 	python3-click python3-yaml python3-jsonschema python3-cryptography python3-prometheus-client python3-psutil \
-	python3-seccomp prometheus jq curl
+	python3-seccomp prometheus jq curl python3-jupyter-client python3-ipykernel python3-pylsp
 deps:
 	@dpkg -s $(PKGS) >/dev/null 2>&1 || { \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(PKGS) ; }
