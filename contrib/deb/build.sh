@@ -1,7 +1,7 @@
 #!/bin/sh
 # Build OUT/ebpfguard_VERSION_all.deb from this checkout (make deb): the wheel's package (with bpf/,
 # policies/, sim/ and bench/ inside it) under /usr/lib/python3/dist-packages, /usr/bin/ebpfguard, the
-# unit, the shipped policies as conffiles in /etc/ebpfguard/policies. Python dependencies are Debian's.
+# units (the agent's; the desktop notifier's user unit and its XDG autostart entry), the shipped policies as conffiles in /etc/ebpfguard/policies. Python dependencies are Debian's.
 # usage: contrib/deb/build.sh PIP OUT
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,6 +22,10 @@ printf '#!/usr/bin/python3\nimport sys\n\nfrom ebpfguard.cli.main import main\n\
 chmod 0755 "$root/usr/bin/ebpfguard"
 install -m 0644 "$top/contrib/ebpfguard.service" "$root/lib/systemd/system/ebpfguard.service"
 install -m 0644 "$top/contrib/ebpfguard-verify.service" "$top/contrib/ebpfguard-verify.timer" "$root/lib/systemd/system/"
+# the desktop notifier: a systemd user unit, and an XDG autostart entry for sessions without systemd --user
+install -d "$root/usr/lib/systemd/user" "$root/etc/xdg/autostart"
+install -m 0644 "$top/contrib/ebpfguard-notify.service" "$root/usr/lib/systemd/user/"
+install -m 0644 "$top/contrib/ebpfguard-notify.desktop" "$root/etc/xdg/autostart/"
 for f in "$top"/policies/*.yaml; do
     install -m 0644 "$f" "$root/etc/ebpfguard/policies/"
 done

@@ -6,6 +6,7 @@
     forensics   forensics show|verify|export|pubkey
     learn       learn, baseline from-log            provenance  provenance, flag
     rollback    rollback list|show|commit|discard   lab         simulate, bench
+    notify      notify (the user's desktop notifications)
 
 What they share (the help layout, --state-dir, fail()) is in common.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import click
 
-from ebpfguard.cli import agent, forensics, lab, ladder, learn, policy, provenance, rollback, run, trace
+from ebpfguard.cli import agent, forensics, lab, ladder, learn, notify, policy, provenance, rollback, run, trace
 from ebpfguard.cli.common import Group
 
 
@@ -38,7 +39,7 @@ def main() -> None:
 for command in (run.run, run.attach, agent.agent, agent.status, ladder.freeze, ladder.thaw, ladder.kill_cmd,
                 ladder.quarantine, trace.trace, trace.explain_cmd, policy.policy, forensics.forensics, learn.learn,
                 learn.baseline, provenance.provenance_cmd, provenance.flag_cmd, rollback.rollback_cmd, lab.simulate,
-                lab.bench):
+                lab.bench, notify.notify):
     main.add_command(command)
 
 

@@ -86,7 +86,7 @@ def test_no_import_cycles() -> None:
 # The layers, bottom first: a module may import its own package and those before it, never one after.
 # ebpfguard/__init__.py (the surface) and testing.py (a test double) stand outside the order.
 LAYERS = ["errors", "common", "manifest", "kernel", "forensics", "sandbox", "instance", "pipeline", "runtime",
-          "governance", "observability", "service", "client", "lab", "cli"]
+          "governance", "observability", "service", "client", "notify", "lab", "cli"]
 OUTSIDE = {"ebpfguard", "ebpfguard.testing"}
 
 
