@@ -130,10 +130,22 @@ def text(s: object, home: str, limit: int = TEXT_MAX) -> str:
     return shorten(out, limit)
 
 
+def _access(d: Mapping[str, Any]) -> str:
+    """read, write or exec: the record's access, else what Landlock's report says blocked it (fs.read_file...)."""
+    if d.get("access"):
+        return clean(d["access"])
+    blockers = " ".join(str(b) for b in d.get("blockers") or [])
+    if "fs.execute" in blockers:
+        return "exec"
+    if any(w in blockers for w in ("fs.write", "fs.make", "fs.remove", "fs.truncate", "fs.refer")):
+        return "write"
+    return "read"
+
+
 def _tried(kind: str, d: Mapping[str, Any], home: str) -> str:
     """What an extension tried, from a violation's detail (paths, addresses, bus names: never argv)."""
     if kind in ("file", "exec"):
-        verb = "run" if kind == "exec" or d.get("access") == "exec" else str(d.get("access") or "open")
+        verb = "run" if kind == "exec" or _access(d) == "exec" else _access(d)
         return f"{clean(verb)} {path_text(d.get('path') or d.get('name') or '?', home)}"
     if kind == "network":
         op = clean(d.get("op") or "connect")

@@ -56,6 +56,8 @@ def test_what_each_kind_tried() -> None:
         (rec("exec", {"path": "/usr/bin/curl", "access": "exec"}), "run /usr/bin/curl"),
         (rec("syscall", {"syscall": "ptrace"}), "use the system call ptrace"),
         (rec("file", {"path": f"{HOME}/notes.txt", "access": "write"}), "write ~/notes.txt"),
+        (rec("file", {"path": f"{HOME}/.ssh/id_ed25519", "blockers": ["fs.read_file"]}), "read ~/.ssh/id_ed25519"),
+        (rec("file", {"path": f"{HOME}/x", "blockers": ["fs.make_reg"]}), "write ~/x"),
     ]
     for item, what in cases:
         n = notice_of(item, HOME)
