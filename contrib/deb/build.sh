@@ -31,7 +31,7 @@ for f in "$top"/policies/*.yaml; do
 done
 install -m 0644 "$top/README.md" "$root/usr/share/doc/ebpfguard/"
 install -d "$root/usr/share/doc/ebpfguard/docs"  # where the README's links lead
-install -m 0644 "$top"/docs/*.md "$root/usr/share/doc/ebpfguard/docs/"
+install -m 0644 "$top"/docs/*.md "$top"/docs/*.png "$root/usr/share/doc/ebpfguard/docs/"  # png: notify.md's screenshot
 install -d "$root/usr/share/man/man1"
 for f in "$top"/man/man1/*.1; do
     gzip -9n -c "$f" > "$root/usr/share/man/man1/$(basename "$f").gz"

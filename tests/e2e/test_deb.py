@@ -43,7 +43,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> object:
         rm = sh("dpkg", "--purge", "ebpfguard")
         assert rm.returncode == 0, rm.stdout + rm.stderr
         left = [p for p in ("/usr/bin/ebpfguard", "/usr/lib/python3/dist-packages/ebpfguard", "/etc/ebpfguard",
-                            "/lib/systemd/system/ebpfguard.service", "/var/lib/ebpfguard") if os.path.lexists(p)]
+                            "/lib/systemd/system/ebpfguard.service", "/var/lib/ebpfguard",
+                            "/usr/lib/systemd/user/ebpfguard-notify.service",
+                            "/etc/xdg/autostart/ebpfguard-notify.desktop") if os.path.lexists(p)]
         if aside.exists() and not state.exists():
             shutil.move(aside, state)
         assert not left, f"left behind by the package: {left}"
@@ -67,6 +69,19 @@ def test_the_installed_command_validates_the_installed_policies(installed: objec
 def test_the_installed_command_lists_the_simulator_techniques(installed: object) -> None:
     r = installed_eg("simulate", "--list")
     assert r.returncode == 0 and "fs-dotdot" in r.stdout and "ipc-ssh-agent" in r.stdout, r.stderr
+
+
+def test_the_desktop_notifier_is_installed(installed: object, tmp_path: Path) -> None:
+    unit = Path("/usr/lib/systemd/user/ebpfguard-notify.service")
+    entry = Path("/etc/xdg/autostart/ebpfguard-notify.desktop")
+    assert "WantedBy=graphical-session.target" in unit.read_text()
+    assert "Exec=/usr/bin/ebpfguard notify" in entry.read_text() and "X-systemd-skip=true" in entry.read_text()
+    r = sh("systemd-analyze", "--user", "verify", str(unit), env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the installed notifier imports Debian's jeepney, then says there is no session bus to tell
+    r = sh("/usr/bin/ebpfguard", "notify", "--test", cwd="/",
+           env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "XDG_RUNTIME_DIR": str(tmp_path)})
+    assert r.returncode == 1 and "no session bus" in r.stderr, r.stdout + r.stderr
 
 
 def test_the_installed_unit_verifies(installed: object) -> None:
