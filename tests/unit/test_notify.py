@@ -4,6 +4,9 @@ of Notify calls against a recording bus (the real server and bus: tests/e2e/test
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -298,3 +301,57 @@ def test_the_agent_gone_is_said_once(tmp_path: Path) -> None:
         clock.t += 5
     assert [c["summary"] for c in bus.calls] == ["ebpfguard: the agent is not running"]
     assert bus.calls[0]["hints"]["urgency"] == ("y", 0)
+
+
+# ---- the actions, against a stand-in agent on a real socket ----------------------------------------------------
+class Agent:
+    """Answers one request per connection, as the agent's table would: explain and kill; records what it got."""
+
+    def __init__(self, path: Path) -> None:
+        self.got: list[dict[str, Any]] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                req = json.loads(conn.makefile().readline())
+                self.got.append(req)
+                answer = {"explain": {"ok": True, "explanation": {
+                    "seq": 41, "extension": "md-preview", "kind": "file", "verdict": "denied", "actions": [],
+                    "rule": "no entry covers it", "response": "file: block", "fix": "add it",
+                    "manifest": {"name": "md-preview", "version": "1.4.2", "sha256": "ab" * 32}}},
+                    "kill": {"ok": True, "instances": [req.get("name")]}}.get(req["op"], {"ok": False, "error": "no",
+                                                                                         "exit_code": 1})
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+
+
+def test_details_writes_the_explanation_and_opens_it_and_stop_kills(tmp_path: Path) -> None:
+    agent = Agent(tmp_path / "agent.sock")
+    bus = Bus({"actions"})
+    opened = tmp_path / "opened"
+    n = Notifier(bus, socket=str(tmp_path / "agent.sock"), home=HOME, runtime_dir=str(tmp_path),  # type: ignore[arg-type]
+                 clock=Clock(), opener=["/bin/sh", "-c", f'cp "$0" {opened}'])
+    n.handle(rec("file", {"path": f"{HOME}/.ssh/id_ed25519", "access": "read"}))
+    (call,) = bus.calls
+    assert call["summary"] == "md-preview 1.4.2 was blocked" and "To allow it: add it" in call["body"]
+    bus.pending = [("ActionInvoked", (1, "details"))]
+    n._bus_signals()
+    written = tmp_path / "ebpfguard" / "explain-41.txt"
+    assert written.read_text().startswith("record 41: file violation by md-preview -> denied")
+    assert written.stat().st_mode & 0o777 == 0o600
+    n.children[0].wait(10)
+    assert opened.read_text() == written.read_text()
+    bus.pending = [("ActionInvoked", (1, "stop")), ("ActionInvoked", (99, "stop"))]  # 99: no notice of ours
+    n._bus_signals()
+    assert [r for r in agent.got if r["op"] == "kill"] == [{"op": "kill", "name": "md-preview-3f2a9c"}]
+    killed = {"record": {"seq": 50, "kind": "lifecycle", "extension": "md-preview", "instance": "md-preview-3f2a9c",
+                         "actions": ["kill"], "detail": {"event": "kill", "by": "operator"}}}
+    n.handle(killed)  # the user's own Stop: not told back to them
+    assert len(bus.calls) == 1
