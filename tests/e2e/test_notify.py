@@ -130,7 +130,13 @@ class Session:
 def served(users: tuple[User, User]) -> Iterator[Served]:
     with serve({"notify-tool.yaml": POLICY.format(name="notify-tool", version="1.4.2"),
                 "notify-flood.yaml": POLICY.format(name="notify-flood", version="2.0")}) as s:
-        yield s
+        first = s.proc
+        try:
+            yield s
+        finally:  # the agent the restart test started: serve() stops the one it started
+            if s.proc is not first and s.proc.poll() is None:
+                s.proc.send_signal(signal.SIGTERM)
+                s.proc.wait(60)
 
 
 @pytest.fixture(scope="module")
