@@ -139,7 +139,8 @@ def status(state_dir: str, as_json: bool) -> None:
                    f"{sh['shadow_denials']} would-be refusals")
     for f, e in ans.get("policy_errors", {}).items():
         click.echo(f"  rejected {f}: {e.splitlines()[0]}")
-    click.echo(f"instances ({len(ans['instances'])}):")
+    others = f"; {ans['others']} more of other users" if ans.get("others") else ""
+    click.echo(f"instances ({len(ans['instances'])}{others}):")
     for i in ans["instances"]:
         shadow = f" shadow {i['shadow_denials']}" if i.get("shadow_denials") else ""
         click.echo(f"  {i['instance']:<30} pid {i['pid']!s:<7} {i['state']:<8} {i['mode']:<8} "

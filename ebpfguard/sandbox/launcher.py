@@ -84,7 +84,12 @@ def spawn(argv: Sequence[str], procs_files: Sequence[str], env: dict[str, str] |
                 sandbox.drop()
             if cwd is not None:
                 step = f"enter the working directory {cwd}"
-                os.chdir(cwd)
+                try:
+                    os.chdir(cwd)
+                except FileNotFoundError:
+                    raise LaunchError("it is not in the instance's view of the files (its /tmp and /var/tmp are its "
+                                      "own, and only what the manifest grants is there): start from a folder the "
+                                      "manifest grants") from None
             step = "join the extension cgroup"
             for fd in fds:
                 os.write(fd, b"0")

@@ -401,7 +401,8 @@ class Agent:
                      for m in self.policies.shadows().values()],
             require_signed=self.policies.require_signed, trust=str(self.policies.trust.root),
             policy_errors=dict(self.policies.errors) if s.peer.uid == 0 else {},
-            instances=[decode(p.InstanceState, i.summary(), strict=False) for i in self._own(s)])
+            instances=[decode(p.InstanceState, i.summary(), strict=False) for i in self._own(s)],
+            others=len(self.engine.instances) - len(self._own(s)))
 
     def _own(self, s: Session) -> list[Instance]:
         """The running instances this session's peer may see and act on."""

@@ -199,7 +199,8 @@ class Report:
     require_signed: Annotated[bool, "enforce-mode manifests must be signed by a trusted key"]
     trust: Annotated[str, "the trust store's folder"]
     policy_errors: Annotated[dict[str, str], "file -> why it was rejected"]
-    instances: Annotated[list[InstanceState], "every running instance"]
+    instances: Annotated[list[InstanceState], "every running instance (a non-root caller's own)"]
+    others: Annotated[int, "running instances of other users, not named (for a non-root caller)"] = 0
 
 
 @dataclass(frozen=True, kw_only=True)

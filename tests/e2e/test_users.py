@@ -10,7 +10,9 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,7 +124,8 @@ def test_a_second_user_can_neither_see_nor_touch_the_first_users_instance(served
         (inst,) = _instances(served)
         assert inst["launched_by"] == u.uid and inst["user"] == u.name
         theirs = json.loads(served.as_user(other, "status", "--json").stdout)
-        assert theirs["instances"] == []
+        assert theirs["instances"] == [] and theirs["others"] == 1  # counted, never named
+        assert "instances (0; 1 more of other users)" in served.as_user(other, "status").stdout
         for cmd in (("kill", inst["instance"]), ("kill", "user-tool"), ("freeze", inst["instance"])):
             r = served.as_user(other, *cmd)
             assert r.returncode != 0 and "no running instance or extension named" in r.stderr, r.stderr
@@ -179,6 +182,15 @@ def test_a_folder_the_user_cannot_enter_is_a_precise_error(served: Served, users
     assert r.returncode != 0 and r.stdout == ""
     assert "failed to enter the working directory /root" in r.stderr and "Permission denied" in r.stderr, r.stderr
     assert not _instances(served)
+    hidden = Path(tempfile.mkdtemp(prefix="eg-cwd-", dir="/tmp"))  # the host's /tmp: not in the instance's view
+    try:
+        os.chown(hidden, u.uid, u.gid)
+        r = served.as_user(u, "run", "-e", "user-tool", "--", "/usr/bin/id", "-u", cwd=str(hidden))
+        assert r.returncode != 0 and r.stdout == ""
+        assert f"failed to enter the working directory {hidden}: it is not in the instance's view" in r.stderr, \
+            r.stderr
+    finally:
+        hidden.rmdir()
 
 
 LAUNCH_LOOP = r"""

@@ -155,8 +155,8 @@ def test_a_desktop_user_launches_through_the_service_as_themselves(started: dict
         while name not in installed_eg("status").stdout:  # the agent reloads its folder every second
             assert time.monotonic() < deadline, installed_eg("status").stdout
             time.sleep(1)
-        r = sh("runuser", "-u", name, "--", "/usr/bin/ebpfguard", "run", "-e", name, "--", "/usr/bin/id", "-u",
-               timeout=120)
+        r = subprocess.run(["runuser", "-u", name, "--", "/usr/bin/ebpfguard", "run", "-e", name, "--", "/usr/bin/id",
+                            "-u"], capture_output=True, text=True, timeout=120, cwd="/")
         assert r.returncode == 0, r.stdout + r.stderr + sh("journalctl", "-u", UNIT, "--no-pager", "-n", "30").stdout
         assert r.stdout.strip() == sh("id", "-u", name).stdout.strip(), r.stdout
     finally:

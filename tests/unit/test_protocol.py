@@ -212,7 +212,7 @@ def test_the_wire_codec_decodes_nested_answers_and_names_nested_fields() -> None
              "metrics": {"address": None, "error": None}, "syscall_gates": [], "syscalls_not_in_kernel": [],
              "layers": []}
     report = {"agent": state, "policies": [], "shadows": [], "require_signed": False, "trust": "/t",
-              "policy_errors": {}, "instances": []}
+              "policy_errors": {}, "instances": [], "others": 0}
     assert to_wire(decode(p.Report, report, strict=True)) == report
     with pytest.raises(ValueError, match=r"field 'agent.counters\[\"events\"\]': expected integer, got string \"1\""):
         decode(p.Report, {**report, "agent": {**state, "counters": {"events": "1"}}}, strict=True)
