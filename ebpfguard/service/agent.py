@@ -685,11 +685,16 @@ class Agent:
 
 
 def _manifest_name(text: str | None) -> str | None:
-    """metadata.name of a manifest that may not parse (for a refusal's notice)."""
-    import re  # noqa: PLC0415
+    """metadata.name of a manifest that may not be valid (for a refusal's notice), if it says one."""
+    import yaml  # noqa: PLC0415
 
-    found = re.search(r"^\s*name:\s*['\"]?([A-Za-z0-9._-]+)", text or "", re.MULTILINE)
-    return found.group(1) if found else None
+    try:
+        data = yaml.safe_load(text or "")
+    except yaml.YAMLError:
+        return None
+    meta = data.get("metadata") if isinstance(data, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def _reader_gone(fd: int) -> bool:

@@ -129,7 +129,9 @@ class Session:
 @pytest.fixture(scope="module")
 def served(users: tuple[User, User]) -> Iterator[Served]:
     with serve({"notify-tool.yaml": POLICY.format(name="notify-tool", version="1.4.2"),
-                "notify-flood.yaml": POLICY.format(name="notify-flood", version="2.0")}) as s:
+                "notify-flood.yaml": POLICY.format(name="notify-flood", version="2.0"),
+                "notify-kill.yaml": POLICY.format(name="notify-kill", version="3.1").replace(
+                    "{file: block}", "{file: kill}")}) as s:
         first = s.proc
         try:
             yield s
@@ -237,6 +239,27 @@ def test_a_flood_makes_at_most_three_notices(served: Served, users: tuple[User, 
     assert len(got) <= 12, f"{len(got)} Notify calls for one flood"
     assert "more" in got[-1]["body"], got[-1]
     assert not _ours(sessions[1], "notify-flood")
+
+
+def test_a_kill_is_critical_and_a_refused_launch_is_told(served: Served, users: tuple[User, User],
+                                                         sessions: tuple[Session, Session]) -> None:
+    u = users[0]
+    key = _own_file(u, ".ssh/id_rsa", "the user's other key\n")
+    r = served.as_user(u, "run", "-e", "notify-kill", "--", "/bin/cat", str(key))
+    assert r.returncode == 128 + 9 and "other key" not in r.stdout, r.stdout + r.stderr
+    wait("the kill's notice", lambda: _ours(sessions[0], "notify-kill"), 3)
+    killed = _ours(sessions[0], "notify-kill")[0]
+    assert killed["summary"] == "notify-kill 3.1 was killed" and killed["hints"]["urgency"] == 2, killed
+    assert killed["body"].splitlines()[0] == "Tried: read ~/.ssh/id_rsa" and killed["icon"] == "dialog-error"
+    bad = _own_file(u, "as-root.yaml", POLICY.format(name="notify-refused", version="9").replace(
+        "spec:\n", "spec:\n  user: root\n", 1))
+    r = served.as_user(u, "run", "-m", str(bad), "--", "/bin/cat", str(bad))
+    assert r.returncode == 2, r.stdout + r.stderr
+    wait("the refused launch's notice", lambda: _ours(sessions[0], "notify-refused"), 3)
+    refused = _ours(sessions[0], "notify-refused")[0]
+    assert refused["summary"] == "notify-refused was not started", refused
+    assert "names 'root', but an instance you launch runs as you" in refused["body"], refused["body"]
+    assert not _ours(sessions[1], "notify-kill") and not _ours(sessions[1], "notify-refused")
 
 
 def test_the_agent_restart_is_survived(served: Served, users: tuple[User, User],
