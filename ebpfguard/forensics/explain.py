@@ -41,8 +41,9 @@ def _where(m: Manifest, *path: Any) -> str:
     return f"{field_name(path)} (line {line})" if line else field_name(path)
 
 
-def explain(state_dir: str, seq: int) -> dict[str, Any]:
-    rec = find(state_dir, seq)
+def explain(state_dir: str, seq: int, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Why record ``seq`` was raised; ``known``: that record, already at hand (else it is looked for in the log)."""
+    rec = Record.of(known) if known is not None and known.get("seq") == seq else find(state_dir, seq)
     kind = str(rec.kind)
     d = rec.detail
     out: dict[str, Any] = {"seq": seq, "extension": rec.extension, "kind": kind,

@@ -520,9 +520,13 @@ class Agent:
         return p.RecordList(records=out, more=False)
 
     def explain(self, s: Session, req: p.Explain) -> p.Explained:
-        if s.peer.uid != 0 and not any(int(r.get("seq") or 0) == req.seq for r in self.book.of(s.peer.uid)):
-            raise EbpfguardError(f"no record {req.seq} of an instance uid {s.peer.uid} launched")
-        return p.Explained(explanation=explain(self.state_dir, req.seq))
+        """A user's own record is at hand in the book (no log read); root's is looked for in the log."""
+        known = None
+        if s.peer.uid != 0:
+            known = next((r for r in self.book.of(s.peer.uid) if int(r.get("seq") or 0) == req.seq), None)
+            if known is None:
+                raise EbpfguardError(f"no record {req.seq} of an instance uid {s.peer.uid} launched")
+        return p.Explained(explanation=explain(self.state_dir, req.seq, known))
 
     def signal(self, s: Session, req: p.Signal) -> p.Done:
         launch = next((x for x in self.launches.values() if x.session is s and x.inst.id == req.instance), None)
