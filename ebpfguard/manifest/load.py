@@ -173,6 +173,22 @@ def _validator() -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
+MAX_DEPTH = 32  # brackets and braces a manifest may nest (the deepest field needs 6)
+
+
+def _flow_depth(text: str) -> int:
+    """How deep [ and { nest, counted everywhere (in quotes and comments too: a scanner that knew them could be
+    fooled into missing what YAML sees): a linear look before YAML's parser."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
 def _same_user(a: str, b: str) -> bool:
     def uid(name: str) -> int | None:
         try:
@@ -234,13 +250,24 @@ def parse(raw: bytes, filename: str = "<manifest>", *, home: str | None = None, 
         raise fail(line, "", f"not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})") from err
     if not text.strip():
         raise fail(None, "", "empty manifest")
+    if _flow_depth(text) > MAX_DEPTH:  # YAML's scanner takes seconds, then recurses, on deep nesting
+        raise fail(None, "", f"nested deeper than {MAX_DEPTH} levels: not a manifest")
     try:
+        # anchors and aliases are refused: an alias shares its node, so a few nested ones expand to billions of
+        # paths (a "billion laughs" document of 2 KB) before any check; a manifest never needs them
+        alias = next((ev for ev in yaml.parse(text, Loader=yaml.SafeLoader)
+                      if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None)), None)
+        if alias is not None:
+            raise fail(alias.start_mark.line + 1, "", "YAML anchors and aliases (&name, *name) are not accepted in a "
+                                                      "manifest: write each value out")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         reason = getattr(err, "problem", None) or str(err)
         raise fail(mark.line + 1 if mark else None, "", f"not valid YAML/JSON: {reason}") from err
+    except RecursionError:
+        raise fail(None, "", "nested too deeply to be a manifest") from None
     lines: dict[tuple[Any, ...], int] = {}
     problems: list[Problem] = []
     _index(node, (), lines, problems, filename)

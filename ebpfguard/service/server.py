@@ -168,6 +168,8 @@ class Server:
         """From the table only: the operation, the caller class, the typed request, the handler, the typed answer."""
         try:
             obj = json.loads(line)
+        except RecursionError:
+            return encode_failure(Failure(error="request is not JSON: nested too deeply", exit_code=2))
         except ValueError as err:
             return encode_failure(Failure(error=f"request is not JSON: {err}", exit_code=BadRequest.exit_code))
         name = "?"
@@ -181,6 +183,11 @@ class Server:
         except EbpfguardError as err:
             code = getattr(err, "exit_code", 1)
             return encode_failure(Failure(error=str(err), exit_code=code if isinstance(code, int) and code else 1))
+        except RecursionError:
+            return encode_failure(Failure(error=f"bad {name} request: nested too deeply", exit_code=2))
+        except Exception:  # a request must never end the agent, whoever sent it: said in its log, and answered
+            log.exception("the %s request of uid %d failed", name, session.peer.uid)
+            return encode_failure(Failure(error=f"{name}: the agent failed on this request (its log says why)"))
 
     # ---- activity ---------------------------------------------------------------------------------------------
     def stream(self, item: dict[str, Any], to: Callable[[Session], bool]) -> None:
@@ -207,7 +214,14 @@ class Server:
             sock, _ = self.listener.accept()
         except BlockingIOError:
             return
-        self.add(sock)
+        except OSError as err:  # out of descriptors, a peer gone before accept: the next step tries again
+            log.warning("control socket: accept failed: %s", err.strerror)
+            return
+        try:
+            self.add(sock)
+        except OSError as err:
+            log.warning("control socket: a connection failed at once: %s", err.strerror)
+            sock.close()
 
     def _drop(self, conn: Conn) -> None:
         if self.conns.get(conn.sock.fileno()) is not conn:

@@ -445,6 +445,20 @@ def test_a_launch_naming_another_user_is_refused(served: Served) -> None:
     assert f"spec.user: names 'root', but an instance you launch runs as you ({user.pw_name})" in answer["error"]
 
 
+@pytest.mark.parametrize(("payload", "error"), [
+    (b"[" * 100_000 + b"\n", "request is not JSON: nested too deeply"),
+    (json.dumps({"op": "prepare", "manifest_text": "[" * 3000 + "]" * 3000}).encode() + b"\n",
+     "nested deeper than 32 levels: not a manifest"),
+    (json.dumps({"op": "prepare", "manifest_text": "a: &a [x, x]\nb: [*a, *a]\n"}).encode() + b"\n",
+     "YAML anchors and aliases (&name, *name) are not accepted in a manifest"),
+])
+def test_a_request_built_to_crash_or_stall_the_agent_gets_an_error(served: Served, payload: bytes,
+                                                                   error: str) -> None:
+    ans = served.raw(payload)
+    assert ans["ok"] is False and error in ans["error"] and ans["exit_code"] == 2, ans
+    assert served.raw(b'{"op": "ping"}\n')["ok"] is True  # still serving
+
+
 def test_an_overlong_request_is_refused_and_its_connection_closed(served: Served) -> None:
     with served.connect() as s:
         s.sendall(b"x" * (p.MAX_REQUEST + 2))
