@@ -258,8 +258,9 @@ def parse(raw: bytes, filename: str = "<manifest>", *, home: str | None = None, 
         alias = next((ev for ev in yaml.parse(text, Loader=yaml.SafeLoader)
                       if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None)), None)
         if alias is not None:
-            raise fail(alias.start_mark.line + 1, "", "YAML anchors and aliases (&name, *name) are not accepted in a "
-                                                      "manifest: write each value out")
+            mark = alias.start_mark
+            raise fail(mark.line + 1 if mark else None, "", "YAML anchors and aliases (&name, *name) are not "
+                                                            "accepted in a manifest: write each value out")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
     except yaml.YAMLError as err:

@@ -75,7 +75,7 @@ class Book:
 
     def note(self, rec: dict[str, Any]) -> None:
         detail = rec.get("detail")
-        if rec.get("kind") == "lifecycle" and isinstance(detail, dict) and detail.get("event") == "start":
+        if rec.get("kind") == "lifecycle" and isinstance(detail, dict) and detail.get("event") in ("start", "adopted"):
             sandbox = detail.get("sandbox")
             by = sandbox.get("launched_by") if isinstance(sandbox, dict) else None
             if isinstance(by, int) and by > 0:
@@ -577,10 +577,7 @@ class Agent:
                 if why:
                     raise p.NotAllowed(f"pid {req.pid} cannot be adopted by uid {uid}: {why}")
             self._admit_launch(uid)
-        inst = self.engine.adopt(m, req.pid, req.mode)
-        if uid != 0:
-            inst.sandbox["launched_by"] = uid
-            self.engine.store.save(inst)
+        inst = self.engine.adopt(m, req.pid, req.mode, launched_by=uid)
         self._retrace()
         return p.Attached(instance=inst.id, cgroup=str(inst.cgroup.v2), pids=inst.cgroup.pids(),
                           not_enforced=list(inst.sandbox["not_enforced"]))

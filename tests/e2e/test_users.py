@@ -283,6 +283,8 @@ def test_a_user_adopts_a_tree_of_their_own_and_nothing_privileged(served: Served
         assert r.returncode == 0, r.stderr
         (inst,) = served.status()["instances"]
         assert inst["extension"] == "adopted-tool" and inst["launched_by"] == u.uid and theirs.pid in inst["pids"]
+        own = [json.loads(x) for x in served.as_user(u, "forensics", "show", "--json").stdout.splitlines()]
+        assert any(x["instance"] == inst["instance"] and x["detail"].get("event") == "adopted" for x in own), own
         again = served.as_user(u, "attach", "--pid", str(theirs.pid), "--manifest", str(mine))
         assert again.returncode != 0 and "is in an extension instance already" in again.stderr, again.stderr
         assert not json.loads(served.as_user(other, "status", "--json").stdout)["instances"]
