@@ -18,6 +18,7 @@ import json
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -96,6 +97,13 @@ class Client:
         except OSError as err:
             sock.close()
             raise ControlError(f"no agent is listening on {self.path} ({err.strerror})") from err
+        # the agent is root's: a socket another user serves (a path from $EBPFGUARD_SOCKET kept across su or
+        # sudo -E) would be told what to launch, where to write and what is allowed
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                              struct.calcsize("3i")))
+        if uid != 0:
+            sock.close()
+            raise ControlError(f"{self.path} is served by uid {uid}, not by the agent (root): not used")
         self.sock = sock
         self._buf = b""
 

@@ -296,3 +296,34 @@ def test_a_user_adopts_a_tree_of_their_own_and_nothing_privileged(served: Served
                 proc.kill()
                 proc.wait()
     wait("the adopted instance is released", lambda: not served.status()["instances"], within=15)
+
+
+FAKE_AGENT = r"""
+import json, os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o666)
+s.listen(4)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(json.dumps({"ok": True, "pid": 1, "started": "now"}).encode() + b"\n")
+    c.close()
+"""
+
+
+def test_root_never_takes_orders_from_a_socket_a_user_serves(served: Served, users: tuple[User, User]) -> None:
+    """$EBPFGUARD_SOCKET kept across su or sudo -E could lead root's client to a user's fake agent."""
+    u = users[0]
+    fake = u.home / "agent.sock"
+    proc = subprocess.Popen(["/usr/bin/python3", "-c", FAKE_AGENT, str(fake)], user=u.uid, group=u.gid,
+                            extra_groups=[], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        r = subprocess.run(served.argv("status"), env={**served.env(), "EBPFGUARD_SOCKET": str(fake)},
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and f"{fake} is served by uid {u.uid}, not by the agent (root): not used" in \
+            r.stderr, r.stdout + r.stderr
+    finally:
+        proc.kill()
+        proc.wait()
