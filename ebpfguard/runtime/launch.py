@@ -15,6 +15,8 @@ each stage means is the engine's (runtime/engine.py).
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import pwd
 import re
 import signal
@@ -149,6 +151,7 @@ def start_for_caller(engine: Engine, m: Manifest, argv: Sequence[str], *, uid: i
         try:
             if sb.uid != uid:  # parse(as_user) made spec.user the caller: never anyone else's rights
                 raise EbpfguardError(f"the instance would run as uid {sb.uid}, not as its caller (uid {uid})")
+            reachable(sb)
             base = caller_environ(m, env or {}, pwd.getpwuid(uid))
             std = [*stdio, None, None, None][:3]
             proc = spawn(argv, inst.cgroup.procs_files(), env=sb.environ(base), sandbox=sb, stdin=std[0],
@@ -160,6 +163,26 @@ def start_for_caller(engine: Engine, m: Manifest, argv: Sequence[str], *, uid: i
         engine.release(inst, kill=_still_running(inst))
         raise
     return inst, proc
+
+
+def reachable(sb: Sandbox) -> None:
+    """What the launcher carries into a user's instance from the host (a grant under its private /tmp), it opens as
+    root: each must be a folder or file the user reaches themselves, through no symlink, or the launch is refused
+    (a grant on /tmp/link -> /home/victim/Documents, or below another service's 0700 PrivateTmp folder, would
+    otherwise show it). Checked with the user's file rights just before the launch."""
+    from ebpfguard.sandbox.rollback import RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, _UserRights, openat2  # noqa: PLC0415
+
+    carried = [c.source for c in (sb.mounts.carry if sb.mounts is not None else [])]
+    if not carried:
+        return
+    with _UserRights(sb.uid, sb.gid):
+        for source in carried:
+            try:
+                os.close(openat2(-100, source, os.O_PATH, resolve=RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS))
+            except OSError as err:
+                why = "a symlink is on its way" if err.errno == errno.ELOOP else err.strerror
+                raise EbpfguardError(f"the manifest grants {source}, which {sb.user} cannot reach themselves "
+                                     f"({why}): it is not carried into the instance") from None
 
 
 _X_DISPLAY = re.compile(r"^(?:unix)?:(\d+)(?:\.\d+)?$")

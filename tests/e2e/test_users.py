@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -327,3 +328,38 @@ def test_root_never_takes_orders_from_a_socket_a_user_serves(served: Served, use
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_grant_under_the_private_tmp_is_carried_only_if_the_user_reaches_it(served: Served,
+                                                                             users: tuple[User, User]) -> None:
+    """The launcher carries a host path granted under /tmp into the private one, as root: a symlink to another
+    user's folder, or a folder the user cannot enter, is refused; a folder of theirs is carried."""
+    u, other = users
+    tag = os.urandom(4).hex()
+    theirs = other.home / f"private-{tag}"
+    theirs.mkdir(mode=0o755)  # readable in itself, inside the other user's home (0700 on Debian's useradd? made so)
+    os.chmod(other.home, 0o700)
+    (theirs / "notes.txt").write_text("the other user's\n")
+    link, own = Path(f"/tmp/eg-link-{tag}"), Path(f"/tmp/eg-own-{tag}")
+    os.symlink(theirs, link)
+    os.lchown(link, u.uid, u.gid)
+    own.mkdir()
+    os.chown(own, u.uid, u.gid)
+    (own / "mine.txt").write_text("mine\n")
+    try:
+        for granted, ok in ((link, False), (own, True)):
+            m = u.home / f"carry-{granted.name}.yaml"
+            m.write_text(POLICY.format(name="carry-tool").replace("~/work/]\n    write", f"~/work/, {granted}/]\n"
+                                                                                         "    write", 1))
+            os.chown(m, u.uid, u.gid)
+            r = served.as_user(u, "run", "-m", str(m), "--", "/bin/sh", "-c", f"cat {granted}/*.txt")
+            if ok:
+                assert r.returncode == 0 and r.stdout == "mine\n", r.stdout + r.stderr
+            else:
+                assert r.returncode != 0 and "the other user's" not in r.stdout, r.stdout + r.stderr
+                assert f"the manifest grants {granted}, which {u.name} cannot reach themselves (a symlink is on " \
+                       "its way)" in r.stderr, r.stderr
+    finally:
+        link.unlink()
+        shutil.rmtree(own)
+        shutil.rmtree(theirs)
