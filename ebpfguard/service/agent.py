@@ -445,6 +445,9 @@ class Agent:
             raise BadRequest(f"a launch carries the caller's stdin, stdout and stderr (SCM_RIGHTS): {len(s.fds)} "
                              "file descriptors came with it")
         for name, fd in zip(("stdin", "stdout", "stderr"), s.fds, strict=True):
+            if _on_fuse(fd):  # fstat and I/O on it wait for the user's FUSE daemon: the agent's loop never does
+                raise BadRequest(f"the {name} passed is a file of a FUSE filesystem: pass a pipe, a terminal or "
+                                 "a file of a local filesystem")
             try:
                 st = os.fstat(fd)
             except OSError as err:
@@ -696,6 +699,21 @@ def _manifest_name(text: str | None) -> str | None:
     meta = data.get("metadata") if isinstance(data, dict) else None
     name = meta.get("name") if isinstance(meta, dict) else None
     return name if isinstance(name, str) and name else None
+
+
+def _on_fuse(fd: int) -> bool:
+    """Whether a passed descriptor is a file of a FUSE filesystem, from /proc alone (no call reaches the file)."""
+    try:
+        info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        mnt = next(line.split()[1] for line in info.splitlines() if line.startswith("mnt_id:"))
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            if fields and fields[0] == mnt:
+                fstype = fields[fields.index("-") + 1] if "-" in fields else ""
+                return fstype.startswith("fuse")
+    except (OSError, StopIteration, IndexError, ValueError):
+        return True  # cannot tell: not taken
+    return False
 
 
 def _reader_gone(fd: int) -> bool:

@@ -12,10 +12,12 @@ import grp
 import json
 import logging
 import os
+import queue
 import selectors
 import socket
 import stat
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,9 +59,32 @@ class Conn:
         self.fds: list[int] = []  # received with SCM_RIGHTS, not yet handed to a request
 
     def close_fds(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
+        close_later(self.fds)
         self.fds = []
+
+
+_closing: queue.SimpleQueue[int] = queue.SimpleQueue()
+_closer: threading.Thread | None = None
+
+
+def close_later(fds: list[int]) -> None:
+    """Descriptors a peer passed are closed by a thread of their own: closing a file of a FUSE filesystem waits for
+    its (the user's) FUSE daemon, which need never answer; the agent's loop never waits on that."""
+    global _closer
+    if not fds:
+        return
+    if _closer is None:
+        def run() -> None:
+            while True:
+                fd = _closing.get()
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        _closer = threading.Thread(target=run, name="ebpfguard-fd-closer", daemon=True)
+        _closer.start()
+    for fd in fds:
+        _closing.put(fd)
 
 
 class Server:
@@ -264,8 +289,7 @@ class Server:
             try:
                 self._send(conn, self.answer(conn.session, line))
             finally:  # what the handler did not take
-                for fd in conn.session.fds:
-                    os.close(fd)
+                close_later(conn.session.fds)
                 conn.session.fds = []
         most = MAX_REQUEST if conn.session.peer.uid == 0 else self.limits.request_bytes
         if len(conn.buf) > most:
