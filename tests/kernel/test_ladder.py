@@ -123,7 +123,9 @@ def test_escalation_window_freezes(engine: Engine, world: World) -> None:
         assert len(v) == 1 and v[0]["verdict"] == "allowed"  # alert: recorded, not denied
         esc = [r for r in records if r["detail"].get("event") == "escalation"]
         assert len(esc) == 1 and esc[0]["actions"] == ["cgroup.freeze:escalation(2 in 60s)"]
-        assert esc[0]["detail"]["repeats"] == 1
+        # at least the second read; where BPF-LSM sees the same opens beside the tracepoints, their sightings are
+        # repeats too, and how many the counter holds when it is read depends on the moment (3 was seen there)
+        assert esc[0]["detail"]["repeats"] >= 1, esc
         assert frozen(inst.cgroup) and not advancing(count)
 
 
