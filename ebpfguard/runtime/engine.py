@@ -275,7 +275,7 @@ class Engine:
                 raise
         return inst
 
-    def adopt(self, m: Manifest, pid: int, mode: str | None = None, launched_by: int = 0) -> Instance:
+    def adopt(self, m: Manifest, pid: int, mode: str | None = None) -> Instance:
         """Move a running process and its descendants into a new instance. The in-kernel layers
         apply from then on; the launcher's layers cannot be imposed from outside, and the record and
         status say so."""
@@ -309,13 +309,9 @@ class Engine:
             "times and attributes outside the write trees, and sees the real /tmp and socket folders",
             *(["d-bus proxy: the process keeps its own bus connection; spec.ipc.dbus is not enforced"]
               if m.ipc.dbus else [])]}
-        detail: dict[str, Any] = {}
-        if launched_by:  # a user adopted a tree of theirs: whose instance it is, in the record too
-            inst.sandbox["launched_by"] = launched_by
-            detail["sandbox"] = {"launched_by": launched_by}
         self.store.save(inst)
         self.recorder.lifecycle(inst, "adopted", pid=pid, actions=["cgroup.procs"], pids=moved, argv=inst.argv,
-                                not_enforced=inst.sandbox["not_enforced"], **detail)
+                                not_enforced=inst.sandbox["not_enforced"])
         return inst
 
     def readopt(self) -> list[Instance]:

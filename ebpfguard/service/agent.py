@@ -28,7 +28,6 @@ from ebpfguard.forensics import MAX_BYTES, BadLine, ForensicLog, Forwarder, read
 from ebpfguard.forensics.explain import explain
 from ebpfguard.governance.policydir import PolicyDir
 from ebpfguard.governance.trust import launch_check
-from ebpfguard.instance.store import process_tree
 from ebpfguard.kernel.cgroups import CgroupManager
 from ebpfguard.kernel.features import bpf_lsm_status
 from ebpfguard.manifest.load import Manifest, parse
@@ -75,7 +74,7 @@ class Book:
 
     def note(self, rec: dict[str, Any]) -> None:
         detail = rec.get("detail")
-        if rec.get("kind") == "lifecycle" and isinstance(detail, dict) and detail.get("event") in ("start", "adopted"):
+        if rec.get("kind") == "lifecycle" and isinstance(detail, dict) and detail.get("event") == "start":
             sandbox = detail.get("sandbox")
             by = sandbox.get("launched_by") if isinstance(sandbox, dict) else None
             if isinstance(by, int) and by > 0:
@@ -567,20 +566,8 @@ class Agent:
                           rollback=inst.rollback.overlays() if inst.rollback else {})
 
     def attach(self, s: Session, req: p.Attach) -> p.Attached:
-        """Root adopts any process tree; a user, a tree of their own: every process in it runs with their uid and
-        gid alone (real, effective, saved, filesystem), holds no capability, and is in no instance yet."""
-        uid = s.peer.uid
-        if uid == 0:
-            m = parse(req.manifest_text.encode(), req.manifest_path, home=req.home)
-        else:
-            m = parse(req.manifest_text.encode(), req.manifest_path, as_user=pwd.getpwuid(uid).pw_name)
-            contained = {pid for i in self.engine.instances.values() for pid in i.cgroup.pids()}
-            for pid in process_tree(req.pid) or [req.pid]:
-                why = _not_plainly_theirs(pid, uid, s.peer.gid, contained)
-                if why:
-                    raise p.NotAllowed(f"pid {req.pid} cannot be adopted by uid {uid}: {why}")
-            self._admit_launch(uid)
-        inst = self.engine.adopt(m, req.pid, req.mode, launched_by=uid)
+        m = parse(req.manifest_text.encode(), req.manifest_path, home=req.home)
+        inst = self.engine.adopt(m, req.pid, req.mode)
         self._retrace()
         return p.Attached(instance=inst.id, cgroup=str(inst.cgroup.v2), pids=inst.cgroup.pids(),
                           not_enforced=list(inst.sandbox["not_enforced"]))
@@ -723,26 +710,6 @@ def _reader_gone(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     return any(ev & select.POLLERR for _, ev in poller.poll(0))
-
-
-def _not_plainly_theirs(pid: int, uid: int, gid: int, contained: set[int]) -> str | None:
-    """Why a user may not adopt ``pid`` (None: they may): not theirs alone, privileged, or in an instance."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return f"no process {pid}"
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    uids = fields.get("Uid", "").split()
-    gids = fields.get("Gid", "").split()
-    if uids != [str(uid)] * 4:
-        return f"process {pid} runs with uids {' '.join(uids)}, not {uid} alone"
-    if gids != [str(gid)] * 4:
-        return f"process {pid} runs with gids {' '.join(gids)}, not {gid} alone (a setgid program)"
-    if int(fields.get("CapEff", "0").strip() or "0", 16) or int(fields.get("CapPrm", "0").strip() or "0", 16):
-        return f"process {pid} holds capabilities"
-    if pid in contained:
-        return f"process {pid} is in an extension instance already"
-    return None
 
 
 def _launched_by(meta: dict[str, Any]) -> int:

@@ -594,10 +594,11 @@ OPERATIONS: tuple[Operation[Any], ...] = (
               "Kill instances by hand (a non-root caller: its own)."),
     Operation("quarantine", Quarantine, Caller.OWNER, lambda h, s, r: h.quarantine(s, r),
               "Revoke instances' network, or give it back (lift; a non-root caller: its own)."),
-    Operation("attach", Attach, Caller.OWNER, lambda h, s, r: h.attach(s, r),
-              "Adopt a running process tree into a new instance (`ebpfguard attach`). A non-root caller adopts a "
-              "tree of its own only: every process with the caller's uid and gid alone, no capability, in no "
-              "instance."),
+    Operation("attach", Attach, Caller.ROOT, lambda h, s, r: h.attach(s, r),
+              "Adopt a running process tree into a new instance (`ebpfguard attach`). Root's only: an adopted "
+              "process keeps its privileges (no_new_privs cannot be set from outside), so a setuid program started "
+              "in it later would run under the policy, freeze and kill of whoever adopted it; a user launches "
+              "(`launch`) instead."),
     Operation("flag", Flag, Caller.ROOT, lambda h, s, r: h.flag(s, r),
               "Flag an extension for security concerns, or clear the flag: a signed record."),
     Operation("promote", Promote, Caller.ROOT, lambda h, s, r: h.promote(s, r),

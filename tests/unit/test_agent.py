@@ -353,7 +353,7 @@ def test_a_user_sees_and_acts_on_their_own_instances_only(served: Served, agent:
 
 @pytest.mark.parametrize("op", [p.Flag(extension="tool", reason="x"), p.Promote(extension="tool"),
                                 p.Prepare(extension="tool"), p.Started(instance="i", pid=1, argv=[]),
-                                p.Exited(instance="i", status=0)])
+                                p.Exited(instance="i", status=0), p.Attach(pid=1, manifest_text="x")])
 def test_root_operations_refuse_a_user(served: Served, op: p.Request[Any]) -> None:
     with served.client(USER) as c:
         with pytest.raises(Refused, match=f"{p.BY_REQUEST[type(op)].name} is for root only .*; this connection's "

@@ -57,9 +57,9 @@ def test_the_table_names_each_operation_and_request_type_once() -> None:
 def test_each_operations_caller_class() -> None:
     """What only root may do (policies, root's own launcher, adoption), what a user does on their own, and ping."""
     by = {c: sorted(op.name for op in p.OPERATIONS if op.caller is c) for c in p.Caller}
-    assert by == {p.Caller.ROOT: ["exited", "flag", "prepare", "promote", "started"],
-                  p.Caller.OWNER: ["activity", "attach", "explain", "freeze", "kill", "launch", "quarantine",
-                                   "records", "rollback", "signal", "status", "subscribe", "thaw"],
+    assert by == {p.Caller.ROOT: ["attach", "exited", "flag", "prepare", "promote", "started"],
+                  p.Caller.OWNER: ["activity", "explain", "freeze", "kill", "launch", "quarantine", "records",
+                                   "rollback", "signal", "status", "subscribe", "thaw"],
                   p.Caller.ANYONE: ["ping"]}
 
 
