@@ -20,7 +20,7 @@ install -d "$root/usr/bin" "$root/lib/systemd/system" "$root/etc/ebpfguard/polic
     "$root/DEBIAN"
 printf '#!/usr/bin/python3\nimport sys\n\nfrom ebpfguard.cli.main import main\n\nsys.exit(main())\n' > "$root/usr/bin/ebpfguard"
 chmod 0755 "$root/usr/bin/ebpfguard"
-install -m 0644 "$top/contrib/ebpfguard.service" "$root/lib/systemd/system/ebpfguard.service"
+install -m 0644 "$top/contrib/ebpfguard.service" "$top/contrib/ebpfguard.socket" "$root/lib/systemd/system/"
 install -m 0644 "$top/contrib/ebpfguard-verify.service" "$top/contrib/ebpfguard-verify.timer" "$root/lib/systemd/system/"
 # the desktop notifier: a systemd user unit, and an XDG autostart entry for sessions without systemd --user
 install -d "$root/usr/lib/systemd/user" "$root/etc/xdg/autostart"

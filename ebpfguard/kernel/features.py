@@ -5,6 +5,7 @@ the active LSMs, whether BPF-LSM programs load, the cgroup mode. The loader and 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,48 @@ def headers_match() -> bool:
     return release in real or not build.is_symlink()
 
 
+PROBE_CACHE = Path("/run/ebpfguard/sets/lsm-probe.json")  # beside the kept programs (kernel/kept.py)
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _cached_lsm_status() -> tuple[bool, str] | None:
+    """What the loading probe found earlier in this boot (it compiles a program: seconds under emulation)."""
+    try:
+        d = json.loads(PROBE_CACHE.read_text())
+        if PROBE_CACHE.stat().st_uid == 0 and d["boot"] == _boot_id() and d["release"] == os.uname().release:
+            return bool(d["usable"]), str(d["why"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _cache_lsm_status(status: tuple[bool, str]) -> None:
+    try:
+        PROBE_CACHE.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = PROBE_CACHE.with_suffix(f".{os.getpid()}")
+        tmp.write_text(json.dumps({"boot": _boot_id(), "release": os.uname().release, "usable": status[0],
+                                   "why": status[1]}))
+        os.replace(tmp, PROBE_CACHE)
+    except OSError:
+        pass  # a cache: the next start probes again
+
+
 def bpf_lsm_status() -> tuple[bool, str]:
     """(usable, why not). BPF-LSM needs "bpf" among the active LSMs, BPF trampolines (known only by
     loading an LSM program: it fails with EPERM on kernels that forbid text patching, as on these
-    machines) and, because the programs read kernel structs, the running kernel's own headers."""
+    machines) and, because the programs read kernel structs, the running kernel's own headers. The
+    loading probe's answer is kept for the boot (root's, in /run)."""
     global _LSM_STATUS
+    if _LSM_STATUS is None and "bpf" in active_lsms() and os.geteuid() == 0:
+        _LSM_STATUS = _cached_lsm_status()
+        if _LSM_STATUS is not None and _LSM_STATUS[0] != headers_match():
+            _LSM_STATUS = None  # the headers changed since: probe again
     if _LSM_STATUS is None:
         if "bpf" not in active_lsms():
             _LSM_STATUS = (False, "bpf is not among the active LSMs (boot with lsm=...,bpf)")
@@ -74,6 +112,7 @@ def bpf_lsm_status() -> tuple[bool, str]:
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
+            _cache_lsm_status(_LSM_STATUS)
     return _LSM_STATUS
 
 

@@ -12,6 +12,7 @@ for any task outside an extension cgroup. The cgroup sock_addr programs attach p
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import re
 import struct
@@ -24,6 +25,7 @@ from typing import Any
 from ebpfguard.common.abi import c
 from ebpfguard.common.resources import bpf_dir
 from ebpfguard.errors import KernelError
+from ebpfguard.kernel import kept
 from ebpfguard.kernel.features import bpf_lsm_status, headers_match
 from ebpfguard.manifest.compile import CompiledPolicy
 
@@ -44,6 +46,7 @@ NET_KILL_TRACEPOINTS = ("syscalls:sys_enter_connect", "syscalls:sys_enter_sendto
                         "syscalls:sys_enter_bind")
 
 
+log = logging.getLogger("ebpfguard")
 POLL_MAX = 2048  # records one poll takes at most (one group commit, then the agent's other duties)
 
 
@@ -128,9 +131,10 @@ def program_source(directory: Path | None = None) -> str:
 class Sensor:
     """All of ebpfguard's kernel programs and maps, loaded and unloaded as one unit."""
 
-    def __init__(self, directory: Path | None = None, lsm: bool | None = None):
+    def __init__(self, directory: Path | None = None, lsm: bool | None = None, owner: str | None = ""):
         """``lsm``: compile in the BPF-LSM programs (lsm.bpf.c); by default when the probe says they
-        can run here (kernel/probe.py: bpf_lsm_status)."""
+        can run here (kernel/probe.py: bpf_lsm_status). ``owner``: whose kept set to take or make
+        (kernel/kept.py: an agent's state folder, "" for none); None compiles afresh and keeps nothing."""
         try:
             from bcc import BPF, BPFAttachType  # noqa: PLC0415 - the one place bcc is imported
         except ImportError as err:
@@ -140,15 +144,7 @@ class Sensor:
         ensure_tracefs()
         from bcc import lib as libbcc  # noqa: PLC0415
         self._lib = libbcc
-        # cg_local (bpf/include/maps.h): bcc declares no cgroup-storage table, so the map is made here and the
-        # programs reach it by its fd. A u64 key (the cgroup id alone) shares one value among every
-        # program attached to a cgroup (Linux 5.9+).
-        self._cg_local_fd = libbcc.bcc_create_map(BPF_MAP_TYPE_CGROUP_STORAGE, b"cg_local", 8, CG_LOCAL.size,
-                                                   0, 0)
-        if self._cg_local_fd < 0:
-            raise KernelError(f"cannot create the cgroup storage map: {_strerror(self._cg_local_fd)}")
-        cflags = [f"-I{d}", "-Wno-macro-redefined", "-Wno-unused-function",
-                  f"-DEG_CG_LOCAL_FD={self._cg_local_fd}"]
+        cflags = [f"-I{d}", "-Wno-macro-redefined", "-Wno-unused-function"]
         for name in OPTIONAL_TRACEPOINTS:  # syscalls newer than the oldest kernel supported
             if has_tracepoint("syscalls", f"sys_enter_{name}"):
                 cflags.append(f"-DEG_HAVE_{name.upper()}")
@@ -161,17 +157,63 @@ class Sensor:
         self.lsm = lsm
         if lsm:
             cflags.append("-DEG_LSM")
-        try:
-            self.bpf = _parallel_loader(BPF)(text=program_source(d), cflags=cflags)
-        except Exception as err:  # bcc raises bare Exception for compile and load failures
-            os.close(self._cg_local_fd)
-            raise KernelError(f"failed to compile or load the eBPF programs: {err}") from err
+        source = program_source(d)
         at = BPFAttachType
         self._net_types = {
             "eg_connect4": at.CGROUP_INET4_CONNECT, "eg_connect6": at.CGROUP_INET6_CONNECT,
             "eg_sendmsg4": at.CGROUP_UDP4_SENDMSG, "eg_sendmsg6": at.CGROUP_UDP6_SENDMSG,
             "eg_bind4": at.CGROUP_INET4_BIND, "eg_bind6": at.CGROUP_INET6_BIND,
         }
+        self.set_hash = kept.set_hash(source, cflags, {})
+        self.kept = "not kept"  # how the programs came: "reused" (a kept set), "compiled and kept", "not kept: why"
+        member, complete = None, False
+        if owner is not None:
+            try:
+                member, complete = kept.acquire(self.set_hash, owner)
+            except (KernelError, OSError) as err:
+                self.kept = f"not kept: {err}"
+        self._member = member
+        if member is not None and complete:
+            try:
+                self._open_kept(BPF, member)
+            except (KernelError, OSError) as err:  # the pins or their description are damaged: compile
+                log.warning("the kept eBPF set %s/%d cannot be opened (%s): compiling", self.set_hash, member.n, err)
+                member.remove()
+                self._member = member = None
+                complete = False
+                self.kept = f"not kept: {err}"
+        if not complete:
+            self._compile(BPF, source, cflags, member)
+        if owner is not None:
+            try:
+                kept.remove_stale(self.set_hash, owner)
+            except OSError as err:
+                log.warning("cannot remove stale eBPF sets: %s", err)
+        self.gates: set[str] = set()
+        self.missing_gates: set[str] = set()
+        self._net_kill_slots: set[int] = set()
+        self._net_kill_attached = not complete  # bcc attached every TRACEPOINT_PROBE at load; a kept set, none
+        self._init_state()
+
+    def _compile(self, BPF: Any, source: str, cflags: list[str], member: kept.Member | None) -> None:
+        """Compile, load and attach the programs with bcc; keep them in ``member`` when one is given."""
+        libbcc = self._lib
+        # cg_local (bpf/include/maps.h): bcc declares no cgroup-storage table, so the map is made here and the
+        # programs reach it by its fd. A u64 key (the cgroup id alone) shares one value among every
+        # program attached to a cgroup (Linux 5.9+).
+        self._cg_local_fd = libbcc.bcc_create_map(BPF_MAP_TYPE_CGROUP_STORAGE, b"cg_local", 8, CG_LOCAL.size,
+                                                   0, 0)
+        if self._cg_local_fd < 0:
+            if member is not None:
+                member.remove()
+            raise KernelError(f"cannot create the cgroup storage map: {_strerror(self._cg_local_fd)}")
+        try:
+            self.bpf = _parallel_loader(BPF)(text=source, cflags=[*cflags, f"-DEG_CG_LOCAL_FD={self._cg_local_fd}"])
+        except Exception as err:  # bcc raises bare Exception for compile and load failures
+            os.close(self._cg_local_fd)
+            if member is not None:
+                member.remove()
+            raise KernelError(f"failed to compile or load the eBPF programs: {err}") from err
         try:
             self._net_fns = {name: self.bpf.load_func(name, BPF.CGROUP_SOCK_ADDR, attach_type=t)
                              for name, t in self._net_types.items()}
@@ -192,14 +234,60 @@ class Sensor:
                 self._net_types.pop(name, None)
             self.unix_hooks = f"the kernel refused the cgroup unix-socket programs ({err}); needs Linux 6.7"
             if self.lsm:  # the BPF-LSM socket hooks decide them instead (lsm.bpf.c: lsm_unix)
-                t = self.bpf["lsm_unix_on"]
-                t[t.Key(0)] = t.Leaf(1)
                 self.unix_hooks = None
                 self.unix_by_lsm = True
-        self.gates: set[str] = set()
-        self.missing_gates: set[str] = set()
-        self._net_kill_slots: set[int] = set()
-        self._net_kill_attached = True  # bcc attached every TRACEPOINT_PROBE at load
+        self._lsm_unix()
+        for fn in (b"syscall_gate", b"syscall_exit_gate"):  # loaded now, so that a kept set has them
+            try:
+                self.bpf.load_func(fn, BPF.TRACEPOINT)
+            except Exception as err:
+                raise KernelError(f"failed to load {fn.decode()}: {err}") from err
+        if member is None:
+            return
+        try:
+            kept.pin(member, self.bpf, {"cg_local": self._cg_local_fd},
+                     {"lsm": self.lsm, "unix_hooks": self.unix_hooks, "unix_by_lsm": self.unix_by_lsm})
+            self.kept = "compiled and kept"
+        except Exception as err:  # keeping is an economy: whatever fails, the programs loaded still serve
+            log.warning("the eBPF programs cannot be kept in bpffs (%s): the next start compiles again", err)
+            member.remove()
+            self._member = None
+            self.kept = f"not kept: {err}"
+
+    def _lsm_unix(self) -> None:
+        if self.unix_by_lsm:
+            t = self.bpf["lsm_unix_on"]
+            t[t.Key(0)] = t.Leaf(1)
+
+    def _open_kept(self, BPF: Any, member: kept.Member) -> None:
+        """Open a kept set: its maps emptied, its tracepoint and LSM programs attached as bcc would at load
+        (but for the network kill tracepoints, which wait for a policy that kills)."""
+        meta = member.meta() or {}
+        self.bpf = kept.kept_class(_parallel_loader(BPF))(member, meta)
+        try:
+            kept.empty(self.bpf)
+            self._cg_local_fd = os.dup(self.bpf.map_fds["cg_local"])
+            self.lsm = bool(meta["lsm"])
+            self.unix_hooks, self.unix_by_lsm = meta["unix_hooks"], bool(meta["unix_by_lsm"])
+            self._net_fns = {name: self.bpf.funcs[name.encode()] for name in self._net_types}
+            for name, t in UNIX_ATTACH.items():
+                if name.encode() in self.bpf.funcs:
+                    self._net_fns[name] = self.bpf.funcs[name.encode()]
+                    self._net_types[name] = t
+            self._lsm_unix()
+            for fname in list(self.bpf.funcs):
+                if fname.startswith(b"tracepoint__"):
+                    tp = fname[len(b"tracepoint__"):].replace(b"__", b":")
+                    if tp.decode() not in NET_KILL_TRACEPOINTS:
+                        self.bpf.attach_tracepoint(tp=tp, fn_name=fname)
+                elif fname.startswith(b"lsm__"):
+                    self.bpf.attach_lsm(fn_name=fname)
+        except Exception as err:
+            self.bpf.cleanup()
+            raise KernelError(f"{err}") from err
+        self.kept = "reused"
+
+    def _init_state(self) -> None:
         # Once any syscall tracepoint is attached, every task on the host takes the slow syscall path, so
         # the syscall families (files, gates, network kill) are attached only while a cgroup is bound, or
         # was bound less than IDLE_DETACH_S ago
@@ -625,3 +713,5 @@ class Sensor:
             self._closer.shutdown(wait=True)
         self.bpf.cleanup()
         os.close(self._cg_local_fd)
+        if self._member is not None:
+            self._member.release()  # the kept set is free for the next Sensor

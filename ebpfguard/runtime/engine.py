@@ -46,17 +46,19 @@ class Engine:
     def __init__(self, state_dir: str | os.PathLike[str] | StateDir, *, sensor: SensorLike | None = None,
                  cgroups: CgroupManager | None = None, log: ForensicLog | None = None,
                  clock: Callable[[], float] = time.monotonic, bus_addresses: dict[str, str] | None = None,
-                 landlock_audit: bool | None = None, correlator: Correlator | None = None):
+                 landlock_audit: bool | None = None, correlator: Correlator | None = None,
+                 keep_for: str | None = ""):
         """``landlock_audit``: record Landlock's own denial reports (kernel/laudit.py); by default
         where the kernel has them (Landlock ABI 7+) and the sensor is the real one. ``correlator``: the
-        sequence rules its instances are watched for (pipeline/correlate.py; None: none)."""
+        sequence rules its instances are watched for (pipeline/correlate.py; None: none). ``keep_for``: who the
+        real sensor's kept programs are kept for (kernel/kept.py: the agent's state folder; "" anyone)."""
         self.state = StateDir.of(state_dir)
         self.state_dir = str(self.state)
         sensor_is_real = sensor is None
         if sensor is None:
             from ebpfguard.kernel.loader import Sensor  # noqa: PLC0415 - keep bcc out of pure imports
 
-            sensor = Sensor()
+            sensor = Sensor(owner=keep_for)
         self.sensor: SensorLike = sensor
         self.cgroups = cgroups or CgroupManager()
         self.log = log or ForensicLog(self.state)

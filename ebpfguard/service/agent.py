@@ -42,7 +42,7 @@ from ebpfguard.service.control import socket_path
 from ebpfguard.service.journal import record_line
 from ebpfguard.service.protocol import BadRequest, Limits, RollbackAction, Session, owns
 from ebpfguard.service.sdnotify import notify
-from ebpfguard.service.server import Server
+from ebpfguard.service.server import Server, systemd_socket
 from ebpfguard.service.wire import decode, to_wire
 
 log = logging.getLogger("ebpfguard")
@@ -143,16 +143,20 @@ class Agent:
         Path(self.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.state_dir, 0o700)
         path = socket_path(self.state_dir, self.socket_file, client=False)
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-            raise EbpfguardError(f"another agent is already serving {path}")
-        except (FileNotFoundError, ConnectionRefusedError):
-            pass
-        finally:
-            probe.close()
+        activated = systemd_socket(path)  # ebpfguard.socket: clients wait in its queue until the agent enforces
+        if activated is None:
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+                raise EbpfguardError(f"another agent is already serving {path}")
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass
+            finally:
+                probe.close()
+        else:
+            log.info("serving %s, passed by systemd (socket activation)", path)
         self.setup()
-        self.server.listen(path, self.socket_group)
+        self.server.listen(path, self.socket_group, activated)
         self.scan_policies()
         if self.metrics_address:
             from ebpfguard.observability.metrics import serve  # noqa: PLC0415
@@ -174,8 +178,11 @@ class Agent:
         if self._engine is None:
             forward = Forwarder(self.log_forward) if self.log_forward else None
             self._engine = Engine(self.state_dir, log=ForensicLog(self.state_dir, self.rotate_bytes, forward),
-                                  cgroups=CgroupManager.for_service())
+                                  cgroups=CgroupManager.for_service(), keep_for=os.path.realpath(self.state_dir))
         self.engine = self._engine
+        kept, set_hash = getattr(self.engine.sensor, "kept", ""), getattr(self.engine.sensor, "set_hash", "")
+        if kept:
+            log.info("eBPF programs: %s (set %s, /sys/fs/bpf/ebpfguard)", kept, set_hash)
         if self.engine.observers.correlator is None:
             self.engine.observers.correlator = load_correlator(str(self.policies.dir) if self.policies.dir else None)
         if self.engine.baseline_for is None:

@@ -86,9 +86,25 @@ class Refused(ControlError):
         self.exit_code = failure.exit_code
 
 
+def default_timeout() -> float:
+    """How long a client waits for an answer: $EBPFGUARD_TIMEOUT seconds, else 30. A request that reaches the
+    socket while the agent starts waits in its queue (ebpfguard.socket) until the agent enforces."""
+    raw = os.environ.get("EBPFGUARD_TIMEOUT", "")
+    try:
+        value = float(raw) if raw else 30.0
+    except ValueError:
+        raise ControlError(f"EBPFGUARD_TIMEOUT={raw!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise ControlError(f"EBPFGUARD_TIMEOUT={raw!r} must be more than 0 and at most 86400 seconds")
+    return value
+
+
 class Client:
-    def __init__(self, state_dir: str | os.PathLike[str], timeout: float | None = 30.0,
+    def __init__(self, state_dir: str | os.PathLike[str], timeout: float | None = -1.0,
                  socket_file: str | os.PathLike[str] | None = None):
+        """``timeout``: seconds to wait for an answer (None: forever); by default default_timeout()."""
+        if timeout is not None and timeout < 0:
+            timeout = default_timeout()
         self.path = socket_path(state_dir, socket_file)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
@@ -161,6 +177,10 @@ class Client:
                 raise TimeoutError(f"no line from the agent within {timeout:g} s")
             try:
                 chunk = self.sock.recv(65536)
+            except TimeoutError as err:
+                raise ControlError(f"the agent at {self.path} did not answer within {self.sock.gettimeout():g} s "
+                                   "(a starting agent answers once it enforces: is it still compiling its "
+                                   "programs? see `journalctl -u ebpfguard`)") from err
             except OSError as err:
                 raise ControlError(f"control socket {self.path}: {err}") from err
             if not chunk:

@@ -102,11 +102,22 @@ class Server:
         self.listener: socket.socket | None = None
         self.path: Path | None = None
 
-    def listen(self, path: Path, group: str | None = None) -> None:
+    def listen(self, path: Path, group: str | None = None, activated: socket.socket | None = None) -> None:
         """Serve the socket at ``path``: 0666, every local user reaches it (each request is authorized from the
         peer's credentials), or 0660 with ``group``. Its folder is made 0755 if missing, and must be root's and
-        writable by nobody else: another user's folder could swap the socket for its own."""
+        writable by nobody else: another user's folder could swap the socket for its own. ``activated``: the
+        listening socket systemd made (systemd_socket()); its mode is the socket unit's."""
         folder = path.parent
+        if activated is not None:
+            st = os.lstat(folder)
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                raise EbpfguardError(f"control socket folder {folder} must be a folder of root's that only root can "
+                                     f"write (it is {oct(st.st_mode & 0o7777)}, uid {st.st_uid})")
+            self.listener = activated
+            self.listener.setblocking(False)
+            self.sel.register(self.listener, selectors.EVENT_READ, None)
+            self.path = path
+            return
         gid = -1
         if group is not None:
             try:
@@ -317,3 +328,33 @@ class Server:
             self._drop(conn)
             return
         del conn.out[:n]
+
+
+SD_LISTEN_FDS_START = 3
+
+
+def systemd_socket(path: Path) -> socket.socket | None:
+    """The listening socket systemd passed for ``path`` (socket activation, sd_listen_fds(3): LISTEN_PID is this
+    process, LISTEN_FDS counts descriptors from 3), or None when none was passed. The variables are removed so that
+    nothing the agent starts takes them for its own. A passed socket that is not a listening unix stream socket
+    bound to ``path`` is an error: the unit and the agent disagree on where the agent is reached."""
+    pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if not count or pid != str(os.getpid()):
+        return None
+    try:
+        n = int(count)
+    except ValueError:
+        raise EbpfguardError(f"LISTEN_FDS={count!r} is not a number") from None
+    if n != 1:
+        raise EbpfguardError(f"systemd passed {n} sockets; the agent serves one (ListenStream={path})")
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    os.set_inheritable(sock.fileno(), False)
+    bound = sock.getsockname() if sock.family == socket.AF_UNIX else None
+    if sock.type != socket.SOCK_STREAM or bound != str(path) or not sock.getsockopt(socket.SOL_SOCKET,
+                                                                                     socket.SO_ACCEPTCONN):
+        sock.close()
+        raise EbpfguardError(f"the socket systemd passed is not a listening unix stream socket at {path} "
+                             f"(it is {bound or sock.family!r}): set ListenStream={path} in ebpfguard.socket, or "
+                             "--socket to its path")
+    return sock

@@ -6,6 +6,7 @@ guest for this (make test-vm, `egvm.py run --systemd`). Checked as an operator r
 - an extension launched through the agent is refused what its manifest does not grant, and the refusal
   reaches the journal at warning priority with its path;
 - a killed agent is restarted (Restart=on-failure) and enforces again;
+- systemd owns the control socket (ebpfguard.socket); a client's request starts a stopped agent;
 - the hardened unit still does the whole job; its live exposure is printed;
 - `systemctl stop` stops cleanly, and the package purges.
 """
@@ -96,7 +97,7 @@ def started(package: str) -> Iterator[dict[str, str]]:
     try:
         yield props
     finally:
-        sh("systemctl", "stop", UNIT)
+        sh("systemctl", "stop", "ebpfguard.socket", UNIT)
         DROPIN.unlink(missing_ok=True)
         sh("systemctl", "daemon-reload")
 
@@ -178,6 +179,24 @@ def test_a_killed_agent_is_restarted_and_enforces_again(started: dict[str, str])
     assert installed_eg("status").returncode == 0
 
 
+def test_the_socket_is_systemds_and_a_client_starts_a_stopped_agent(started: dict[str, str]) -> None:
+    """ebpfguard.socket owns /run/ebpfguard/agent.sock: the agent takes it (LISTEN_FDS) and says so; with the agent
+    stopped the socket still listens, and a client's request starts the agent and is answered once it enforces."""
+    sock = sh("systemctl", "show", "ebpfguard.socket", "--property=ActiveState", "--property=Listen")
+    assert "ActiveState=active" in sock.stdout and "/run/ebpfguard/agent.sock (Stream)" in sock.stdout, sock.stdout
+    journal = sh("journalctl", "-u", UNIT, "--no-pager", "-o", "cat").stdout
+    assert "/run/ebpfguard/agent.sock, passed by systemd (socket activation)" in journal, journal[-2000:]
+    assert sh("systemctl", "stop", UNIT).returncode == 0
+    assert show("ActiveState")["ActiveState"] == "inactive"
+    # the client connects at once (the socket's queue) and waits for the answer; the agent starts from its kept
+    # programs (no compile), but emulated CPUs are slow: the wait's bound is raised as an operator would
+    r = subprocess.run(["/usr/bin/ebpfguard", "status"], capture_output=True, text=True, timeout=900, cwd="/",
+                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "EBPFGUARD_TIMEOUT": "600"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert show("ActiveState")["ActiveState"] == "active"
+    assert "reused" in sh("journalctl", "-u", UNIT, "--no-pager", "-o", "cat").stdout.rsplit("socket activation", 1)[-1]
+
+
 def test_the_live_exposure_of_the_hardened_unit(started: dict[str, str]) -> None:
     sec = sh("systemd-analyze", "security", "--no-pager", UNIT)
     line = next(x for x in sec.stdout.splitlines() if "Overall exposure level" in x)
@@ -189,7 +208,7 @@ def test_the_live_exposure_of_the_hardened_unit(started: dict[str, str]) -> None
 
 def test_stop_is_clean(started: dict[str, str]) -> None:
     own = CG / started["ControlGroup"].lstrip("/")
-    assert sh("systemctl", "stop", UNIT).returncode == 0
+    assert sh("systemctl", "stop", "ebpfguard.socket", UNIT).returncode == 0  # else a client would start it
     assert show("ActiveState")["ActiveState"] == "inactive"
     assert show("Result")["Result"] == "success", show("Result")
     assert not own.exists() or not (own / "agent").exists()
