@@ -93,9 +93,11 @@ def simulate(techniques: tuple[str, ...], manifest: str | None, mode: str | None
 @click.option("--flood-seconds", default=10.0, show_default=True, help="How long the flood test's offender runs.")
 @click.option("--log", "log_only", is_flag=True, help="Measure only the forensic log: records/s with signing "
               "and fsync, its CPU, and the bytes per record.")
+@click.option("--startup", is_flag=True, help="Measure only start-up and restart: a standalone run and an agent, "
+              "from the programs kept in bpffs and from a fresh compile, as whole processes (--rounds of them).")
 @click.option("--json", "as_json", is_flag=True)
 def bench(rounds: int, scale: float, quick: bool, no_peers: bool, latency_runs: int, flood_seconds: float,
-          log_only: bool, as_json: bool) -> None:
+          log_only: bool, startup: bool, as_json: bool) -> None:
     """Measure ebpfguard's overhead side by side with auditd and bpftrace, in one run, on the same
     workloads (open/close loop, stat tree walk, loopback connect loop, fork+exec loop, unpacking and
     checksumming a source tarball); the agent's CPU and RSS; p50/p99 detection-to-containment latency
@@ -111,6 +113,7 @@ def bench(rounds: int, scale: float, quick: bool, no_peers: bool, latency_runs: 
       sudo ebpfguard bench
       sudo ebpfguard bench --rounds 15 --json > bench.json
       sudo ebpfguard bench --quick --no-peers
+      sudo ebpfguard bench --startup --rounds 5
       ebpfguard bench --log
     """
     from ebpfguard.lab.bench import run_bench
@@ -122,6 +125,16 @@ def bench(rounds: int, scale: float, quick: bool, no_peers: bool, latency_runs: 
         click.echo(json.dumps(res, indent=2) if as_json else format_log_table(res))
         return
     require_root()
+    if startup:
+        from ebpfguard.lab.bench import format_startup, run_startup
+
+        try:
+            res = run_startup(rounds=2 if quick else rounds, cold_rounds=1 if quick else 2,
+                              echo=lambda s: click.echo(s, err=True))
+        except EbpfguardError as err:
+            fail(str(err))
+        click.echo(json.dumps(res, indent=2) if as_json else format_startup(res))
+        return
     if quick:
         rounds, scale, latency_runs, flood_seconds = 2, 0.05, 5, 1.0
     try:

@@ -122,7 +122,7 @@ class InstanceStore:
         meta = {"id": inst.id, "manifest_text": inst.manifest.raw.decode(), "manifest_path": inst.manifest.source,
                 "home": inst.manifest.home, "mode": inst.mode, "leader_pid": inst.leader_pid, "argv": inst.argv,
                 "sandbox": inst.sandbox, "limits": inst.limits, "started_ns": inst.started_ns,
-                "landlock_domains": inst.landlock.domains,
+                "landlock_domains": inst.landlock.domains, "cgroup_id": inst.cgroup_id,
                 "owner_pid": os.getpid()}
         path = self.state.instance(inst.id)
         try:

@@ -62,9 +62,10 @@ def describe(t: Any) -> Any:
         fields = [[f[0], describe(f[1]), *f[2:]] for f in t._fields_]
         return {"name": t.__name__, "union": issubclass(t, ctypes.Union), "pack": getattr(t, "_pack_", 0),
                 "anon": list(getattr(t, "_anonymous_", [])), "fields": fields}
-    if getattr(ctypes, t.__name__, None) is not t:
+    name = str(getattr(t, "__name__", ""))
+    if not name or getattr(ctypes, name, None) is not t:
         raise KernelError(f"cannot describe the ctypes type {t!r}")
-    return t.__name__
+    return name
 
 
 def build(d: Any) -> Any:
@@ -287,13 +288,14 @@ def pin(m: Member, bpf: Any, extra_maps: dict[str, int], info: dict[str, Any]) -
 def kept_class(bpf_class: Any) -> Any:
     """bcc's BPF class, made from a kept set's pins instead of a compile: bcc's own attach, detach, table and
     ring-buffer code runs on it unchanged; only what needs bcc's compiled module is answered here."""
-    from bcc import BPF, table as bcc_table  # noqa: PLC0415
+    from bcc import BPF  # noqa: PLC0415
+    from bcc import table as bcc_table  # noqa: PLC0415
 
     classes = {HASH: bcc_table.HashTable, ARRAY: bcc_table.Array, PERCPU_ARRAY: bcc_table.PerCpuArray,
                PERCPU_HASH: bcc_table.PerCpuHash, LRU_HASH: bcc_table.LruHash, LPM_TRIE: bcc_table.LpmTrie,
                RINGBUF: bcc_table.RingBuf}
 
-    class KeptBPF(bpf_class):  # type: ignore[misc,valid-type]
+    class KeptBPF(bpf_class):
         def __init__(self, member: Member, meta: dict[str, Any]) -> None:  # noqa: PLR0915 - bcc's fields
             self.kprobe_fds: dict[Any, Any] = {}
             self.uprobe_fds: dict[Any, Any] = {}

@@ -144,6 +144,8 @@ class Sensor:
         ensure_tracefs()
         from bcc import lib as libbcc  # noqa: PLC0415
         self._lib = libbcc
+        if os.environ.get("EBPFGUARD_KEEP") == "0":  # compile afresh and keep nothing (bench --startup's cold)
+            owner = None
         cflags = [f"-I{d}", "-Wno-macro-redefined", "-Wno-unused-function"]
         for name in OPTIONAL_TRACEPOINTS:  # syscalls newer than the oldest kernel supported
             if has_tracepoint("syscalls", f"sys_enter_{name}"):
@@ -714,4 +716,10 @@ class Sensor:
         self.bpf.cleanup()
         os.close(self._cg_local_fd)
         if self._member is not None:
-            self._member.release()  # the kept set is free for the next Sensor
+            # closed cleanly, nothing of its owner's runs on its programs any more: anyone may take it now (an agent
+            # killed keeps its set, which its instances' cgroup programs still use, until it is back)
+            try:
+                self._member.set_owner("")
+            except OSError:
+                pass
+            self._member.release()

@@ -21,6 +21,7 @@ spread, not as a number.
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 import statistics
@@ -620,4 +621,126 @@ def format_log_table(res: dict[str, Any]) -> str:
     lines.append(f"record in groups of 50: {res['bytes_per_record']:.0f} bytes on average, of which "
                  f"{res['overhead_bytes']:.0f} are seq, prev_sha256, key_id and the group's signature; plus one "
                  f"checkpoint record every {res['checkpoint_every']}")
+    return "\n".join(lines)
+
+
+STARTUP_MANIFEST = """apiVersion: ebpfguard.io/v1
+kind: Extension
+metadata: {name: bench-startup, version: "1"}
+spec:
+  mode: enforce
+  filesystem:
+    read: [/usr/, /lib/, /lib64/, /etc/ld.so.cache]
+    exec: [/usr/bin/true, /bin/true]
+"""
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def run_startup(rounds: int = 5, cold_rounds: int = 2, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Start-up as whole processes, in one interleaved run: a standalone `ebpfguard run -- /bin/true` (wall time
+    and peak RSS) and an agent from its start to answering `status` (it answers once it enforces), each from the
+    programs kept in bpffs (warm) and from a fresh compile (cold: EBPFGUARD_KEEP=0); and a restart: SIGTERM to
+    the agent, then a new agent answering."""
+    import signal  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from ebpfguard.errors import ControlError  # noqa: PLC0415
+    from ebpfguard.service.control import Client  # noqa: PLC0415
+
+    eg = [sys.executable, "-m", "ebpfguard.cli.main"]
+    res: dict[str, list[float]] = {k: [] for k in ("run_warm_s", "run_warm_mb", "run_cold_s", "run_cold_mb",
+                                                    "agent_warm_s", "agent_cold_s", "restart_s")}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ebpfguard-startup-", dir="/var/tmp") as tmpdir:
+        tmp = Path(tmpdir)
+        tmp.chmod(0o755)
+        manifest = tmp / "bench-startup.yaml"
+        manifest.write_text(STARTUP_MANIFEST)
+        policies = tmp / "policies"
+        policies.mkdir()
+        (policies / "bench-startup.yaml").write_text(STARTUP_MANIFEST)
+
+        def env(cold: bool) -> dict[str, str]:
+            return {**os.environ, "EBPFGUARD_KEEP": "0"} if cold else {k: v for k, v in os.environ.items()
+                                                                       if k != "EBPFGUARD_KEEP"}
+
+        def run_once(cold: bool) -> tuple[float, float]:
+            t0 = time.monotonic()
+            p = subprocess.Popen([*eg, "run", "--state-dir", str(tmp / "run-state"), "-m", str(manifest), "--",
+                                  "/usr/bin/true"], env=env(cold), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+            _pid, status, usage = os.wait4(p.pid, 0)
+            wall = time.monotonic() - t0
+            p.returncode = os.waitstatus_to_exitcode(status)
+            err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+            if p.returncode != 0:
+                raise EbpfguardError(f"ebpfguard run -- /usr/bin/true failed ({p.returncode}): {err.strip()[-400:]}")
+            return wall, usage.ru_maxrss / 1024
+
+        def agent(cold: bool) -> tuple[subprocess.Popen[bytes], float]:
+            state = tmp / "agent-state"
+            t0 = time.monotonic()
+            p = subprocess.Popen([*eg, "agent", "--state-dir", str(state), "--policy-dir", str(policies)],
+                                 env=env(cold), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while True:
+                if p.poll() is not None:
+                    raise EbpfguardError(f"the agent exited ({p.returncode}) before it answered")
+                try:
+                    with Client(state, timeout=60) as c:
+                        c.request("status")
+                    return p, time.monotonic() - t0
+                except ControlError:
+                    time.sleep(0.01)
+                if time.monotonic() - t0 > 900:
+                    p.kill()
+                    raise EbpfguardError("the agent did not answer within 900 s")
+
+        def stop(p: subprocess.Popen[bytes]) -> None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+        run_once(False)  # the first start of this version compiles: the kept set exists from here on
+        for r in range(rounds):
+            w, mb = run_once(False)
+            res["run_warm_s"].append(w)
+            res["run_warm_mb"].append(mb)
+            p, took = agent(False)
+            res["agent_warm_s"].append(took)
+            t0 = time.monotonic()
+            stop(p)
+            p, _took = agent(False)
+            res["restart_s"].append(time.monotonic() - t0)
+            stop(p)
+            if r < cold_rounds:
+                w, mb = run_once(True)
+                res["run_cold_s"].append(w)
+                res["run_cold_mb"].append(mb)
+                p, took = agent(True)
+                res["agent_cold_s"].append(took)
+                stop(p)
+            echo(f"round {r + 1}/{rounds} done ({time.monotonic() - started:.0f} s)")
+    return {k: _spread(v) for k, v in res.items() if v}
+
+
+def format_startup(res: dict[str, Any]) -> str:
+    rows = [("standalone run -- /bin/true, kept programs", "run_warm_s", "run_warm_mb"),
+            ("standalone run -- /bin/true, compiled", "run_cold_s", "run_cold_mb"),
+            ("agent to enforcing, kept programs", "agent_warm_s", None),
+            ("agent to enforcing, compiled", "agent_cold_s", None),
+            ("restart: SIGTERM to the new agent enforcing", "restart_s", None)]
+    lines = ["ebpfguard bench --startup: whole processes, interleaved rounds (median [min-max])",
+             f"{'':<46} {'seconds':>22} {'peak RSS MB':>22}"]
+    for label, t, m in rows:
+        if t not in res:
+            continue
+        a = res[t]
+        mem = "" if m is None else f"{res[m]['median']:.0f} [{res[m]['min']:.0f}-{res[m]['max']:.0f}]"
+        lines.append(f"{label:<46} {a['median']:>8.2f} [{a['min']:.2f}-{a['max']:.2f}] {mem:>22}")
     return "\n".join(lines)

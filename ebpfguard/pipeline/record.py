@@ -99,12 +99,18 @@ class Recorder:
                                  "detail": {"event": "processes", "procs": procs}, "verdict": None, "actions": []})
 
 
+KEPT_RUNNING = ("the instance was still running when the agent stopped: `ebpfguard rollback list` offers it for "
+                "commit or discard")
+
+
 def finish_rollback(layer: Layer, choice: str, recorder: Recorder, kept: Path, inst: Instance | None = None,
-                    by: str | None = None) -> dict[str, Any]:
-    """commit, discard, or keep (``keep``: the instance was still running when the agent stopped) a rollback
-    area, and write its record (kind ``rollback``). Returns the record's detail. The commit takes the rights of
-    the user the instance ran as (its launcher said whom), saved in the area when it is kept for later."""
-    user = instance_user(inst.sandbox) if inst else None
+                    by: str | None = None, why: str = KEPT_RUNNING,
+                    sandbox: dict[str, Any] | None = None) -> dict[str, Any]:
+    """commit, discard, or keep (``keep``: the instance was still running when the agent stopped, or ended while
+    none ran: ``why``) a rollback area, and write its record (kind ``rollback``). Returns the record's detail. The
+    commit takes the rights of the user the instance ran as (its launcher said whom: ``sandbox``, the instance's by
+    default), saved in the area when it is kept for later."""
+    user = instance_user(inst.sandbox if inst else sandbox or {}) if inst or sandbox else None
     if choice == "commit":
         detail = layer.commit(kept, user)
     elif choice == "discard":
@@ -112,9 +118,7 @@ def finish_rollback(layer: Layer, choice: str, recorder: Recorder, kept: Path, i
     else:
         if user is not None:
             layer.remember(user)
-        detail = {**layer.show(), "event": "kept",
-                  "why": "the instance was still running when the agent stopped: `ebpfguard rollback list` offers "
-                         "it for commit or discard"}
+        detail = {**layer.show(), "event": "kept", "why": why}
         detail.pop("instance", None)
     detail = {**detail, "trees": [t.target for t in layer.trees]}
     if by:

@@ -328,6 +328,7 @@ class Engine:
             try:
                 cg = by_name.get(meta["id"])
                 if cg is None or not cg.populated():
+                    self._ended_unwatched(meta, cg)
                     if cg is not None:
                         cg.remove()
                     path.unlink()
@@ -372,6 +373,36 @@ class Engine:
             self.recorder.lifecycle(inst, "readopted", pids=cg.pids())
             adopted.append(inst)
         return adopted
+
+    def _ended_unwatched(self, meta: dict[str, Any], cg: Any) -> None:
+        """An instance an earlier agent left running ended while no agent ran: its stop record (nobody saw its exit
+        status: the leader's parent was that agent), and its rollback area kept aside for `rollback commit|discard`
+        (a clean exit nobody watched is never committed blindly)."""
+        from ebpfguard.manifest.load import parse  # noqa: PLC0415
+
+        try:
+            m = parse(meta["manifest_text"].encode(), meta["manifest_path"], home=meta.get("home") or None)
+        except (EbpfguardError, KeyError, ValueError) as err:
+            m = None
+            log.error("instance %s ended while no agent ran; its manifest no longer reads: %s", meta.get("id"), err)
+        pid = meta.get("leader_pid")
+        detail: dict[str, Any] = {"event": "stop", "exit_status": None, "ended": "while no agent ran",
+                                  "killed_by_agent": False}
+        if cg is None:
+            detail["cgroup"] = "gone"  # removed by someone else; nothing of it is left to read
+        self.recorder.write(None, {"kind": "lifecycle", "pid": pid, "tgid": pid, "verdict": None, "actions": [],
+                                   "instance": meta.get("id"), "detail": detail},
+                            manifest=m, mode=meta.get("mode"), cgroup_id=meta.get("cgroup_id") or (cg.id if cg else None),
+                            extension=None if m else meta.get("extension"))
+        log.warning("instance %s of %s ended while no agent ran: recorded", meta.get("id"), m.name if m else "?")
+        area = self.rollback_root / str(meta.get("id"))
+        if (area / "meta.json").exists():
+            try:
+                self.finish_rollback(Layer.open(area), "keep", sandbox=meta.get("sandbox") or {},
+                                     why="the instance ended while no agent ran, so nobody saw whether it exited "
+                                         "cleanly: `ebpfguard rollback show|commit|discard` decides")
+            except EbpfguardError as err:
+                log.error("instance %s: %s", meta.get("id"), err)
 
     def started(self, inst: Instance, pid: int, argv: list[str], sandbox: dict[str, Any] | None = None) -> None:
         """The launcher started ``argv`` as ``pid`` inside the instance; ``sandbox`` says what it enforced."""
@@ -448,9 +479,10 @@ class Engine:
 
     # ---- rollback ---------------------------------------------------------------------------------
     def finish_rollback(self, layer: Layer, choice: str, inst: Instance | None = None,
-                        by: str | None = None) -> dict[str, Any]:
-        """commit, discard, or keep (for an operator, after a restart) an instance's rollback overlays; recorded."""
-        return finish_rollback(layer, choice, self.recorder, self.state.rollback_kept, inst, by)
+                        by: str | None = None, **keep: Any) -> dict[str, Any]:
+        """commit, discard, or keep (for an operator, after a restart) an instance's rollback overlays; recorded.
+        ``keep``: why it is kept, and the launcher's account of the instance (pipeline/record.py)."""
+        return finish_rollback(layer, choice, self.recorder, self.state.rollback_kept, inst, by, **keep)
 
     def pending_rollbacks(self) -> list[Layer]:
         """Rollback areas on disk with no running instance here: left by an agent or host that went down."""

@@ -119,7 +119,7 @@ def test_status_lists_policies_and_instances(agent: Agent) -> None:
     try:
         deadline = time.monotonic() + 10 * SLOW
         while not agent.status()["instances"]:
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()[0]
             time.sleep(0.1)
         inst = agent.status()["instances"][0]
         assert inst["extension"] == "shell-tool" and inst["pid"] in inst["pids"]
@@ -373,6 +373,70 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
     assert "readopted" in events and events[-1] == "stop"
     # one chain across an agent killed with SIGKILL and its successor
     assert eg("forensics", "verify", state=agent.state).returncode == 0
+
+
+def test_an_instance_that_ends_while_no_agent_runs_gets_its_stop_record_and_its_changes_kept(agent: Agent,
+                                                                                               tmp_path: Path) -> None:
+    """The agent is SIGKILLed while an instance with rollback overlays writes; the instance ends (cleanly, unwatched)
+    during the outage. The next agent records its stop ("ended while no agent ran", no exit status: its parent was
+    the dead agent) and keeps its changes aside for an operator: never committed blindly, the real tree untouched."""
+    tree = Path(tempfile.mkdtemp(prefix="ebpfguard-tree-", dir="/var/lib"))
+    tree.chmod(0o777)
+    (tree / "old.txt").write_text("before\n")
+    (tree / "old.txt").chmod(0o666)  # the extension runs as an unprivileged user
+    m = tmp_path / "unwatched.yaml"
+    m.write_text(MANIFEST.format(name="unwatched", file="block").replace(
+        "    write: [/dev/null]\n", f"    write: [{tree}/]\n    rollback: true\n"))
+    go = Path(f"{tree}.go")  # outside the tree and outside /tmp (private to instances); [ -e ] is a stat
+    script = (f"echo new > {tree}/new.txt; echo after > {tree}/old.txt; echo written; "
+              f"while [ ! -e {go} ]; do sleep 0.1; done")
+    runner = subprocess.Popen([*EG, "run", "--state-dir", str(agent.state), "-m", str(m), "--", "sh", "-c", script],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 10 * SLOW
+        while not agent.status()["instances"]:
+            assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()[0]
+            time.sleep(0.1)
+        inst = agent.status()["instances"][0]
+        cgroup = Path(inst["cgroup"])
+        assert runner.stdout is not None and runner.stdout.readline() == "written\n"
+        agent.proc.kill()  # SIGKILL: the instance outlives it
+        agent.proc.wait(10)
+        go.touch()  # the instance ends, with status 0, while no agent runs
+        deadline = time.monotonic() + 10 * SLOW
+        while (cgroup / "cgroup.procs").exists() and (cgroup / "cgroup.procs").read_text().strip():
+            assert time.monotonic() < deadline, "the instance did not end"
+            time.sleep(0.1)
+        second = Agent.__new__(Agent)
+        second.state, second.policies = agent.state, agent.policies
+        second.log = open(tmp_path / "agent2.log", "w+")
+        second.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(agent.state), "--policy-dir",
+                                        str(agent.policies)], stdout=second.log, stderr=subprocess.STDOUT)
+        agent.proc, agent.log = second.proc, second.log  # the fixture stops this one
+        deadline = time.monotonic() + 60 * SLOW
+        while eg("status", state=agent.state).returncode != 0:
+            assert time.monotonic() < deadline and second.proc.poll() is None, second.output()
+            time.sleep(0.2)
+        assert agent.status()["instances"] == []
+        recs = [r for r in agent.records() if r["instance"] == inst["instance"]]
+        stop = [r for r in recs if r["kind"] == "lifecycle" and r["detail"].get("event") == "stop"]
+        assert len(stop) == 1 and stop[0]["detail"]["ended"] == "while no agent ran", recs
+        assert stop[0]["detail"]["exit_status"] is None and stop[0]["extension"] == "unwatched"
+        kept = [r for r in recs if r["kind"] == "rollback"]
+        assert len(kept) == 1 and kept[0]["detail"]["event"] == "kept", recs
+        assert "ended while no agent ran" in kept[0]["detail"]["why"] and kept[0]["detail"]["count"] == 2, kept
+        # nothing was committed: the real tree is as before, and an operator is offered the changes
+        assert (tree / "old.txt").read_text() == "before\n" and not (tree / "new.txt").exists()
+        listed = eg("rollback", "list", state=agent.state)
+        assert listed.returncode == 0 and inst["instance"] in listed.stdout, listed.stdout + listed.stderr
+        assert eg("forensics", "verify", state=agent.state).returncode == 0
+    finally:
+        go.touch()
+        if runner.poll() is None:
+            runner.kill()
+        runner.wait(10)
+        shutil.rmtree(tree, ignore_errors=True)
+        go.unlink(missing_ok=True)
 
 
 def test_attach_adopts_a_running_tree_and_the_ladder_commands_act_on_it(agent: Agent, tmp_path: Path) -> None:
