@@ -392,7 +392,8 @@ class Engine:
             detail["cgroup"] = "gone"  # removed by someone else; nothing of it is left to read
         self.recorder.write(None, {"kind": "lifecycle", "pid": pid, "tgid": pid, "verdict": None, "actions": [],
                                    "instance": meta.get("id"), "detail": detail},
-                            manifest=m, mode=meta.get("mode"), cgroup_id=meta.get("cgroup_id") or (cg.id if cg else None),
+                            manifest=m, mode=meta.get("mode"),
+                            cgroup_id=meta.get("cgroup_id") or (cg.id if cg else None),
                             extension=None if m else meta.get("extension"))
         log.warning("instance %s of %s ended while no agent ran: recorded", meta.get("id"), m.name if m else "?")
         area = self.rollback_root / str(meta.get("id"))
