@@ -43,7 +43,8 @@ ENVELOPE = frozenset({"seq", "time", "extension", "instance", "cgroup_id", "mode
                       "tgid", "uid", "comm", "detail", "verdict", "actions", "response_ns", "prev_sha256", "key_id",
                       "signature"})
 
-_ACTION = frozenset({"flags", "repeats_suppressed", "shadow"})  # any judged action may carry these
+# any judged action may carry these (read_after_restart: the kernel wrote it while no agent read the ring buffer)
+_ACTION = frozenset({"flags", "repeats_suppressed", "shadow", "read_after_restart"})
 _PATH = _ACTION | {"path", "access", "syscall", "raw_path", "unresolved", "signed", "real_path"}
 _LANDLOCK = frozenset({"blockers", "domain", "path", "dev", "ino", "name", "target_pid", "target_comm", "address",
                        "port", "ioctl", "op", "repeats_suppressed"})  # from Landlock's own report (llreport.py)
@@ -61,6 +62,8 @@ DETAIL: dict[Kind, frozenset[str]] = {
     Kind.LIFECYCLE: frozenset({
         "event", "argv", "cgroup", "sandbox", "pids", "path", "not_enforced",       # start, adopted, readopted
         "exit_status", "killed_by_agent", "over_share", "repeats_suppressed", "violations",  # stop
+        "ended",                                                                    # stop, while no agent ran
+        "drops", "links",                                                           # outage (and records)
         "procs",                                                                    # processes (lineage)
         "repeats", "by", "why",                                                     # escalation, operator steps
         "records", "total", "share"}),                                              # over-share

@@ -110,11 +110,13 @@ def _owner_alive(owner: str) -> bool:
 
 @dataclass
 class Member:
-    """One set of one hash: its pins, its description, the lock held while a Sensor uses it."""
+    """One set of one hash: its pins, its description, the lock held while a Sensor uses it. ``previous_owner``:
+    whose it was before this Sensor took it (the same owner: an agent back after it was killed)."""
 
     hash: str
     n: int
     lock_fd: int
+    previous_owner: str = ""
 
     @property
     def pins(self) -> Path:
@@ -187,7 +189,7 @@ def acquire(h: str, owner: str) -> tuple[Member, bool]:
             fd = _try_lock(d / "lock")
             if fd < 0:
                 continue  # in use
-            m = Member(h, n, fd)
+            m = Member(h, n, fd, o)
             if m.meta() is None or not m.pins.is_dir():  # never finished, or its pins are gone
                 shutil.rmtree(m.pins, ignore_errors=True)
                 m.set_owner(owner)
@@ -366,11 +368,14 @@ def kept_class(bpf_class: Any) -> Any:
     return KeptBPF
 
 
-def empty(bpf: Any) -> None:
-    """Empty every map of a set taken from someone else (or from this owner's previous run), as a new set's
-    maps are: hashes and tries lose their keys, arrays are zeroed, the ring buffer is read to its end."""
+def empty(bpf: Any, keep: tuple[str, ...] = ()) -> None:
+    """Empty the maps of a set taken from someone else, as a new set's maps are: hashes and tries lose their
+    keys, arrays are zeroed, the ring buffer is read to its end. ``keep``: the maps an agent back after it was
+    killed reads on (what the kernel wrote while it was away)."""
     lib = _libbcc()
     for name, d in bpf.meta["tables"].items():
+        if name in keep:
+            continue
         try:
             t = bpf[name]
         except IndexError:  # a per-CPU scratch value bcc cannot read (path_scratch): nothing is kept in it
@@ -393,3 +398,69 @@ def empty(bpf: Any) -> None:
                     del t[k]
                 except KeyError:
                     pass
+
+
+# ---- attachments that outlive their process: BPF links, pinned -----------------------------------------
+PERF_TYPE_TRACEPOINT = 2
+BPF_PERF_EVENT = 41  # enum bpf_attach_type
+PERF_FLAG_FD_CLOEXEC = 8
+PERF_EVENT_IOC_ENABLE = 0x2400
+_ATTR = 128  # sizeof(struct perf_event_attr), PERF_ATTR_SIZE_VER7: what every kernel since 5.4 knows
+
+
+def tracepoint_link(prog_fd: int, category: str, event: str, tracefs: Path = Path("/sys/kernel/tracing")) -> int:
+    """Attach a tracepoint program as a BPF link (BPF_LINK_CREATE on the tracepoint's perf event, Linux 5.15+),
+    which can be pinned, and so outlive this process: bcc's own attach ends with it. Returns the link's fd."""
+    import fcntl as _fcntl  # noqa: PLC0415
+    import struct  # noqa: PLC0415
+
+    try:
+        tp_id = int((tracefs / "events" / category / event / "id").read_text())
+    except (OSError, ValueError) as err:
+        raise KernelError(f"no tracepoint {category}:{event}: {err}") from err
+    attr = ctypes.create_string_buffer(_ATTR)
+    # type, size, config (the tracepoint), sample_period 1; flags 0 (enabled); wakeup_events 1
+    struct.pack_into("<IIQQQQQI", attr, 0, PERF_TYPE_TRACEPOINT, _ATTR, tp_id, 1, 0, 0, 0, 1)
+    libc = ctypes.CDLL(None, use_errno=True)
+    pfd = int(libc.syscall(298, attr, -1, 0, -1, PERF_FLAG_FD_CLOEXEC))  # perf_event_open: any task, CPU 0
+    if pfd < 0:
+        raise KernelError(f"perf_event_open({category}:{event}): {os.strerror(ctypes.get_errno())}")
+    try:
+        lib = _libbcc()
+        lib.bpf_link_create.restype = ctypes.c_int
+        lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        fd = int(lib.bpf_link_create(prog_fd, pfd, BPF_PERF_EVENT, None))
+        if fd < 0:
+            code = -fd if fd < -1 else ctypes.get_errno()
+            raise KernelError(f"cannot link a program to {category}:{event}: {os.strerror(code)}")
+        try:
+            _fcntl.ioctl(pfd, PERF_EVENT_IOC_ENABLE, 0)
+        except OSError:
+            pass  # created enabled
+        return fd
+    finally:
+        os.close(pfd)  # the link holds the perf event
+
+
+def pin_link(fd: int, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    _pin(fd, path)
+
+
+def link_pins(m: Member) -> dict[str, Path]:
+    """The member's pinned links by name ("category:event@program", "lsm@program")."""
+    d = m.pins / "links"
+    return {p.name: p for p in sorted(d.iterdir())} if d.is_dir() else {}
+
+
+def drop_links(m: Member) -> int:
+    """Detach what a set's previous user left attached (its pins are the links' last references)."""
+    pins = link_pins(m)
+    for p in pins.values():
+        p.unlink(missing_ok=True)
+    return len(pins)
+
+
+def get(path: Path) -> int:
+    return _get(path)

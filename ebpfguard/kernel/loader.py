@@ -39,6 +39,10 @@ OPTIONAL_TRACEPOINTS = ("fchmodat2", "setxattrat", "removexattrat")
 UNIX_ATTACH = {"eg_connect_unix": 49, "eg_sendmsg_unix": 50}  # BPF_CGROUP_UNIX_CONNECT, _SENDMSG
 BPF_MAP_TYPE_CGROUP_STORAGE = 19
 CG_LOCAL = struct.Struct("<II")  # struct eg_cg_local (bpf/include/maps.h): slot + 1, EG_CG_* flags
+GATE_NAMES = {v: k for k, v in TRACEPOINT_NAMES.items()}  # tracepoint name -> syscall name
+# what an agent back after it was killed reads on in its kept set: the records the kernel wrote meanwhile, the
+# counters (drops while it was away) and each cgroup's share of the ring buffer and repeats suppressed
+KEPT_ACROSS = ("events", "counters", "share", "consumed", "suppressed")
 IDLE_DETACH_S = 10.0  # the syscall tracepoints go this long after the last instance (Sensor.idle_check)
 # The network tracepoints only kill (the cgroup programs decide and record): attached while some loaded
 # policy answers network violations with kill, so that no process pays for them otherwise
@@ -51,10 +55,10 @@ POLL_MAX = 2048  # records one poll takes at most (one group commit, then the ag
 
 
 def _parallel_loader(bpf_class: Any) -> Any:
-    """bcc's BPF, loading the tracepoint programs on every CPU at once before it attaches them one by
-    one. Loading is the kernel verifying each program (~100 ms each here, 0.4 s for the open family:
-    ~6 s in all, one after another); the verifier runs in the loading thread and bcc's load call
-    releases the GIL, so threads verify in parallel."""
+    """bcc's BPF, loading the tracepoint programs on every CPU at once; the Sensor attaches them (as links it
+    can keep), bcc attaches the LSM programs. Loading is the kernel verifying each program (~100 ms each here,
+    0.4 s for the open family: ~6 s in all, one after another); the verifier runs in the loading thread and
+    bcc's load call releases the GIL, so threads verify in parallel."""
 
     class ParallelBPF(bpf_class):
         def _trace_autoload(self) -> None:
@@ -68,7 +72,10 @@ def _parallel_loader(bpf_class: Any) -> Any:
                 loaded = {n: pool.submit(bpf_class.load_func, self, n, bpf_class.TRACEPOINT) for n in names}
             for name, fut in loaded.items():
                 self.funcs[name] = fut.result()  # a failure is raised here, as bcc would raise it
-            super()._trace_autoload()  # attaches them (and loads any other kind) as before
+            for i in range(lib.bpf_num_functions(self.module)):  # the Sensor attaches the tracepoints (links)
+                name = lib.bpf_function_name(self.module, i)
+                if name.startswith(b"lsm__"):
+                    self.attach_lsm(fn_name=name)
 
     return ParallelBPF
 
@@ -175,26 +182,42 @@ class Sensor:
             except (KernelError, OSError) as err:
                 self.kept = f"not kept: {err}"
         self._member = member
+        self._BPF = BPF
+        self._tp_pins: dict[str, Path] = {}  # tracepoint -> its link's pin, while attached as a kept link
+        self._lsm_pins: dict[bytes, Path] = {}
+        self.gates: set[str] = set()
+        self.adopted = 0  # links an agent killed left attached, taken back
+        # an agent back after it was killed: its set's links stayed attached and its ring buffer, counters and
+        # shares hold what the kernel wrote while it was away (read on, not emptied)
+        self.kept_state = bool(member is not None and complete and owner and member.previous_owner == owner)
         if member is not None and complete:
             try:
-                self._open_kept(BPF, member)
+                self._open_kept(BPF, member, adopt=self.kept_state)
             except (KernelError, OSError) as err:  # the pins or their description are damaged: compile
                 log.warning("the kept eBPF set %s/%d cannot be opened (%s): compiling", self.set_hash, member.n, err)
                 member.remove()
                 self._member = member = None
                 complete = False
+                self.kept_state = False
                 self.kept = f"not kept: {err}"
         if not complete:
             self._compile(BPF, source, cflags, member)
+        try:
+            self._attach_initial()
+        except Exception as err:
+            self.bpf.cleanup()
+            os.close(self._cg_local_fd)
+            if self._member is not None:
+                self._member.release()
+            raise KernelError(f"failed to attach the eBPF programs: {err}") from err
         if owner is not None:
             try:
                 kept.remove_stale(self.set_hash, owner)
             except OSError as err:
                 log.warning("cannot remove stale eBPF sets: %s", err)
-        self.gates: set[str] = set()
         self.missing_gates: set[str] = set()
         self._net_kill_slots: set[int] = set()
-        self._net_kill_attached = not complete  # bcc attached every TRACEPOINT_PROBE at load; a kept set, none
+        self._net_kill_attached = any(tp in self._attached() for tp in NET_KILL_TRACEPOINTS)
         self._init_state()
 
     def _compile(self, BPF: Any, source: str, cflags: list[str], member: kept.Member | None) -> None:
@@ -261,13 +284,15 @@ class Sensor:
             t = self.bpf["lsm_unix_on"]
             t[t.Key(0)] = t.Leaf(1)
 
-    def _open_kept(self, BPF: Any, member: kept.Member) -> None:
-        """Open a kept set: its maps emptied, its tracepoint and LSM programs attached as bcc would at load
-        (but for the network kill tracepoints, which wait for a policy that kills)."""
+    def _open_kept(self, BPF: Any, member: kept.Member, adopt: bool) -> None:
+        """Open a kept set: its maps emptied, or, for its owner back after it was killed (``adopt``), all but what
+        the kernel wrote meanwhile (KEPT_ACROSS); the links its previous user left are dropped unless adopted."""
         meta = member.meta() or {}
         self.bpf = kept.kept_class(_parallel_loader(BPF))(member, meta)
         try:
-            kept.empty(self.bpf)
+            if not adopt:
+                kept.drop_links(member)
+            kept.empty(self.bpf, keep=KEPT_ACROSS if adopt else ())
             self._cg_local_fd = os.dup(self.bpf.map_fds["cg_local"])
             self.lsm = bool(meta["lsm"])
             self.unix_hooks, self.unix_by_lsm = meta["unix_hooks"], bool(meta["unix_by_lsm"])
@@ -277,24 +302,74 @@ class Sensor:
                     self._net_fns[name] = self.bpf.funcs[name.encode()]
                     self._net_types[name] = t
             self._lsm_unix()
-            for fname in list(self.bpf.funcs):
-                if fname.startswith(b"tracepoint__"):
-                    tp = fname[len(b"tracepoint__"):].replace(b"__", b":")
-                    if tp.decode() not in NET_KILL_TRACEPOINTS:
-                        self.bpf.attach_tracepoint(tp=tp, fn_name=fname)
-                elif fname.startswith(b"lsm__"):
-                    self.bpf.attach_lsm(fn_name=fname)
         except Exception as err:
             self.bpf.cleanup()
             raise KernelError(f"{err}") from err
         self.kept = "reused"
 
+    def _attached(self) -> set[str]:
+        return {tp.decode() if isinstance(tp, bytes) else tp for tp in self.bpf.tracepoint_fds}
+
+    def _attach_initial(self) -> None:
+        """Attach what a Sensor starts with: the LSM programs, and every tracepoint program but the network kill
+        ones (they wait for a policy that kills). An agent back after it was killed first takes back the links
+        it left (they never stopped: nothing to attach, no window)."""
+        funcs = set(self.bpf.funcs)
+        if self.kept_state and self._member is not None:
+            for name, path in kept.link_pins(self._member).items():
+                where, _, fn = name.partition("@")
+                if fn.encode() not in funcs:
+                    path.unlink(missing_ok=True)
+                    continue
+                fd = kept.get(path)
+                if where == "lsm":
+                    self.bpf.lsm_fds[fn.encode()] = fd
+                    self._lsm_pins[fn.encode()] = path
+                else:
+                    self.bpf.tracepoint_fds[where.encode()] = fd
+                    self._tp_pins[where] = path
+                    if fn == "syscall_gate" and where.startswith("syscalls:sys_enter_"):
+                        gate = where.removeprefix("syscalls:sys_enter_")
+                        self.gates.add(GATE_NAMES.get(gate, gate))
+                self.adopted += 1
+        for fname in sorted(f for f in funcs if f.startswith(b"lsm__")):
+            if fname not in self.bpf.lsm_fds:
+                self.bpf.attach_lsm(fn_name=fname)
+            if self._member is not None and fname not in self._lsm_pins:
+                path = self._member.pins / "links" / f"lsm@{fname.decode()}"
+                kept.pin_link(self.bpf.lsm_fds[fname], path)
+                self._lsm_pins[fname] = path
+        attached = self._attached()
+        for fname in sorted(f for f in funcs if f.startswith(b"tracepoint__")):
+            tp = fname[len(b"tracepoint__"):].replace(b"__", b":").decode()
+            if tp not in NET_KILL_TRACEPOINTS and tp not in attached:
+                self._attach_tp(tp, fname)
+
+    def _attach_tp(self, tp: str, fn: bytes) -> None:
+        """Attach program ``fn`` to tracepoint ``tp``: a pinned BPF link when the set is kept (it outlives the
+        agent: a killed agent's extensions stay watched and their records wait in the ring buffer), else bcc's."""
+        if self._member is None:
+            self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn)
+            return
+        prog = self.bpf.load_func(fn, self._BPF.TRACEPOINT)
+        category, event = tp.split(":")
+        fd = kept.tracepoint_link(prog.fd, category, event, TRACEFS)
+        path = self._member.pins / "links" / f"{tp}@{fn.decode()}"
+        try:
+            kept.pin_link(fd, path)
+        except KernelError:
+            os.close(fd)
+            raise
+        self.bpf.tracepoint_fds[tp.encode()] = fd
+        self._tp_pins[tp] = path
+
     def _init_state(self) -> None:
         # Once any syscall tracepoint is attached, every task on the host takes the slow syscall path, so
         # the syscall families (files, gates, network kill) are attached only while a cgroup is bound, or
         # was bound less than IDLE_DETACH_S ago
-        self._file_tps = [tp.decode() if isinstance(tp, bytes) else tp for tp in self.bpf.tracepoint_fds]
-        self._file_tps = [tp for tp in self._file_tps if tp.startswith("syscalls:") and tp not in NET_KILL_TRACEPOINTS]
+        names = sorted(f.decode() for f in self.bpf.funcs if f.startswith(b"tracepoint__syscalls__"))
+        self._file_tps = [n[len("tracepoint__"):].replace("__", ":") for n in names]
+        self._file_tps = [tp for tp in self._file_tps if tp not in NET_KILL_TRACEPOINTS]
         self._bound: set[int] = set()
         self._closer: Any = None
         self._closing: list[Any] = []
@@ -342,7 +417,7 @@ class Sensor:
         self._wait_closes()
         for event, fn in ((f"sys_enter_{tp}", b"syscall_gate"), (f"sys_exit_{tp}", b"syscall_exit_gate")):
             try:
-                self.bpf.attach_tracepoint(tp=f"syscalls:{event}".encode(), fn_name=fn)
+                self._attach_tp(f"syscalls:{event}", fn)
             except Exception as err:
                 raise KernelError(f"failed to attach the syscall gate to {event}: {err}") from err
 
@@ -390,15 +465,22 @@ class Sensor:
         which one after another makes seconds. The fds leave bcc's table at once (a new attach of the
         same tracepoint is a new perf event); their closes run on worker threads (ctypes drops the GIL),
         and close() waits for them."""
-        fds = [self.bpf.tracepoint_fds.pop(tp.encode()) for tp in tps if tp.encode() in self.bpf.tracepoint_fds]
+        links = set()
+        for tp in tps:  # a kept link goes with its pin and its fd
+            pin = self._tp_pins.pop(tp, None)
+            if pin is not None:
+                pin.unlink(missing_ok=True)
+                links.add(tp)
+        fds = [(self.bpf.tracepoint_fds.pop(tp.encode()), tp in links) for tp in tps
+               if tp.encode() in self.bpf.tracepoint_fds]
         if not fds:
             return
         if self._closer is None:
             from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
             self._closer = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ebpfguard-detach")
-        for fd in fds:
-            self._closing.append(self._closer.submit(self._lib.bpf_close_perf_event_fd, fd))
+        for fd, link in fds:
+            self._closing.append(self._closer.submit(os.close if link else self._lib.bpf_close_perf_event_fd, fd))
         self._closing = [f for f in self._closing if not f.done()]
 
     @property
@@ -422,7 +504,7 @@ class Sensor:
             for tp in NET_KILL_TRACEPOINTS:
                 try:
                     fn = f"tracepoint__{tp.replace(':', '__')}".encode()
-                    self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn)
+                    self._attach_tp(tp, fn)
                 except Exception as err:
                     raise KernelError(f"failed to attach {tp}: {err}") from err
         self._net_kill_attached = want
@@ -470,10 +552,30 @@ class Sensor:
         self._cg_slot[cgroup_id] = slot
         self._sync_cg_local(cgroup_id)
         if cgroup_id not in self._consumed:  # a share of the ring buffer, from nothing reserved
-            self._consumed[cgroup_id] = 0
             sh, done = self.bpf["share"], self.bpf["consumed"]
+            if self.kept_state and sh.get(sh.Key(cgroup_id)) is not None:
+                # taken back: its records still in the ring buffer count against its share until read
+                left = done.get(done.Key(cgroup_id))
+                self._consumed[cgroup_id] = int(left.value) if left is not None else 0
+                return
+            self._consumed[cgroup_id] = 0
             done[done.Key(cgroup_id)] = done.Leaf(0)
             sh[sh.Key(cgroup_id)] = sh.Leaf(0, 0)
+
+    def settle(self) -> int:
+        """After the instances were taken back: forget the kept per-cgroup counts of cgroups that were not (they
+        ended while no agent ran). Returns how many."""
+        gone = 0
+        for name in ("share", "consumed", "suppressed"):
+            t = self.bpf[name]
+            for k in list(t.keys()):
+                if int(k.value) not in self._bound:
+                    try:
+                        del t[k]
+                        gone += name == "share"
+                    except KeyError:
+                        pass
+        return gone
 
     def unbind(self, cgroup_id: int) -> None:
         self._set_filter(cgroup_id, False)
@@ -704,7 +806,7 @@ class Sensor:
                 fn = b"syscall_gate" if event.startswith("sys_enter_") else b"syscall_exit_gate"
             else:
                 fn = f"tracepoint__{category}__{event}".encode()
-            self.bpf.attach_tracepoint(tp=tp, fn_name=fn)
+            self._attach_tp(tp, fn)
 
     def close(self) -> None:
         for path in list(self._cgroup_fds):
@@ -713,6 +815,9 @@ class Sensor:
         self._detach_many([tp.decode() if isinstance(tp, bytes) else tp for tp in list(self.bpf.tracepoint_fds)])
         if self._closer is not None:
             self._closer.shutdown(wait=True)
+        for pin in self._lsm_pins.values():
+            pin.unlink(missing_ok=True)
+        self._lsm_pins.clear()
         self.bpf.cleanup()
         os.close(self._cg_local_fd)
         if self._member is not None:

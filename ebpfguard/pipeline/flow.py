@@ -117,6 +117,8 @@ class Pipeline:
 
     def policy(self, inst: Instance | None, ev: Event) -> Policy | None:
         """The policy an event ran under: its instance's, or its slot's (an instance not this engine's)."""
+        if inst is None and self.recorder.after_restart(ev.ts_ns):
+            return None  # written under an earlier agent's slot numbers: not this engine's to judge
         slot = self.slots.get(ev.slot)
         if inst is None and slot is None:
             return None

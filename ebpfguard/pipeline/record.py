@@ -26,6 +26,14 @@ class Recorder:
     def __init__(self, forensic_log: ForensicLog):
         self.log = forensic_log
         self.errors = 0  # records that could not be written (besides the log's own count)
+        # an agent back after it was killed: what the kernel wrote before this moment (wall clock, ns) was read
+        # after the restart, and its records say so
+        self.unread_before_ns: int | None = None
+        self.read_after_restart = 0
+
+    def after_restart(self, ts_ns: int | None) -> bool:
+        """Did the kernel write this (an Event's wall-clock time) while no agent read the ring buffer?"""
+        return self.unread_before_ns is not None and ts_ns is not None and ts_ns < self.unread_before_ns
 
     def write(self, inst: Instance | None, body: dict[str, Any], *, manifest: Manifest | None = None,
               mode: str | None = None, cgroup_id: int | None = None,
@@ -63,6 +71,9 @@ class Recorder:
               actions: list[str], *, manifest: Manifest | None, mode: str | None,
               response_ns: int | None = None) -> dict[str, Any] | None:
         """The record of one action, from the kernel (an Event) or another layer (a decide.Report)."""
+        if self.after_restart(origin.ts_ns):
+            detail = {**detail, "read_after_restart": True}
+            self.read_after_restart += 1
         body: dict[str, Any] = {"kind": origin.kind, "pid": origin.pid, "tgid": origin.tgid, "uid": origin.uid,
                                 "comm": origin.comm, "detail": detail, "verdict": verdict, "actions": actions}
         if origin.ts_ns is not None:

@@ -81,6 +81,13 @@ class Engine:
         self.log.durable.append(self.stats.observe)
         self.log.durable.append(self.observers.durable)
         self.sensor.open_events(self._on_raw)
+        # an agent back after it was killed reads on in its kept programs' ring buffer (kernel/kept.py): what
+        # they wrote until now is marked, and the first poll that finds no more of it records the outage
+        self.outage: dict[str, Any] | None = None
+        if getattr(self.sensor, "kept_state", False):
+            self.recorder.unread_before_ns = time.time_ns()
+            self.outage = {"links": int(getattr(self.sensor, "adopted", 0)),
+                           "drops": int(self.sensor.counters().get("drops", 0))}
         self.laudit_status = "off"
         if landlock_audit is None:
             landlock_audit = sensor_is_real and landlock.abi() >= 7
@@ -119,7 +126,10 @@ class Engine:
     def poll(self, timeout_ms: int = 100) -> None:
         """Handle what the kernel and the other layers reported; the records of one poll are one group commit."""
         with self.log.batch():
+            before = self.recorder.read_after_restart
             self.sensor.poll(timeout_ms)
+            if self.outage is not None and self.recorder.read_after_restart == before:
+                self._record_outage()
             self.count_repeats()
             self.count_over_share()
             now = self.clock()
@@ -372,7 +382,21 @@ class Engine:
                 self.act.resume(pid)
             self.recorder.lifecycle(inst, "readopted", pids=cg.pids())
             adopted.append(inst)
+        settle = getattr(self.sensor, "settle", None)
+        if settle is not None:
+            settle()
         return adopted
+
+    def _record_outage(self) -> None:
+        """One record of what was read after the restart: the records the kernel kept meanwhile, the links that never
+        stopped, and the kernel's count of records it could not keep (the ring buffer was full), all time."""
+        assert self.outage is not None
+        detail = {"event": "outage", "records": self.recorder.read_after_restart, **self.outage}
+        self.outage = None
+        self.recorder.write(None, {"kind": "lifecycle", "pid": None, "tgid": None, "verdict": None, "actions": [],
+                                   "detail": detail})
+        log.info("read %d record(s) the kernel kept while no agent ran (%d links never stopped; kernel drops, all "
+                 "time: %d)", detail["records"], detail["links"], detail["drops"])
 
     def _ended_unwatched(self, meta: dict[str, Any], cg: Any) -> None:
         """An instance an earlier agent left running ended while no agent ran: its stop record (nobody saw its exit

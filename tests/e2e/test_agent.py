@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
 import os
@@ -42,6 +43,11 @@ spec:
 
 # in the VM tier's guest (software emulation) a compile takes ~20x the host's: the waits stretch with it
 SLOW = 5.0 if os.environ.get("EGVM_KERNEL") else 1.0
+
+
+def record_ns(t: str) -> int:
+    """A record's RFC 3339 time with ns, as ns since the epoch."""
+    return calendar.timegm(time.strptime(t[:19], "%Y-%m-%dT%H:%M:%S")) * 1_000_000_000 + int(t[20:29])
 
 
 def eg(*args: str, state: Path, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -338,11 +344,13 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
             assert time.monotonic() < deadline
             time.sleep(0.1)
         cgroup = Path(agent.status()["instances"][0]["cgroup"])
+        killed_ns = time.time_ns()
         agent.proc.kill()  # SIGKILL: no clean shutdown, nothing detached by the agent
         agent.proc.wait(10)
         time.sleep(4)  # the forbidden open and connect happen while no agent runs
         with pytest.raises(TimeoutError):
             listener.accept()
+        restarted_ns = time.time_ns()
         second = Agent.__new__(Agent)
         second.state, second.policies = agent.state, agent.policies
         second.log = open(tmp_path / "agent2.log", "w+")
@@ -371,6 +379,14 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
         time.sleep(0.2)
     events = [r["detail"].get("event") for r in agent.records() if r["extension"] == "survivor"]
     assert "readopted" in events and events[-1] == "stop"
+    # the connect refused while no agent ran: the kept programs' record waited in their ring buffer, and the next
+    # agent recorded it with the kernel's time (inside the outage), marked as read after the restart
+    refused = [r for r in agent.records() if r["extension"] == "survivor" and r["kind"] == "network"]
+    assert refused and refused[0]["verdict"] == "denied" and refused[0]["detail"].get("read_after_restart") is True, \
+        refused
+    assert killed_ns < record_ns(refused[0]["time"]) < restarted_ns
+    outage = [r for r in agent.records() if r["kind"] == "lifecycle" and r["detail"].get("event") == "outage"]
+    assert len(outage) == 1 and outage[0]["detail"]["records"] >= 1 and outage[0]["detail"]["links"] > 0, outage
     # one chain across an agent killed with SIGKILL and its successor
     assert eg("forensics", "verify", state=agent.state).returncode == 0
 
