@@ -92,11 +92,11 @@ test-vm: setup vm-deps
 	exit $$rc
 
 # run inside the guest by test-vm: what the kernel has, then the kernel tier's tests whose outcome depends on
-# the kernel (marked guest in tests/kernel/conftest.py: the hooks that decide, cgroup v2, the ABI). Each program
-# load costs minutes under emulation, so the programs are loaded once, by the tier's engine fixture, which
-# fails (never skips) when they cannot be, or, in the BPF-LSM guest (EG_REQUIRE_LSM), when they load without
-# their LSM half; the probe only prints what the kernel has. The e2e tests (agents that compile again) run
-# in the BPF-LSM guest only.
+# the kernel (marked guest in tests/kernel/conftest.py: the hooks that decide, cgroup v2, the ABI). A compile
+# costs minutes under emulation: the first Sensor of the guest's boot compiles and keeps its set in bpffs
+# (kernel/kept.py), every later one (the agents of the e2e tests) opens it. The tier's engine fixture fails
+# (never skips) when the programs cannot be loaded, or, in the BPF-LSM guest (EG_REQUIRE_LSM), when they load
+# without their LSM half; the probe only prints what the kernel has. The e2e tests run in the BPF-LSM guest.
 guest-tier:
 	@test -n "$$EGVM_KERNEL" || { echo "guest-tier runs inside the VM tier's guest: use make test-vm"; exit 2; }
 	$(VENV)/bin/python -m ebpfguard.kernel.probe
@@ -107,9 +107,11 @@ guest-service:
 	@test -n "$$EGVM_KERNEL" || { echo "guest-service runs inside the VM tier's guest: use make test-vm"; exit 2; }
 	$(VENV)/bin/pytest -q -rfEsx -s -p no:cacheprovider tests/service
 
-# The e2e tests run in the guest where their time allows: each agent start compiles for ~3 min there. The
-# re-adoption by a second agent is what only an agent shows; a standalone run is the engine fixture's own path
-GUEST_E2E := tests/e2e/test_agent.py::test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts
+# The e2e tests whose outcome depends on the kernel: re-adoption and what the kept programs recorded while no
+# agent ran, an instance that ended meanwhile, a user's launch and the record BPF-LSM makes of its refused read
+GUEST_E2E := tests/e2e/test_agent.py::test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts \
+	tests/e2e/test_agent.py::test_an_instance_that_ends_while_no_agent_runs_gets_its_stop_record_and_its_changes_kept \
+	tests/e2e/test_users.py::test_a_user_launches_their_own_manifest_and_a_credential_read_fails
 
 # vagrant/: the Vagrantfile users bring a stock kernel up with, validated where vagrant installs
 vagrant-check:

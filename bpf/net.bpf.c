@@ -14,14 +14,24 @@
 #include "lib/unix.bpf.h"
 
 /* The policy of the cgroup this program is attached to, and its EG_CG_* flags (include/maps.h: cg_local),
- * from the program's run context: no cgroup-id read and no hash lookup for the slot. */
+ * from the program's run context: no cgroup-id read and no hash lookup for the slot. A program just attached
+ * (a new agent taking an instance back, an upgrade replacing the programs) has an empty cg_local until the agent
+ * writes it: then the slot the agent bound the task's cgroup to (cgroup_slot, written before the attach), so that
+ * no connect passes in between. */
 static __always_inline struct eg_ext_policy *cgroup_policy(u32 *flags)
 {
 	struct eg_cg_local *l = bpf_get_local_storage((void *)bpf_pseudo_fd(1, EG_CG_LOCAL_FD), 0);
-	if (!l->slot1)
-		return 0;
-	*flags = l->flags;
-	u32 slot = l->slot1 - 1;
+	u32 slot;
+	if (l->slot1) {
+		*flags = l->flags;
+		slot = l->slot1 - 1;
+	} else {
+		u64 cg = bpf_get_current_cgroup_id();
+		u32 *s = cgroup_slot.lookup(&cg);
+		if (!s)
+			return 0;
+		slot = *s;
+	}
 	return ext_policy.lookup(&slot);
 }
 

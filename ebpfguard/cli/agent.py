@@ -111,7 +111,7 @@ def status(state_dir: str, as_json: bool) -> None:
     from ebpfguard.service.control import Client
 
     try:
-        with Client(state_dir, timeout=5) as c:
+        with Client(state_dir) as c:
             ans = c.request("status")
     except EbpfguardError as err:
         fail(str(err))

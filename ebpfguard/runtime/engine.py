@@ -349,8 +349,10 @@ class Engine:
                 reported = set(seccomp_denied(m, meta["mode"])) if reports else set()
                 self.sensor.ensure_syscall_gates(set(slot.compiled.syscalls) - reported)
                 self.sensor.set_seccomp_reports(cg.id, bool(reported))
-                self.sensor.attach_cgroup(cg.v2)
+                # bound before the network programs are attached: a program that replaces an older one (an
+                # upgrade) finds the cgroup's slot before its own storage is written (net.bpf.c: cgroup_policy)
                 self.sensor.bind(cg.id, slot.index)
+                self.sensor.attach_cgroup(cg.v2)
             except (OSError, ValueError, KeyError, EbpfguardError) as err:
                 log.error("cannot re-adopt instance from %s: %s", path.name, err)
                 continue

@@ -102,9 +102,13 @@ def default_timeout() -> float:
 class Client:
     def __init__(self, state_dir: str | os.PathLike[str], timeout: float | None = -1.0,
                  socket_file: str | os.PathLike[str] | None = None):
-        """``timeout``: seconds to wait for an answer (None: forever); by default default_timeout()."""
+        """``timeout``: seconds to wait for an answer (None: forever); by default default_timeout(). A shorter one
+        is raised to $EBPFGUARD_TIMEOUT when that is set (a slow machine's operator sets it once for every
+        command)."""
         if timeout is not None and timeout < 0:
             timeout = default_timeout()
+        elif timeout is not None and os.environ.get("EBPFGUARD_TIMEOUT"):
+            timeout = max(timeout, default_timeout())
         self.path = socket_path(state_dir, socket_file)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)

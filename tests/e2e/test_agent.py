@@ -25,6 +25,7 @@ from ebpfguard.sandbox import landlock
 
 pytestmark = pytest.mark.e2e
 EG = [sys.executable, "-m", "ebpfguard.cli.main"]
+TOP = Path(__file__).resolve().parents[2]
 SLICE = CgroupManager().slice_v2
 LANDLOCK_REPORTS = landlock.abi() >= 7  # file refusals are recorded from Landlock's own reports
 
@@ -453,6 +454,82 @@ def test_an_instance_that_ends_while_no_agent_runs_gets_its_stop_record_and_its_
         runner.wait(10)
         shutil.rmtree(tree, ignore_errors=True)
         go.unlink(missing_ok=True)
+
+
+def test_an_upgrade_swaps_the_programs_and_every_connect_meanwhile_is_denied(agent: Agent, tmp_path: Path) -> None:
+    """An extension tries a forbidden connect in a loop; its agent is killed and a new version (changed program
+    source: a new kept set, compiled) takes it back. Before, during and after the swap every try is refused: the
+    old programs hold until the new ones replace them (BPF_PROG_ATTACH replaces in place, the new program finds
+    the cgroup's slot before its own storage is written), and the old set is removed once free."""
+    data = tmp_path / "data"
+    for d in ("bpf", "policies", "sim", "bench"):
+        if (TOP / d).is_dir():
+            shutil.copytree(TOP / d, data / d)
+    with open(data / "bpf" / "net.bpf.c", "a") as f:
+        f.write("\n/* the next version */\n")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    flag = Path(tempfile.mkdtemp(prefix="ebpfguard-flag-", dir="/var/lib")) / "stop"
+    flag.parent.chmod(0o755)
+    m = tmp_path / "prober.yaml"
+    m.write_text(MANIFEST.format(name="prober", file="block").replace(
+        "/usr/bin/dash, /bin/dash]", "/usr/bin/dash, /bin/dash, /usr/bin/bash, /bin/bash]"))
+    script = (f"n=0; while [ ! -e {flag} ]; do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo OPEN; "
+              "n=$((n+1)); sleep 0.02; done; echo tries=$n")
+    runner = subprocess.Popen([*EG, "run", "--state-dir", str(agent.state), "-m", str(m), "--", "bash", "-c", script],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    accepted = 0
+    try:
+        deadline = time.monotonic() + 10 * SLOW
+        while not agent.status()["instances"]:
+            assert time.monotonic() < deadline and runner.poll() is None
+            time.sleep(0.1)
+        old_hash = agent.output().split("eBPF programs: ", 1)[1].split("(set ", 1)[1].split(",")[0]
+        agent.proc.kill()
+        agent.proc.wait(10)
+        second = Agent.__new__(Agent)
+        second.state, second.policies = agent.state, agent.policies
+        second.log = open(tmp_path / "agent2.log", "w+")
+        second.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(agent.state), "--policy-dir",
+                                        str(agent.policies)], stdout=second.log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "EBPFGUARD_DATA_DIR": str(data)})
+        agent.proc, agent.log = second.proc, second.log  # the fixture stops this one
+        deadline = time.monotonic() + 120 * SLOW
+        while eg("status", state=agent.state).returncode != 0:
+            assert time.monotonic() < deadline and second.proc.poll() is None, second.output()
+            try:
+                listener.accept()[0].close()
+                accepted += 1
+            except TimeoutError:
+                pass
+        assert "eBPF programs: compiled and kept" in second.output()  # the new version's own set
+        new_hash = second.output().split("(set ", 1)[1].split(",")[0]
+        assert new_hash != old_hash
+        for _ in range(10):  # and a while after it took the instance back
+            try:
+                listener.accept()[0].close()
+                accepted += 1
+            except TimeoutError:
+                pass
+        flag.touch()
+        out, _ = runner.communicate(timeout=30 * SLOW)
+    finally:
+        flag.touch()
+        if runner.poll() is None:
+            runner.kill()
+        runner.wait(10)
+        listener.close()
+        shutil.rmtree(flag.parent, ignore_errors=True)
+    tries = int(out.rsplit("tries=", 1)[1].split()[0])
+    assert accepted == 0 and "OPEN" not in out and tries > 100, out
+    # the killed agent's set of the old version went once free (its cgroup programs were replaced); the new stays
+    owner = os.path.realpath(agent.state)
+    kept_for = [d for d in Path("/run/ebpfguard/sets").glob("*/*") if (d / "owner").is_file()
+                and (d / "owner").read_text() == owner]
+    assert [d.parent.name for d in kept_for] == [new_hash], (kept_for, old_hash, new_hash)
 
 
 def test_attach_adopts_a_running_tree_and_the_ladder_commands_act_on_it(agent: Agent, tmp_path: Path) -> None:
