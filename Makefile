@@ -94,13 +94,16 @@ test-vm: setup vm-deps
 # run inside the guest by test-vm: what the kernel has, then the kernel tier's tests whose outcome depends on
 # the kernel (marked guest in tests/kernel/conftest.py: the hooks that decide, cgroup v2, the ABI). A compile
 # costs minutes under emulation: the first Sensor of the guest's boot compiles and keeps its set in bpffs
-# (kernel/kept.py), every later one (the agents of the e2e tests) opens it. The tier's engine fixture fails
+# (kernel/kept.py), every later one opens it; the e2e tests run after the kernel tier's session (and its engine,
+# which holds its set) ended, so that their agents take that set over. The tier's engine fixture fails
 # (never skips) when the programs cannot be loaded, or, in the BPF-LSM guest (EG_REQUIRE_LSM), when they load
 # without their LSM half; the probe only prints what the kernel has. The e2e tests run in the BPF-LSM guest.
 guest-tier:
 	@test -n "$$EGVM_KERNEL" || { echo "guest-tier runs inside the VM tier's guest: use make test-vm"; exit 2; }
 	$(VENV)/bin/python -m ebpfguard.kernel.probe
-	$(VENV)/bin/pytest -q -rfEsx -p no:cacheprovider --durations=10 -m "guest or e2e" tests/kernel $(GUEST_E2E)
+	@rc=0; $(VENV)/bin/pytest -q -rfEsx -p no:cacheprovider --durations=10 -m "guest or e2e" tests/kernel || rc=1; \
+	if [ -n "$(GUEST_E2E)" ]; then \
+	  $(VENV)/bin/pytest -q -rfEsx -p no:cacheprovider --durations=10 $(GUEST_E2E) || rc=1; fi; exit $$rc
 
 # run inside the guest by test-vm with systemd as PID 1: the Debian package's unit as systemd runs it
 guest-service:

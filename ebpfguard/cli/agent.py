@@ -44,14 +44,20 @@ from ebpfguard.errors import EbpfguardError
                    "[default: /run/ebpfguard/agent.sock with the default --state-dir, else STATE/agent.sock].")
 @click.option("--socket-group", metavar="GROUP",
               help="Make the control socket 0660 and of this group: only its members (and root) reach the agent.")
+@click.option("--unload", is_flag=True,
+              help="Detach and remove the programs kept in bpffs that no agent or run uses, and exit (the package "
+                   "does it when it is removed).")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the eBPF C source and exit.")
 def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_address: str, allow_root_extensions: bool,
           rotate_size: str, log_forward: str, bpf_stats: bool, require_signed: bool, trust_dir: str,
-          anomaly_response: str, socket_file: str | None, socket_group: str | None, ebpf: bool) -> None:
+          anomaly_response: str, socket_file: str | None, socket_group: str | None, unload: bool,
+          ebpf: bool) -> None:
     """Run the root service: load the programs once, serve the control socket, watch the policies.
 
     Logs go to stdout (journald under systemd). SIGTERM stops it cleanly: running extensions are
-    stopped, programs detached and their cgroups removed.
+    stopped, their cgroup programs detached and their cgroups removed. The compiled programs stay in
+    bpffs (/sys/fs/bpf/ebpfguard), attached and idle, for the next start to take over without compiling,
+    attaching or detaching; --unload removes them.
 
     \b
     Examples:
@@ -60,7 +66,18 @@ def agent(state_dir: str, policy_dir: str | None, log_level: str, metrics_addres
       ebpfguard agent --policy-dir policies --log-forward journald --bpf-stats
       ebpfguard agent --policy-dir /etc/ebpfguard/policies --require-signed
       ebpfguard agent --policy-dir policies --socket-group ebpfguard-users
+      ebpfguard agent --unload
     """
+    if unload:
+        require_root()
+        from ebpfguard.kernel.kept import unload as unload_kept
+
+        try:
+            gone = unload_kept()
+        except OSError as err:
+            fail(f"cannot remove the kept programs: {err}")
+        click.echo(f"removed {len(gone)} kept program set(s)" + (f": {', '.join(gone)}" if gone else ""))
+        return
     if ebpf:
         from ebpfguard.kernel.loader import program_source
 

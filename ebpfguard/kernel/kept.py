@@ -30,6 +30,8 @@ import hashlib
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,7 @@ class Member:
     n: int
     lock_fd: int
     previous_owner: str = ""
+    clean: bool = False  # its previous user closed it (nothing was left unread)
 
     @property
     def pins(self) -> Path:
@@ -136,6 +139,9 @@ class Member:
         tmp = self.meta_dir / "owner.tmp"
         tmp.write_text(owner)
         os.replace(tmp, self.meta_dir / "owner")
+
+    def mark_clean(self) -> None:
+        (self.meta_dir / "clean").touch()
 
     def release(self) -> None:
         if self.lock_fd >= 0:
@@ -189,7 +195,8 @@ def acquire(h: str, owner: str) -> tuple[Member, bool]:
             fd = _try_lock(d / "lock")
             if fd < 0:
                 continue  # in use
-            m = Member(h, n, fd, o)
+            m = Member(h, n, fd, o, (d / "clean").exists())
+            (d / "clean").unlink(missing_ok=True)
             if m.meta() is None or not m.pins.is_dir():  # never finished, or its pins are gone
                 shutil.rmtree(m.pins, ignore_errors=True)
                 m.set_owner(owner)
@@ -206,31 +213,42 @@ def acquire(h: str, owner: str) -> tuple[Member, bool]:
         os.close(guard)
 
 
-def remove_stale(current: str, owner: str) -> list[str]:
-    """Remove the free sets of other hashes that no live owner keeps (and the current hash's unfinished
-    ones): the programs of an older version, once nothing runs them from the pins. Returns what went."""
+def _remove_free(spare: Callable[[str, str], bool]) -> list[str]:
+    """Remove every set no Sensor holds but those ``spare(hash, owner)`` keeps, and the pins whose description
+    went (a /run wiped by hand: nothing can open them). Returns what went."""
     gone: list[str] = []
-    if not META_ROOT.is_dir():
-        return gone
-    for top in sorted(p for p in META_ROOT.iterdir() if p.is_dir()):
-        for d in sorted(p for p in top.iterdir() if p.name.isdigit()):
-            o = _read_owner(d)
-            if top.name == current or (o != owner and _owner_alive(o)):
-                continue
-            fd = _try_lock(d / "lock")
-            if fd < 0:
-                continue
-            Member(top.name, int(d.name), fd).remove()
-            gone.append(f"{top.name}/{d.name}")
-        if not any(top.iterdir()):
-            top.rmdir()
-            shutil.rmtree(PIN_ROOT / top.name, ignore_errors=True)
-    if PIN_ROOT.is_dir():  # pins whose description went (a /run wiped by hand): nothing can open them
+    if META_ROOT.is_dir():
+        for top in sorted(p for p in META_ROOT.iterdir() if p.is_dir()):
+            for d in sorted(p for p in top.iterdir() if p.name.isdigit()):
+                if spare(top.name, _read_owner(d)):
+                    continue
+                fd = _try_lock(d / "lock")
+                if fd < 0:
+                    continue
+                Member(top.name, int(d.name), fd).remove()
+                gone.append(f"{top.name}/{d.name}")
+            if not any(top.iterdir()):
+                top.rmdir()
+                shutil.rmtree(PIN_ROOT / top.name, ignore_errors=True)
+    if PIN_ROOT.is_dir():
         for p in PIN_ROOT.iterdir():
             if not (META_ROOT / p.name).is_dir():
                 shutil.rmtree(p, ignore_errors=True)
                 gone.append(p.name)
     return gone
+
+
+def remove_stale(current: str, owner: str) -> list[str]:
+    """Remove the free sets of other hashes that no live owner keeps: the programs of an older version, once
+    nothing runs them from the pins (an unlinked link pin detaches its program). Returns what went."""
+    return _remove_free(lambda h, o: h == current or (o != owner and _owner_alive(o)))
+
+
+def unload() -> list[str]:
+    """Remove every kept set no Sensor holds, detaching the programs its links kept attached (`ebpfguard agent
+    --unload`; the package does it when it is removed). A set an agent killed keeps for itself goes too: its
+    instances' cgroup programs stay attached to their cgroups, holding what they use. Returns what went."""
+    return _remove_free(lambda _h, _o: False)
 
 
 # ---- pinning a compiled set, and opening it again ------------------------------------------------------
@@ -429,9 +447,16 @@ def tracepoint_link(prog_fd: int, category: str, event: str, tracefs: Path = Pat
         lib = _libbcc()
         lib.bpf_link_create.restype = ctypes.c_int
         lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-        fd = int(lib.bpf_link_create(prog_fd, pfd, BPF_PERF_EVENT, None))
+        deadline = time.monotonic() + 5
+        while True:
+            fd = int(lib.bpf_link_create(prog_fd, pfd, BPF_PERF_EVENT, None))
+            code = 0 if fd >= 0 else -fd if fd < -1 else ctypes.get_errno()
+            # EEXIST: this program's previous link to the tracepoint is still being released (the kernel frees
+            # a link whose last reference was its pin in a worker, after RCU grace periods)
+            if code != errno.EEXIST or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         if fd < 0:
-            code = -fd if fd < -1 else ctypes.get_errno()
             raise KernelError(f"cannot link a program to {category}:{event}: {os.strerror(code)}")
         try:
             _fcntl.ioctl(pfd, PERF_EVENT_IOC_ENABLE, 0)
@@ -452,14 +477,6 @@ def link_pins(m: Member) -> dict[str, Path]:
     """The member's pinned links by name ("category:event@program", "lsm@program")."""
     d = m.pins / "links"
     return {p.name: p for p in sorted(d.iterdir())} if d.is_dir() else {}
-
-
-def drop_links(m: Member) -> int:
-    """Detach what a set's previous user left attached (its pins are the links' last references)."""
-    pins = link_pins(m)
-    for p in pins.values():
-        p.unlink(missing_ok=True)
-    return len(pins)
 
 
 def get(path: Path) -> int:

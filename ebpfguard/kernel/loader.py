@@ -80,6 +80,11 @@ def _parallel_loader(bpf_class: Any) -> Any:
     return ParallelBPF
 
 
+def _unlink_after_close(fd: int, pin: Path) -> None:
+    os.close(fd)
+    pin.unlink(missing_ok=True)
+
+
 def ensure_tracefs() -> Path:
     if not (TRACEFS / "events").is_dir():
         rc = os.system(f"mount -t tracefs tracefs {TRACEFS} 2>/dev/null")
@@ -189,7 +194,8 @@ class Sensor:
         self.adopted = 0  # links an agent killed left attached, taken back
         # an agent back after it was killed: its set's links stayed attached and its ring buffer, counters and
         # shares hold what the kernel wrote while it was away (read on, not emptied)
-        self.kept_state = bool(member is not None and complete and owner and member.previous_owner == owner)
+        self.kept_state = bool(member is not None and complete and owner and member.previous_owner == owner
+                               and not member.clean)
         if member is not None and complete:
             try:
                 self._open_kept(BPF, member, adopt=self.kept_state)
@@ -286,12 +292,11 @@ class Sensor:
 
     def _open_kept(self, BPF: Any, member: kept.Member, adopt: bool) -> None:
         """Open a kept set: its maps emptied, or, for its owner back after it was killed (``adopt``), all but what
-        the kernel wrote meanwhile (KEPT_ACROSS); the links its previous user left are dropped unless adopted."""
+        the kernel wrote meanwhile (KEPT_ACROSS). The links its previous user left attached are taken over
+        (_attach_initial): an attachment holds no state, the maps do."""
         meta = member.meta() or {}
         self.bpf = kept.kept_class(_parallel_loader(BPF))(member, meta)
         try:
-            if not adopt:
-                kept.drop_links(member)
             kept.empty(self.bpf, keep=KEPT_ACROSS if adopt else ())
             self._cg_local_fd = os.dup(self.bpf.map_fds["cg_local"])
             self.lsm = bool(meta["lsm"])
@@ -312,10 +317,10 @@ class Sensor:
 
     def _attach_initial(self) -> None:
         """Attach what a Sensor starts with: the LSM programs, and every tracepoint program but the network kill
-        ones (they wait for a policy that kills). An agent back after it was killed first takes back the links
-        it left (they never stopped: nothing to attach, no window)."""
+        ones (they wait for a policy that kills). The links the set's previous user left are taken over first
+        (an agent back after it was killed, or restarted: they never stopped, nothing to attach, no window)."""
         funcs = set(self.bpf.funcs)
-        if self.kept_state and self._member is not None:
+        if self._member is not None:
             for name, path in kept.link_pins(self._member).items():
                 where, _, fn = name.partition("@")
                 if fn.encode() not in funcs:
@@ -465,13 +470,8 @@ class Sensor:
         which one after another makes seconds. The fds leave bcc's table at once (a new attach of the
         same tracepoint is a new perf event); their closes run on worker threads (ctypes drops the GIL),
         and close() waits for them."""
-        links = set()
-        for tp in tps:  # a kept link goes with its pin and its fd
-            pin = self._tp_pins.pop(tp, None)
-            if pin is not None:
-                pin.unlink(missing_ok=True)
-                links.add(tp)
-        fds = [(self.bpf.tracepoint_fds.pop(tp.encode()), tp in links) for tp in tps
+        pins = {tp: self._tp_pins.pop(tp) for tp in tps if tp in self._tp_pins}
+        fds = [(self.bpf.tracepoint_fds.pop(tp.encode()), pins.get(tp)) for tp in tps
                if tp.encode() in self.bpf.tracepoint_fds]
         if not fds:
             return
@@ -479,8 +479,11 @@ class Sensor:
             from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
             self._closer = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ebpfguard-detach")
-        for fd, link in fds:
-            self._closing.append(self._closer.submit(os.close if link else self._lib.bpf_close_perf_event_fd, fd))
+        for fd, pin in fds:
+            if pin is None:
+                self._closing.append(self._closer.submit(self._lib.bpf_close_perf_event_fd, fd))
+            else:  # a kept link: its fd, then its pin, the last reference (newer kernels free it in a worker)
+                self._closing.append(self._closer.submit(_unlink_after_close, fd, pin))
         self._closing = [f for f in self._closing if not f.done()]
 
     @property
@@ -809,15 +812,21 @@ class Sensor:
             self._attach_tp(tp, fn)
 
     def close(self) -> None:
+        """Detach the cgroup programs; the tracepoint and LSM programs of a kept set stay attached, idle (nothing is
+        bound), for the next Sensor to take over without attaching or detaching anything (a detach waits for the
+        kernel's RCU grace periods, one tracepoint after another: seconds); `ebpfguard agent --unload` detaches
+        them for good. Programs bcc attached (a set not kept) are detached."""
         for path in list(self._cgroup_fds):
             self.detach_cgroup(Path(path))
-        # every tracepoint at once (bcc's cleanup would close them one grace period after another)
+        linked = [tp for tp in self._tp_pins if tp.encode() in self.bpf.tracepoint_fds]
+        for tp in linked:  # the pin holds each link: its fd is closed, nothing is detached
+            os.close(self.bpf.tracepoint_fds.pop(tp.encode()))
+        self._tp_pins.clear()
+        # every other tracepoint at once (bcc's cleanup would close them one grace period after another)
         self._detach_many([tp.decode() if isinstance(tp, bytes) else tp for tp in list(self.bpf.tracepoint_fds)])
         if self._closer is not None:
             self._closer.shutdown(wait=True)
-        for pin in self._lsm_pins.values():
-            pin.unlink(missing_ok=True)
-        self._lsm_pins.clear()
+        self._lsm_pins.clear()  # their pins hold them likewise
         self.bpf.cleanup()
         os.close(self._cg_local_fd)
         if self._member is not None:
@@ -825,6 +834,7 @@ class Sensor:
             # killed keeps its set, which its instances' cgroup programs still use, until it is back)
             try:
                 self._member.set_owner("")
+                self._member.mark_clean()
             except OSError:
                 pass
             self._member.release()

@@ -267,7 +267,7 @@ class Agent:
         self.shutdown()
 
     def shutdown(self) -> None:
-        notify("STOPPING=1", "STATUS=stopping: extensions stopped, programs detached")
+        notify("STOPPING=1", "STATUS=stopping: extensions stopped, their programs detached")
         n = len(self.engine.instances)
         if n:
             log.info("stopping: killing %d running extension instance(s)", n)
@@ -283,7 +283,8 @@ class Agent:
             pass
         if self._stats_fd >= 0:
             os.close(self._stats_fd)
-        log.info("stopped: programs detached, cgroups removed")
+        log.info("stopped: extensions' programs detached, cgroups removed; the kept programs wait idle for the "
+                 "next start")
 
     def _maybe_checkpoint(self) -> None:
         try:

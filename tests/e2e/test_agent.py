@@ -315,7 +315,7 @@ def test_sigterm_stops_cleanly_with_a_running_extension(agent: Agent) -> None:
     assert not cgroup.exists()
     assert not (SLICE.exists() and [p for p in SLICE.iterdir() if p.is_dir() and p.name.startswith("shell-tool-")])
     assert not (agent.state / "agent.sock").exists()
-    assert "stopped: programs detached, cgroups removed" in open(agent.log.name).read()
+    assert "stopped: extensions' programs detached, cgroups removed" in open(agent.log.name).read()
     stop = [x for x in agent.records() if x["kind"] == "lifecycle" and x["detail"].get("event") == "stop"]
     assert stop[-1]["detail"]["killed_by_agent"] is True
 

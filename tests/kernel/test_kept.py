@@ -46,6 +46,7 @@ def test_a_sensor_after_another_opens_its_set_emptied_and_compiles_nothing() -> 
         assert member_of(again) == where
         assert len(list(again.bpf["cgroup_slot"].keys())) == 0  # emptied for its new user
         assert len(again.bpf.tracepoint_fds) == attached  # attached as the first had them
+        assert again.adopted >= attached  # taken over: the first left its links attached, nothing was attached anew
         pins = kept.PIN_ROOT / where[0] / str(where[1])
         assert (pins / "progs" / "syscall_gate").exists() and (pins / "maps" / "events").exists()
     finally:
@@ -119,3 +120,20 @@ def test_a_killed_agents_set_waits_for_it_and_a_stale_set_goes() -> None:
     finally:
         s.close()
     assert os.path.isdir(kept.META_ROOT / h)
+
+
+def test_unload_detaches_and_removes_every_free_set() -> None:
+    s = Sensor()
+    h, n = member_of(s)
+    s.close()  # leaves its links attached, idle
+    pins = kept.PIN_ROOT / h / str(n)
+    assert any((pins / "links").iterdir())
+    r = subprocess.run([sys.executable, "-m", "ebpfguard.cli.main", "agent", "--unload"], capture_output=True,
+                       text=True, cwd=TOP, timeout=120)
+    assert r.returncode == 0 and f"{h}/{n}" in r.stdout, r.stdout + r.stderr
+    assert not pins.exists() and not (kept.META_ROOT / h / str(n)).exists()
+    again = Sensor()  # compiles afresh: nothing was left to take over
+    try:
+        assert again.kept == "compiled and kept" and again.adopted == 0
+    finally:
+        again.close()
