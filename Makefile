@@ -111,9 +111,8 @@ guest-service:
 	$(VENV)/bin/pytest -q -rfEsx -s -p no:cacheprovider tests/service
 
 # The e2e tests whose outcome depends on the kernel: re-adoption and what the kept programs recorded while no
-# agent ran, an instance that ended meanwhile, a user's launch and the record BPF-LSM makes of its refused read
+# agent ran, a user's launch and the record BPF-LSM makes of its refused read
 GUEST_E2E := tests/e2e/test_agent.py::test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts \
-	tests/e2e/test_agent.py::test_an_instance_that_ends_while_no_agent_runs_gets_its_stop_record_and_its_changes_kept \
 	tests/e2e/test_users.py::test_a_user_launches_their_own_manifest_and_a_credential_read_fails
 
 # vagrant/: the Vagrantfile users bring a stock kernel up with, validated where vagrant installs

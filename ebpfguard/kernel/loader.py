@@ -178,7 +178,8 @@ class Sensor:
             "eg_sendmsg4": at.CGROUP_UDP4_SENDMSG, "eg_sendmsg6": at.CGROUP_UDP6_SENDMSG,
             "eg_bind4": at.CGROUP_INET4_BIND, "eg_bind6": at.CGROUP_INET6_BIND,
         }
-        self.set_hash = kept.set_hash(source, cflags, {})
+        # the program is its joined source; where the sources lie (a copy, a wheel, the .deb) is not part of it
+        self.set_hash = kept.set_hash(source, ["-I<bpf>" if f == f"-I{d}" else f for f in cflags], {})
         self.kept = "not kept"  # how the programs came: "reused" (a kept set), "compiled and kept", "not kept: why"
         member, complete = None, False
         if owner is not None:

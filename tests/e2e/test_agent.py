@@ -6,6 +6,7 @@ import calendar
 import hashlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -44,6 +45,32 @@ spec:
 
 # in the VM tier's guest (software emulation) a compile takes ~20x the host's: the waits stretch with it
 SLOW = 5.0 if os.environ.get("EGVM_KERNEL") else 1.0
+
+
+def lines_until(proc: subprocess.Popen[str], prefix: str, within: float) -> str:
+    """What ``proc`` wrote up to and including its first line starting with ``prefix`` (within ``within`` s)."""
+    assert proc.stdout is not None
+    fd, got, deadline = proc.stdout.fileno(), b"", time.monotonic() + within
+    while not any(line.startswith(prefix.encode()) for line in got.split(b"\n")[:-1]):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no line starting {prefix!r} within {within:g} s: {got!r}"
+        chunk = os.read(fd, 65536)  # unbuffered: what is left stays in the pipe for communicate()
+        assert chunk, f"the output ended before a line starting {prefix!r}: {got!r}"
+        got += chunk
+    return got.decode()
+
+
+def procs_of(cgroup: Path) -> list[str]:
+    """Each process left in a cgroup: pid, state, command line (what a failed wait for its end shows)."""
+    out = []
+    for pid in (cgroup / "cgroup.procs").read_text().split():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            out.append(f"{pid} {stat.rsplit(')', 1)[1].split()[0]} {cmd.strip()}")
+        except OSError:
+            out.append(f"{pid} gone")
+    return out
 
 
 def record_ns(t: str) -> int:
@@ -348,7 +375,8 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
         killed_ns = time.time_ns()
         agent.proc.kill()  # SIGKILL: no clean shutdown, nothing detached by the agent
         agent.proc.wait(10)
-        time.sleep(4)  # the forbidden open and connect happen while no agent runs
+        # the forbidden open and connect happen while no agent runs: the extension says when it tried them
+        early = lines_until(runner, "connect=", within=60 * SLOW)
         with pytest.raises(TimeoutError):
             listener.accept()
         restarted_ns = time.time_ns()
@@ -366,7 +394,8 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
         assert [i["extension"] for i in insts] == ["survivor"] and insts[0]["cgroup"] == str(cgroup)
         assert "landlock-fs" in insts[0]["layers"]
         flag.touch()
-        out, _ = runner.communicate(timeout=30)
+        out, _ = runner.communicate(timeout=30 * SLOW)
+        out = early + out
     finally:
         if runner.poll() is None:
             runner.kill()
@@ -422,7 +451,7 @@ def test_an_instance_that_ends_while_no_agent_runs_gets_its_stop_record_and_its_
         go.touch()  # the instance ends, with status 0, while no agent runs
         deadline = time.monotonic() + 10 * SLOW
         while (cgroup / "cgroup.procs").exists() and (cgroup / "cgroup.procs").read_text().strip():
-            assert time.monotonic() < deadline, "the instance did not end"
+            assert time.monotonic() < deadline, f"the instance did not end: {procs_of(cgroup)}"
             time.sleep(0.1)
         second = Agent.__new__(Agent)
         second.state, second.policies = agent.state, agent.policies
