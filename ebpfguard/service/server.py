@@ -116,7 +116,7 @@ class Server:
             self.listener = activated
             self.listener.setblocking(False)
             self.sel.register(self.listener, selectors.EVENT_READ, None)
-            self.path = path
+            self.path = None  # systemd's: it stays (and keeps listening) when the agent stops
             return
         gid = -1
         if group is not None:

@@ -89,6 +89,10 @@ def test_the_first_request_starts_the_agent_which_serves_the_passed_socket(place
         assert "eBPF programs: " in log.read_text()
         again = client(sock, "status", "--json")
         assert again.returncode == 0 and '"policies"' in again.stdout, again.stdout + again.stderr
+        stop(proc)
+        assert proc.returncode == 0
+        # the socket is systemd's: a stopped agent leaves it where the socket unit listens on for the next start
+        assert sock.exists(), "the agent removed the socket systemd passed it"
     finally:
         stop(proc)
 
