@@ -112,6 +112,26 @@ class Agent:
         self.log.seek(0)
         return self.log.read()
 
+    def successor(self, tmp: Path, env: dict[str, str] | None = None, within: float = 60,
+                  meanwhile: Any = None) -> Agent:
+        """A second agent on the same state and policies (this one was killed), once it enforces; it takes this
+        one's place, so that the fixture stops it. ``meanwhile`` is called while it starts."""
+        second = Agent.__new__(Agent)
+        second.state, second.policies = self.state, self.policies
+        second.log = open(tmp / "agent2.log", "w+")
+        second.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(self.state), "--policy-dir",
+                                        str(self.policies)], stdout=second.log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, **(env or {})})
+        self.proc, self.log = second.proc, second.log
+        deadline = time.monotonic() + within * SLOW
+        while eg("status", state=self.state).returncode != 0:
+            assert time.monotonic() < deadline and second.proc.poll() is None, second.output()
+            if meanwhile is not None:
+                meanwhile()
+            else:
+                time.sleep(0.2)
+        return second
+
     def status(self) -> dict[str, Any]:
         r = eg("status", "--json", state=self.state)
         assert r.returncode == 0, r.stderr
@@ -382,16 +402,7 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
         with pytest.raises(TimeoutError):
             listener.accept()
         restarted_ns = time.time_ns()
-        second = Agent.__new__(Agent)
-        second.state, second.policies = agent.state, agent.policies
-        second.log = open(tmp_path / "agent2.log", "w+")
-        second.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(agent.state), "--policy-dir",
-                                        str(agent.policies)], stdout=second.log, stderr=subprocess.STDOUT)
-        agent.proc, agent.log = second.proc, second.log  # the fixture stops this one
-        deadline = time.monotonic() + 60 * SLOW
-        while eg("status", state=agent.state).returncode != 0:
-            assert time.monotonic() < deadline and second.proc.poll() is None, second.output()
-            time.sleep(0.2)
+        agent.successor(tmp_path)
         insts = agent.status()["instances"]
         assert [i["extension"] for i in insts] == ["survivor"] and insts[0]["cgroup"] == str(cgroup)
         assert "landlock-fs" in insts[0]["layers"]
@@ -455,16 +466,7 @@ def test_an_instance_that_ends_while_no_agent_runs_gets_its_stop_record_and_its_
         while (cgroup / "cgroup.procs").exists() and (cgroup / "cgroup.procs").read_text().strip():
             assert time.monotonic() < deadline, f"the instance did not end: {procs_of(cgroup)}"
             time.sleep(0.1)
-        second = Agent.__new__(Agent)
-        second.state, second.policies = agent.state, agent.policies
-        second.log = open(tmp_path / "agent2.log", "w+")
-        second.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(agent.state), "--policy-dir",
-                                        str(agent.policies)], stdout=second.log, stderr=subprocess.STDOUT)
-        agent.proc, agent.log = second.proc, second.log  # the fixture stops this one
-        deadline = time.monotonic() + 60 * SLOW
-        while eg("status", state=agent.state).returncode != 0:
-            assert time.monotonic() < deadline and second.proc.poll() is None, second.output()
-            time.sleep(0.2)
+        agent.successor(tmp_path)
         assert agent.status()["instances"] == []
         recs = [r for r in agent.records() if r["instance"] == inst["instance"]]
         stop = [r for r in recs if r["kind"] == "lifecycle" and r["detail"].get("event") == "stop"]
@@ -521,21 +523,15 @@ def test_an_upgrade_swaps_the_programs_and_every_connect_meanwhile_is_denied(age
         old_hash = agent.output().split("eBPF programs: ", 1)[1].split("(set ", 1)[1].split(",")[0]
         agent.proc.kill()
         agent.proc.wait(10)
-        second = Agent.__new__(Agent)
-        second.state, second.policies = agent.state, agent.policies
-        second.log = open(tmp_path / "agent2.log", "w+")
-        second.proc = subprocess.Popen([*EG, "agent", "--state-dir", str(agent.state), "--policy-dir",
-                                        str(agent.policies)], stdout=second.log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "EBPFGUARD_DATA_DIR": str(data)})
-        agent.proc, agent.log = second.proc, second.log  # the fixture stops this one
-        deadline = time.monotonic() + 120 * SLOW
-        while eg("status", state=agent.state).returncode != 0:
-            assert time.monotonic() < deadline and second.proc.poll() is None, second.output()
+        def probe() -> None:  # while the new version starts, no connect may get through
+            nonlocal accepted
             try:
                 listener.accept()[0].close()
                 accepted += 1
             except TimeoutError:
                 pass
+
+        second = agent.successor(tmp_path, {"EBPFGUARD_DATA_DIR": str(data)}, within=120, meanwhile=probe)
         assert "eBPF programs: compiled and kept" in second.output()  # the new version's own set
         new_hash = second.output().split("(set ", 1)[1].split(",")[0]
         assert new_hash != old_hash
