@@ -21,11 +21,12 @@ setup: deps headers venv
 # round trip learns a manifest for. python3-jupyter-client, python3-ipykernel and python3-pylsp: the platforms
 # docs/recipes.md launches through ebpfguard (a notebook kernel, a language server), tested as a user.
 # python3-jeepney, the D-Bus library of `ebpfguard notify`; notification-daemon, the real notification server
-# its tests show notices on (under Xvfb).
+# its tests show notices on (under Xvfb). rsyslog and rsyslog-relp: the fleet's log pipeline the records are
+# forwarded through in the tests (journald -> a host rsyslog -> RELP or TCP -> a central rsyslog).
 PKGS := python3-bpfcc libbpfcc python3-venv gcc libc6-dev linux-libc-dev iproute2 auditd bpftrace \
 	xdg-dbus-proxy dbus-daemon dbus-bin dbus-tests xvfb xdotool x11-utils openssh-client \
 	python3-click python3-yaml python3-jsonschema python3-cryptography python3-prometheus-client python3-psutil \
-	python3-jeepney notification-daemon \
+	python3-jeepney notification-daemon rsyslog rsyslog-relp \
 	python3-seccomp prometheus jq curl python3-jupyter-client python3-ipykernel python3-pylsp
 deps:
 	@dpkg -s $(PKGS) >/dev/null 2>&1 || { \

@@ -441,7 +441,9 @@ class Engine:
         self.store.save(inst)
         detail: dict[str, Any] = {"argv": list(argv), "cgroup": str(inst.cgroup.v2)}
         if sandbox is not None:
-            detail["sandbox"] = inst.sandbox
+            # the kernel it ran on and which eBPF hooks decided: what an incident summary says of the layers
+            kernel = {"release": os.uname().release, "ebpf": "bpf-lsm" if self.sensor.lsm else "tracepoints"}
+            detail["sandbox"] = {**inst.sandbox, "kernel": kernel}
         self.recorder.lifecycle(inst, "start", pid=pid, comm=os.path.basename(argv[0])[:15], **detail)
 
     def _note_landlock(self, inst: Instance) -> None:
