@@ -123,7 +123,8 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], metrics_file: str | Non
     PATHS are evidence bundles (from `forensics export`) or state folders; without them, --state-dir.
     A bundle is checked against its own pubkey.pem unless --pubkey pins the key your fleet knows.
     A local root holds the signing key: only checkpoints kept elsewhere (--anchors, from the journal or
-    syslog the agent forwards to) catch a tail cut off and a head.json signed again.
+    syslog the agent forwards to, as a central log host collects them) catch a tail cut off and a
+    head.json signed again, in a state folder or in the bundle exported from it.
 
     \b
     Examples:
@@ -131,6 +132,8 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], metrics_file: str | Non
       ebpfguard forensics verify --pubkey fleet/host42.pem --state-dir /srv/host42
       ebpfguard forensics verify --pubkey fleet/host42.pem host42-evidence.tar.gz
       ebpfguard forensics verify --pubkey host42.pem --anchors host42.ckpt host42/
+      ebpfguard forensics verify --pubkey fleet/host42.pem \\
+        --anchors /var/log/ebpfguard/host42.jsonl host42-evidence.tar.gz
       ebpfguard forensics verify --metrics-file \\
         /var/lib/node_exporter/textfile/ebpfguard.prom
     """
@@ -141,8 +144,6 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], metrics_file: str | Non
         keys = [load_public_key(path) for path in pubkeys]
     except ForensicsError as err:
         fail(f"--pubkey {err}", 2)
-    if anchors and any(not os.path.isdir(t) for t in paths):
-        fail("--anchors checks a state folder's log (not a bundle): give the folder", 2)
     checks = []
     for target in paths or (state_dir,):
         label = f"{target}: " if paths else ""

@@ -1,6 +1,7 @@
 """Checkpoints kept off the host: a local root holds the signing key, so it can cut the log's tail and
 sign a new head.json that `verify` accepts. The checkpoints the agent forwarded (journald or syslog, as
-they were written) are anchors it cannot take back: each must still be in the log, byte for byte.
+they were written) are anchors it cannot take back: each must still be in the log, byte for byte: the
+host's state folder, or the evidence bundle it exported (check.py unpacks it first).
 
 An anchors file is what a central host collected, one entry per line, in any of these forms:
   - a record as JSON (``{"seq": ...}``);
@@ -77,7 +78,8 @@ class AnchorCheck:
 
 def check_anchors(state_dir: str | os.PathLike[str] | StateDir, anchors: list[dict[str, Any]],
                   trusted: dict[str, Ed25519PublicKey]) -> AnchorCheck:
-    """Each anchor signed by a trusted key, and present in the log with the same digest."""
+    """Each anchor signed by a trusted key, and present with the same digest in the log of ``state_dir`` (a
+    state folder, or a bundle unpacked into one)."""
     out = AnchorCheck(len(anchors))
     want: dict[int, dict[str, Any] | None] = {a["seq"]: a for a in anchors}
     for a in anchors:

@@ -59,15 +59,14 @@ class LogCheck:
 
 
 def check_log(target: str, keys: list[Ed25519PublicKey] | None = None, anchors: str | None = None) -> LogCheck:
-    """Verify ``target``: a state folder (against ``keys``, else the host's own key; with ``anchors``, also
-    against that file of forwarded checkpoints) or an evidence bundle (unpacked into a temporary folder,
-    against ``keys``, else the bundle's own pubkey.pem, which the note then says)."""
+    """Verify ``target``: a state folder (against ``keys``, else the host's own key) or an evidence bundle
+    (unpacked into a temporary folder, against ``keys``, else the bundle's own pubkey.pem, which the note
+    then says). With ``anchors``, also against that file of forwarded checkpoints: each must be in the
+    folder's or the bundle's log, signed by a key trusted as above."""
     try:
         if os.path.isdir(target):
             return _check_folder(target, keys, anchors)
-        if anchors:
-            raise ValueError("anchors check a state folder's log, not a bundle")
-        return _check_bundle(target, keys)
+        return _check_bundle(target, keys, anchors)
     except EbpfguardError as err:
         return LogCheck(target, error=str(err))
 
@@ -84,12 +83,15 @@ def _check_folder(target: str, keys: list[Ed25519PublicKey] | None, anchors: str
     return out
 
 
-def _check_bundle(target: str, keys: list[Ed25519PublicKey] | None) -> LogCheck:
+def _check_bundle(target: str, keys: list[Ed25519PublicKey] | None, anchors: str | None) -> LogCheck:
+    sent = read_anchors(anchors) if anchors else None  # an unusable anchors file fails before any unpacking
     with tempfile.TemporaryDirectory(prefix="ebpfguard-verify-") as tmp:
         root, info = unpack_bundle(target, tmp)
-        verdict = verify(root, keys or [bundle_public_key(root)])
+        trust = keys or [bundle_public_key(root)]
+        verdict = verify(root, trust)
+        found = None if sent is None else check_anchors(root, sent, {key_id(k): k for k in trust})
     own = "" if keys else ": the bundle's own key; pin it with --pubkey"
     note = f" (host {info.get('host')}, key {info.get('key_id')}{own})"
     if keys and info.get("key_id") not in {key_id(k) for k in keys}:
         note = f" (the bundle's pubkey.pem {info.get('key_id')} is not one you trust)"
-    return LogCheck(target, verdict, note)
+    return LogCheck(target, verdict, note, found)
