@@ -213,9 +213,9 @@ def classify(rec: Mapping[str, Any]) -> Technique:
         return Technique(f"connect to an unlisted {cls} address")
     if kind == "ipc":
         dest = str(d.get("destination") or d.get("name") or "")
-        for prefix, name, tid, tname in DBUS:
-            if dest == prefix or dest.startswith(prefix + "."):
-                return Technique(name, tid, tname)
+        for service, what, attack, attack_name in DBUS:
+            if dest == service or dest.startswith(service + "."):
+                return Technique(what, attack, attack_name)
         return Technique("D-Bus call to an unlisted service")
     if kind in ("syscall", "privilege"):
         return _syscall_technique(str(d.get("syscall") or ""))
