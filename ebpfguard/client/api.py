@@ -17,6 +17,7 @@ from typing import IO, Any, Protocol
 
 from ebpfguard.common.statedir import DEFAULT as DEFAULT_STATE
 from ebpfguard.errors import ControlError
+from ebpfguard.governance.trust import signature_beside
 from ebpfguard.manifest.load import Mode
 from ebpfguard.service.control import Client, Launching, caller_umask
 from ebpfguard.service.protocol import FORWARDED_SIGNALS, Activity, Launch, Records
@@ -219,6 +220,7 @@ def _request(argv: Sequence[str], extension: str | None, manifest: str | os.Path
         raise ValueError(f"mode: {mode!r} is not one of {', '.join(Mode)}")
     text, source = (None, "<request>") if manifest is None else _manifest(manifest)
     return Launch(extension=extension, manifest_text=text, manifest_path=source,
+                  signature_text=signature_beside(source) if source != "<request>" else None,
                   mode=Mode(mode) if mode else None, env=environ, cwd=where, umask=caller_umask(),
                   argv=[_command(argv[0], environ.get("PATH", os.defpath), where), *argv[1:]])
 

@@ -273,6 +273,18 @@ def sig_path(manifest: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".sig")
 
 
+def signature_beside(manifest: str | os.PathLike[str]) -> str | None:
+    """The text of MANIFEST.sig, read with the caller's rights (a client sends it with its manifest), or None when
+    the manifest has none."""
+    sp = sig_path(manifest)
+    try:
+        return sp.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise TrustError(f"{sp}: {getattr(err, 'strerror', None) or err}") from None
+
+
 def manifest_publisher(raw: bytes, where: str) -> str:
     try:
         doc = yaml.safe_load(raw)

@@ -27,7 +27,8 @@ from ebpfguard.errors import EbpfguardError
 from ebpfguard.forensics import MAX_BYTES, BadLine, ForensicLog, Forwarder, read
 from ebpfguard.forensics.explain import explain
 from ebpfguard.governance.policydir import PolicyDir
-from ebpfguard.governance.trust import launch_check
+from ebpfguard.governance.trust import LaunchRefused, launch_check, sig_path
+from ebpfguard.governance.trust import verify as verify_signature
 from ebpfguard.kernel.cgroups import CgroupManager
 from ebpfguard.kernel.features import bpf_lsm_status
 from ebpfguard.manifest.load import Manifest, parse
@@ -473,8 +474,7 @@ class Agent:
             assert req.manifest_text is not None  # Launch holds one of them
             m = parse(req.manifest_text.encode(), req.manifest_path, as_user=pw.pw_name)
             if self.policies.require_signed and (req.mode or m.mode) == "enforce":
-                raise EbpfguardError("this agent requires signed manifests: launch a policy it holds by name "
-                                     "(ebpfguard run -e NAME)")
+                self._signed_by_trusted_key(m, req)
         self._admit_launch(uid)
         shadow = self.policies.shadows().get(m.name)
         if shadow is not None and shadow.sha256 != m.sha256:  # it decides beside, for this user too
@@ -548,6 +548,20 @@ class Agent:
             except OSError as err:  # it exited meanwhile: the watch reports it
                 log.debug("signal %s to %s: %s", req.signal, req.instance, err)
         return p.Done()
+
+    def _signed_by_trusted_key(self, m: Manifest, req: p.Launch) -> None:
+        """A caller's own manifest, under --require-signed: its signature (the bytes the client sent, never a file
+        root reads on a user's word) must come from a key the trust store holds for its publisher; a refusal is
+        recorded, as a refused launch of root's is."""
+        if req.signature_text is None:
+            raise EbpfguardError(f"this agent requires signed manifests: {m.source} came without a signature (no "
+                                 f"{sig_path(m.source).name} beside it); sign it with a trusted key or launch a "
+                                 "policy the agent holds by name (ebpfguard run -e NAME)")
+        v = verify_signature(m.source, self.policies.trust, None, raw=m.raw, sig_text=req.signature_text.encode())
+        if not v.ok:
+            self.engine.recorder.policy(m, "launch-refused", verdict="denied", actions=["refuse:launch"],
+                                        mode=req.mode or m.mode, reason=v.reason, signature=v.as_dict())
+            raise LaunchRefused(f"launch refused: {m.name}: {v.reason}")
 
     def prepare(self, s: Session, req: p.Prepare) -> p.Prepared:
         if req.extension is not None:

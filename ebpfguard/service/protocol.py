@@ -379,6 +379,8 @@ class Launch(Request[Launched]):
     extension: Annotated[str | None, "a policy the agent holds, by name"] = None
     manifest_text: Annotated[str | None, "a manifest of the caller's (instead of extension)"] = None
     manifest_path: Annotated[str, "where the manifest was read (in errors and records)"] = "<request>"
+    signature_text: Annotated[str | None, "the manifest's signature (MANIFEST.sig beside it), when it has one: "
+                              "an agent that requires signed manifests checks it against its trust store"] = None
     mode: Annotated[Mode | None, "overrides spec.mode (not of a policy the agent holds, for a non-root caller)"] = None
     argv: Annotated[list[str], "the command, argv[0] an absolute path"]
     env: Annotated[dict[str, str], "the caller's environment; the manifest filters it"] = field(default_factory=dict)

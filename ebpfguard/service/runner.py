@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from ebpfguard.governance.trust import sig_path
+from ebpfguard.governance.trust import sig_path, signature_beside
 from ebpfguard.instance.store import Instance
 from ebpfguard.manifest.load import Manifest, parse
 from ebpfguard.sandbox import Sandbox
@@ -109,8 +109,10 @@ def run_as_caller(state_dir: str, argv: Sequence[str], *, manifest: Manifest | N
     if os.path.isdir(argv[0]) or not os.access(argv[0], os.X_OK):
         raise LaunchError(f"{argv[0]}: not an executable file", 126)
     req = Launch(extension=extension, manifest_text=manifest.raw.decode() if manifest else None,
-                 manifest_path=manifest.source if manifest else "<request>", mode=Mode(mode) if mode else None,
-                 argv=argv, env=dict(os.environ), cwd=os.getcwd(), umask=caller_umask())
+                 manifest_path=manifest.source if manifest else "<request>",
+                 signature_text=signature_beside(manifest.source) if manifest else None,
+                 mode=Mode(mode) if mode else None, argv=argv, env=dict(os.environ), cwd=os.getcwd(),
+                 umask=caller_umask())
 
     def warn(failure: Failure) -> None:
         print(f"ebpfguard: warning: {failure.error}", file=sys.stderr)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from ebpfguard.forensics import BadLine, read
 from ebpfguard.governance.policydir import REQUIRE_SIGNED_FILE, PolicyDir
 from ebpfguard.governance.trust import TrustStore, keygen, sign
 from ebpfguard.manifest.load import Mode, parse
@@ -524,3 +525,60 @@ def test_a_promotion_outlives_the_policy_folder(tmp_path: Path) -> None:
     assert again.manifests()["tool"].version == "2"
     with pytest.raises(Exception, match="'tool' has no shadow version loaded"):
         again.promote("tool")
+
+
+def test_a_users_own_manifest_under_require_signed_needs_a_trusted_signature(
+        tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import array  # noqa: PLC0415
+    import pwd  # noqa: PLC0415
+
+    monkeypatch.setattr("ebpfguard.service.agent.bpf_lsm_status", lambda: (False, "not probed in the unit tier"))
+
+    def reached(*_a: Any, **_k: Any) -> Any:
+        raise p.BadRequest("the signature passed: the launch itself is the e2e tier's")
+
+    monkeypatch.setattr("ebpfguard.service.agent.start_for_caller", reached)
+    policies, trust, own = tmp_path / "policies", tmp_path / "trust", tmp_path / "own"
+    policies.mkdir()
+    own.mkdir()
+    (policies / REQUIRE_SIGNED_FILE).write_text("")
+    keygen("acme", tmp_path / "acme.key")
+    keygen("acme", tmp_path / "stranger.key")
+    TrustStore(trust).add(f"{tmp_path / 'acme.key'}.pub")
+    (own / "mine.yaml").write_text(manifest("mine"))
+    (own / "theirs.yaml").write_text(manifest("theirs"))
+    sign(tmp_path / "acme.key", own / "mine.yaml")
+    sign(tmp_path / "stranger.key", own / "theirs.yaml")
+    a = Agent(str(engine.state.root), str(policies), engine=engine, trust_dir=str(trust))
+    a.setup()
+    a.scan_policies()
+    served = Served(a)
+    nobody = pwd.getpwuid(65534)
+
+    def launch(text: str, signature: str | None) -> dict[str, Any]:
+        req = {"op": "launch", "manifest_text": text, "manifest_path": "/home/u/mine.yaml", "argv": ["/bin/true"],
+               **({"signature_text": signature} if signature is not None else {})}
+        with served.connect(p.Peer(pid=9, uid=nobody.pw_uid, gid=nobody.pw_gid)) as s:
+            s.sendmsg([json.dumps(req).encode() + b"\n"],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
+            return dict(json.loads(s.makefile("rb").readline()))
+
+    mine, sig = (own / "mine.yaml").read_text(), (own / "mine.yaml.sig").read_text()
+    try:
+        unsigned = launch(mine, None)
+        assert not unsigned["ok"] and "came without a signature (no mine.yaml.sig beside it)" in unsigned["error"]
+        stranger = launch((own / "theirs.yaml").read_text(), (own / "theirs.yaml.sig").read_text())
+        assert not stranger["ok"] and stranger["exit_code"] == 126, stranger
+        assert "launch refused: theirs: untrusted" in stranger["error"]
+        tampered = launch(mine.replace("/usr/bin/true", "/usr/bin/env"), sig)
+        assert not tampered["ok"] and "launch refused: mine: tampered" in tampered["error"], tampered
+        signed = launch(mine, sig)
+        assert not signed["ok"] and "the signature passed" in signed["error"], signed
+        refused = [r for r in read(engine.state) if not isinstance(r, BadLine) and r["kind"] == "policy"
+                   and r["detail"]["event"] == "launch-refused"]
+        assert [(r["extension"], r["detail"]["signature"]["status"]) for r in refused] == [
+            ("theirs", "untrusted"), ("mine", "tampered")]
+    finally:
+        served.stop.set()
+        served.thread.join()
+        a.server.close()

@@ -204,3 +204,15 @@ def test_an_agent_that_goes_away_is_a_control_error(tmp_path: Path) -> None:
     with pytest.raises(client.ControlError, match="the agent closed the connection before tool-1 ended"):
         inst.wait()
     inst.close()
+
+
+def test_a_manifest_path_sends_the_signature_beside_it(tmp_path: Path) -> None:
+    from ebpfguard.client.api import _request  # noqa: PLC0415
+
+    m = tmp_path / "mine.yaml"
+    m.write_text("apiVersion: ebpfguard.io/v1\n")
+    assert _request(["/bin/true"], None, m, {}, tmp_path, None).signature_text is None
+    (tmp_path / "mine.yaml.sig").write_text('{"format": "ebpfguard-signature/1"}')
+    req = _request(["/bin/true"], None, m, {}, tmp_path, None)
+    assert (req.manifest_path, req.signature_text) == (str(m), '{"format": "ebpfguard-signature/1"}')
+    assert _request(["/bin/true"], None, m.read_text() + "\n", {}, tmp_path, None).signature_text is None
