@@ -225,3 +225,23 @@ def test_a_check_before_the_proxies_start_does_not_ask_for_them() -> None:
     sb = Sandbox.prepare(m, landlock_abi=0, check_proxies=False)
     sb.close()
     assert "dbus-proxy:session" in sb.layers
+
+
+def test_a_users_environment_keeps_the_display_only_where_its_socket_is_granted() -> None:
+    import pwd  # noqa: PLC0415
+
+    from ebpfguard.runtime.launch import caller_environ  # noqa: PLC0415
+
+    pw = pwd.getpwuid(65534)
+    env = {"DISPLAY": ":0", "XAUTHORITY": "/home/u/.Xauthority", "WAYLAND_DISPLAY": "wayland-0", "LANG": "C.UTF-8",
+           "HOME": "/root", "USER": "root", "SHELL": "/bin/zsh", "A=B": "x", "": "empty"}
+    plain = caller_environ(parse(M.encode(), "t.yaml", as_user=pw.pw_name), env, pw)
+    assert plain == {"LANG": "C.UTF-8", "HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name,
+                     "SHELL": pw.pw_shell}
+    granted = M.replace("  syscalls:", "  ipc: {unix: [/tmp/.X11-unix/X0, \"${XDG_RUNTIME_DIR}/wayland-0\"]}\n"
+                                       "  syscalls:")
+    m = parse(granted.encode(), "t.yaml", as_user=pw.pw_name)
+    both = caller_environ(m, env, pw)
+    assert (both["DISPLAY"], both["XAUTHORITY"], both["WAYLAND_DISPLAY"]) == (":0", "/home/u/.Xauthority", "wayland-0")
+    other = caller_environ(m, {**env, "DISPLAY": ":1", "WAYLAND_DISPLAY": "wayland-1"}, pw)
+    assert "DISPLAY" not in other and "XAUTHORITY" not in other and "WAYLAND_DISPLAY" not in other
