@@ -19,7 +19,9 @@ from ebpfguard.errors import EbpfguardError
 def provenance_cmd(state_dir: str, as_json: bool, limit: int, name: str) -> None:
     """Where extension NAME comes from and what it has done: publisher, signing key, every version seen (first
     and last seen, policy sha256, signature status), incidents, refusals and an administrator's flag, all read
-    from the signed forensic log (verified first: a log that fails is said so). Exits 1 if the log never saw NAME.
+    from the signed forensic log (verified first: a log that fails is said so); beside them, the incident
+    summaries received from elsewhere (`incident import`) and the local version each matches. Exits 1 if
+    neither the log nor a received summary knows NAME.
 
     \b
     Examples:
@@ -35,7 +37,7 @@ def provenance_cmd(state_dir: str, as_json: bool, limit: int, name: str) -> None
     else:
         for line in render(p, limit):
             click.echo(line)
-    if not p.versions and not p.flag and not p.incidents and not p.refusals:
+    if not p.versions and not p.flag and not p.incidents and not p.refusals and not p.received:
         click.echo(f"ebpfguard: the forensic log in {state_dir} has no record of {name}", err=True)
         sys.exit(1)
 

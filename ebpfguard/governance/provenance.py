@@ -14,6 +14,7 @@ from ebpfguard.errors import ForensicsError
 from ebpfguard.forensics import BadLine, read
 from ebpfguard.forensics import verify as verify_log
 from ebpfguard.forensics.records import Kind, Record
+from ebpfguard.governance.incident import received
 
 LADDER_EVENTS = ("escalation", "freeze", "kill", "quarantine")
 
@@ -44,13 +45,15 @@ class Provenance:
     log_ok: bool = True
     log_reason: str = ""
     records: int = 0
+    received: list[dict[str, Any]] = field(default_factory=list)  # incident summaries imported from elsewhere
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "publisher": self.publisher, "key_id": self.key_id,
                 "versions": [vars(v) for v in self.versions], "violations": self.violations,
                 "ladder_actions": self.ladder, "shadow_refusals": self.shadow, "incidents": self.incidents,
                 "refusals": self.refusals,
-                "flag": self.flag, "log": {"ok": self.log_ok, "reason": self.log_reason, "records": self.records}}
+                "flag": self.flag, "log": {"ok": self.log_ok, "reason": self.log_reason, "records": self.records},
+                "received": self.received}
 
 
 def _incident(rec: Record) -> dict[str, Any]:
@@ -110,6 +113,10 @@ def provenance(state_dir: str | os.PathLike[str], name: str) -> Provenance:
     for ver in p.versions:  # a version first seen on an instance record takes its name from a policy record
         if ver.version == "?":
             ver.version = "(unknown)"
+    p.received = received(state_dir, name, [(v.version, v.sha256) for v in p.versions])
+    for r in p.received:  # beside them, what happened here under the version they match
+        matched = (r["matches"] or {}).get("sha256")
+        r["local_incidents"] = sum(1 for i in p.incidents if matched and i["version_sha256"] == matched)
     return p
 
 
@@ -135,4 +142,17 @@ def render(p: Provenance, limit: int = 10) -> list[str]:
         out.append(f"refused ({len(p.refusals)}):")
         for r in p.refusals[-limit:]:
             out.append(f"  seq {r['seq']:<6} {str(r['time'])[:19]} {r['event']:<14} {r['reason'][:60]}")
+    if p.received:
+        out.append(f"received incident summaries ({len(p.received)}; `incident list` shows them all):")
+        for r in p.received[-limit:]:
+            versions = ",".join(str(v["version"]) for v in r["versions"]) or "?"
+            m = r["matches"]
+            here = (f"= local {m['version']} by {m['by']}, {r['local_incidents']} incidents here" if m
+                    else "a version not seen here")
+            period = r.get("period") or {}
+            out.append(f"  {r['sha256'][:12]} version {versions} ({here}), signed by {r['signer']}, "
+                       f"{period.get('first')}..{period.get('last')}: {r['violations']} violations")
+            for t in r["techniques"][:5]:
+                tid = f" ({t['attack_id']})" if t["attack_id"] else ""
+                out.append(f"    {t['count']:>5}  {t['technique']}{tid}")
     return out
