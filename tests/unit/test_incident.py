@@ -378,6 +378,13 @@ def test_the_published_schema_is_the_one_the_code_checks() -> None:
     assert DOC_SCHEMA["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 
 
+def test_the_vocabulary_table_names_every_attack_id_the_classification_gives() -> None:
+    ids = set(re.findall(r'"(T\d{4}(?:\.\d{3})?)"', (TOP / "ebpfguard" / "forensics" / "technique.py").read_text()))
+    doc = (TOP / "docs" / "incidents.md").read_text()
+    table = doc[doc.index("## The technique vocabulary"):doc.index("## Verifying, importing, listing")]
+    assert len(ids) > 20 and not [i for i in sorted(ids) if i not in table], "docs/incidents.md lacks them"
+
+
 def test_the_markdown_report(tmp_path: Path) -> None:
     story(tmp_path)
     key = tmp_path / "share.key"
