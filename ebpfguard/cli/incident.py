@@ -12,7 +12,8 @@ import click
 from ebpfguard.cli.common import STATE_OPT, Group, fail, state_readable
 from ebpfguard.errors import EbpfguardError
 
-KEYS_DIR = "/etc/ebpfguard/trust/incident-keys"
+KEYS_DIR = "/etc/ebpfguard/trust/incident-keys"  # the keys `incident import` trusts by default
+
 
 
 @click.group(cls=Group, name="incident")
@@ -22,9 +23,9 @@ def incident() -> None:
 
     \b
     Examples:
-      sudo ebpfguard incident share --extension md-preview --key share.key -o md-preview.json
-      ebpfguard incident verify md-preview.json --pubkey share.key.pub
-      sudo ebpfguard incident import md-preview.json --pubkey acme-incidents.pub
+      sudo ebpfguard incident share -e md-preview --key share.key -o out.json
+      ebpfguard incident verify out.json --pubkey share.key.pub
+      sudo ebpfguard incident import out.json --pubkey acme-incidents.pub
     """
 
 
@@ -50,9 +51,9 @@ def share_cmd(state_dir: str, extension: str | None, seqs: tuple[int, ...], sinc
 
     \b
     Examples:
-      sudo ebpfguard incident share --extension md-preview --key share.key -o md-preview.json
+      sudo ebpfguard incident share -e md-preview --key share.key -o out.json
       sudo ebpfguard incident share --seq 41 --seq 42 --format md
-      sudo ebpfguard incident share -e md-preview --since 24h --format md -o report.md
+      sudo ebpfguard incident share -e md-preview --since 24h --format md
     """
     from ebpfguard.forensics import parse_when
     from ebpfguard.governance.incident import load_key, share, write_out
@@ -154,8 +155,8 @@ def import_cmd(state_dir: str, keys_dir: str | None, pubkeys: tuple[str, ...], f
     \b
     Examples:
       sudo ebpfguard incident import acme/*.json
-      sudo ebpfguard incident import feed/md-preview.json --pubkey acme-incidents.pub
-      sudo ebpfguard incident import report.md --keys /etc/ebpfguard/trust/incident-keys
+      sudo ebpfguard incident import feed/x.json --pubkey acme-incidents.pub
+      sudo ebpfguard incident import report.md --keys /srv/incident-keys
     """
     from ebpfguard.governance.incident import import_summary, trusted_keys
 

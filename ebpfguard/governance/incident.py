@@ -23,6 +23,7 @@ import json
 import os
 import re
 import secrets
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,7 +45,6 @@ from ebpfguard.forensics.records import VIOLATION_KINDS, Kind
 from ebpfguard.forensics.technique import address_class, classify, credential_class, persistence_class
 
 FORMAT = "ebpfguard-incident/1"
-DEFAULT_KEYS = Path("/etc/ebpfguard/trust/incident-keys")
 LADDER_EVENTS = ("escalation", "freeze", "thaw", "kill", "quarantine", "lift")
 LADDER_STEPS = {"cgroup.freeze", "cgroup.kill", "freeze", "kill", "thaw", "quarantine", "lift", "throttle", "sigkill"}
 MAX_TIMELINE = 1000
@@ -94,7 +94,8 @@ class Host:
                 return ""
 
         names = {os.uname().nodename, text(f"{etc}/hostname")}
-        hostnames = tuple(sorted({n for name in names if name for n in (name, name.split(".")[0])}))
+        hostnames = tuple(sorted({n for name in names if name for n in (name, name.split(".")[0])}
+                                 - {"localhost", "localhost.localdomain"}))  # these name no host
         accounts = []
         for line in text(f"{etc}/passwd").splitlines():
             f = line.split(":")
@@ -151,6 +152,7 @@ HOME_NAMES = {"id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_ecdsa_sk", "id_e
               "Web Data", "logins.json", "key3.db", "key4.db", "cookies.sqlite", "signons.sqlite", ".bashrc",
               ".bash_profile", ".bash_login", ".bash_logout", ".profile", ".zshrc", ".zprofile", ".zshenv",
               "login.keyring", "user.keystore"}
+HEX64 = re.compile(r"[0-9a-f]{64}")
 CGROUP_FILE = re.compile(r"^(cgroup|memory|cpu|cpuset|pids|io|hugetlb|rdma|misc)\.[a-z_.]+$")
 _WORD = r"(?<![A-Za-z0-9]){}(?![A-Za-z0-9])"
 
@@ -212,8 +214,9 @@ class Anonymizer:
         parts = norm.strip("/").split("/") if norm != "/" else []
         if not parts:
             return "/"
-        if parts[0] == "home":
-            return "/home" if len(parts) == 1 else self._home(parts[2:])  # a home no account names (any more)
+        if parts[0] == "home" or parts[:2] == ["var", "home"]:  # a home no account names (any more)
+            skip = 1 if parts[0] == "home" else 2
+            return "/" + "/".join(parts) if len(parts) == skip else self._home(parts[skip + 1:])
         if parts[0] == "proc":
             return self._proc(parts)
         if parts[0] == "sys":
@@ -345,9 +348,10 @@ def _map(v: Any) -> Mapping[str, Any]:
 
 
 def _system(path: str) -> bool:
+    """Is this no one's home: the root, a system folder, a place that does not exist?"""
     rel = path.strip("/")
     return not rel or any(rel == s or rel.startswith(s + "/") for s in SYSTEM) or \
-        rel.split("/")[0] in ("proc", "sys", "nonexistent", "var", "run", "usr")
+        rel.split("/")[0] in ("proc", "sys", "nonexistent", "run", "tmp")
 
 
 # ---- the summary ---------------------------------------------------------------------------------------------
@@ -365,7 +369,7 @@ def _secs(ns: int) -> float:
 def split_action(action: str, rec: Mapping[str, Any]) -> tuple[str, str, str | None]:
     """(response, the layer that decided or did it, a ladder step's note): "eacces:landlock" is eacces by Landlock,
     "cgroup.freeze:escalation(2 in 60s)" the agent's freeze on escalation, "quarantine" the agent's."""
-    d = rec.get("detail") or {}
+    d = _map(rec.get("detail"))
     if action.startswith("cgroup."):
         step, _, note = action.partition(":")
         return step, "agent", note.replace("(", " (") or None
@@ -407,8 +411,6 @@ class _Version:
 
 def _manifest_meta(state: StateDir, sha: str) -> dict[str, Any]:
     """metadata of the exact manifest bytes the records name (STATE/policies/<sha256>), when kept."""
-    if not re.fullmatch(r"[0-9a-f]{64}", sha):
-        return {}
     try:
         doc = yaml.safe_load(state.policy(sha).read_bytes())
     except (OSError, yaml.YAMLError):
@@ -434,19 +436,17 @@ def _summary(state_dir: str | os.PathLike[str], extension: str | None, seqs: Ite
     wanted = sorted(set(seqs))
     if not extension and not wanted:
         raise IncidentError("give --extension NAME or --seq N")
-    records = [r for r in read(state) if not isinstance(r, BadLine)]
-    if wanted:
-        by_seq = {r.get("seq"): r for r in records}
-        missing = [s for s in wanted if s not in by_seq]
+    if wanted:  # which extension the records are of: a first pass, so that only its records are kept after
+        chosen = [r for r in read(state) if not isinstance(r, BadLine) and r.get("seq") in wanted]
+        missing = sorted(set(wanted) - {r.get("seq") for r in chosen})
         if missing:
             raise IncidentError(f"the forensic log has no record {', '.join(map(str, missing))}")
-        chosen = [by_seq[s] for s in wanted]
         names = sorted({str(r.get("extension")) for r in chosen})
         if len(names) > 1 or names == ["None"]:
             raise IncidentError("one summary is of one extension: records " + ", ".join(
                 f"{r.get('seq')} ({r.get('extension') or 'no extension'})" for r in chosen))
         extension = names[0]
-    ours = [r for r in records if r.get("extension") == extension]
+    ours = [r for r in read(state) if not isinstance(r, BadLine) and r.get("extension") == extension]
     selected = [r for r in ours if (not wanted or r.get("seq") in wanted)
                 and (since_ns is None or (record_ns(r) or 0) >= since_ns) and r.get("kind") != Kind.CHECKPOINT]
     if not selected:
@@ -470,9 +470,10 @@ class _Builder:
         """Instances (their launch, their end) and versions, from every record of the extension."""
         chosen = {id(r) for r in self.selected}
         for r in self.ours:
-            d = r.get("detail") or {}
+            d = _map(r.get("detail"))
             sha = r.get("policy_sha256")
-            if isinstance(sha, str) and sha and (r.get("kind") == Kind.POLICY or id(r) in chosen):
+            sha = sha if isinstance(sha, str) and HEX64.fullmatch(sha) else None
+            if sha and (r.get("kind") == Kind.POLICY or id(r) in chosen):
                 v = self.versions.setdefault(sha, _Version(sha))
                 if r.get("kind") == Kind.POLICY:
                     if d.get("version") is not None:
@@ -480,8 +481,10 @@ class _Builder:
                     sig = _map(d.get("signature"))
                     if sig and (d.get("event") == "loaded" or v.signature == "unknown"):
                         v.signature = str(sig.get("status") or "unknown")
+                        kid = str(sig.get("key_id") or "")
                         if sig.get("ok"):
-                            v.publisher, v.publisher_key_id = str(sig.get("publisher") or ""), str(sig.get("key_id"))
+                            v.publisher = str(sig.get("publisher") or "")
+                            v.publisher_key_id = kid if re.fullmatch(r"[0-9a-f]{16}", kid) else None
                 if isinstance(r.get("mode"), str) and id(r) in chosen:
                     v.modes.add(r["mode"])
             iid = r.get("instance")
@@ -497,7 +500,7 @@ class _Builder:
                 inst.start, inst.launch_ns = r, t
             if r.get("kind") == Kind.LIFECYCLE and d.get("event") == "stop":
                 inst.stop = r
-            if isinstance(sha, str) and sha:
+            if sha:
                 inst.sha = inst.sha or sha
             if isinstance(r.get("mode"), str):
                 inst.mode = inst.mode or r["mode"]
@@ -524,7 +527,7 @@ class _Builder:
         return inst.n, _secs(t - inst.zero)
 
     def _target(self, r: Mapping[str, Any]) -> str:
-        kind, d = r.get("kind"), r.get("detail") or {}
+        kind, d = r.get("kind"), _map(r.get("detail"))
         a = self.anon
         if kind in (Kind.FILE, Kind.EXEC):
             return a.path(d.get("path") or d.get("raw_path"))
@@ -581,7 +584,7 @@ class _Builder:
         shadow = violations = 0
         days = [x for x in (record_ns(r) for r in self.selected) if x is not None]
         for r in self.selected:
-            kind, d = str(r.get("kind")), r.get("detail") or {}
+            kind, d = str(r.get("kind")), _map(r.get("detail"))
             n, t = self._when(r)
             entry: dict[str, Any] = {"instance": n, "t": t}
             for act in r.get("actions") or []:
@@ -598,14 +601,15 @@ class _Builder:
                 violations += 1
                 tech = classify(r)
                 target = self._target(r)
-                verdict = str(r.get("verdict") or "none")
+                verdict = a.word(r.get("verdict") or "none")
+                name = a.word(tech.name)
                 kinds[kind] += 1
                 verdicts[verdict] += 1
                 inst = self.instances.get(str(r.get("instance")))
                 if inst is not None:
                     inst.violations += 1
-                te = techniques.setdefault(tech.name, {
-                    "technique": a.word(tech.name), "attack_id": tech.attack, "attack_name": tech.attack_name,
+                te = techniques.setdefault(name, {
+                    "technique": name, "attack_id": tech.attack, "attack_name": tech.attack_name,
                     "count": 0, "kinds": [], "verdicts": {}, "targets": [], "targets_omitted": 0, "programs": [],
                     "first_t": t})
                 te["count"] += 1
@@ -633,7 +637,7 @@ class _Builder:
                         "op": a.word(d.get("op") or "connect"), "count": 0, "verdicts": {}})
                     de["count"] += 1
                     de["verdicts"][verdict] = de["verdicts"].get(verdict, 0) + 1
-                entry.update({"event": "violation", "kind": kind, "technique": a.word(tech.name),
+                entry.update({"event": "violation", "kind": kind, "technique": name,
                               "attack_id": tech.attack, "target": target, "verdict": verdict,
                               "actions": self._actions(r)})
             elif kind == Kind.LIFECYCLE:
@@ -683,7 +687,7 @@ class _Builder:
                 instances.append(row)
         return {
             "format": FORMAT,
-            "generated": _day(self.now_ns if self.now_ns is not None else dt_now_ns()),
+            "generated": _day(self.now_ns if self.now_ns is not None else time.time_ns()),
             "extension": {"name": self.name, "versions": [self._version(v) for v in self.versions.values()]},
             "selection": {"by": self.by, "records": len(self.selected)},
             "period": {"first": _day(min(days)) if days else None, "last": _day(max(days)) if days else None},
@@ -741,19 +745,13 @@ class _Builder:
         return inst, {"layers": [a.layer(x) for x in sb.get("layers") or []], "kernel": kernel}
 
 
-def dt_now_ns() -> int:
-    return int(dt.datetime.now(dt.UTC).timestamp() * 1e9)
-
-
 # ---- the format ---------------------------------------------------------------------------------------------
 
-def _obj(props: dict[str, Any], desc: str = "", optional: tuple[str, ...] = ()) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "object", "required": [k for k in props if k not in optional],
-                           "additionalProperties": False, "properties": props}
-    return {"description": desc, **out} if desc else out
+def _obj(props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": list(props), "additionalProperties": False, "properties": props}
 
 
-_STR, _INT, _NUM, _BOOL = {"type": "string"}, {"type": "integer", "minimum": 0}, {"type": "number"}, {"type": "boolean"}
+_STR, _INT, _BOOL = {"type": "string"}, {"type": "integer", "minimum": 0}, {"type": "boolean"}
 _DAY = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
 _SHA = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _KEYID = {"type": "string", "pattern": "^[0-9a-f]{16}$"}

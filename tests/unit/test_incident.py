@@ -572,6 +572,12 @@ def test_import_refuses_each_bad_summary_and_keeps_the_others(tmp_path: Path) ->
     r = cli("incident", "import", "--state-dir", str(tmp_path / "none"), "--keys", str(tmp_path / "nokeys"),
             str(good))
     assert r.exit_code == 2 and "does not exist" in r.output
+    (tmp_path / "nokeys").mkdir()
+    r = cli("incident", "import", "--state-dir", str(tmp_path / "none"), "--keys", str(tmp_path / "nokeys"),
+            str(good))
+    assert r.exit_code == 1 and f"no key to verify summaries with: put the PEM public keys you trust in " \
+        f"{tmp_path / 'nokeys'}" in r.stderr
+    assert not (tmp_path / "none").exists()
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------
