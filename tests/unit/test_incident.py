@@ -148,10 +148,12 @@ def test_uids_and_gids_are_removed(tmp_path: Path) -> None:
 def test_home_paths_become_tilde(tmp_path: Path) -> None:
     write_log(tmp_path, [file("/home/zqalice/.ssh/id_ed25519", 1.0), file("/root/.netrc", 1.1),
                          file("/srv/people/zqbob/.git-credentials", 1.2),  # a home passwd gives, not under /home
-                         file("/home/zqcarol/.aws/credentials", 1.3)])  # a home no account names any more
+                         file("/home/zqcarol/.aws/credentials", 1.3),  # a home no account names any more
+                         file("/var/home/zqdave/.kube/config", 1.4)])  # /home on an ostree system (Silverblue)
     js, md, doc = outputs(tmp_path)
-    nowhere((js, md), "/home/", "/root", "/srv/people", "zqbob", "zqcarol")
-    assert targets(doc) == {"~/.ssh/id_ed25519", "~/.netrc", "~/.git-credentials", "~/.aws/credentials"}
+    nowhere((js, md), "/home/", "/root", "/srv/people", "zqbob", "zqcarol", "zqdave")
+    assert targets(doc) == {"~/.ssh/id_ed25519", "~/.netrc", "~/.git-credentials", "~/.aws/credentials",
+                            "~/.kube/config"}
 
 
 def test_file_names_under_a_home_become_their_class(tmp_path: Path) -> None:
