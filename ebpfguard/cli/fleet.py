@@ -26,6 +26,10 @@ def fleet() -> None:
     """
 
 
+def _n(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
 def _keys(pubkeys_dir: str | None, pubkey: tuple[str, ...]) -> dict[str, Ed25519PublicKey]:
     from ebpfguard.errors import ForensicsError
     from ebpfguard.forensics.check import load_public_key
@@ -111,12 +115,12 @@ def report(as_json: bool, extension: str | None, since: str | None, until: str |
     r.read(srcs, progress if tty else None)
     if tty:
         click.echo("\r\033[K", err=True, nl=False)
-    click.echo(f"fleet report: {r.records} records, {len(r.hosts)} hosts, {len(srcs)} files, {r.seconds:.1f} s",
-               err=True)
+    click.echo(f"fleet report: {_n(r.records, 'record')}, {_n(len(r.hosts), 'host')}, {_n(len(srcs), 'file')}, "
+               f"{r.seconds:.1f} s", err=True)
     if not r.records:
         bad = [s for s in r.files if s.note()]
         why = f"; {bad[0].path}: {bad[0].note()}" if bad else ""
-        fail(f"no ebpfguard record in {len(srcs)} file{'s' if len(srcs) > 1 else ''}{why}", 2)
+        fail(f"no ebpfguard record in {_n(len(srcs), 'file')}{why}", 2)
     if as_json:
         click.echo(json.dumps(r.as_dict()))
     else:
@@ -127,6 +131,6 @@ def report(as_json: bool, extension: str | None, since: str | None, until: str |
         click.echo(f"ebpfguard: no record from {', '.join(unseen)}, whose key was given", err=True)
     failed = r.failed
     if failed:
-        click.echo(f"ebpfguard: integrity failed on {len(failed)} host{'s' if len(failed) > 1 else ''}: "
-                   f"{', '.join(h.name for h in failed)}", err=True)
+        click.echo(f"ebpfguard: integrity failed on {_n(len(failed), 'host')}: {', '.join(h.name for h in failed)}",
+                   err=True)
         sys.exit(1)

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 import time
 from array import array
 from bisect import bisect_left
@@ -133,16 +134,23 @@ def sources(paths: Iterable[str], host: str | None = None) -> list[Source]:
 def _open(src: Source) -> Iterator[IO[str]]:
     """The source's lines, gunzipped if it starts as gzip does (whatever its name). Bytes that are not UTF-8 become
     U+FFFD: a record with them no longer matches its digest, and its chain says so."""
-    raw: IO[bytes] = sys.stdin.buffer if src.path == "-" else open(src.path, "rb")  # noqa: SIM115
+    stdin = src.path == "-"
+    raw: Any = sys.stdin.buffer if stdin else open(src.path, "rb")  # noqa: SIM115
+    buffered: Any = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
+    text = None
     try:
-        peek = getattr(raw, "peek", None)
-        if peek is not None and peek(2)[:2] == b"\x1f\x8b":
-            with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-                yield io.TextIOWrapper(gz, encoding="utf-8", errors="replace")
+        if buffered.peek(2)[:2] == b"\x1f\x8b":
+            text = io.TextIOWrapper(gzip.GzipFile(fileobj=buffered, mode="rb"), encoding="utf-8", errors="replace")
         else:
-            yield io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
+            text = io.TextIOWrapper(buffered, encoding="utf-8", errors="replace")
+        yield text
     finally:
-        if raw is not sys.stdin.buffer:
+        if stdin:
+            if text is not None and buffered is raw:
+                text.detach()  # stdin stays open
+        elif text is not None:
+            text.close()
+        else:
             raw.close()
 
 
@@ -588,62 +596,81 @@ def _names(hosts: Iterable[str], width: int) -> str:
     used = 0
     hs = sorted(hosts)
     for i, h in enumerate(hs):
-        if used + len(h) + 1 > width - 8 and i < len(hs) - 1:
+        if out and used + len(h) + 1 > width - 6 and i < len(hs) - 1:
             return " ".join(out) + f" (+{len(hs) - i})"
         out.append(h)
         used += len(h) + 1
     return " ".join(out)
 
 
+def _s(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _wrap(head: str, text: str, indent: int | None = None, width: int = 80) -> list[str]:
+    """``text`` after ``head`` in lines of ``width`` at most, the next ones indented as far as the text starts (or
+    ``indent``). Words joined by a no-break space stay together."""
+    lines = textwrap.wrap(text, width, initial_indent=head, subsequent_indent=" " * (len(head) if indent is None
+                                                                                   else indent),
+                          break_on_hyphens=False, break_long_words=False) or [head.rstrip()]
+    return [line.replace("\xa0", " ") for line in lines]
+
+
 def render(r: FleetReport, limit: int = 8) -> list[str]:
     """The report as text in 80 columns: failed hosts first, then extension versions by hosts affected and incidents,
     each version's breakdown, and the hosts."""
     n = len(r.hosts)
-    out = [f"fleet report: {r.records} records from {n} host{'s' if n != 1 else ''} in {len(r.files)} "
-           f"file{'s' if len(r.files) != 1 else ''}"]
+    out = [f"fleet report: {_s(r.records, 'record')} from {_s(n, 'host')} in {_s(len(r.files), 'file')}"]
     failed = r.failed
     if failed:
-        out += ["", f"INTEGRITY FAILED on {len(failed)} of {n} hosts:"]
+        out += ["", f"INTEGRITY FAILED on {len(failed)} of {_s(n, 'host')}:"]
         for h in failed:
-            more = f" (+{h.failures - len(h.problems)} more)" if h.failures > len(h.problems) else ""
-            out.append(f"  {h.name}: {h.problems[0]}{more if len(h.problems) == 1 else ''}")
-            out += [f"  {'':{len(h.name)}}  {p}" for p in h.problems[1:]]
-            if len(h.problems) > 1 and more:
-                out.append(f"  {'':{len(h.name)}}  {more.strip()}")
-    notes = [f"  {s.path}: {s.note()}" for s in r.files if s.note()]
+            more = [f"(and {h.failures - len(h.problems)} more)"] if h.failures > len(h.problems) else []
+            for i, p in enumerate(h.problems + more):
+                out += _wrap(f"  {h.name if i == 0 else '':<{len(h.name)}}  ", p)
+    notes = [(h.name, t) for h in sorted(r.hosts.values(), key=lambda h: h.name) for t in h.notes]
+    notes += [(s.path, s.note()) for s in r.files if s.note()]
     if notes:
-        out += ["", "files:"] + notes
+        out += ["", "notes:"]
+        for who, t in notes:
+            if len(who) > 30:  # a path: on a line of its own
+                out += [f"  {who}:", *_wrap("    ", t)]
+            else:
+                out += _wrap(f"  {who}: ", t, indent=4)
     versions = r.ordered()
-    out += ["", f"{'EXTENSION':<15} {'VERSION':<9} {'HOSTS':>7} {'INCIDENTS':>9}  {'FIRST SEEN':<16}  LAST SEEN"]
+    out += ["", f"{'EXTENSION':<14} {'VERSION':<12} {'HOSTS':>6} {'INCIDENTS':>9}  {'FIRST SEEN':<16}  LAST SEEN"]
     if not versions:
         out.append("  (no record of an extension" + (" in the time asked for)" if r.since_ns or r.until_ns else ")"))
     for v in versions:
-        out.append(f"{v.extension:<15.15} {version_name(v.sha256, r.names):<9.9} "
-                   f"{f'{len(v.affected)}/{len(v.hosts)}':>7} {v.incidents:>9}  {_when(v.first_seen)[:16]:<16}  "
+        out.append(f"{v.extension:<14.14} {version_name(v.sha256, r.names):<12.12} "
+                   f"{f'{len(v.affected)}/{len(v.hosts)}':>6} {v.incidents:>9}  {_when(v.first_seen)[:16]:<16}  "
                    f"{_when(v.last_seen)[:16]}")
     for v in versions:
-        sha = f" (sha256 {v.sha256[:12]})" if v.sha256 else ""
-        out += ["", f"{v.extension} {version_name(v.sha256, r.names)}{sha}"]
-        out.append(f"  hosts     {len(v.affected)} affected of {len(v.hosts)}: {_names(v.affected, 68) or '-'}")
-        out.append(f"  seen      {_when(v.first_seen)} .. {_when(v.last_seen)}, {v.records} records"
-                   + (f", {v.shadow} shadow refusals" if v.shadow else ""))
+        name = version_name(v.sha256, r.names)
+        sha = f" (sha256 {v.sha256[:12]})" if v.sha256 and name != v.sha256[:12] else ""
+        out += ["", f"{v.extension} {name}{sha}"]
+        head = f"  hosts     {len(v.affected)} affected of {len(v.hosts)}: "
+        out.append(head + (_names(v.affected, 80 - len(head)) or "-"))
+        out.append(f"  seen      {_when(v.first_seen)} .. {_when(v.last_seen)}")
+        out.append(f"  records   {v.records}" + (f", {_s(v.shadow, 'shadow refusal')}" if v.shadow else ""))
         tech = sorted(v.techniques.items(), key=lambda x: (-x[1], x[0][0]))
-        for i, ((name, attack, _), c) in enumerate(tech[:limit]):
-            out.append(f"  {'technique' if i == 0 else '':<9} {c:>7}  {name[:46]:<46} {attack or ''}")
+        for i, ((tname, attack, _), c) in enumerate(tech[:limit]):
+            out.append(f"  {'technique' if i == 0 else '':<9} {c:>7}  {tname[:46]:<46} {attack or ''}".rstrip())
         if len(tech) > limit:
-            out.append(f"  {'':<9} {sum(c for _, c in tech[limit:]):>7}  ({len(tech) - limit} more techniques)")
+            rest = sum(c for _, c in tech[limit:])
+            out.append(f"  {'':<9} {rest:>7}  ({_s(len(tech) - limit, 'more technique')})")
         if v.responses:
-            resp = ", ".join(f"{k} {c}" for k, c in sorted(v.responses.items(), key=lambda x: (-x[1], x[0])))
-            out.append(f"  response  {resp}")
-        ladder = ", ".join(f"{k} {c}" for k, c in sorted(v.ladder.items())) or "none"
-        out.append(f"  ladder    {ladder}; rollbacks discarded {v.rollbacks_discarded}")
+            resp = ", ".join(f"{k}\xa0{c}" for k, c in sorted(v.responses.items(), key=lambda x: (-x[1], x[0])))
+            out += _wrap("  response  ", resp)
+        ladder = ", ".join(f"{k}\xa0{c}" for k, c in sorted(v.ladder.items())) or "none"
+        out += _wrap("  ladder    ", f"{ladder}; rollbacks\xa0discarded\xa0{v.rollbacks_discarded}")
     out += ["", f"{'HOST':<20} {'RECORDS':>9} {'SEQS':>17} {'MISSING':>8} {'AGAIN':>6}  INTEGRITY"]
     for h in sorted(r.hosts.values(), key=lambda h: h.name):
-        seqs = f"{h.first_seq}..{h.top}"
         state = "ok" if h.ok else "FAILED"
         if h.ok and h.key is not None:
-            state += f", {h.signatures} sigs"
+            state += f", {h.signatures} signed"
         elif h.ok and r.keys:
             state += ", no key"
-        out.append(f"{h.name:<20.20} {h.records:>9} {seqs:>17} {h.missing:>8} {h.again:>6}  {state}")
+        out.append(f"{h.name:<20.20} {h.records:>9} {f'{h.first_seq}..{h.top}':>17} {h.missing:>8} {h.again:>6}  "
+                   f"{state}")
     return out
