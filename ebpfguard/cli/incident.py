@@ -1,5 +1,5 @@
 """Incident summaries to share and summaries received: `incident share|verify|keygen|import|list`
-(the library: governance/incident.py)."""
+(the library: governance/incident/)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@
     STATE/policies/<sha256>          the exact manifest bytes each record's policy_sha256 names
     STATE/rollback/<id>/             an instance's rollback overlays' upper layers (rollback.py)
     STATE/rollback-kept/<id>/        the extension's versions of files the user changed meanwhile
+    STATE/incidents/<sha256>.json    incident summaries imported from elsewhere (incident import)
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class StateDir:
 
     def policy(self, sha256: str) -> Path:
         return self.policies / sha256
+
+    @property
+    def incidents(self) -> Path:
+        return self.root / "incidents"
 
 
 def unreadable(*dirs: str | os.PathLike[str]) -> str | None:
