@@ -22,7 +22,7 @@ def fleet() -> None:
     \b
     Examples:
       ebpfguard fleet report /var/log/ebpfguard/
-      ebpfguard fleet report --pubkeys /etc/ebpfguard/fleet-keys --json /var/log/ebpfguard/ | jq .integrity_failed
+      ebpfguard fleet report --json /var/log/ebpfguard/ | jq .integrity_failed
     """
 
 
@@ -85,7 +85,8 @@ def report(as_json: bool, extension: str | None, since: str | None, until: str |
     Examples:
       ebpfguard fleet report /var/log/ebpfguard/
       ebpfguard fleet report --since 7d -e md-preview /var/log/ebpfguard/
-      ebpfguard fleet report --pubkeys fleet-keys/ --pubkey ws42=ws42.pem /var/log/ebpfguard/
+      ebpfguard fleet report --pubkeys fleet-keys/ /var/log/ebpfguard/
+      ebpfguard fleet report --pubkey ws42=ws42.pem /var/log/ebpfguard/ws42.jsonl
       journalctl -o json --all -t ebpfguard | ebpfguard fleet report --host ws42 -
       ebpfguard fleet report --json collected.jsonl.gz | jq '.versions[0]'
     """

@@ -664,13 +664,13 @@ def render(r: FleetReport, limit: int = 8) -> list[str]:
             out += _wrap("  response  ", resp)
         ladder = ", ".join(f"{k}\xa0{c}" for k, c in sorted(v.ladder.items())) or "none"
         out += _wrap("  ladder    ", f"{ladder}; rollbacks\xa0discarded\xa0{v.rollbacks_discarded}")
-    out += ["", f"{'HOST':<20} {'RECORDS':>9} {'SEQS':>17} {'MISSING':>8} {'AGAIN':>6}  INTEGRITY"]
+    out += ["", f"{'HOST':<18} {'RECORDS':>9} {'SEQS':>15} {'MISSING':>8} {'AGAIN':>6}  INTEGRITY"]
     for h in sorted(r.hosts.values(), key=lambda h: h.name):
         state = "ok" if h.ok else "FAILED"
         if h.ok and h.key is not None:
             state += f", {h.signatures} signed"
         elif h.ok and r.keys:
             state += ", no key"
-        out.append(f"{h.name:<20.20} {h.records:>9} {f'{h.first_seq}..{h.top}':>17} {h.missing:>8} {h.again:>6}  "
+        out.append(f"{h.name:<18.18} {h.records:>9} {f'{h.first_seq}..{h.top}':>15} {h.missing:>8} {h.again:>6}  "
                    f"{state}")
     return out
