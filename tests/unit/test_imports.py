@@ -125,3 +125,14 @@ def test_every_package_has_a_layer_and_says_its_job() -> None:
 
 def test_no_import_goes_up_a_layer() -> None:
     assert upward(graph()) == []
+
+
+def test_the_wheel_lists_every_package() -> None:
+    import tomllib  # noqa: PLC0415
+
+    listed = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = sorted(".".join(p.parent.relative_to(PKG.parent).parts) for p in PKG.rglob("__init__.py")
+                   if "__pycache__" not in p.parts)
+    missing = sorted(set(found) - set(listed))
+    assert not missing, f"pyproject.toml's [tool.setuptools] packages leaves out {missing}: the wheel and the .deb " \
+                        "would not have them"
