@@ -16,8 +16,8 @@ Integrity, per host, over its records in the order received:
   - gaps: seqs skipped going forward (a collector may lose some): counted, not a failure;
   - a seq that goes back: the records received again are compared wherever something is known of the first copy
     (a checkpoint's digest, the highest record, the record after it). A different checkpoint is "rewritten", a
-    different record where the log had reached before, or a log that ends below it, "rewound"; the same content is
-    a duplicate delivery, counted;
+    different record where the log had reached before "rewound"; the same content is a duplicate delivery, counted;
+    a stretch that ends below the highest seq with nothing found different is a note;
   - with public keys, each checkpoint's signature ("bad signature").
 """
 
@@ -45,6 +45,7 @@ from typing import IO, Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ebpfguard.common.clock import rfc3339_ns
 from ebpfguard.forensics.chain import GENESIS, canonical, digest
 from ebpfguard.forensics.keys import key_id
 from ebpfguard.forensics.records import VIOLATION_KINDS
@@ -488,6 +489,9 @@ def version_name(sha: str | None, names: dict[str, tuple[str, str]]) -> str:
 # ---- the report -----------------------------------------------------------------------------------------------------
 @dataclass
 class FleetReport:
+    """The report as records stream in: ``add()`` one, or ``read()`` sources. ``keys`` are hosts' public keys by host
+    name; ``since_ns``, ``until_ns`` and ``extension`` narrow what is counted per version, never what is checked."""
+
     keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     since_ns: int | None = None
     until_ns: int | None = None
@@ -498,6 +502,11 @@ class FleetReport:
     versions: dict[tuple[str, str | None], VersionTally] = field(default_factory=dict)
     names: dict[str, tuple[str, str]] = field(default_factory=dict)  # sha256 -> (name, version) of policy records
     seconds: float = 0.0
+    _bounds: tuple[str | None, str | None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._bounds = (None if self.since_ns is None else rfc3339_ns(self.since_ns),
+                        None if self.until_ns is None else rfc3339_ns(self.until_ns))
 
     def add(self, host: str, rec: dict[str, Any], text: str) -> None:
         self.records += 1
@@ -515,13 +524,22 @@ class FleetReport:
         ext = rec.get("extension")
         if not isinstance(ext, str) or (self.extension is not None and ext != self.extension):
             return
-        if (self.since_ns is not None or self.until_ns is not None) and not within(rec, self.since_ns, self.until_ns):
+        if (self.since_ns is not None or self.until_ns is not None) and not self._within(rec):
             return
         key = (ext, sha if isinstance(sha, str) else None)
         v = self.versions.get(key)
         if v is None:
             v = self.versions[key] = VersionTally(*key)
         v.add(host, rec)
+
+    def _within(self, rec: dict[str, Any]) -> bool:
+        """within(), by comparing the strings where the record's time has the writer's form (the same width, UTC): it
+        orders as the times do, without parsing one per record."""
+        t = rec.get("time")
+        if not (isinstance(t, str) and len(t) == 30 and t[-1] == "Z" and t[19] == "."):
+            return within(rec, self.since_ns, self.until_ns)
+        lo, hi = self._bounds
+        return (lo is None or t >= lo) and (hi is None or t < hi)
 
     def read(self, srcs: list[Source], progress: Callable[[int, int], None] | None = None,
              clock: Callable[[], float] = time.monotonic) -> FleetReport:

@@ -12,7 +12,6 @@ import datetime as dt
 import gzip
 import hashlib
 import json
-import os
 import random
 import re
 import subprocess
@@ -373,19 +372,29 @@ class Fleet:
 LADDER_OF = {"cgroup.freeze": "freeze", "cgroup.kill": "kill", "quarantine": "quarantine"}
 
 
+# The CLI, and at its exit its own peak RSS (VmHWM: the high-water mark of this program's memory since its exec). Not
+# ru_maxrss: a child spawned with vfork() takes the parent's high-water mark with it through exec.
+PEAK = """import atexit, runpy, sys
+path = sys.argv.pop(1)
+def peak():
+    with open(path, "w") as out:
+        out.write(next(x for x in open("/proc/self/status") if x.startswith("VmHWM:")).split()[1])
+atexit.register(peak)
+sys.argv[0] = "ebpfguard"
+runpy.run_module("ebpfguard.cli.main", run_name="__main__")
+"""
+
+
 def report(fleet: Fleet, *extra: str) -> tuple[subprocess.CompletedProcess[str], float, int]:
-    """The report as a subprocess: (its outcome, seconds, peak RSS in KiB of that process alone)."""
+    """The report as a subprocess: (its outcome, seconds, its peak RSS in KiB)."""
     keys, plain = fleet.pubkeys() if not (fleet.root / "keys").exists() else (fleet.root / "keys",
                                                                               fleet.root / f"{PLAIN}.pem")
-    out, err = fleet.root / "out.json", fleet.root / "err.txt"
+    peak = fleet.root / "peak"
     t0 = time.monotonic()
-    with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen([*EG, "fleet", "report", "--json", "--pubkeys", str(keys), "--pubkey",
-                                 f"{PLAIN}={plain}", *extra, str(fleet.root / "collected")], stdout=o, stderr=e)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return (subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text()),
-            time.monotonic() - t0, usage.ru_maxrss)
+    got = subprocess.run([sys.executable, "-c", PEAK, str(peak), "fleet", "report", "--json", "--pubkeys", str(keys),
+                          "--pubkey", f"{PLAIN}={plain}", *extra, str(fleet.root / "collected")],
+                         capture_output=True, text=True, timeout=300)
+    return got, time.monotonic() - t0, int(peak.read_text())
 
 
 def check(fleet: Fleet, got: subprocess.CompletedProcess[str]) -> dict[str, Any]:

@@ -312,3 +312,14 @@ def test_rotated_files_read_oldest_first() -> None:
         "ws-04.jsonl.1", "ws-04.jsonl", "ws4.jsonl.2.gz", "ws4.jsonl.1.gz", "ws4.jsonl"]
     assert [host_of(n) for n in ("ws4.jsonl.1.gz", "ws-04.jsonl", "h.jsonl-20261203.gz", "laptop")] == [
         "ws4", "ws-04", "h", "laptop"]
+
+
+def test_the_quick_time_filter_is_within() -> None:
+    from ebpfguard.forensics import parse_when, within
+
+    lo, hi = parse_when("2026-12-01T10:00:00Z"), parse_when("2026-12-01T11:00:00Z")
+    r = FleetReport(since_ns=lo, until_ns=hi)
+    for t in ("2026-12-01T09:59:59.999999999Z", "2026-12-01T10:00:00.000000000Z", "2026-12-01T10:59:59.999999999Z",
+              "2026-12-01T11:00:00.000000000Z", "2026-12-01T10:30:00Z", "2026-12-01T10:30:00.5Z", "junk", None):
+        rec = {"time": t}
+        assert r._within(rec) == within(rec, lo, hi), t
