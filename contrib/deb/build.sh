@@ -32,6 +32,10 @@ done
 install -m 0644 "$top/README.md" "$root/usr/share/doc/ebpfguard/"
 install -d "$root/usr/share/doc/ebpfguard/docs"  # where the README's links lead
 install -m 0644 "$top"/docs/*.md "$top"/docs/*.png "$root/usr/share/doc/ebpfguard/docs/"  # png: notify.md's screenshot
+install -m 0644 "$top/docs/incident-schema.json" "$root/usr/share/doc/ebpfguard/docs/"  # incidents.md's schema
+# the fleet's rsyslog configurations (docs/fleet.md): examples to copy, never active as installed
+install -d "$root/usr/share/doc/ebpfguard/examples/rsyslog"
+install -m 0644 "$top"/contrib/rsyslog/*.conf "$root/usr/share/doc/ebpfguard/examples/rsyslog/"
 install -d "$root/usr/share/man/man1"
 for f in "$top"/man/man1/*.1; do
     gzip -9n -c "$f" > "$root/usr/share/man/man1/$(basename "$f").gz"

@@ -52,11 +52,16 @@ def require_root() -> None:
         fail("loading eBPF programs and creating cgroups needs root", 1)
 
 
-def state_readable(*dirs: str) -> None:
-    """A state folder that exists but is closed to this user (0700, root's): say so, not a bare EACCES."""
+def state_readable(*dirs: str, exists: bool = False) -> None:
+    """A state folder that exists but is closed to this user (0700, root's): say so, not a bare EACCES. With
+    ``exists``, a folder that is not there is an error too (a mistyped --state-dir must not read as an empty log)."""
     why = unreadable(*dirs)
     if why:
         fail(why)
+    for d in dirs if exists else ():
+        if not os.path.isdir(d):
+            fail(f"no state folder at {d} ({'not a folder' if os.path.exists(d) else 'no such folder'}): give the "
+                 "agent's --state-dir", 2)
 
 
 def operator_name() -> str:

@@ -88,7 +88,7 @@ def show(state_dir: str, as_json: bool, extension: str | None, kind: tuple[str, 
             if within(own, lo, hi) and ok(own):
                 click.echo(json.dumps(own) if as_json else format_line(own))
         return
-    state_readable(state_dir)
+    state_readable(state_dir, exists=True)
     if not as_json:
         click.echo(HEADER)
     for rec in read(state_dir):
@@ -139,7 +139,7 @@ def verify_cmd(state_dir: str, pubkeys: tuple[str, ...], metrics_file: str | Non
     """
     from ebpfguard.forensics.check import check_log, load_public_key
 
-    state_readable(*[t for t in paths if os.path.isdir(t)] or ([] if paths else [state_dir]))
+    state_readable(*[t for t in paths if os.path.isdir(t)] or ([] if paths else [state_dir]), exists=not paths)
     try:
         keys = [load_public_key(path) for path in pubkeys]
     except ForensicsError as err:

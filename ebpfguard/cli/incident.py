@@ -72,7 +72,7 @@ def share_cmd(state_dir: str, extension: str | None, seqs: tuple[int, ...], sinc
         private = load_key(key) if key else None
     except EbpfguardError as err:
         fail(f"--key: {err}", 2)
-    state_readable(state_dir)
+    state_readable(state_dir, exists=True)
     try:
         text = share(state_dir, extension=extension, seqs=seqs, since_ns=since_ns, key=private, fmt=fmt)
         if output:

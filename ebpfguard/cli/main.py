@@ -7,6 +7,8 @@
     learn       learn, baseline from-log            provenance  provenance, flag
     rollback    rollback list|show|commit|discard   lab         simulate, bench
     notify      notify (the user's desktop notifications)
+    incident    incident share|verify|import|list (anonymized summaries to share)
+    fleet       fleet report (records collected from many hosts)
 
 What they share (the help layout, --state-dir, fail()) is in common.
 """
@@ -15,7 +17,21 @@ from __future__ import annotations
 
 import click
 
-from ebpfguard.cli import agent, forensics, lab, ladder, learn, notify, policy, provenance, rollback, run, trace
+from ebpfguard.cli import (
+    agent,
+    fleet,
+    forensics,
+    incident,
+    lab,
+    ladder,
+    learn,
+    notify,
+    policy,
+    provenance,
+    rollback,
+    run,
+    trace,
+)
 from ebpfguard.cli.common import Group
 
 
@@ -39,7 +55,7 @@ def main() -> None:
 for command in (run.run, run.attach, agent.agent, agent.status, ladder.freeze, ladder.thaw, ladder.kill_cmd,
                 ladder.quarantine, trace.trace, trace.explain_cmd, policy.policy, forensics.forensics, learn.learn,
                 learn.baseline, provenance.provenance_cmd, provenance.flag_cmd, rollback.rollback_cmd, lab.simulate,
-                lab.bench, notify.notify):
+                lab.bench, notify.notify, incident.incident, fleet.fleet):
     main.add_command(command)
 
 

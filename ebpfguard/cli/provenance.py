@@ -30,7 +30,7 @@ def provenance_cmd(state_dir: str, as_json: bool, limit: int, name: str) -> None
     """
     from ebpfguard.governance.provenance import provenance, render
 
-    state_readable(state_dir)
+    state_readable(state_dir, exists=True)
     p = provenance(state_dir, name)
     if as_json:
         click.echo(json.dumps(p.as_dict()))

@@ -96,3 +96,13 @@ def test_the_installed_unit_verifies(installed: object) -> None:
     state = Path("/var/lib/ebpfguard")
     assert state.is_dir() and (state.stat().st_mode & 0o777) == 0o700
 
+
+
+def test_the_fleet_examples_and_the_incident_schema_are_installed(installed: object) -> None:
+    doc = Path("/usr/share/doc/ebpfguard")
+    confs = sorted((doc / "examples" / "rsyslog").glob("*.conf"))
+    assert [c.name for c in confs] == ["ebpfguard-central.conf", "ebpfguard-forward.conf"]
+    for conf in confs:  # as installed, each is a configuration Debian's rsyslogd accepts
+        r = sh("rsyslogd", "-N1", "-f", str(conf))
+        assert r.returncode == 0, f"{conf}: {r.stdout}{r.stderr}"
+    assert (doc / "docs" / "incident-schema.json").is_file() and (doc / "docs" / "fleet.md").is_file()

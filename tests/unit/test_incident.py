@@ -534,7 +534,7 @@ def test_import_list_and_provenance_round_trip(tmp_path: Path) -> None:
         in r.stdout and "    2  credential file read (T1552.004)" in r.stdout
     # a summary of an extension this log never saw is still shown (exit 0: there is something to show)
     r = cli("provenance", "--state-dir", str(tmp_path / "empty"), "md-preview")
-    assert r.exit_code == 1
+    assert r.exit_code == 2 and "no state folder at" in r.stderr  # a mistyped --state-dir is not an empty log
     cli("incident", "import", "--state-dir", str(tmp_path / "empty"), "--pubkey", f"{key}.pub", str(good))
     r = cli("provenance", "--state-dir", str(tmp_path / "empty"), "md-preview")
     assert r.exit_code == 0 and "a version not seen here" in r.stdout
