@@ -41,7 +41,7 @@ class ManifestError(EbpfguardError):
 
 
 class KernelError(EbpfguardError):
-    pass
+    errno: int = 0  # the kernel's errno, where a request was refused with one
 
 
 class CgroupError(EbpfguardError):

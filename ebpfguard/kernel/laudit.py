@@ -33,6 +33,8 @@ AUDIT_NLGRP_READLOG = 1
 AUDIT_GET, AUDIT_SET, AUDIT_ADD_RULE, AUDIT_DEL_RULE = 1000, 1001, 1011, 1012
 AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN = 1423, 1424
 AUDIT_SECCOMP = 1326  # a seccomp filter installed with SECCOMP_FILTER_FLAG_LOG refused a call
+AUDIT_USER = 1005  # a message from user space: the reader's fence (AuditRecord type FENCE when it comes back)
+FENCE = -1
 AUDIT_STATUS_ENABLED, AUDIT_STATUS_BACKLOG_LIMIT = 0x1, 0x10
 AUDIT_FILTER_TASK, AUDIT_NEVER = 0x01, 0
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
@@ -90,6 +92,8 @@ class LandlockAudit:
 
     def __init__(self) -> None:
         self._seq = 0
+        self._fences = 0
+        self._fence_text = b"\0no fence yet"
         self._daemon_seen = False
         os.makedirs(os.path.dirname(LOCK), mode=0o755, exist_ok=True)
         self._lock = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -111,13 +115,22 @@ class LandlockAudit:
                               "(needs CAP_AUDIT_READ)") from err
         try:
             if not self.status()["enabled"]:
-                self._request(AUDIT_ADD_RULE, self._rule)
-                self._set(AUDIT_STATUS_ENABLED | AUDIT_STATUS_BACKLOG_LIMIT, enabled=1, backlog_limit=BACKLOG)
-                with open(MARKER, "w") as f:
-                    f.write("audit was off; ebpfguard turned it on with one rule, never,task\n")
+                self._turn_on()
         except KernelError:
             self.close()
             raise
+
+    def _turn_on(self) -> None:
+        """Audit on, with the never,task rule first. The rule may be there already: a reader that turned audit on
+        still runs, and another program (journald, when it starts; auditctl -e 0) turned audit off meanwhile."""
+        try:
+            self._request(AUDIT_ADD_RULE, self._rule)
+        except KernelError as err:
+            if err.errno != errno.EEXIST:
+                raise
+        self._set(AUDIT_STATUS_ENABLED | AUDIT_STATUS_BACKLOG_LIMIT, enabled=1, backlog_limit=BACKLOG)
+        with open(MARKER, "w") as f:
+            f.write("audit was off; ebpfguard turned it on with one rule, never,task\n")
 
     def _request(self, msg_type: int, payload: bytes, want: int | None = None) -> bytes:
         """Send a request; return the body of the ``want`` reply (the kernel may send it after its ack,
@@ -142,7 +155,9 @@ class LandlockAudit:
                 if typ == NLMSG_ERROR:
                     (code,) = struct.unpack_from("<i", body)
                     if code:
-                        raise KernelError(f"audit request {msg_type} refused: {os.strerror(-code)}")
+                        refused = KernelError(f"audit request {msg_type} refused: {os.strerror(-code)}")
+                        refused.errno = -code
+                        raise refused
                     if want is None:
                         return b""
                 elif typ == want:
@@ -184,17 +199,38 @@ class LandlockAudit:
                     rec = parse(typ, data[off + 16:off + length])
                     if rec is not None:
                         out.append(rec)
+                elif typ == AUDIT_USER and self._fence_text in data[off + 16:off + length]:
+                    out.append(AuditRecord(FENCE, 0, 0))
                 off += (length + 3) & ~3
         return out
 
-    def maintain(self) -> None:
+    def fence(self) -> bool:
+        """Queue a message of our own behind every record the kernel holds: the kernel's audit thread delivers in
+        order, so once it comes back (read() returns a FENCE record) every Landlock or seccomp report made before
+        this call has been read. False when the kernel took no message (audit is off: nothing to wait for)."""
+        self._fences += 1
+        self._fence_text = f"ebpfguard-fence-{os.getpid()}-{self._fences}".encode()
+        try:
+            self._request(AUDIT_USER, self._fence_text + b"\0")
+        except KernelError:
+            return False
+        return True
+
+    def maintain(self) -> str | None:
         """Once an audit daemon registers, its syscall rules must work: our never,task rule would keep
-        them from ever matching (a daemon's rule loading, auditctl -D, removes it too)."""
-        if self._daemon_seen or not os.path.exists(MARKER) or not self.status()["pid"]:
-            return
+        them from ever matching (a daemon's rule loading, auditctl -D, removes it too). If audit was turned on by
+        a reader and another program turned it off since (journald does when it starts), it goes on again, and
+        what happened is returned to be logged: Landlock's and seccomp's reports would be lost meanwhile."""
+        status = self.status()
+        if os.path.exists(MARKER) and not status["enabled"] and not status["pid"]:
+            self._turn_on()
+            return "another program turned audit off (journald does as it starts): turned on again"
+        if self._daemon_seen or not os.path.exists(MARKER) or not status["pid"]:
+            return None
         self._daemon_seen = True
         with contextlib.suppress(KernelError):
             self._request(AUDIT_DEL_RULE, self._rule)
+        return None
 
     def close(self) -> None:
         """The last reader out puts audit back as it was found (off, no rule) if a reader turned it on."""

@@ -31,6 +31,7 @@ log = logging.getLogger("ebpfguard")
 SECCOMP_RET_ACTION_FULL, SECCOMP_RET_ERRNO = 0xFFFF0000, 0x00050000
 PID_MEMORY = 8192  # processes whose cgroup is remembered after their exec or exit
 MAINTAIN_EVERY_S = 1.0
+FENCE_WAIT_S = 1.0  # at most this long for the audit thread to deliver what an ended instance reported
 
 
 class AuditReports:
@@ -58,19 +59,25 @@ class AuditReports:
         quiet that long (the kernel's audit thread delivers asynchronously)."""
         if self.reader is None:
             return
-        from ebpfguard.kernel.laudit import AUDIT_LANDLOCK_DOMAIN, AUDIT_SECCOMP  # noqa: PLC0415
+        from ebpfguard.kernel.laudit import AUDIT_LANDLOCK_DOMAIN, AUDIT_SECCOMP, FENCE  # noqa: PLC0415
 
         now = time.monotonic()
         if now - self._maintained >= MAINTAIN_EVERY_S:  # an audit daemon that started meanwhile owns audit now
             self._maintained = now
             try:
-                self.reader.maintain()
+                if (what := self.reader.maintain()) is not None:
+                    log.warning("audit: %s", what)
             except EbpfguardError as err:
                 log.warning("audit: %s", err)
+        fenced = settle_s > 0 and hasattr(self.reader, "fence") and self._fence()
+        deadline = time.monotonic() + FENCE_WAIT_S
         while True:
             reports = self.reader.read()
             for rec in reports:
-                if rec.type == 0:
+                if rec.type == FENCE:
+                    fenced = False  # every report made before it is in
+                    settle_s = 0.0
+                elif rec.type == 0:
                     self.stats.landlock_reports_lost += 1
                 elif rec.type == AUDIT_SECCOMP:
                     yield from self.seccomp(rec.fields, rec.ts_ns)
@@ -82,11 +89,28 @@ class AuditReports:
                     yield from self.landlock(rec.fields, rec.ts_ns)
                 else:
                     self.domains.hold(rec.fields)
+            if fenced:  # the kernel's audit thread has not delivered the fence yet: wait for it, bounded
+                if time.monotonic() > deadline:
+                    log.warning("audit: reports took over %.1f s to arrive; later ones are read at the next poll",
+                                FENCE_WAIT_S)
+                    return
+                if not reports:
+                    time.sleep(0.002)
+                continue
             if not reports and settle_s <= 0:
                 return
             if not reports:
                 time.sleep(settle_s)
                 settle_s = 0.0
+
+    def _fence(self) -> bool:
+        """Ask the kernel to queue a fence behind the reports it holds (audit on); False if none will come."""
+        assert self.reader is not None
+        try:
+            return bool(self.reader.status()["enabled"]) and self.reader.fence()
+        except EbpfguardError as err:
+            log.warning("audit: %s", err)
+            return False
 
     def _allocated(self, dom: str, pid: str) -> list[dict[str, str]]:
         """The kernel names a domain's creator once ("allocated"): an agent that restarts learns the domain

@@ -495,3 +495,28 @@ def test_syscall_tracepoints_are_detached_while_no_extension_runs(engine: Engine
     else:  # the tracepoints alone detect (a file block without Landlock)
         assert res.rc_errno()[0] >= 0 and rec["verdict"] == "detected"
     assert sensor.watching and len(syscall_tps()) >= len(sensor.syscall_tracepoints)
+
+
+# ---- audit, turned off by another program ---------------------------------------------------------------------
+def test_audit_turned_off_by_another_program_comes_back_on_for_the_reports(engine: Engine) -> None:
+    from ebpfguard.kernel.laudit import MARKER, LandlockAudit  # noqa: PLC0415
+
+    reader = engine.audit.reader
+    assert reader is not None, "the kernel tier needs Landlock's audit reports (KERNEL.md)"
+    if not os.path.exists(MARKER):  # audit was on before ebpfguard: someone else's configuration, left alone
+        assert reader.maintain() is None
+        return
+    # journald turns audit off as it starts; the rule ebpfguard added is still there: a second reader (a standalone
+    # run, the simulator) turns audit on again instead of failing on that rule
+    off = subprocess.run(["auditctl", "-e", "0"], capture_output=True, text=True)
+    assert off.returncode == 0, off.stderr
+    second = LandlockAudit()
+    try:
+        assert reader.status()["enabled"] == 1
+    finally:
+        second.close()  # not the last reader: audit stays on
+    assert reader.status()["enabled"] == 1
+    # and the reader that runs on puts it back at its next look
+    assert subprocess.run(["auditctl", "-e", "0"], capture_output=True).returncode == 0
+    assert reader.maintain() == "another program turned audit off (journald does as it starts): turned on again"
+    assert reader.status()["enabled"] == 1 and reader.maintain() is None
