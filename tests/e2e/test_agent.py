@@ -381,12 +381,14 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
     m.write_text(MANIFEST.format(name="survivor", file="block").replace(
         "/usr/bin/dash, /bin/dash]", "/usr/bin/dash, /bin/dash, /usr/bin/bash, /bin/bash]"))
     flag = secret / "readopted"  # the extension waits for it ([ -e ] is a stat: no layer restricts it)
-    dead = secret / "agent-dead"  # the extension tries its forbidden open and connect only once the agent is dead
-    script = (f"while [ ! -e {dead} ]; do sleep 0.1; done; cat {secret}/s.txt; echo cat=$?; "
+    # The extension tries its forbidden open and connect once the agent is dead (the test writes a line to its stdin),
+    # with bash's builtins only: an exec while no agent runs may be held for a decision (its path's page not yet
+    # resident after the fork) and stays stopped until the next agent, by design, so nothing would be tried meanwhile
+    script = (f"read -r go; read -r secret < {secret}/s.txt; echo cat=$?; "
               f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>&1; echo connect=$?; "
               f"while [ ! -e {flag} ]; do sleep 0.1; done; echo done")
     runner = subprocess.Popen([*EG, "run", "--state-dir", str(agent.state), "-m", str(m), "--", "bash", "-c", script],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 10 * SLOW
         while not agent.status()["instances"]:
@@ -396,7 +398,9 @@ def test_layers_hold_while_the_agent_is_dead_and_a_new_agent_readopts(agent: Age
         killed_ns = time.time_ns()
         agent.proc.kill()  # SIGKILL: no clean shutdown, nothing detached by the agent
         agent.proc.wait(10)
-        dead.touch()
+        assert runner.stdin is not None
+        runner.stdin.write("go\n")
+        runner.stdin.flush()
         # the forbidden open and connect happen while no agent runs: the extension says when it tried them
         early = lines_until(runner, "connect=", within=60 * SLOW)
         with pytest.raises(TimeoutError):
